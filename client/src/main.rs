@@ -1,0 +1,103 @@
+//! `fedssl-client`: join a coordinator and train on this site's unlabelled images.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use fedssl_client::{connect, run_session, ClientOptions, DataSource};
+
+#[derive(Parser)]
+#[command(name = "fedssl-client", version, about = "Federated self-supervised pretraining: a client site")]
+struct Cli {
+    /// Coordinator address, HOST:PORT (UDP).
+    #[arg(long)]
+    coordinator: String,
+    /// The coordinator's certificate (its cert.pem), or the CA that signed it.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Name the coordinator's certificate must be valid for (default: HOST of --coordinator).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Dataset folder (CIFAR-10: the folder holding cifar-10-batches-bin). Not needed for the synthetic dataset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Keep shard K (0-based) of N of the scenario's partition, e.g. --shard 0/3.
+    /// Without it the whole dataset in --data is this site's data.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// Name shown in the coordinator's log.
+    #[arg(long, default_value = "fedssl-client")]
+    name: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(u32, u32)> {
+    let (k, n) = s.split_once('/').with_context(|| format!("--shard `{s}`: expected K/N, e.g. 0/3"))?;
+    let k: u32 = k.trim().parse().with_context(|| format!("--shard `{s}`: K is not a number"))?;
+    let n: u32 = n.trim().parse().with_context(|| format!("--shard `{s}`: N is not a number"))?;
+    if n == 0 || k >= n {
+        bail!("--shard `{s}`: need 0 <= K < N (shards are 0-based)");
+    }
+    Ok((k, n))
+}
+
+async fn real_main(cli: Cli) -> Result<()> {
+    let device = fedssl_shared::device::parse_device(&cli.device)?;
+    let data = match &cli.shard {
+        Some(s) => {
+            let (k, n) = parse_shard(s)?;
+            DataSource::Shard { dir: cli.data.clone(), k, n }
+        }
+        None => DataSource::Whole { dir: cli.data.clone() },
+    };
+    let addr = tokio::net::lookup_host(&cli.coordinator)
+        .await
+        .with_context(|| format!("--coordinator `{}`: cannot resolve (expected HOST:PORT)", cli.coordinator))?
+        .next()
+        .with_context(|| format!("--coordinator `{}`: no address", cli.coordinator))?;
+    let server_name = cli.server_name.clone().unwrap_or_else(|| {
+        let host = cli.coordinator.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cli.coordinator);
+        host.trim_start_matches('[').trim_end_matches(']').to_string()
+    });
+    let ccfg = fedssl_client::tls::client_config_from_file(&cli.ca, Duration::from_secs(20))?;
+    let conn = connect(addr, &server_name, ccfg).await?;
+    let mut opts = ClientOptions::new(cli.name.clone(), data);
+    opts.device = device;
+    if !cli.quiet {
+        opts.progress = Some(indicatif::MultiProgress::new());
+    }
+    let report = run_session(conn, opts).await?;
+    println!("client {}: trained {} round(s); {}", report.client_id, report.rounds_trained, report.message);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

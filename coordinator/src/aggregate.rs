@@ -1,0 +1,175 @@
+//! Aggregation strategies. FedAvg (McMahan et al. 2017, Algorithm 1): the new global model is
+//! the sample-weighted mean of the client models, w = Σ_k (n_k / n) w_k, n = Σ_k n_k.
+//!
+//! [`FedAvg`] is *streaming*: each update is folded into an `f64` running sum as it arrives and
+//! then dropped, so memory holds one accumulator and the update being added, whatever the
+//! number of clients. Summing in `f64` makes the result independent of arrival order to within
+//! `f32` rounding (in practice bit-identical after the final cast).
+
+use anyhow::{bail, Context, Result};
+use fedssl_shared::weights::{TensorData, WeightSet};
+
+/// Streaming sample-weighted average of client weight sets.
+pub struct FedAvg {
+    reference: WeightSet,
+    sums: Vec<(String, Vec<usize>, Vec<f64>)>,
+    total_samples: u64,
+    contributions: usize,
+}
+
+impl FedAvg {
+    /// Starts an average whose updates must have the names and shapes of `global`
+    /// (the weights the round started from).
+    pub fn new(global: &WeightSet) -> Self {
+        let sums = global
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape.clone(), vec![0.0f64; t.data.len()]))
+            .collect();
+        let mut reference = global.clone();
+        for t in reference.tensors.values_mut() {
+            t.data = Vec::new(); // only names and shapes are kept
+        }
+        Self { reference, sums, total_samples: 0, contributions: 0 }
+    }
+
+    /// Checks an update without adding it: same names and shapes as the global model, every
+    /// value finite, `num_samples > 0`. The error says which tensor is wrong.
+    pub fn validate(&self, update: &WeightSet, num_samples: u64) -> Result<()> {
+        if num_samples == 0 {
+            bail!("update reports 0 training samples");
+        }
+        for (name, r) in &self.reference.tensors {
+            match update.tensors.get(name) {
+                None => bail!("update lacks tensor `{name}`"),
+                Some(t) if t.shape != r.shape => {
+                    bail!("tensor `{name}` has shape {:?}, expected {:?}", t.shape, r.shape)
+                }
+                Some(t) if t.data.len() != t.shape.iter().product::<usize>() => {
+                    bail!("tensor `{name}` holds {} values for shape {:?}", t.data.len(), t.shape)
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = update.tensors.keys().find(|k| !self.reference.tensors.contains_key(*k)) {
+            bail!("update holds unexpected tensor `{extra}`");
+        }
+        update.check_finite()
+    }
+
+    /// Validates `update` and, only if it is valid, adds it with weight `num_samples`.
+    pub fn add(&mut self, update: &WeightSet, num_samples: u64) -> Result<()> {
+        self.validate(update, num_samples).context("update refused")?;
+        let w = num_samples as f64;
+        for (name, _, sum) in &mut self.sums {
+            let src = &update.tensors[name.as_str()].data;
+            for (s, &v) in sum.iter_mut().zip(src) {
+                *s += w * v as f64;
+            }
+        }
+        self.total_samples += num_samples;
+        self.contributions += 1;
+        Ok(())
+    }
+
+    /// Number of updates added so far.
+    pub fn contributions(&self) -> usize {
+        self.contributions
+    }
+
+    /// Σ n_k of the updates added so far.
+    pub fn total_samples(&self) -> u64 {
+        self.total_samples
+    }
+
+    /// The weighted mean. Errors if no update was added.
+    pub fn finish(self) -> Result<WeightSet> {
+        if self.contributions == 0 {
+            bail!("no valid update to aggregate");
+        }
+        let n = self.total_samples as f64;
+        let mut out = WeightSet::default();
+        for (name, shape, sum) in self.sums {
+            let data = sum.into_iter().map(|s| (s / n) as f32).collect();
+            out.tensors.insert(name, TensorData { shape, data });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ws(a: [f32; 2], b: f32) -> WeightSet {
+        let mut w = WeightSet::default();
+        w.tensors.insert("layer.weight".into(), TensorData { shape: vec![2], data: a.to_vec() });
+        w.tensors.insert("bn.running_var".into(), TensorData { shape: vec![1], data: vec![b] });
+        w
+    }
+
+    #[test]
+    fn weighted_mean_by_hand_with_unequal_samples() {
+        // n = 1, 3, 4 → weights 1/8, 3/8, 4/8.
+        let u = [(ws([1.0, 2.0], 8.0), 1u64), (ws([3.0, -2.0], 0.0), 3), (ws([5.0, 4.0], 2.0), 4)];
+        let mut agg = FedAvg::new(&ws([0.0, 0.0], 0.0));
+        for (w, n) in &u {
+            agg.add(w, *n).unwrap();
+        }
+        assert_eq!(agg.total_samples(), 8);
+        let out = agg.finish().unwrap();
+        // (1*1 + 3*3 + 4*5)/8 = 30/8 = 3.75 ; (1*2 + 3*-2 + 4*4)/8 = 12/8 = 1.5 ; (8 + 0 + 8)/8 = 2
+        assert_eq!(out.tensors["layer.weight"].data, vec![3.75, 1.5]);
+        assert_eq!(out.tensors["bn.running_var"].data, vec![2.0]);
+    }
+
+    #[test]
+    fn arrival_order_does_not_change_the_result() {
+        let u = [
+            (ws([0.1, 0.7], 1.3), 17u64),
+            (ws([-0.3, 0.25], 0.9), 5),
+            (ws([2.5, -1.1], 1.1), 123),
+        ];
+        let orders = [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]];
+        let mut results = Vec::new();
+        for o in orders {
+            let mut agg = FedAvg::new(&ws([0.0, 0.0], 0.0));
+            for i in o {
+                agg.add(&u[i].0, u[i].1).unwrap();
+            }
+            results.push(agg.finish().unwrap());
+        }
+        for r in &results[1..] {
+            assert_eq!(r, &results[0]);
+        }
+        let expect0 = (17.0 * 0.1f32 as f64 + 5.0 * -0.3f32 as f64 + 123.0 * 2.5) / 145.0;
+        assert!((results[0].tensors["layer.weight"].data[0] as f64 - expect0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bad_updates_are_refused_and_never_aggregated() {
+        let mut agg = FedAvg::new(&ws([0.0, 0.0], 0.0));
+        agg.add(&ws([2.0, 2.0], 1.0), 2).unwrap();
+        let mut nan = ws([f32::NAN, 0.0], 1.0);
+        assert!(agg.add(&nan, 5).is_err());
+        nan.tensors.get_mut("layer.weight").unwrap().data[0] = f32::INFINITY;
+        assert!(agg.add(&nan, 5).is_err());
+        let mut shape = ws([1.0, 1.0], 1.0);
+        shape.tensors.get_mut("layer.weight").unwrap().shape = vec![1, 2];
+        let e = agg.add(&shape, 5).unwrap_err();
+        assert!(format!("{e:#}").contains("layer.weight"));
+        let mut renamed = ws([1.0, 1.0], 1.0);
+        let t = renamed.tensors.remove("bn.running_var").unwrap();
+        renamed.tensors.insert("bn.running_varr".into(), t);
+        assert!(agg.add(&renamed, 5).is_err());
+        assert!(agg.add(&ws([1.0, 1.0], 1.0), 0).is_err());
+        assert_eq!(agg.contributions(), 1);
+        // Only the one good update is in the mean.
+        assert_eq!(agg.finish().unwrap(), ws([2.0, 2.0], 1.0));
+    }
+
+    #[test]
+    fn empty_round_is_an_error() {
+        assert!(FedAvg::new(&ws([0.0, 0.0], 0.0)).finish().is_err());
+    }
+}

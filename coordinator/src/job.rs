@@ -1,0 +1,323 @@
+//! One whole run — data, initial backbone, QUIC server, rounds, central evaluation and the
+//! output files of DESIGN.md's contract — shared by `simulate` and `serve`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use fedssl_shared::data::ImageDataset;
+use fedssl_shared::protocol::RunInfo;
+use fedssl_shared::scenario::{load_test_set, load_train_set, Scenario};
+use fedssl_shared::weights::{write_atomic, WeightSet};
+use indicatif::MultiProgress;
+use serde::Serialize;
+use tracing::info;
+
+use crate::eval::ProbeResult;
+use crate::server::{accept_loop, run_rounds, Registry, RoundsContext};
+use crate::tls;
+
+/// How the clients of a run are provided.
+pub enum Mode {
+    /// All clients in this process, over loopback QUIC.
+    Simulate,
+    /// Clients connect from elsewhere.
+    Serve {
+        /// UDP address to listen on.
+        listen: SocketAddr,
+        /// `--cert` and `--key` PEM files; `None` writes a self-signed pair into the output folder.
+        identity: Option<(PathBuf, PathBuf)>,
+        /// Extra DNS names / IP addresses for the self-signed certificate.
+        names: Vec<String>,
+    },
+}
+
+/// A run's inputs.
+pub struct Job {
+    /// The scenario, overrides applied.
+    pub scenario: Scenario,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Simulate or serve.
+    pub mode: Mode,
+    /// Draw progress bars.
+    pub progress: bool,
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Scenario seed.
+    pub seed: u64,
+    /// Rounds completed.
+    pub rounds_completed: usize,
+    /// Clients in the scenario.
+    pub clients: usize,
+    /// Distinct clients whose updates were aggregated at least once.
+    pub clients_contributed: usize,
+    /// Pretext task.
+    pub pretext: String,
+    /// Backbone family.
+    pub backbone: String,
+    /// Aggregation strategy.
+    pub strategy: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Training images in the run (all shards).
+    pub train_images: usize,
+    /// Scalar values of the backbone (parameters and BatchNorm statistics).
+    pub backbone_values: usize,
+    /// Wall seconds of the whole run, data loading and evaluation included.
+    pub wall_seconds: f64,
+    /// Wall seconds of the federated rounds alone.
+    pub train_seconds: f64,
+    /// Application bytes the coordinator sent (messages and weights).
+    pub bytes_sent: u64,
+    /// Application bytes the coordinator received.
+    pub bytes_received: u64,
+    /// Central evaluation; absent when `eval.enabled = false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSummary>,
+}
+
+/// The `eval` block of `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalSummary {
+    /// Linear probe on the final global backbone's pre-logits.
+    pub linear: ProbeResult,
+    /// The same probe on the randomly initialised backbone (round 0's global model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_init: Option<RandomInit>,
+    /// Wall seconds of the evaluation.
+    pub seconds: f64,
+}
+
+/// Baseline block.
+#[derive(Clone, Debug, Serialize)]
+pub struct RandomInit {
+    /// Linear probe on the random-init backbone.
+    pub linear: ProbeResult,
+}
+
+/// Runs the job; returns the summary also written to `<out>/summary.json`.
+pub async fn run_job(job: Job) -> Result<Summary> {
+    let t0 = Instant::now();
+    let sc = job.scenario.clone();
+    std::fs::create_dir_all(&job.out).with_context(|| format!("cannot create output folder {}", job.out.display()))?;
+    let data_dir = sc.data.path.clone();
+    let (train, test) = {
+        let sc = sc.clone();
+        tokio::task::spawn_blocking(move || -> Result<(ImageDataset, ImageDataset)> {
+            let train = load_train_set(sc.data.dataset, sc.data.path.as_deref(), sc.data.train_images, sc.seed)?;
+            let test = load_test_set(sc.data.dataset, sc.data.path.as_deref(), sc.data.test_images, sc.seed)?;
+            Ok((train, test))
+        })
+        .await??
+    };
+    info!(train = train.len(), test = test.len(), "data loaded");
+    let init_seed = fedssl_shared::seed::derive(sc.seed, "init", 0);
+    let (_, init_vars) = fedssl_shared::model::build_resnet(&sc.model.resnet, init_seed, &Device::Cpu)?;
+    let initial = WeightSet::from_varmap(&init_vars)?;
+    let backbone_values = initial.num_values();
+    let run = RunInfo {
+        scenario: sc.name.clone(),
+        seed: sc.seed,
+        dataset: sc.data.dataset,
+        train_images: sc.data.train_images,
+        partition: sc.partition.clone(),
+        num_clients: sc.federation.clients as u32,
+        resnet: sc.model.resnet.clone(),
+    };
+    let idle = Duration::from_secs_f64(sc.federation.idle_timeout_seconds);
+    let (endpoint, ca_pem) = match &job.mode {
+        Mode::Simulate => {
+            let id = tls::self_signed(&[])?;
+            let ep = quinn::Endpoint::server(tls::server_config(&id, idle)?, "127.0.0.1:0".parse()?)
+                .context("cannot open a loopback UDP socket")?;
+            (ep, id.cert_pem)
+        }
+        Mode::Serve { listen, identity, names } => {
+            let id = match identity {
+                Some((c, k)) => tls::load_identity(c, k)?,
+                None => {
+                    let id = tls::self_signed(names)?;
+                    tls::write_identity(&id, &job.out)?;
+                    id
+                }
+            };
+            let ep = quinn::Endpoint::server(tls::server_config(&id, idle)?, *listen)
+                .with_context(|| format!("cannot listen on {listen} (UDP)"))?;
+            (ep, id.cert_pem)
+        }
+    };
+    let addr = endpoint.local_addr()?;
+    let registry = Registry::new(run.clone());
+    tokio::spawn(accept_loop(endpoint.clone(), registry.clone()));
+    let mp = if job.progress { Some(MultiProgress::new()) } else { None };
+
+    let mut clients = Vec::new();
+    match &job.mode {
+        Mode::Simulate => {
+            let parts = fedssl_shared::partition::partition(
+                &train.labels,
+                train.num_classes,
+                sc.federation.clients,
+                &sc.partition,
+                fedssl_shared::seed::derive(sc.seed, "partition", 0),
+            )?;
+            let slots_n = if sc.simulation.concurrent_training == 0 {
+                (num_cpus::get() / 2).max(1)
+            } else {
+                sc.simulation.concurrent_training
+            };
+            let slots = Arc::new(tokio::sync::Semaphore::new(slots_n));
+            let n = parts.len() as u32;
+            for (k, idx) in parts.iter().enumerate() {
+                let shard = Arc::new(train.subset(idx));
+                let mut opts = fedssl_client::ClientOptions::new(
+                    format!("sim-{k}"),
+                    fedssl_client::DataSource::InMemory { data: shard, shard: Some((k as u32, n)) },
+                );
+                opts.training_slots = Some(slots.clone());
+                opts.progress = mp.clone();
+                opts.max_weights_bytes = sc.federation.max_weights_bytes;
+                opts.fault = sc
+                    .simulation
+                    .faults
+                    .iter()
+                    .find(|f| f.client == k as u32)
+                    .map(|f| (f.round - 1, f.kind));
+                let ccfg = fedssl_client::tls::client_config(ca_pem.as_bytes(), idle)?;
+                clients.push(tokio::spawn(async move {
+                    let res = async {
+                        let conn = fedssl_client::connect(addr, "localhost", ccfg).await?;
+                        fedssl_client::run_session(conn, opts).await
+                    }
+                    .await;
+                    if let Err(e) = &res {
+                        tracing::info!(client = k, "simulated client stopped: {e:#}");
+                    }
+                    res
+                }));
+            }
+            info!(clients = parts.len(), %addr, "simulation: clients started over loopback QUIC");
+        }
+        Mode::Serve { .. } => {
+            let cert_hint = job.out.join("cert.pem");
+            eprintln!(
+                "fedssl coordinator listening on {addr} (QUIC); waiting for {} client(s) (at least {}).\n  join with: fedssl-client --coordinator <HOST>:{} --ca {} --shard K/{}",
+                sc.federation.clients,
+                sc.federation.min_clients,
+                addr.port(),
+                cert_hint.display(),
+                sc.federation.clients
+            );
+        }
+    }
+
+    let start_grace = match job.mode {
+        Mode::Simulate => Duration::from_secs(60),
+        Mode::Serve { .. } => Duration::from_secs(5),
+    };
+    let t_rounds = Instant::now();
+    let outcome = run_rounds(
+        RoundsContext { scenario: &sc, registry: registry.clone(), out: &job.out, start_grace, progress: mp.clone() },
+        initial.clone(),
+    )
+    .await;
+    let train_seconds = t_rounds.elapsed().as_secs_f64();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            registry.finish_all(&format!("run failed: {e:#}")).await;
+            endpoint.close(0u32.into(), b"failed");
+            return Err(e);
+        }
+    };
+    outcome.global.save(&job.out.join("final.safetensors"))?;
+    registry
+        .finish_all(&format!("run `{}` finished after {} rounds", sc.name, outcome.rounds_completed))
+        .await;
+    let wait_clients = tokio::time::Instant::now() + Duration::from_secs(10);
+    for c in clients {
+        let abort = c.abort_handle();
+        match tokio::time::timeout_at(wait_clients, c).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => tracing::info!("a simulated client ended with: {e:#}"),
+            Ok(Err(e)) if e.is_cancelled() => {}
+            Ok(Err(e)) => tracing::warn!("a simulated client panicked: {e}"),
+            Err(_) => abort.abort(),
+        }
+    }
+    endpoint.close(0u32.into(), b"done");
+    drop(data_dir);
+
+    let eval = if sc.eval.enabled {
+        let (sc2, global) = (sc.clone(), outcome.global.clone());
+        Some(
+            tokio::task::spawn_blocking(move || crate::evaluate::evaluate_run(&sc2, &global, &initial, &train, &test))
+                .await??,
+        )
+    } else {
+        None
+    };
+    let summary = Summary {
+        scenario: sc.name.clone(),
+        seed: sc.seed,
+        rounds_completed: outcome.rounds_completed,
+        clients: sc.federation.clients,
+        clients_contributed: outcome.clients_seen.len(),
+        pretext: sc.pretext.task.clone(),
+        backbone: sc.model.backbone.clone(),
+        strategy: sc.federation.strategy.clone(),
+        dataset: format!("{:?}", sc.data.dataset).to_lowercase(),
+        train_images: train_len_hint(&sc),
+        backbone_values,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        train_seconds,
+        bytes_sent: outcome.bytes_sent,
+        bytes_received: outcome.bytes_received,
+        eval,
+    };
+    write_summary(&job.out, &summary)?;
+    Ok(summary)
+}
+
+fn train_len_hint(sc: &Scenario) -> usize {
+    match sc.data.dataset {
+        fedssl_shared::scenario::DatasetKind::Synthetic => {
+            sc.data.train_images.unwrap_or(fedssl_shared::scenario::SYNTHETIC_TRAIN_DEFAULT)
+        }
+        fedssl_shared::scenario::DatasetKind::Cifar10 => sc.data.train_images.unwrap_or(50_000).min(50_000),
+    }
+}
+
+/// Writes `summary.json` atomically.
+pub fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
+    let text = serde_json::to_string_pretty(summary)?;
+    write_atomic(&out.join("summary.json"), text.as_bytes())
+}
+
+/// The one-line result printed at the end of a run.
+pub fn result_line(s: &Summary, out: &Path) -> String {
+    let mut line = format!(
+        "{}: {} rounds, {} clients, {:.1} s",
+        s.scenario, s.rounds_completed, s.clients_contributed, s.wall_seconds
+    );
+    if let Some(e) = &s.eval {
+        line += &format!(" | linear probe top-1 {:.1}% top-5 {:.1}%", 100.0 * e.linear.top1, 100.0 * e.linear.top5);
+        if let Some(r) = &e.random_init {
+            line += &format!(
+                " (random init {:.1}%, {:+.1} points)",
+                100.0 * r.linear.top1,
+                100.0 * (e.linear.top1 - r.linear.top1)
+            );
+        }
+    }
+    line + &format!(" | {}", out.join("summary.json").display())
+}

@@ -1,0 +1,106 @@
+//! `fedssl-coordinator`: run a federated self-supervised pretraining job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use fedssl_coordinator::job::{result_line, run_job, Job, Mode};
+use fedssl_shared::scenario::Scenario;
+
+#[derive(Parser)]
+#[command(name = "fedssl-coordinator", version, about = "Federated self-supervised pretraining: the coordinator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Scenario file (TOML).
+    scenario: PathBuf,
+    /// Output folder (default: runs/<scenario name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Dataset folder (overrides data.path), e.g. the folder holding cifar-10-batches-bin.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Override a scenario key, e.g. --set federation.rounds=5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Coordinator and all clients in this process, over loopback QUIC.
+    Simulate(Common),
+    /// Listen for clients on the network (they run `fedssl-client`).
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:4433")]
+        listen: SocketAddr,
+        /// PEM certificate (with --key); default: a self-signed one written to the output folder.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// PEM private key for --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Extra host name or IP address the self-signed certificate is valid for (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
+    let mut sc = Scenario::load(&common.scenario, &common.set)?;
+    if let Some(d) = &common.data_dir {
+        sc.data.path = Some(d.clone());
+    }
+    let out = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&sc.name));
+    Ok((sc, out))
+}
+
+async fn real_main(cli: Cli) -> Result<()> {
+    let (common, mode) = match cli.cmd {
+        Cmd::Simulate(c) => (c, Mode::Simulate),
+        Cmd::Serve { common, listen, cert, key, names } => {
+            let identity = cert.zip(key);
+            (common, Mode::Serve { listen, identity, names })
+        }
+    };
+    let (scenario, out) = load(&common)?;
+    let job = Job { scenario, out: out.clone(), mode, progress: !common.quiet };
+    let summary = run_job(job).await.context("run failed")?;
+    println!("{}", result_line(&summary, &out));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! TLS for the QUIC server: a self-signed certificate written next to the run (or a
+//! user-supplied certificate and key), and the quinn server configuration.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A certificate chain and its private key, DER-encoded, with the PEM of the leaf (what a
+/// client passes as `--ca`).
+pub struct ServerIdentity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+    /// PEM text of the leaf certificate.
+    pub cert_pem: String,
+}
+
+/// Generates a self-signed certificate valid for `names` (DNS names or IP addresses;
+/// `localhost` and `127.0.0.1` are always included).
+pub fn self_signed(names: &[String]) -> Result<ServerIdentity> {
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for n in names {
+        if !sans.contains(n) {
+            sans.push(n.clone());
+        }
+    }
+    let ck = rcgen::generate_simple_self_signed(sans).context("cannot generate a certificate")?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
+    Ok(ServerIdentity {
+        chain: vec![ck.cert.der().clone()],
+        key,
+        cert_pem: ck.cert.pem(),
+    })
+}
+
+/// Writes the identity as `cert.pem` and `key.pem` into `dir`; the key file is readable only
+/// by its owner on Unix.
+pub fn write_identity(id: &ServerIdentity, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cert = dir.join("cert.pem");
+    std::fs::write(&cert, &id.cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
+    let key_pem = match &id.key {
+        PrivateKeyDer::Pkcs8(k) => pem_encode("PRIVATE KEY", k.secret_pkcs8_der()),
+        _ => bail!("only PKCS#8 keys are written"),
+    };
+    let key = dir.join("key.pem");
+    std::fs::write(&key, key_pem).with_context(|| format!("cannot write {}", key.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.len();
+        let v = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= n {
+                b64.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Loads a PEM certificate chain and PEM private key; errors name the file.
+pub fn load_identity(cert: &Path, key: &Path) -> Result<ServerIdentity> {
+    let cert_pem = std::fs::read_to_string(cert).with_context(|| format!("cannot read certificate {}", cert.display()))?;
+    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
+    if chain.is_empty() {
+        bail!("{}: no certificate found", cert.display());
+    }
+    let key_pem = std::fs::read(key).with_context(|| format!("cannot read key {}", key.display()))?;
+    let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .with_context(|| format!("{}: not a PEM private key", key.display()))?
+        .with_context(|| format!("{}: no private key found", key.display()))?;
+    Ok(ServerIdentity { chain, key: key_der, cert_pem })
+}
+
+/// The quinn server configuration: TLS 1.3 (ring), ALPN `fedssl/1`, keep-alives so that a
+/// vanished client is noticed within `idle_timeout`.
+pub fn server_config(id: &ServerIdentity, idle_timeout: Duration) -> Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![fedssl_shared::protocol::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(idle_timeout.try_into()?));
+    transport.keep_alive_interval(Some(idle_timeout / 4));
+    transport.max_concurrent_bidi_streams(16u32.into());
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_identity_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = self_signed(&["node1.example".into()]).unwrap();
+        write_identity(&id, dir.path()).unwrap();
+        let back = load_identity(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        assert_eq!(back.chain, id.chain);
+        assert_eq!(back.key.secret_der(), id.key.secret_der());
+        assert!(server_config(&back, Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn missing_or_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let bogus = dir.path().join("bogus.pem");
+        std::fs::write(&bogus, "not pem").unwrap();
+        let e = load_identity(&bogus, &bogus).err().unwrap();
+        assert!(e.to_string().contains("bogus.pem"), "{e}");
+        let e = load_identity(&dir.path().join("nope.pem"), &bogus).err().unwrap();
+        assert!(e.to_string().contains("nope.pem"), "{e}");
+    }
+}

@@ -1,0 +1,508 @@
+//! CPU training/inference throughput of a small CIFAR ResNet with candle's stock ops against
+//! `fedssl_shared::ops` (issue 3), and against PyTorch when `python3 -c "import torch"` works.
+//!
+//! ```text
+//! cargo run --release -p fedssl-shared --example bench_conv -- --threads 2 --out bench.json
+//! ```
+//!
+//! Model (self-contained, same shapes as `bench/pytorch_bench.py`): 3×3 stem conv 3→32 + BN +
+//! ReLU; three stages of two BasicBlocks each, widths 32/64/128, stride 2 at the start of
+//! stages 2 and 3 (1×1 stride-2 conv + BN shortcut); global average pool; linear 128→10.
+//! Training step: forward with BatchNorm in training mode, cross-entropy, backward, plain SGD
+//! (lr 0.01). Inference: forward with BatchNorm in eval mode. Batch 128 of 32×32 images.
+//!
+//! Variants: `candle-stock` (candle's conv2d, BatchNorm, ReLU), `fedssl-conv` (our conv2d,
+//! candle's BatchNorm and ReLU), `fedssl-all` (our conv2d, batch_norm, relu, add_relu).
+//! Throughput is the batch over the best (minimum) step time of `--iters` timed steps, which is
+//! the least disturbed by other work on a shared machine; the median is in the JSON too.
+//!
+//! Flags: `--threads N` (default 2), `--batch B` (128), `--iters K` timed steps (3),
+//! `--warmup W` (1), `--ops stock|conv|all|fast|every` (every; fast = conv + all),
+//! `--breakdown` (time each op kind alone at the model's shapes), `--no-pytorch`,
+//! `--out FILE` (JSON).
+
+use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
+use candle_nn::{BatchNorm, Init, Linear, Optimizer, VarBuilder, VarMap};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConvKind {
+    /// candle's conv2d, BatchNorm and ReLU.
+    Stock,
+    /// `ops::conv2d`, candle's BatchNorm and ReLU.
+    Fast,
+    /// `ops::conv2d`, `ops::batch_norm`, `ops::relu` / `ops::add_relu`.
+    All,
+}
+
+impl ConvKind {
+    fn name(self) -> &'static str {
+        match self {
+            ConvKind::Stock => "candle-stock",
+            ConvKind::Fast => "fedssl-conv",
+            ConvKind::All => "fedssl-all",
+        }
+    }
+    fn conv(self, x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+        match self {
+            ConvKind::Stock => x.conv2d(w, pad, stride, 1, 1),
+            _ => fedssl_shared::ops::conv2d(x, w, stride, pad),
+        }
+    }
+    fn bn(self, bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            ConvKind::All => fedssl_shared::ops::batch_norm(bn, x, train),
+            _ => bn.forward_t(x, train),
+        }
+    }
+    fn relu(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            ConvKind::All => fedssl_shared::ops::relu(x),
+            _ => x.relu(),
+        }
+    }
+    fn add_relu(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self {
+            ConvKind::All => fedssl_shared::ops::add_relu(a, b),
+            _ => (a + b)?.relu(),
+        }
+    }
+}
+
+struct ConvBn {
+    w: Tensor,
+    bn: BatchNorm,
+    stride: usize,
+    pad: usize,
+}
+
+impl ConvBn {
+    fn new(vb: VarBuilder, c_in: usize, c_out: usize, k: usize, stride: usize) -> Result<Self> {
+        let fan_in = (c_in * k * k) as f64;
+        let w = vb.get_with_hints(
+            (c_out, c_in, k, k),
+            "conv.weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: (2.0 / fan_in).sqrt(),
+            },
+        )?;
+        let bn = candle_nn::batch_norm(c_out, 1e-5, vb.pp("bn"))?;
+        Ok(Self {
+            w,
+            bn,
+            stride,
+            pad: k / 2,
+        })
+    }
+    fn forward(&self, x: &Tensor, kind: ConvKind, train: bool) -> Result<Tensor> {
+        let y = kind.conv(x, &self.w, self.stride, self.pad)?;
+        kind.bn(&self.bn, &y, train)
+    }
+}
+
+struct Block {
+    a: ConvBn,
+    b: ConvBn,
+    shortcut: Option<ConvBn>,
+}
+
+impl Block {
+    fn new(vb: VarBuilder, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
+        let shortcut = if stride != 1 || c_in != c_out {
+            Some(ConvBn::new(vb.pp("shortcut"), c_in, c_out, 1, stride)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            a: ConvBn::new(vb.pp("a"), c_in, c_out, 3, stride)?,
+            b: ConvBn::new(vb.pp("b"), c_out, c_out, 3, 1)?,
+            shortcut,
+        })
+    }
+    fn forward(&self, x: &Tensor, kind: ConvKind, train: bool) -> Result<Tensor> {
+        let y = kind.relu(&self.a.forward(x, kind, train)?)?;
+        let y = self.b.forward(&y, kind, train)?;
+        let s = match &self.shortcut {
+            Some(s) => s.forward(x, kind, train)?,
+            None => x.clone(),
+        };
+        kind.add_relu(&y, &s)
+    }
+}
+
+struct Net {
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    fc: Linear,
+}
+
+impl Net {
+    fn new(vb: VarBuilder) -> Result<Self> {
+        let stem = ConvBn::new(vb.pp("stem"), 3, 32, 3, 1)?;
+        let mut blocks = Vec::new();
+        let mut c_in = 32;
+        for (i, &c) in [32usize, 64, 128].iter().enumerate() {
+            for j in 0..2 {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                blocks.push(Block::new(vb.pp(format!("s{i}b{j}")), c_in, c, stride)?);
+                c_in = c;
+            }
+        }
+        let fc = candle_nn::linear(128, 10, vb.pp("fc"))?;
+        Ok(Self { stem, blocks, fc })
+    }
+    fn forward(&self, x: &Tensor, kind: ConvKind, train: bool) -> Result<Tensor> {
+        let mut y = kind.relu(&self.stem.forward(x, kind, train)?)?;
+        for b in &self.blocks {
+            y = b.forward(&y, kind, train)?;
+        }
+        self.fc.forward(&y.mean((2, 3))?)
+    }
+    /// `(c_in, c_out, k, stride, input side)` of every conv, for the breakdown.
+    fn conv_shapes() -> Vec<(usize, usize, usize, usize, usize)> {
+        let mut v = vec![(3, 32, 3, 1, 32)];
+        let (mut c_in, mut side) = (32, 32);
+        for (i, &c) in [32usize, 64, 128].iter().enumerate() {
+            for j in 0..2 {
+                let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                v.push((c_in, c, 3, stride, side));
+                if stride != 1 || c_in != c {
+                    v.push((c_in, c, 1, stride, side));
+                }
+                side /= stride;
+                v.push((c, c, 3, 1, side));
+                c_in = c;
+            }
+        }
+        v
+    }
+}
+
+struct Args {
+    threads: usize,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    kinds: Vec<ConvKind>,
+    breakdown: bool,
+    pytorch: bool,
+    out: Option<String>,
+}
+
+fn parse_args() -> std::result::Result<Args, String> {
+    let mut a = Args {
+        threads: 2,
+        batch: 128,
+        iters: 3,
+        warmup: 1,
+        kinds: vec![ConvKind::Stock, ConvKind::Fast, ConvKind::All],
+        breakdown: false,
+        pytorch: true,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let num = |s: String| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
+        match flag.as_str() {
+            "--threads" => a.threads = num(val()?)?.max(1),
+            "--batch" => a.batch = num(val()?)?.max(2),
+            "--iters" => a.iters = num(val()?)?.max(1),
+            "--warmup" => a.warmup = num(val()?)?,
+            "--ops" => {
+                a.kinds = match val()?.as_str() {
+                    "stock" => vec![ConvKind::Stock],
+                    "conv" => vec![ConvKind::Fast],
+                    "all" => vec![ConvKind::All],
+                    "fast" => vec![ConvKind::Fast, ConvKind::All],
+                    "every" => vec![ConvKind::Stock, ConvKind::Fast, ConvKind::All],
+                    other => {
+                        return Err(format!(
+                            "--ops {other}: expected stock, conv, all, fast or every"
+                        ))
+                    }
+                }
+            }
+            "--breakdown" => a.breakdown = true,
+            "--no-pytorch" => a.pytorch = false,
+            "--out" => a.out = Some(val()?),
+            "-h" | "--help" => {
+                println!(
+                    "bench_conv [--threads N] [--batch B] [--iters K] [--warmup W] \
+                     [--ops stock|conv|all|fast|every] [--breakdown] [--no-pytorch] [--out FILE]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Seconds of one run of `f`: `(best, median)` over `iters` timed runs after `warmup` untimed.
+fn time_it(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::new();
+    for _ in 0..iters {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    let best = t.iter().cloned().fold(f64::INFINITY, f64::min);
+    Ok((best, median(t)))
+}
+
+struct Measured {
+    kind: ConvKind,
+    /// Images per second: (best step, median step).
+    train: (f64, f64),
+    infer: (f64, f64),
+    final_loss: f32,
+}
+
+fn measure(kind: ConvKind, a: &Args) -> Result<Measured> {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let net = Net::new(vb)?;
+    let x = Tensor::randn(0f32, 1.0, (a.batch, 3, 32, 32), &dev)?;
+    let labels: Vec<u32> = (0..a.batch as u32).map(|i| (i * 7 + 3) % 10).collect();
+    let y = Tensor::new(labels, &dev)?;
+    let mut opt = candle_nn::SGD::new(varmap.all_vars(), 0.01)?;
+    let mut loss_v = f32::NAN;
+    let train_s = time_it(a.warmup, a.iters, || {
+        let logits = net.forward(&x, kind, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        opt.backward_step(&loss)?;
+        loss_v = loss.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let infer_s = time_it(a.warmup, a.iters, || {
+        let logits = net.forward(&x, kind, false)?;
+        logits.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let b = a.batch as f64;
+    Ok(Measured {
+        kind,
+        train: (b / train_s.0, b / train_s.1),
+        infer: (b / infer_s.0, b / infer_s.1),
+        final_loss: loss_v,
+    })
+}
+
+/// Milliseconds per training step spent in each kind of op, each op timed alone (best of
+/// `--iters`) at every shape where the model uses it: `(name, forward, forward + backward)`.
+fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
+    let dev = Device::Cpu;
+    let b = a.batch;
+    // Backward of sum(y · g) minus that loss's own cost (a mul, a sum and their backward).
+    let fwd_bwd = |x: &Var, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<(f64, f64)> {
+        let y0 = f(x.as_tensor())?;
+        let g = Tensor::randn(0f32, 1.0, y0.dims(), &dev)?;
+        let fwd = time_it(1, a.iters, || {
+            f(x.as_tensor())?;
+            Ok(())
+        })?
+        .0;
+        let both = time_it(1, a.iters, || {
+            let y = f(x.as_tensor())?;
+            (y * &g)?.sum_all()?.backward()?;
+            Ok(())
+        })?
+        .0;
+        let yv = Var::from_tensor(&y0)?;
+        let loss_only = time_it(1, a.iters, || {
+            (yv.as_tensor() * &g)?.sum_all()?.backward()?;
+            Ok(())
+        })?
+        .0;
+        Ok((fwd * 1e3, (both - loss_only).max(fwd) * 1e3))
+    };
+    let mut rows = Vec::new();
+    for (label, kind) in [("candle", ConvKind::Stock), ("fedssl", ConvKind::All)] {
+        let (mut f, mut fb) = (0.0, 0.0);
+        for (c_in, c_out, k, stride, side) in Net::conv_shapes() {
+            let x = Var::randn(0f32, 1.0, (b, c_in, side, side), &dev)?;
+            let w = Var::randn(0f32, 0.1, (c_out, c_in, k, k), &dev)?;
+            let (t1, t2) = fwd_bwd(&x, &|x| kind.conv(x, w.as_tensor(), stride, k / 2))?;
+            f += t1;
+            fb += t2;
+        }
+        rows.push((format!("conv2d ({label})"), f, fb));
+        // BatchNorm (training mode) after every conv; a ReLU (or the residual add + ReLU)
+        // after every 3×3 conv.
+        let (mut bn_f, mut bn_fb, mut relu_f, mut relu_fb) = (0.0, 0.0, 0.0, 0.0);
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        for (i, (_, c_out, k, stride, side)) in Net::conv_shapes().into_iter().enumerate() {
+            let side = side / stride;
+            let x = Var::randn(0f32, 1.0, (b, c_out, side, side), &dev)?;
+            let bn = candle_nn::batch_norm(c_out, 1e-5, vb.pp(format!("bn{i}")))?;
+            let (t1, t2) = fwd_bwd(&x, &|x| kind.bn(&bn, x, true))?;
+            bn_f += t1;
+            bn_fb += t2;
+            if k == 3 {
+                let (t1, t2) = fwd_bwd(&x, &|x| kind.relu(x))?;
+                relu_f += t1;
+                relu_fb += t2;
+            }
+        }
+        rows.push((format!("batch_norm train ({label})"), bn_f, bn_fb));
+        rows.push((format!("relu ({label})"), relu_f, relu_fb));
+    }
+    Ok(rows)
+}
+
+fn pytorch(a: &Args) -> std::result::Result<serde_json::Value, String> {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        return Err("PyTorch is not available (python3 -c \"import torch\" failed)".into());
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/pytorch_bench.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--threads", &a.threads.to_string()])
+        .args(["--batch", &a.batch.to_string()])
+        .args(["--iters", &a.iters.to_string()])
+        .args(["--warmup", &a.warmup.max(1).to_string()])
+        .output()
+        .map_err(|e| format!("running {script}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default();
+    serde_json::from_str(last).map_err(|e| format!("{script} printed no JSON ({e}): {last}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = parse_args().map_err(anyhow::Error::msg)?;
+    // Candle sizes its pool and its GEMM parallelism from RAYON_NUM_THREADS; set it before the
+    // first candle call so `--threads` governs everything.
+    std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
+    println!(
+        "small ResNet (stem 32, stages 32/64/128 x 2 BasicBlocks), batch {}, 32x32, {} thread(s), best of {}",
+        a.batch, a.threads, a.iters
+    );
+    println!(
+        "  {:<14} {:>12} {:>16}",
+        "ops", "train img/s", "inference img/s"
+    );
+    let (results, rows) = Device::Cpu.with_context(|| -> Result<_> {
+        let mut results = Vec::new();
+        for &kind in &a.kinds {
+            let m = measure(kind, &a)?;
+            println!(
+                "  {:<14} {:>12.1} {:>16.1}   (median {:.1} / {:.1}, loss {:.3})",
+                m.kind.name(),
+                m.train.0,
+                m.infer.0,
+                m.train.1,
+                m.infer.1,
+                m.final_loss
+            );
+            results.push(m);
+        }
+        let rows = if a.breakdown {
+            breakdown(&a)?
+        } else {
+            Vec::new()
+        };
+        Ok((results, rows))
+    })?;
+    let torch = if a.pytorch {
+        pytorch(&a)
+    } else {
+        Err("skipped (--no-pytorch)".into())
+    };
+    let (tt, ti) = match &torch {
+        Ok(t) => {
+            let (tt, ti) = (
+                t["train_ips"].as_f64().unwrap_or(f64::NAN),
+                t["infer_ips"].as_f64().unwrap_or(f64::NAN),
+            );
+            println!(
+                "  {:<14} {:>12.1} {:>16.1}   (torch {})",
+                "pytorch",
+                tt,
+                ti,
+                t["torch_version"].as_str().unwrap_or("?")
+            );
+            (Some(tt), Some(ti))
+        }
+        Err(e) => {
+            println!("  PyTorch: {e}");
+            (None, None)
+        }
+    };
+    if let Some(s) = results.iter().find(|m| m.kind == ConvKind::Stock) {
+        for m in results.iter().filter(|m| m.kind != ConvKind::Stock) {
+            println!(
+                "  {} vs candle-stock: train {:.2}x, inference {:.2}x",
+                m.kind.name(),
+                m.train.0 / s.train.0,
+                m.infer.0 / s.infer.0
+            );
+        }
+    }
+    if let (Some(tt), Some(ti)) = (tt, ti) {
+        for m in &results {
+            println!(
+                "  {} / PyTorch: train {:.2}, inference {:.2}",
+                m.kind.name(),
+                m.train.0 / tt,
+                m.infer.0 / ti
+            );
+        }
+    }
+    if !rows.is_empty() {
+        println!("per-step time by op kind (each op timed alone at the model's shapes):");
+        println!("  {:<28} {:>10} {:>12}", "op", "fwd ms", "fwd+bwd ms");
+        for (name, f, fb) in &rows {
+            println!("  {:<28} {:>10.1} {:>12.1}", name, f, fb);
+        }
+    }
+    if let Some(path) = &a.out {
+        let json = serde_json::json!({
+            "model": "resnet-small (stem 32, stages 32/64/128 x 2 BasicBlocks)",
+            "batch": a.batch,
+            "image": [3, 32, 32],
+            "threads": a.threads,
+            "iters": a.iters,
+            "statistic": "images per second over the best step; *_median over the median step",
+            "results": results.iter().map(|m| serde_json::json!({
+                "ops": m.kind.name(),
+                "train_images_per_s": m.train.0,
+                "inference_images_per_s": m.infer.0,
+                "train_images_per_s_median": m.train.1,
+                "inference_images_per_s_median": m.infer.1,
+            })).collect::<Vec<_>>(),
+            "breakdown_ms_per_step": rows.iter().map(|(n, f, fb)| serde_json::json!({
+                "op": n, "fwd": f, "fwd_bwd": fb,
+            })).collect::<Vec<_>>(),
+            "pytorch": match &torch {
+                Ok(t) => t.clone(),
+                Err(e) => serde_json::json!({ "unavailable": e }),
+            },
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
+        println!("wrote {path}");
+    }
+    Ok(())
+}

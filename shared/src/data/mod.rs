@@ -1,0 +1,247 @@
+//! Image datasets held in memory as `u8` `(N, H, W, C)` bytes, decoded once at load, and
+//! their conversion to normalised `f32` `(B, C, H, W)` batches.
+//!
+//! Loaders: [`cifar10`] (the binary release of Krizhevsky 2009) and [`synthetic`]
+//! (procedural shapes and textures, for tests and offline demos).
+
+pub mod cifar10;
+pub mod synthetic;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// An in-memory labelled image dataset.
+///
+/// Images are `u8` in `(N, H, W, C)` order (row-major, channels last), decoded once;
+/// labels are `u32` class indices in `0..num_classes`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageDataset {
+    /// `N * H * W * C` bytes: image `i` is `images[i*H*W*C .. (i+1)*H*W*C]`, pixel `(y, x)`
+    /// channel `c` at offset `(y*W + x)*C + c`.
+    pub images: Vec<u8>,
+    /// `N` class indices.
+    pub labels: Vec<u32>,
+    /// Image height `H` in pixels.
+    pub height: usize,
+    /// Image width `W` in pixels.
+    pub width: usize,
+    /// Channels `C` (3 for RGB; at most 3).
+    pub channels: usize,
+    /// Number of classes; every label is `< num_classes`.
+    pub num_classes: usize,
+    /// Human-readable class names, `num_classes` of them.
+    pub class_names: Vec<String>,
+    /// Per-channel mean on the 0..1 scale, used by [`ImageDataset::batch_tensor`].
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation on the 0..1 scale.
+    pub std: [f32; 3],
+}
+
+impl ImageDataset {
+    /// Number of images `N`.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when the dataset holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes of one image per image, `H * W * C`.
+    pub fn image_bytes(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+
+    /// The `H*W*C` bytes of image `i` (HWC order). Panics if `i >= len()`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let s = self.image_bytes();
+        &self.images[i * s..(i + 1) * s]
+    }
+
+    /// A new dataset holding copies of the listed images, in the order given (indices may
+    /// repeat). Class names, `num_classes` and the normalisation statistics are kept from
+    /// `self`, so every subset is normalised like its parent. Panics on an index out of range.
+    pub fn subset(&self, idx: &[usize]) -> ImageDataset {
+        let s = self.image_bytes();
+        let mut images = Vec::with_capacity(idx.len() * s);
+        let mut labels = Vec::with_capacity(idx.len());
+        for &i in idx {
+            images.extend_from_slice(self.image(i));
+            labels.push(self.labels[i]);
+        }
+        ImageDataset {
+            images,
+            labels,
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+            num_classes: self.num_classes,
+            class_names: self.class_names.clone(),
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+
+    /// Number of images of each class, a vector of length `num_classes`.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0usize; self.num_classes];
+        for &l in &self.labels {
+            if (l as usize) < counts.len() {
+                counts[l as usize] += 1;
+            }
+        }
+        counts
+    }
+
+    /// The listed images as a normalised `f32` tensor of shape `(B, C, H, W)` on `device`,
+    /// `B = idx.len()`: value `(v/255 - mean[c]) / std[c]`.
+    ///
+    /// Errors if an index is out of range.
+    pub fn batch_tensor(&self, idx: &[usize], device: &Device) -> Result<Tensor> {
+        let s = self.image_bytes();
+        let mut bytes = Vec::with_capacity(idx.len() * s);
+        for &i in idx {
+            if i >= self.len() {
+                bail!(
+                    "image index {i} out of range (dataset has {} images)",
+                    self.len()
+                );
+            }
+            bytes.extend_from_slice(self.image(i));
+        }
+        hwc_u8_to_tensor(
+            &bytes,
+            idx.len(),
+            self.height,
+            self.width,
+            self.channels,
+            self.mean,
+            self.std,
+            device,
+        )
+    }
+
+    /// Per-channel mean and standard deviation of all pixels of `images` (`(N, H, W, C)`
+    /// bytes), on the 0..1 scale. Channels beyond `C` get mean 0 and std 1; a constant
+    /// channel gets std 1 (so normalising never divides by zero).
+    pub fn compute_mean_std(images: &[u8], channels: usize) -> ([f32; 3], [f32; 3]) {
+        let mut sum = [0f64; 3];
+        let mut sum_sq = [0f64; 3];
+        let c = channels.clamp(1, 3);
+        for px in images.chunks_exact(channels.max(1)) {
+            for ch in 0..c {
+                let v = px[ch] as f64 / 255.0;
+                sum[ch] += v;
+                sum_sq[ch] += v * v;
+            }
+        }
+        let n = (images.len() / channels.max(1)).max(1) as f64;
+        let mut mean = [0f32; 3];
+        let mut std = [1f32; 3];
+        for ch in 0..c {
+            let m = sum[ch] / n;
+            let var = (sum_sq[ch] / n - m * m).max(0.0);
+            mean[ch] = m as f32;
+            std[ch] = if var > 1e-12 { var.sqrt() as f32 } else { 1.0 };
+        }
+        (mean, std)
+    }
+}
+
+/// Converts `n` images of `(H, W, C)` `u8` bytes (concatenated in `bytes`) into a normalised
+/// `f32` tensor `(n, C, H, W)` on `device`: `(v/255 - mean[c]) / std[c]`.
+///
+/// Errors if `bytes.len() != n*h*w*c` or `c > 3`.
+#[allow(clippy::too_many_arguments)]
+pub fn hwc_u8_to_tensor(
+    bytes: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    device: &Device,
+) -> Result<Tensor> {
+    if bytes.len() != n * h * w * c {
+        bail!(
+            "image bytes ({}) do not match {n} images of {h}x{w}x{c}",
+            bytes.len()
+        );
+    }
+    if c > 3 {
+        bail!("images with {c} channels are not supported (at most 3)");
+    }
+    let hw = h * w;
+    let mut out = vec![0f32; n * c * hw];
+    let mut scale = [0f32; 3];
+    let mut offset = [0f32; 3];
+    for ch in 0..c {
+        scale[ch] = 1.0 / (255.0 * std[ch]);
+        offset[ch] = -mean[ch] / std[ch];
+    }
+    for (img, dst) in bytes.chunks_exact(hw * c).zip(out.chunks_exact_mut(hw * c)) {
+        for ch in 0..c {
+            let plane = &mut dst[ch * hw..(ch + 1) * hw];
+            let (s, o) = (scale[ch], offset[ch]);
+            for (p, d) in plane.iter_mut().enumerate() {
+                *d = img[p * c + ch] as f32 * s + o;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (n, c, h, w), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ImageDataset {
+        // two 1x2 RGB images
+        ImageDataset {
+            images: vec![0, 255, 51, 255, 0, 102, 10, 20, 30, 40, 50, 60],
+            labels: vec![1, 0],
+            height: 1,
+            width: 2,
+            channels: 3,
+            num_classes: 2,
+            class_names: vec!["a".into(), "b".into()],
+            mean: [0.0, 0.5, 0.0],
+            std: [1.0, 0.5, 2.0],
+        }
+    }
+
+    #[test]
+    fn batch_tensor_is_nchw_and_normalised() {
+        let ds = tiny();
+        let t = ds.batch_tensor(&[0], &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[1, 3, 1, 2]);
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // R plane: 0/255, 255/255 ; G plane: (1-0.5)/0.5, (0-0.5)/0.5 ; B: 0.2/2, 0.4/2
+        let want = [0.0, 1.0, 1.0, -1.0, 0.1, 0.2];
+        for (a, b) in v.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{v:?}");
+        }
+        assert!(ds.batch_tensor(&[2], &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn subset_copies_and_counts() {
+        let ds = tiny();
+        let s = ds.subset(&[1, 1, 0]);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.labels, vec![0, 0, 1]);
+        assert_eq!(s.image(2), ds.image(0));
+        assert_eq!(s.class_counts(), vec![2, 1]);
+        assert_eq!(s.mean, ds.mean);
+    }
+
+    #[test]
+    fn mean_std_of_known_pixels() {
+        // channel 0 values 0 and 255 -> mean 0.5, std 0.5; channel 1 constant -> std 1
+        let (m, s) = ImageDataset::compute_mean_std(&[0, 51, 255, 51], 2);
+        assert!((m[0] - 0.5).abs() < 1e-6 && (s[0] - 0.5).abs() < 1e-6);
+        assert!((m[1] - 0.2).abs() < 1e-6 && s[1] == 1.0);
+    }
+}

@@ -1,0 +1,874 @@
+//! 2-D convolution for CPU training: im2col + GEMM forward, GEMM + col2im backward.
+//!
+//! Stock candle 0.11 computes a conv's input gradient with a scalar `conv_transpose2d` loop,
+//! which dominates CNN training time on the CPU. [`conv2d`] is a drop-in replacement for
+//! `x.conv2d(w, padding, stride, 1, 1)` (dilation 1, groups 1) that runs as a candle
+//! [`CustomOp2`], so autograd still works: its `bwd` returns the gradients of both the input and
+//! the kernel.
+//!
+//! Layout: `x` is `(N, C_in, H, W)`, `w` is `(C_out, C_in, KH, KW)`, the output is
+//! `(N, C_out, H_out, W_out)` with `H_out = (H + 2·padding − KH) / stride + 1`.
+//!
+//! How it works (all matrices row-major, `P = H_out·W_out`, `K = C_in·KH·KW`):
+//! - forward: per group of `G` images, `col (K, G·P) = im2col(x)` and `out (C_out, G·P) =
+//!   w (C_out, K) · col`. Groups are sized so that `G·P` is at least [`GROUP_COLS`] columns,
+//!   which keeps the GEMM efficient in the late, spatially small stages.
+//! - weight gradient: `gw += gout (C_out, G·P) · colᵀ`, one accumulator per thread, summed.
+//! - input gradient: `dcol (K, G·P) = wᵀ · gout`, then `col2im` scatters it into `gx`.
+//! - a 1×1, stride-1, padding-0 conv needs no im2col: the image `(C_in, H·W)` is the column
+//!   matrix.
+//!
+//! Threads: the batch is split into one contiguous range per thread of rayon's current pool
+//! (the GEMMs then run single-threaded); when the batch is too small to split evenly, groups
+//! run one after the other and each GEMM uses the whole pool instead. Run inside
+//! `Device::Cpu.with_context(|| …)` to use candle's warm pool.
+//!
+//! Everything but CPU `f32` falls back to candle's `conv2d` (CUDA keeps cuDNN/candle kernels).
+//! Setting the environment variable `FEDSSL_CONV=candle` forces that fallback everywhere (for
+//! A/B comparisons).
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// Minimum number of GEMM columns (output pixels) per group of images.
+pub const GROUP_COLS: usize = 256;
+
+/// 2-D convolution, dilation 1, groups 1: `x (N, C_in, H, W)` ⊛ `w (C_out, C_in, KH, KW)`.
+///
+/// On the CPU with `f32` tensors this runs the im2col + GEMM custom op (with backward); on any
+/// other device or dtype it is exactly candle's `x.conv2d(w, padding, stride, 1, 1)`.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if fast_path_applies(x, w, stride, padding) {
+        let x = x.contiguous()?;
+        let w = w.contiguous()?;
+        x.apply_op2(&w, Conv2dOp { stride, padding })
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
+}
+
+/// Candle's own convolution, for comparisons (`x.conv2d(w, padding, stride, 1, 1)`).
+pub fn conv2d_candle(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    x.conv2d(w, padding, stride, 1, 1)
+}
+
+fn forced_candle() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| {
+        std::env::var("FEDSSL_CONV")
+            .map(|v| v.eq_ignore_ascii_case("candle"))
+            .unwrap_or(false)
+    })
+}
+
+fn fast_path_applies(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
+    if forced_candle() || !x.device().is_cpu() || !w.device().is_cpu() {
+        return false;
+    }
+    if x.dtype() != DType::F32 || w.dtype() != DType::F32 {
+        return false;
+    }
+    // Anything malformed goes to candle, which reports the error in its own words.
+    match (x.dims4(), w.dims4()) {
+        (Ok((_, c, h, wd)), Ok((_, ci, kh, kw))) => {
+            stride >= 1 && c == ci && h + 2 * padding >= kh && wd + 2 * padding >= kw
+        }
+        _ => false,
+    }
+}
+
+/// Shapes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        let (&[n, c, h, wd], &[o, ci, kh, kw]) = (x, w) else {
+            candle_core::bail!("fedssl conv2d: expected 4-d x and w, got {x:?} and {w:?}")
+        };
+        if c != ci || stride == 0 || h + 2 * pad < kh || wd + 2 * pad < kw {
+            candle_core::bail!(
+                "fedssl conv2d: bad shapes x {x:?}, w {w:?}, stride {stride}, padding {pad}"
+            )
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            stride,
+            pad,
+            oh: (h + 2 * pad - kh) / stride + 1,
+            ow: (wd + 2 * pad - kw) / stride + 1,
+        })
+    }
+    /// Output pixels per image.
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// Rows of the column matrix: `C_in·KH·KW`.
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    fn x_img(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn out_img(&self) -> usize {
+        self.o * self.p()
+    }
+    /// 1×1, stride 1, no padding: the image itself is the column matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Images per GEMM.
+    fn group(&self) -> usize {
+        if self.pointwise() {
+            1
+        } else {
+            GROUP_COLS.div_ceil(self.p().max(1)).clamp(1, self.n.max(1))
+        }
+    }
+}
+
+/// How the batch is spread over the pool: `(images per task, tasks, gemm parallelism)`.
+fn plan(g: &Geom) -> (usize, usize, gemm::Parallelism) {
+    let threads = rayon::current_num_threads().max(1);
+    let group = g.group();
+    let n_groups = g.n.div_ceil(group);
+    if threads > 1 && n_groups >= threads && (n_groups % threads == 0 || n_groups >= 4 * threads) {
+        let per_task = n_groups.div_ceil(threads) * group;
+        (per_task, g.n.div_ceil(per_task), gemm::Parallelism::None)
+    } else if threads > 1 {
+        (g.n.max(1), 1, gemm::Parallelism::Rayon(threads))
+    } else {
+        (g.n.max(1), 1, gemm::Parallelism::None)
+    }
+}
+
+/// A row-major-or-strided matrix operand: pointer, row stride, column stride.
+#[derive(Clone, Copy)]
+struct M {
+    ptr: *const f32,
+    rs: usize,
+    cs: usize,
+}
+
+// SAFETY: `M` only ever points into slices that outlive the parallel section that uses it, and
+// it is only read through.
+unsafe impl Send for M {}
+unsafe impl Sync for M {}
+
+/// `dst (m, n) = [dst +] lhs (m, k) · rhs (k, n)`.
+///
+/// # Safety
+/// Every operand must cover its strided extent, and `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: M,
+    rhs: M,
+    par: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs as isize,
+        lhs.rs as isize,
+        rhs.ptr,
+        rhs.cs as isize,
+        rhs.rs as isize,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
+/// Output columns `[lo, hi)` whose input coordinate `o·stride + k − pad` lies in `[0, len)`.
+#[inline]
+fn valid_range(len: usize, out_len: usize, k: usize, stride: usize, pad: usize) -> (usize, usize) {
+    let lo = if k >= pad {
+        0
+    } else {
+        (pad - k).div_ceil(stride)
+    };
+    let hi = if len + pad <= k {
+        0
+    } else {
+        ((len - 1 + pad - k) / stride + 1).min(out_len)
+    };
+    (lo.min(out_len), hi.max(lo.min(out_len)))
+}
+
+/// Writes image `img (C, H, W)` into columns `[off, off + P)` of `col (K, ld)`.
+fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize) {
+    let (p, s) = (g.p(), g.stride);
+    for c in 0..g.c {
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (y_lo, y_hi) = valid_range(g.h, g.oh, ki, s, g.pad);
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[row * ld + off..row * ld + off + p];
+                let (x_lo, x_hi) = valid_range(g.w, g.ow, kj, s, g.pad);
+                dst[..y_lo * g.ow].fill(0.0);
+                dst[y_hi * g.ow..].fill(0.0);
+                for oy in y_lo..y_hi {
+                    let iy = oy * s + ki - g.pad;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    d[..x_lo].fill(0.0);
+                    d[x_hi..].fill(0.0);
+                    if x_lo < x_hi {
+                        let ix0 = x_lo * s + kj - g.pad;
+                        if s == 1 {
+                            d[x_lo..x_hi].copy_from_slice(&src[ix0..ix0 + (x_hi - x_lo)]);
+                        } else {
+                            for (j, v) in d[x_lo..x_hi].iter_mut().enumerate() {
+                                *v = src[ix0 + j * s];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds columns `[off, off + P)` of `col (K, ld)` back into image gradient `img (C, H, W)`.
+fn col2im(g: &Geom, col: &[f32], ld: usize, off: usize, img: &mut [f32]) {
+    let (p, s) = (g.p(), g.stride);
+    for c in 0..g.c {
+        let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (y_lo, y_hi) = valid_range(g.h, g.oh, ki, s, g.pad);
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let src = &col[row * ld + off..row * ld + off + p];
+                let (x_lo, x_hi) = valid_range(g.w, g.ow, kj, s, g.pad);
+                if x_lo >= x_hi {
+                    continue;
+                }
+                let ix0 = x_lo * s + kj - g.pad;
+                for oy in y_lo..y_hi {
+                    let iy = oy * s + ki - g.pad;
+                    let d = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let sv = &src[oy * g.ow + x_lo..oy * g.ow + x_hi];
+                    if s == 1 {
+                        for (a, b) in d[ix0..ix0 + sv.len()].iter_mut().zip(sv) {
+                            *a += *b;
+                        }
+                    } else {
+                        for (j, b) in sv.iter().enumerate() {
+                            d[ix0 + j * s] += *b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward convolution of contiguous `x` and `w`; returns the contiguous output.
+fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (p, k, o) = (g.p(), g.k(), g.o);
+    let mut out = vec![0f32; g.n * g.out_img()];
+    if out.is_empty() {
+        return out;
+    }
+    let group = g.group();
+    let (per_task, _, par) = plan(g);
+    let w_mat = M {
+        ptr: w.as_ptr(),
+        rs: k,
+        cs: 1,
+    };
+    out.par_chunks_mut(per_task * g.out_img())
+        .enumerate()
+        .for_each(|(t, out_chunk)| {
+            let n0 = t * per_task;
+            let imgs = out_chunk.len() / g.out_img();
+            let mut col = if g.pointwise() {
+                Vec::new()
+            } else {
+                vec![0f32; k * group * p]
+            };
+            let mut tmp = if group > 1 {
+                vec![0f32; o * group * p]
+            } else {
+                Vec::new()
+            };
+            for i0 in (0..imgs).step_by(group) {
+                let gn = group.min(imgs - i0);
+                let x_grp = &x[(n0 + i0) * g.x_img()..(n0 + i0 + gn) * g.x_img()];
+                let out_grp = &mut out_chunk[i0 * g.out_img()..(i0 + gn) * g.out_img()];
+                if g.pointwise() {
+                    // out (O, P) = w (O, C) · x (C, P)
+                    unsafe {
+                        matmul(
+                            o,
+                            p,
+                            k,
+                            out_grp.as_mut_ptr(),
+                            p,
+                            false,
+                            w_mat,
+                            M {
+                                ptr: x_grp.as_ptr(),
+                                rs: p,
+                                cs: 1,
+                            },
+                            par,
+                        )
+                    };
+                    continue;
+                }
+                let ld = gn * p;
+                for j in 0..gn {
+                    im2col(
+                        g,
+                        &x_grp[j * g.x_img()..(j + 1) * g.x_img()],
+                        &mut col,
+                        ld,
+                        j * p,
+                    );
+                }
+                let col_mat = M {
+                    ptr: col.as_ptr(),
+                    rs: ld,
+                    cs: 1,
+                };
+                if gn == 1 {
+                    unsafe { matmul(o, p, k, out_grp.as_mut_ptr(), p, false, w_mat, col_mat, par) };
+                } else {
+                    unsafe { matmul(o, ld, k, tmp.as_mut_ptr(), ld, false, w_mat, col_mat, par) };
+                    for j in 0..gn {
+                        for oc in 0..o {
+                            out_grp[j * o * p + oc * p..j * o * p + (oc + 1) * p]
+                                .copy_from_slice(&tmp[oc * ld + j * p..oc * ld + (j + 1) * p]);
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// Gradients of the convolution for the contiguous `x`, `w` and output gradient `gout`.
+/// Returns `(gx, gw)`; each is computed only when asked for.
+fn backward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    gout: &[f32],
+    need_gx: bool,
+    need_gw: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let (p, k, o) = (g.p(), g.k(), g.o);
+    let mut gx = if need_gx {
+        vec![0f32; g.n * g.x_img()]
+    } else {
+        Vec::new()
+    };
+    if (!need_gx && !need_gw) || g.n == 0 {
+        return (need_gx.then_some(gx), need_gw.then(|| vec![0f32; o * k]));
+    }
+    let group = g.group();
+    let (per_task, tasks, par) = plan(g);
+    let gx_chunks: Vec<Option<&mut [f32]>> = if need_gx {
+        gx.chunks_mut(per_task * g.x_img()).map(Some).collect()
+    } else {
+        (0..tasks).map(|_| None).collect()
+    };
+    let partials: Vec<Vec<f32>> = gx_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(t, mut gx_chunk)| {
+            let n0 = t * per_task;
+            let imgs = per_task.min(g.n - n0);
+            let mut gw = if need_gw {
+                vec![0f32; o * k]
+            } else {
+                Vec::new()
+            };
+            let pw = g.pointwise();
+            let mut col = if !pw && need_gw {
+                vec![0f32; k * group * p]
+            } else {
+                Vec::new()
+            };
+            let mut dcol = if !pw && need_gx {
+                vec![0f32; k * group * p]
+            } else {
+                Vec::new()
+            };
+            let mut go_buf = if group > 1 {
+                vec![0f32; o * group * p]
+            } else {
+                Vec::new()
+            };
+            for i0 in (0..imgs).step_by(group) {
+                let gn = group.min(imgs - i0);
+                let ld = gn * p;
+                let n = n0 + i0;
+                // go (O, gn·P): the output gradient of the group, images side by side.
+                let go: &[f32] = if gn == 1 {
+                    &gout[n * o * p..(n + 1) * o * p]
+                } else {
+                    for j in 0..gn {
+                        for oc in 0..o {
+                            let src = (n + j) * o * p + oc * p;
+                            go_buf[oc * ld + j * p..oc * ld + (j + 1) * p]
+                                .copy_from_slice(&gout[src..src + p]);
+                        }
+                    }
+                    &go_buf[..o * ld]
+                };
+                let go_mat = M {
+                    ptr: go.as_ptr(),
+                    rs: ld,
+                    cs: 1,
+                };
+                if need_gw {
+                    // gw (O, K) += go (O, ld) · colᵀ, col (K, ld)
+                    let col_t = if pw {
+                        M {
+                            ptr: x[n * g.x_img()..].as_ptr(),
+                            rs: 1,
+                            cs: p,
+                        }
+                    } else {
+                        for j in 0..gn {
+                            let img = &x[(n + j) * g.x_img()..(n + j + 1) * g.x_img()];
+                            im2col(g, img, &mut col, ld, j * p);
+                        }
+                        M {
+                            ptr: col.as_ptr(),
+                            rs: 1,
+                            cs: ld,
+                        }
+                    };
+                    unsafe { matmul(o, k, ld, gw.as_mut_ptr(), k, true, go_mat, col_t, par) };
+                }
+                if let Some(gx_chunk) = gx_chunk.as_deref_mut() {
+                    // dcol (K, ld) = wᵀ (K, O) · go (O, ld)
+                    let w_t = M {
+                        ptr: w.as_ptr(),
+                        rs: 1,
+                        cs: k,
+                    };
+                    let gx_grp = &mut gx_chunk[i0 * g.x_img()..(i0 + gn) * g.x_img()];
+                    if pw {
+                        unsafe { matmul(k, p, o, gx_grp.as_mut_ptr(), p, false, w_t, go_mat, par) };
+                    } else {
+                        unsafe { matmul(k, ld, o, dcol.as_mut_ptr(), ld, false, w_t, go_mat, par) };
+                        for j in 0..gn {
+                            let img = &mut gx_grp[j * g.x_img()..(j + 1) * g.x_img()];
+                            col2im(g, &dcol, ld, j * p, img);
+                        }
+                    }
+                }
+            }
+            gw
+        })
+        .collect();
+    let gw = need_gw.then(|| {
+        let mut it = partials.into_iter();
+        let mut acc = it.next().unwrap_or_else(|| vec![0f32; o * k]);
+        for part in it {
+            for (a, b) in acc.iter_mut().zip(&part) {
+                *a += *b;
+            }
+        }
+        acc
+    });
+    (need_gx.then_some(gx), gw)
+}
+
+/// The contiguous `f32` data behind a CPU storage and layout.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("fedssl conv2d: expected f32, got another dtype")
+    };
+    if !l.is_contiguous() {
+        candle_core::bail!("fedssl conv2d: expected a contiguous tensor")
+    }
+    let start = l.start_offset();
+    Ok(&v[start..start + l.shape().elem_count()])
+}
+
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "fedssl-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
+        let out = forward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = Geom::new(x.dims(), w.dims(), self.stride, self.padding)?;
+        let (need_gx, need_gw) = (x.track_op(), w.track_op());
+        let grad = grad.contiguous()?;
+        let (gx, gw) = {
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = w.storage_and_layout();
+            let (gs, gl) = grad.storage_and_layout();
+            let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xs, &*ws, &*gs) else {
+                candle_core::bail!("fedssl conv2d: backward expects CPU tensors")
+            };
+            let (xv, wv, gv) = (f32_slice(xs, xl)?, f32_slice(ws, wl)?, f32_slice(gs, gl)?);
+            backward(&g, xv, wv, gv, need_gx, need_gw)
+        };
+        let gx = gx
+            .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
+            .transpose()?;
+        let gw = gw
+            .map(|v| Tensor::from_vec(v, w.dims(), w.device()))
+            .transpose()?;
+        Ok((gx, gw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Values and gradients are compared with candle's own conv2d. Tolerance: every element
+    //! within `1e-4 · max(1, max|reference|)` (f32 sums of up to a few hundred products, in a
+    //! different order).
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        // Deterministic values in [-1, 1) without depending on candle's RNG.
+        let n: usize = shape.iter().product();
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-4 * scale,
+                "{what}: element {i}: ours {x} vs candle {y} (scale {scale})"
+            );
+        }
+    }
+
+    /// Direct-loop reference in f64: the output and, for output gradient `gout`, the input
+    /// and kernel gradients.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        gout: &Tensor,
+        s: usize,
+        p: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (n, c, h, wd) = x.dims4().unwrap();
+        let (o, _, kh, kw) = w.dims4().unwrap();
+        let (oh, ow) = ((h + 2 * p - kh) / s + 1, (wd + 2 * p - kw) / s + 1);
+        let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let gv = gout.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (mut out, mut gx, mut gw) = (
+            vec![0f64; n * o * oh * ow],
+            vec![0f64; xv.len()],
+            vec![0f64; wv.len()],
+        );
+        for b in 0..n {
+            for oc in 0..o {
+                for y in 0..oh {
+                    for xx in 0..ow {
+                        let oi = ((b * o + oc) * oh + y) * ow + xx;
+                        for ci in 0..c {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let (iy, ix) = (
+                                        (y * s + i) as isize - p as isize,
+                                        (xx * s + j) as isize - p as isize,
+                                    );
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * c + ci) * h + iy as usize) * wd + ix as usize;
+                                    let wi = ((oc * c + ci) * kh + i) * kw + j;
+                                    out[oi] += xv[xi] as f64 * wv[wi] as f64;
+                                    gx[xi] += gv[oi] as f64 * wv[wi] as f64;
+                                    gw[wi] += gv[oi] as f64 * xv[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (out, gx, gw)
+    }
+
+    fn assert_close_ref(a: &Tensor, b: &[f64], what: &str) {
+        let b = Tensor::from_vec(
+            b.iter().map(|v| *v as f32).collect::<Vec<_>>(),
+            a.dims(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_close(a, &b, what);
+    }
+
+    /// Forward values and both gradients against a direct-loop reference and against candle,
+    /// through a loss that weights every output element differently.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        o: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) {
+        let what = format!("n{n} c{c} {h}x{w} o{o} k{k} s{stride} p{pad}");
+        let x = Var::from_tensor(&rand(&[n, c, h, w], 1)).unwrap();
+        let wt = Var::from_tensor(&rand(&[o, c, k, k], 2)).unwrap();
+        let ours = conv2d(x.as_tensor(), wt.as_tensor(), stride, pad).unwrap();
+        let theirs = conv2d_candle(x.as_tensor(), wt.as_tensor(), stride, pad).unwrap();
+        assert_close(&ours, &theirs, &format!("{what} forward vs candle"));
+        let weights = rand(theirs.dims(), 3);
+        let g1 = (&ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (gx, gw) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g1.get(wt.as_tensor()).unwrap(),
+        );
+        let (r_out, r_gx, r_gw) = reference(x.as_tensor(), wt.as_tensor(), &weights, stride, pad);
+        assert_close_ref(&ours, &r_out, &format!("{what} forward vs reference"));
+        assert_close_ref(gx, &r_gx, &format!("{what} grad x vs reference"));
+        assert_close_ref(gw, &r_gw, &format!("{what} grad w vs reference"));
+        // Candle 0.11's own conv2d backward derives the transposed conv's output padding from
+        // the height only, so it fails when H and W leave different remainders under the
+        // stride (e.g. 7×10, stride 2); compare with it wherever it works.
+        if let Ok(g2) = (theirs * &weights).unwrap().sum_all().unwrap().backward() {
+            for (v, name) in [(&x, "grad x"), (&wt, "grad w")] {
+                let a = g1.get(v.as_tensor()).expect("our grad");
+                let b = g2.get(v.as_tensor()).expect("candle grad");
+                assert_close(a, b, &format!("{what} {name} vs candle"));
+            }
+        } else {
+            assert_ne!(
+                (h + 2 * pad - k) % stride,
+                (w + 2 * pad - k) % stride,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_candle_3x3() {
+        for &(n, stride, pad) in &[
+            (1, 1, 1),
+            (3, 1, 1),
+            (3, 2, 1),
+            (1, 2, 0),
+            (3, 1, 0),
+            (1, 3, 1),
+        ] {
+            check(n, 3, 7, 10, 5, 3, stride, pad);
+        }
+    }
+
+    #[test]
+    fn matches_candle_1x1() {
+        for &(n, stride, pad) in &[(1, 1, 0), (3, 1, 0), (3, 2, 0), (1, 1, 1), (3, 2, 1)] {
+            check(n, 3, 7, 10, 5, 1, stride, pad);
+        }
+    }
+
+    #[test]
+    fn matches_candle_resnet_like_shapes() {
+        // Large enough to take the batch-parallel path and to group images per GEMM.
+        check(8, 16, 8, 8, 32, 3, 1, 1);
+        check(8, 16, 8, 8, 32, 3, 2, 1);
+        check(8, 16, 8, 8, 32, 1, 2, 0);
+        check(4, 8, 16, 16, 8, 1, 1, 0);
+        check(2, 4, 5, 5, 3, 5, 1, 2); // 5×5 kernel
+        check(1, 2, 2, 3, 2, 3, 1, 1); // kernel larger than the image's height
+    }
+
+    #[test]
+    fn input_without_grad_gets_none() {
+        let x = rand(&[2, 3, 6, 6], 4);
+        let w = Var::from_tensor(&rand(&[5, 3, 3, 3], 5)).unwrap();
+        let y = conv2d(&x, w.as_tensor(), 1, 1).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        let yc = conv2d_candle(&x, w.as_tensor(), 1, 1).unwrap();
+        let gc = yc.sum_all().unwrap().backward().unwrap();
+        assert_close(
+            grads.get(w.as_tensor()).unwrap(),
+            gc.get(w.as_tensor()).unwrap(),
+            "gw",
+        );
+    }
+
+    #[test]
+    fn finite_difference_gradient() {
+        // f32 op: central differences with eps 1e-2, tolerance 1e-2 (absolute, values O(1)).
+        let (n, c, h, w, o, k, s, p) = (2, 2, 5, 4, 3, 3, 2, 1);
+        let x = Var::from_tensor(&rand(&[n, c, h, w], 6)).unwrap();
+        let wt = Var::from_tensor(&rand(&[o, c, k, k], 7)).unwrap();
+        let out_dims = conv2d(x.as_tensor(), wt.as_tensor(), s, p)
+            .unwrap()
+            .dims()
+            .to_vec();
+        let weights = rand(&out_dims, 8);
+        let loss = |xt: &Tensor, wt: &Tensor| -> f32 {
+            let y = conv2d(xt, wt, s, p).unwrap();
+            (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let y = conv2d(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
+        let grads = (y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let eps = 1e-2f32;
+        for (var, other, is_x) in [(&x, &wt, true), (&wt, &x, false)] {
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            let analytic = analytic.to_vec1::<f32>().unwrap();
+            for i in 0..base.len() {
+                let mut plus = base.clone();
+                plus[i] += eps;
+                let mut minus = base.clone();
+                minus[i] -= eps;
+                let tp = Tensor::from_vec(plus, var.dims(), &Device::Cpu).unwrap();
+                let tm = Tensor::from_vec(minus, var.dims(), &Device::Cpu).unwrap();
+                let (lp, lm) = if is_x {
+                    (loss(&tp, other.as_tensor()), loss(&tm, other.as_tensor()))
+                } else {
+                    (loss(other.as_tensor(), &tp), loss(other.as_tensor(), &tm))
+                };
+                let numeric = (lp - lm) / (2.0 * eps);
+                assert!(
+                    (numeric - analytic[i]).abs() < 1e-2,
+                    "{} element {i}: numeric {numeric} vs analytic {}",
+                    if is_x { "x" } else { "w" },
+                    analytic[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn non_contiguous_inputs_and_fallback_dtype() {
+        // A transposed input goes through `contiguous()` first.
+        let x = rand(&[1, 3, 10, 7], 9).transpose(2, 3).unwrap();
+        let w = rand(&[5, 3, 3, 3], 10);
+        assert_close(
+            &conv2d(&x, &w, 1, 1).unwrap(),
+            &conv2d_candle(&x, &w, 1, 1).unwrap(),
+            "transposed x",
+        );
+        // f64 falls back to candle.
+        let (x64, w64) = (
+            x.to_dtype(DType::F64).unwrap(),
+            w.to_dtype(DType::F64).unwrap(),
+        );
+        let y = conv2d(&x64, &w64, 2, 0).unwrap();
+        assert_eq!(y.dtype(), DType::F64);
+        assert_eq!(y.dims(), &[1, 5, 3, 4]);
+    }
+
+    #[test]
+    fn runs_inside_a_single_thread_pool() {
+        // The single-thread plan (no rayon parallelism) gives the same numbers.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        pool.install(|| check(3, 3, 7, 10, 5, 3, 2, 1));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| check(3, 3, 7, 10, 5, 3, 1, 1));
+    }
+}

@@ -1,0 +1,341 @@
+//! The wire protocol between coordinator and clients.
+//!
+//! Transport: QUIC (quinn, TLS 1.3). The client opens one bidirectional *control* stream
+//! and sends [`ClientMessage::Hello`]; the coordinator answers [`ServerMessage::Welcome`] or
+//! [`ServerMessage::Refused`]. For each round the coordinator opens a fresh bidirectional
+//! stream, sends [`ServerMessage::Round`] followed by the global backbone, and the client
+//! answers on it with [`ClientMessage::Update`] followed by its trained backbone (or
+//! [`ClientMessage::Failed`]). At the end the coordinator sends [`ServerMessage::Finished`] on
+//! the control stream and closes the connection.
+//!
+//! Framing:
+//! - a control message is `u32` little-endian length + bincode 2 (standard config) bytes,
+//!   decoded with an explicit limit of [`MAX_MESSAGE_BYTES`];
+//! - a weights payload is `u64` little-endian length + `u32` little-endian CRC-32 (IEEE) +
+//!   safetensors bytes; the length is checked against the receiver's limit *before* any
+//!   allocation, and the checksum and the safetensors parse before the weights are used.
+//!
+//! [`PROTOCOL_VERSION`] travels in the first message; a peer with another version is refused
+//! with a message that says both versions.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::model::ResNetConfig;
+use crate::partition::PartitionScheme;
+use crate::pretext::RotationMode;
+use crate::scenario::DatasetKind;
+use crate::weights::WeightSet;
+
+/// Version of this protocol; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest control message accepted, in bytes (weights travel separately).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// ALPN protocol id negotiated in the TLS handshake.
+pub const ALPN: &[u8] = b"fedssl/1";
+
+/// Messages a client sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// First message on the control stream.
+    Hello {
+        /// Must equal the coordinator's [`PROTOCOL_VERSION`].
+        protocol_version: u32,
+        /// Free-form name, for logs (e.g. a host name).
+        client_name: String,
+        /// Which shard of the scenario's partition this client holds (`K/N`), if it uses one.
+        shard: Option<(u32, u32)>,
+    },
+    /// The result of a round, followed on the same stream by a weights payload.
+    Update {
+        /// The round this update answers.
+        round: u32,
+        /// Training images of the shard (the FedAvg weight n_k).
+        num_samples: u64,
+        /// Mean pretext loss over the last local epoch.
+        loss: f64,
+        /// Pretext accuracy over the last local epoch, in [0, 1].
+        accuracy: f64,
+        /// Wall seconds of local training.
+        train_seconds: f64,
+    },
+    /// The client could not train this round; no payload follows.
+    Failed {
+        /// The round.
+        round: u32,
+        /// Why, in one line.
+        reason: String,
+    },
+}
+
+/// What a client needs to know about the run, sent once in [`ServerMessage::Welcome`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Scenario name.
+    pub scenario: String,
+    /// Scenario seed.
+    pub seed: u64,
+    /// Dataset of the run (a client with `--shard` partitions this one).
+    pub dataset: DatasetKind,
+    /// Training images in the run's dataset (synthetic: how many to generate; CIFAR-10: the limit).
+    pub train_images: Option<usize>,
+    /// Partition scheme for `--shard K/N` clients.
+    pub partition: PartitionScheme,
+    /// Number of shards (clients) in the scenario.
+    pub num_clients: u32,
+    /// Backbone layout; the client builds the same one.
+    pub resnet: ResNetConfig,
+}
+
+/// Per-round local training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundConfig {
+    /// Local epochs over the shard.
+    pub local_epochs: u32,
+    /// Images per batch (before rotation copies).
+    pub batch_size: u32,
+    /// Learning rate for this round.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Rotation sampling.
+    pub rotation_mode: RotationMode,
+    /// Random horizontal flip.
+    pub flip: bool,
+    /// Seed of this client's augmentation and shuffling stream for this round.
+    pub seed: u64,
+}
+
+/// Messages the coordinator sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// Accepts a client.
+    Welcome {
+        /// Id the coordinator gives this client (also in `rounds.jsonl`).
+        client_id: u32,
+        /// The run.
+        run: RunInfo,
+    },
+    /// Refuses a client; the connection closes after it.
+    Refused {
+        /// Why, in one line.
+        reason: String,
+    },
+    /// Starts a round; a weights payload (the global backbone) follows on the same stream.
+    Round {
+        /// 0-based round index.
+        round: u32,
+        /// Local training settings.
+        config: RoundConfig,
+    },
+    /// The run is over; the client may exit.
+    Finished {
+        /// One-line summary for the client's log.
+        message: String,
+    },
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_MESSAGE_BYTES>()
+}
+
+/// Encodes a control message into a frame (length prefix included).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
+    let body = bincode::serde::encode_to_vec(msg, config()).context("cannot encode message")?;
+    if body.len() > MAX_MESSAGE_BYTES {
+        bail!("message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit", body.len());
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a control message body (without its length prefix). Errors on garbled bytes,
+/// bytes left over, or a body over [`MAX_MESSAGE_BYTES`].
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        bail!("message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit", body.len());
+    }
+    let (msg, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| anyhow::anyhow!("garbled message: {e}"))?;
+    if used != body.len() {
+        bail!("garbled message: {} trailing bytes", body.len() - used);
+    }
+    Ok(msg)
+}
+
+/// Writes one control message.
+pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
+    let frame = encode_frame(msg)?;
+    w.write_all(&frame).await.context("connection lost while sending a message")?;
+    Ok(())
+}
+
+/// Reads one control message; the length is checked before the body is read.
+pub async fn read_message<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(r: &mut R) -> Result<T> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.context("connection lost while reading a message")?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        bail!("peer announced a {len}-byte message; the limit is {MAX_MESSAGE_BYTES}");
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.context("connection lost inside a message")?;
+    decode_body(&body)
+}
+
+/// Header of a weights payload: `u64` length + `u32` CRC-32 of the safetensors bytes.
+pub fn weights_header(bytes: &[u8]) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    h[8..].copy_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    h
+}
+
+/// Writes already-serialised safetensors bytes as a weights payload. Returns bytes written.
+pub async fn write_weights_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<u64> {
+    w.write_all(&weights_header(bytes)).await.context("connection lost while sending weights")?;
+    w.write_all(bytes).await.context("connection lost while sending weights")?;
+    Ok(12 + bytes.len() as u64)
+}
+
+/// Reads a weights payload of at most `max_bytes`, checks its CRC and parses it.
+/// Returns the weights and the bytes read. Nothing is returned unless every check passes.
+pub async fn read_weights<R: AsyncRead + Unpin>(r: &mut R, max_bytes: u64) -> Result<(WeightSet, u64)> {
+    let mut h = [0u8; 12];
+    r.read_exact(&mut h).await.context("connection lost while reading weights")?;
+    let len = u64::from_le_bytes(h[..8].try_into().unwrap());
+    let crc = u32::from_le_bytes(h[8..].try_into().unwrap());
+    if len > max_bytes {
+        bail!("peer announced {len} bytes of weights; the limit is {max_bytes}");
+    }
+    let mut bytes = vec![0u8; len as usize];
+    r.read_exact(&mut bytes).await.context("connection lost inside the weights")?;
+    let got = crc32fast::hash(&bytes);
+    if got != crc {
+        bail!("weights checksum mismatch (announced {crc:08x}, computed {got:08x})");
+    }
+    let w = WeightSet::from_safetensors(&bytes)?;
+    Ok((w, 12 + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::TensorData;
+
+    fn hello(v: u32) -> ClientMessage {
+        ClientMessage::Hello { protocol_version: v, client_name: "site-a".into(), shard: Some((1, 3)) }
+    }
+
+    #[test]
+    fn round_trip_every_message_kind() {
+        let msgs = vec![
+            hello(PROTOCOL_VERSION),
+            ClientMessage::Update { round: 3, num_samples: 1234, loss: 0.5, accuracy: 0.75, train_seconds: 1.5 },
+            ClientMessage::Failed { round: 1, reason: "out of memory".into() },
+        ];
+        for m in msgs {
+            let f = encode_frame(&m).unwrap();
+            assert_eq!(u32::from_le_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+            let back: ClientMessage = decode_body(&f[4..]).unwrap();
+            assert_eq!(back, m);
+        }
+        let s = ServerMessage::Finished { message: "done".into() };
+        let back: ServerMessage = decode_body(&encode_frame(&s).unwrap()[4..]).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn welcome_with_every_partition_scheme_round_trips() {
+        for partition in [PartitionScheme::Iid, PartitionScheme::Dirichlet { alpha: 0.3 }] {
+            let m = ServerMessage::Welcome {
+                client_id: 2,
+                run: RunInfo {
+                    scenario: "s".into(),
+                    seed: 9,
+                    dataset: DatasetKind::Cifar10,
+                    train_images: Some(100),
+                    partition,
+                    num_clients: 4,
+                    resnet: ResNetConfig::default(),
+                },
+            };
+            let back: ServerMessage = decode_body(&encode_frame(&m).unwrap()[4..]).unwrap();
+            assert_eq!(back, m);
+        }
+        let r = ServerMessage::Round {
+            round: 1,
+            config: RoundConfig {
+                local_epochs: 2,
+                batch_size: 32,
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                rotation_mode: RotationMode::RandomOne,
+                flip: false,
+                seed: 77,
+            },
+        };
+        let back: ServerMessage = decode_body(&encode_frame(&r).unwrap()[4..]).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn garbled_and_trailing_bytes_are_refused() {
+        let f = encode_frame(&hello(1)).unwrap();
+        let mut body = f[4..].to_vec();
+        body[0] = 0xff; // not a variant index
+        assert!(decode_body::<ClientMessage>(&body).is_err());
+        let mut long = f[4..].to_vec();
+        long.push(0);
+        assert!(decode_body::<ClientMessage>(&long).unwrap_err().to_string().contains("trailing"));
+        assert!(decode_body::<ClientMessage>(&[]).is_err());
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_reading_it() {
+        let mut frame = ((MAX_MESSAGE_BYTES + 1) as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0u8; 16]);
+        let e = read_message::<_, ClientMessage>(&mut frame.as_slice()).await.unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+        // An oversized string inside a message is refused by the decoder's limit too.
+        let big = ClientMessage::Failed { round: 0, reason: "x".repeat(MAX_MESSAGE_BYTES + 10) };
+        assert!(encode_frame(&big).is_err());
+    }
+
+    #[tokio::test]
+    async fn wrong_version_decodes_so_it_can_be_refused() {
+        let f = encode_frame(&hello(PROTOCOL_VERSION + 1)).unwrap();
+        let m: ClientMessage = read_message(&mut f.as_slice()).await.unwrap();
+        assert!(matches!(m, ClientMessage::Hello { protocol_version, .. } if protocol_version == PROTOCOL_VERSION + 1));
+    }
+
+    #[tokio::test]
+    async fn weights_payload_round_trip_and_checksum() {
+        let mut w = WeightSet::default();
+        w.tensors.insert("x".into(), TensorData { shape: vec![3], data: vec![1.0, -2.0, 3.5] });
+        let bytes = w.to_safetensors().unwrap();
+        let mut buf = Vec::new();
+        let n = write_weights_bytes(&mut buf, &bytes).await.unwrap();
+        assert_eq!(n as usize, buf.len());
+        let (back, m) = read_weights(&mut buf.as_slice(), 1 << 20).await.unwrap();
+        assert_eq!(back, w);
+        assert_eq!(m, n);
+        // one flipped bit in the body → checksum error
+        let mut bad = buf.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let e = read_weights(&mut bad.as_slice(), 1 << 20).await.unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+        // over the receiver's limit → refused
+        let e = read_weights(&mut buf.as_slice(), 8).await.unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+    }
+}

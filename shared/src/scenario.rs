@@ -1,0 +1,478 @@
+//! Scenario files: one TOML file describes one run (data, partition, model, pretext task,
+//! local training, federation, evaluation). Every key has a default; unknown keys are an
+//! error that names the key and the file. `--set key.path=value` overrides any key.
+//!
+//! ```toml
+//! name = "quickstart"
+//! seed = 0
+//! [data]
+//! dataset = "synthetic"
+//! [federation]
+//! clients = 3
+//! rounds = 2
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::ResNetConfig;
+use crate::optim::LrSchedule;
+use crate::partition::PartitionScheme;
+use crate::pretext::RotationMode;
+
+/// A whole run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Name written into `summary.json`.
+    pub name: String,
+    /// Master seed: every RNG of the run (data, partition, init, sampling, augmentation) derives from it.
+    pub seed: u64,
+    /// Which images and how many.
+    pub data: DataConfig,
+    /// How the training images are split across clients.
+    pub partition: PartitionScheme,
+    /// The backbone that is federated.
+    pub model: ModelConfig,
+    /// The self-supervised pretext task.
+    pub pretext: PretextConfig,
+    /// Local training on each client per round.
+    pub train: TrainConfig,
+    /// Rounds, clients, deadlines, aggregation.
+    pub federation: FederationConfig,
+    /// Central evaluation after the last round.
+    pub eval: EvalConfig,
+    /// Settings that only matter for `simulate` (all clients in one process).
+    pub simulation: SimulationConfig,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            name: "unnamed".into(),
+            seed: 0,
+            data: DataConfig::default(),
+            partition: PartitionScheme::Iid,
+            model: ModelConfig::default(),
+            pretext: PretextConfig::default(),
+            train: TrainConfig::default(),
+            federation: FederationConfig::default(),
+            eval: EvalConfig::default(),
+            simulation: SimulationConfig::default(),
+        }
+    }
+}
+
+/// Which dataset a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetKind {
+    /// The built-in procedural 32×32 dataset (no download; see `data::synthetic`).
+    Synthetic,
+    /// CIFAR-10, binary version (`cifar-10-batches-bin`).
+    Cifar10,
+}
+
+/// Data section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `"synthetic"` (default) or `"cifar10"`.
+    pub dataset: DatasetKind,
+    /// CIFAR-10 folder (relative to the scenario file, or overridden by `--data-dir`).
+    pub path: Option<PathBuf>,
+    /// Use only the first N training images (CIFAR-10), or generate N (synthetic). `None`: all (CIFAR-10) / 10,000 (synthetic).
+    pub train_images: Option<usize>,
+    /// Use only the first N test images (CIFAR-10), or generate N (synthetic). `None`: all / 2,000.
+    pub test_images: Option<usize>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dataset: DatasetKind::Synthetic, path: None, train_images: None, test_images: None }
+    }
+}
+
+/// Model section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Backbone family; only `"resnet"` for now.
+    pub backbone: String,
+    /// CIFAR-style ResNet layout.
+    pub resnet: ResNetConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { backbone: "resnet".into(), resnet: ResNetConfig::default() }
+    }
+}
+
+/// Pretext section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretextConfig {
+    /// Pretext task; only `"rotation"` (Gidaris et al. 2018) for now.
+    pub task: String,
+    /// `"all_four"`: every image at 0/90/180/270° in the same batch (RotNet); `"random_one"`: one random angle each.
+    pub rotation_mode: RotationMode,
+    /// Random horizontal flip before rotating.
+    pub flip: bool,
+}
+
+impl Default for PretextConfig {
+    fn default() -> Self {
+        Self { task: "rotation".into(), rotation_mode: RotationMode::AllFour, flip: true }
+    }
+}
+
+/// Local training section (sent to clients in every round's config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Local epochs over the client's shard per round.
+    pub local_epochs: usize,
+    /// Images per batch (before the ×4 of `all_four`).
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay (not applied to BatchNorm parameters and biases).
+    pub weight_decay: f64,
+    /// `"cosine"` decays the round's learning rate over the rounds; `"constant"` keeps it.
+    pub schedule: LrSchedule,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            local_epochs: 1,
+            batch_size: 64,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: LrSchedule::Cosine,
+        }
+    }
+}
+
+/// Federation section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Number of clients (shards) in the run.
+    pub clients: usize,
+    /// A round starts only with this many connected clients, and the run fails if fewer survive a round.
+    pub min_clients: usize,
+    /// Number of rounds.
+    pub rounds: usize,
+    /// Fraction of connected clients sampled each round (at least `min_clients`).
+    pub participation: f64,
+    /// Aggregation strategy; only `"fedavg"` (McMahan et al. 2017) for now.
+    pub strategy: String,
+    /// A client that has not returned its update this many seconds after the round started is dropped from the round.
+    pub round_deadline_seconds: f64,
+    /// Seconds `serve` waits for `min_clients` to connect before it gives up.
+    pub join_timeout_seconds: f64,
+    /// Largest accepted weights payload, in bytes.
+    pub max_weights_bytes: u64,
+    /// A connection silent for this many seconds is considered dead (QUIC idle timeout;
+    /// keep-alives are sent at a quarter of it).
+    pub idle_timeout_seconds: f64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            clients: 3,
+            min_clients: 2,
+            rounds: 2,
+            participation: 1.0,
+            strategy: "fedavg".into(),
+            round_deadline_seconds: 1800.0,
+            join_timeout_seconds: 600.0,
+            max_weights_bytes: 1 << 30,
+            idle_timeout_seconds: 20.0,
+        }
+    }
+}
+
+/// Evaluation section (linear probe on frozen pre-logits).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Run the probe after the last round.
+    pub enabled: bool,
+    /// Labelled training images for the probe (first N of a seeded shuffle of the train split); `None`: all.
+    pub train_labels: Option<usize>,
+    /// Test images (first N of the test split); `None`: all.
+    pub test_images: Option<usize>,
+    /// Probe epochs.
+    pub epochs: usize,
+    /// Also probe a randomly initialised backbone of the same architecture and seed.
+    pub random_init_baseline: bool,
+    /// Images per batch when extracting features.
+    pub feature_batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            train_labels: None,
+            test_images: None,
+            epochs: 100,
+            random_init_baseline: true,
+            feature_batch_size: 256,
+        }
+    }
+}
+
+/// Simulation section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulationConfig {
+    /// How many in-process clients may train at once; `0` picks one per 2 CPU cores
+    /// (so the cores are split, never oversubscribed).
+    pub concurrent_training: usize,
+    /// Injected client failures, to study dropouts: `[[simulation.faults]]` with `client`,
+    /// `round` (1-based) and `kind`.
+    pub faults: Vec<Fault>,
+}
+
+/// A simulated client failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Client id (its shard index).
+    pub client: u32,
+    /// 1-based round at whose start the client fails.
+    pub round: u32,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+/// How a simulated client fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The client's connection goes away mid-round and it never comes back (a killed process).
+    Disconnect,
+    /// The client stops answering but keeps its connection (a hung process): only the round
+    /// deadline frees the round.
+    Stall,
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file, applying `overrides` (`key.path=value`, value
+    /// parsed as TOML, falling back to a string). Errors name the file and the key.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read scenario {}", path.display()))?;
+        let mut sc = Self::from_toml_str(&text, overrides)
+            .with_context(|| format!("in scenario {}", path.display()))?;
+        if let Some(p) = &sc.data.path {
+            if p.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                sc.data.path = Some(base.join(p));
+            }
+        }
+        Ok(sc)
+    }
+
+    /// Parses scenario TOML text with overrides and validates it.
+    pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Value = toml::from_str(text)?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let sc: Scenario = value.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+        sc.validate()?;
+        Ok(sc)
+    }
+
+    /// Checks value ranges and cross-field constraints; the message names the key.
+    pub fn validate(&self) -> Result<()> {
+        let f = &self.federation;
+        if f.clients == 0 {
+            bail!("federation.clients must be at least 1");
+        }
+        if f.min_clients == 0 || f.min_clients > f.clients {
+            bail!("federation.min_clients must be in 1..={} (federation.clients), got {}", f.clients, f.min_clients);
+        }
+        if f.rounds == 0 {
+            bail!("federation.rounds must be at least 1");
+        }
+        if !(f.participation > 0.0 && f.participation <= 1.0) {
+            bail!("federation.participation must be in (0, 1], got {}", f.participation);
+        }
+        if f.strategy != "fedavg" {
+            bail!("federation.strategy `{}` is not known (known: fedavg)", f.strategy);
+        }
+        if !(f.round_deadline_seconds > 0.0) {
+            bail!("federation.round_deadline_seconds must be positive");
+        }
+        if !(f.idle_timeout_seconds >= 1.0 && f.idle_timeout_seconds <= 3600.0) {
+            bail!("federation.idle_timeout_seconds must be in [1, 3600]");
+        }
+        for (i, fault) in self.simulation.faults.iter().enumerate() {
+            if fault.client as usize >= f.clients || fault.round == 0 || fault.round as usize > f.rounds {
+                bail!("simulation.faults[{i}]: client must be < federation.clients and round in 1..=federation.rounds");
+            }
+        }
+        if self.model.backbone != "resnet" {
+            bail!("model.backbone `{}` is not known (known: resnet)", self.model.backbone);
+        }
+        let r = &self.model.resnet;
+        if r.widths.is_empty() || r.widths.len() != r.blocks.len() || r.widths.contains(&0) || r.blocks.contains(&0) || r.stem_width == 0 {
+            bail!("model.resnet: widths and blocks must be non-empty, of equal length and positive (got widths {:?}, blocks {:?})", r.widths, r.blocks);
+        }
+        if self.pretext.task != "rotation" {
+            bail!("pretext.task `{}` is not known (known: rotation)", self.pretext.task);
+        }
+        let t = &self.train;
+        if t.local_epochs == 0 || t.batch_size == 0 {
+            bail!("train.local_epochs and train.batch_size must be at least 1");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) || !(0.0..1.0).contains(&t.momentum) || t.weight_decay < 0.0 {
+            bail!("train: lr must be positive, momentum in [0, 1), weight_decay ≥ 0");
+        }
+        if let PartitionScheme::Dirichlet { alpha } = self.partition {
+            if !(alpha > 0.0 && alpha.is_finite()) {
+                bail!("partition.alpha must be a positive number, got {alpha}");
+            }
+        }
+        if self.eval.epochs == 0 || self.eval.feature_batch_size == 0 {
+            bail!("eval.epochs and eval.feature_batch_size must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The learning rate of round `round` (0-based): the schedule runs over rounds.
+    pub fn round_lr(&self, round: usize) -> f64 {
+        crate::optim::lr_at(self.train.lr, &self.train.schedule, round, self.federation.rounds)
+    }
+}
+
+/// Default number of synthetic training images when `data.train_images` is unset.
+pub const SYNTHETIC_TRAIN_DEFAULT: usize = 10_000;
+/// Default number of synthetic test images when `data.test_images` is unset.
+pub const SYNTHETIC_TEST_DEFAULT: usize = 2_000;
+
+/// Loads the training split of a run's dataset: synthetic images are generated from the
+/// run's seed (so every client and the coordinator get the same images); CIFAR-10 is read
+/// from `dir` (errors say which file is missing or broken, and that `--data-dir` sets it).
+pub fn load_train_set(
+    dataset: DatasetKind,
+    dir: Option<&Path>,
+    limit: Option<usize>,
+    seed: u64,
+) -> Result<crate::data::ImageDataset> {
+    match dataset {
+        DatasetKind::Synthetic => Ok(crate::data::synthetic::generate(
+            limit.unwrap_or(SYNTHETIC_TRAIN_DEFAULT),
+            crate::seed::derive(seed, "synthetic-train", 0),
+        )),
+        DatasetKind::Cifar10 => {
+            let dir = dir.context("the CIFAR-10 dataset needs a folder: set data.path in the scenario or pass --data-dir")?;
+            crate::data::cifar10::load_train(dir, limit)
+        }
+    }
+}
+
+/// Loads the test split of a run's dataset (see [`load_train_set`]).
+pub fn load_test_set(
+    dataset: DatasetKind,
+    dir: Option<&Path>,
+    limit: Option<usize>,
+    seed: u64,
+) -> Result<crate::data::ImageDataset> {
+    match dataset {
+        DatasetKind::Synthetic => Ok(crate::data::synthetic::generate(
+            limit.unwrap_or(SYNTHETIC_TEST_DEFAULT),
+            crate::seed::derive(seed, "synthetic-test", 0),
+        )),
+        DatasetKind::Cifar10 => {
+            let dir = dir.context("the CIFAR-10 dataset needs a folder: set data.path in the scenario or pass --data-dir")?;
+            crate::data::cifar10::load_test(dir, limit)
+        }
+    }
+}
+
+/// Applies one `a.b.c=value` override to a TOML tree, creating tables as needed.
+pub fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .with_context(|| format!("--set `{spec}`: expected key.path=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        bail!("--set `{spec}`: empty key");
+    }
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = root;
+    for p in &parts[..parts.len() - 1] {
+        let table = cur
+            .as_table_mut()
+            .with_context(|| format!("--set `{key}`: `{p}` is not inside a table"))?;
+        cur = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    let table = cur
+        .as_table_mut()
+        .with_context(|| format!("--set `{key}`: parent is not a table"))?;
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let s = Scenario::from_toml_str("", &[]).unwrap();
+        assert_eq!(s, Scenario::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Scenario::from_toml_str("[federation]\nrounds = 2\nroundz = 3\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("roundz"), "{e:#}");
+    }
+
+    #[test]
+    fn overrides_apply_with_types() {
+        let s = Scenario::from_toml_str(
+            "[federation]\nrounds = 2\n",
+            &["federation.rounds=7".into(), "name=abc".into(), "partition.kind=dirichlet".into(), "partition.alpha=0.5".into()],
+        )
+        .unwrap();
+        assert_eq!(s.federation.rounds, 7);
+        assert_eq!(s.name, "abc");
+        assert_eq!(s.partition, PartitionScheme::Dirichlet { alpha: 0.5 });
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_key() {
+        let e = Scenario::from_toml_str("[federation]\nclients = 2\nmin_clients = 3\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("federation.min_clients"), "{e}");
+        let e = Scenario::from_toml_str("[partition]\nkind = \"dirichlet\"\nalpha = -1.0\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("alpha"), "{e}");
+    }
+
+    #[test]
+    fn relative_data_path_is_resolved_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "[data]\ndataset = \"cifar10\"\npath = \"c10\"\n").unwrap();
+        let s = Scenario::load(&p, &[]).unwrap();
+        assert_eq!(s.data.path.unwrap(), dir.path().join("c10"));
+    }
+}
