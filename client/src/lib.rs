@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use fedssl_shared::data::ImageDataset;
 use fedssl_shared::protocol::{
-    read_message, read_weights, write_message, write_weights_bytes, ClientMessage, RoundConfig, RunInfo,
-    ServerMessage, PROTOCOL_VERSION,
+    read_message, read_weights, write_message, write_weights_bytes, ClientMessage, RoundConfig,
+    RunInfo, ServerMessage, PROTOCOL_VERSION,
 };
 use fedssl_shared::scenario::FaultKind;
 use fedssl_shared::train::{train_local, LocalModel, LocalTrainConfig};
@@ -102,8 +102,16 @@ pub struct SessionReport {
 
 /// Connects to the coordinator at `addr` whose certificate must be valid for `server_name`
 /// and signed by (or equal to) a certificate of `client_cfg`.
-pub async fn connect(addr: SocketAddr, server_name: &str, client_cfg: quinn::ClientConfig) -> Result<quinn::Connection> {
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+pub async fn connect(
+    addr: SocketAddr,
+    server_name: &str,
+    client_cfg: quinn::ClientConfig,
+) -> Result<quinn::Connection> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
     let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
     endpoint.set_default_client_config(client_cfg);
     let conn = endpoint
@@ -118,20 +126,31 @@ pub async fn connect(addr: SocketAddr, server_name: &str, client_cfg: quinn::Cli
 pub fn resolve_data(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> {
     match source {
         DataSource::InMemory { data, .. } => Ok(data.clone()),
-        DataSource::Whole { dir } => Ok(Arc::new(fedssl_shared::scenario::load_train_set(
-            run.dataset,
-            dir.as_deref(),
-            run.train_images,
-            run.seed,
-        )?)),
+        DataSource::Whole { dir } => Ok(Arc::new(
+            fedssl_shared::scenario::load_train_set(
+                run.dataset,
+                dir.as_deref(),
+                run.train_images,
+                run.seed,
+            )?
+            .unlabelled(),
+        )),
         DataSource::Shard { dir, k, n } => {
             if *n != run.num_clients {
-                bail!("--shard {k}/{n}: the coordinator's scenario has {} clients", run.num_clients);
+                bail!(
+                    "--shard {k}/{n}: the coordinator's scenario has {} clients",
+                    run.num_clients
+                );
             }
             if k >= n {
                 bail!("--shard {k}/{n}: K must be below N (shards are 0-based)");
             }
-            let full = fedssl_shared::scenario::load_train_set(run.dataset, dir.as_deref(), run.train_images, run.seed)?;
+            let full = fedssl_shared::scenario::load_train_set(
+                run.dataset,
+                dir.as_deref(),
+                run.train_images,
+                run.seed,
+            )?;
             let parts = fedssl_shared::partition::partition(
                 &full.labels,
                 full.num_classes,
@@ -139,14 +158,17 @@ pub fn resolve_data(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDatas
                 &run.partition,
                 fedssl_shared::seed::derive(run.seed, "partition", 0),
             )?;
-            Ok(Arc::new(full.subset(&parts[*k as usize])))
+            Ok(Arc::new(full.subset(&parts[*k as usize]).unlabelled()))
         }
     }
 }
 
 /// Runs one client session on an open connection until the coordinator says the run is over.
 pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
-    let (mut ctrl_send, mut ctrl_recv) = conn.open_bi().await.context("cannot open the control stream")?;
+    let (mut ctrl_send, mut ctrl_recv) = conn
+        .open_bi()
+        .await
+        .context("cannot open the control stream")?;
     let shard_spec = match &opts.data {
         DataSource::Shard { k, n, .. } => Some((*k, *n)),
         DataSource::InMemory { shard, .. } => *shard,
@@ -154,12 +176,17 @@ pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result
     };
     write_message(
         &mut ctrl_send,
-        &ClientMessage::Hello { protocol_version: PROTOCOL_VERSION, client_name: opts.name.clone(), shard: shard_spec },
+        &ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: opts.name.clone(),
+            shard: shard_spec,
+        },
     )
     .await?;
-    let first: ServerMessage = tokio::time::timeout(Duration::from_secs(60), read_message(&mut ctrl_recv))
-        .await
-        .context("the coordinator did not answer the hello within 60 s")??;
+    let first: ServerMessage =
+        tokio::time::timeout(Duration::from_secs(60), read_message(&mut ctrl_recv))
+            .await
+            .context("the coordinator did not answer the hello within 60 s")??;
     let (client_id, run) = match first {
         ServerMessage::Welcome { client_id, run } => (client_id, run),
         ServerMessage::Refused { reason } => bail!("the coordinator refused this client: {reason}"),
@@ -232,7 +259,9 @@ async fn handle_round(
         ServerMessage::Round { round, config } => (round, config),
         other => bail!("protocol error: expected Round, got {other:?}"),
     };
-    let (global, _) = read_weights(&mut recv, opts.max_weights_bytes).await.context("bad global weights")?;
+    let (global, _) = read_weights(&mut recv, opts.max_weights_bytes)
+        .await
+        .context("bad global weights")?;
     match opts.fault {
         Some((r, FaultKind::Disconnect)) if r == round => {
             warn!(client_id, round, "simulated fault: disconnecting mid-round");
@@ -266,7 +295,11 @@ async fn handle_round(
         let device = opts.device.clone();
         let run = run.clone();
         let bar = bar.clone();
-        tokio::task::spawn_blocking(move || train_round(&model, &data, &device, &run, client_id, &config, global, bar))
+        tokio::task::spawn_blocking(move || {
+            train_round(
+                &model, &data, &device, &run, client_id, &config, global, bar,
+            )
+        })
     };
     let outcome = job.await.context("training thread panicked")?;
     if let Some(b) = bar {
@@ -289,7 +322,14 @@ async fn handle_round(
         }
         Err(e) => {
             warn!(client_id, round, "local training failed: {e:#}");
-            write_message(&mut send, &ClientMessage::Failed { round, reason: format!("{e:#}") }).await?;
+            write_message(
+                &mut send,
+                &ClientMessage::Failed {
+                    round,
+                    reason: format!("{e:#}"),
+                },
+            )
+            .await?;
         }
     }
     send.finish().ok();
@@ -307,13 +347,17 @@ fn train_round(
     global: WeightSet,
     bar: Option<ProgressBar>,
 ) -> Result<(fedssl_shared::train::TrainStats, Vec<u8>)> {
-    let mut guard = model.lock().map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
+    let mut guard = model
+        .lock()
+        .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
     if guard.is_none() {
         let head_seed = fedssl_shared::seed::derive(run.seed, "client-head", client_id as u64);
         *guard = Some(LocalModel::new(&run.resnet, head_seed, device)?);
     }
     let m = guard.as_mut().unwrap();
-    global.load_into_varmap(&m.backbone_vars).context("global weights do not fit this client's backbone")?;
+    global
+        .load_into_varmap(&m.backbone_vars)
+        .context("global weights do not fit this client's backbone")?;
     let cfg = LocalTrainConfig {
         local_epochs: config.local_epochs as usize,
         batch_size: config.batch_size as usize,

@@ -9,7 +9,11 @@ use clap::Parser;
 use fedssl_client::{connect, run_session, ClientOptions, DataSource};
 
 #[derive(Parser)]
-#[command(name = "fedssl-client", version, about = "Federated self-supervised pretraining: a client site")]
+#[command(
+    name = "fedssl-client",
+    version,
+    about = "Federated self-supervised pretraining: a client site"
+)]
 struct Cli {
     /// Coordinator address, HOST:PORT (UDP).
     #[arg(long)]
@@ -39,9 +43,17 @@ struct Cli {
 }
 
 fn parse_shard(s: &str) -> Result<(u32, u32)> {
-    let (k, n) = s.split_once('/').with_context(|| format!("--shard `{s}`: expected K/N, e.g. 0/3"))?;
-    let k: u32 = k.trim().parse().with_context(|| format!("--shard `{s}`: K is not a number"))?;
-    let n: u32 = n.trim().parse().with_context(|| format!("--shard `{s}`: N is not a number"))?;
+    let (k, n) = s
+        .split_once('/')
+        .with_context(|| format!("--shard `{s}`: expected K/N, e.g. 0/3"))?;
+    let k: u32 = k
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard `{s}`: K is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .with_context(|| format!("--shard `{s}`: N is not a number"))?;
     if n == 0 || k >= n {
         bail!("--shard `{s}`: need 0 <= K < N (shards are 0-based)");
     }
@@ -53,18 +65,35 @@ async fn real_main(cli: Cli) -> Result<()> {
     let data = match &cli.shard {
         Some(s) => {
             let (k, n) = parse_shard(s)?;
-            DataSource::Shard { dir: cli.data.clone(), k, n }
+            DataSource::Shard {
+                dir: cli.data.clone(),
+                k,
+                n,
+            }
         }
-        None => DataSource::Whole { dir: cli.data.clone() },
+        None => DataSource::Whole {
+            dir: cli.data.clone(),
+        },
     };
     let addr = tokio::net::lookup_host(&cli.coordinator)
         .await
-        .with_context(|| format!("--coordinator `{}`: cannot resolve (expected HOST:PORT)", cli.coordinator))?
+        .with_context(|| {
+            format!(
+                "--coordinator `{}`: cannot resolve (expected HOST:PORT)",
+                cli.coordinator
+            )
+        })?
         .next()
         .with_context(|| format!("--coordinator `{}`: no address", cli.coordinator))?;
     let server_name = cli.server_name.clone().unwrap_or_else(|| {
-        let host = cli.coordinator.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cli.coordinator);
-        host.trim_start_matches('[').trim_end_matches(']').to_string()
+        let host = cli
+            .coordinator
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&cli.coordinator);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
     });
     let ccfg = fedssl_client::tls::client_config_from_file(&cli.ca, Duration::from_secs(20))?;
     let conn = connect(addr, &server_name, ccfg).await?;
@@ -74,19 +103,26 @@ async fn real_main(cli: Cli) -> Result<()> {
         opts.progress = Some(indicatif::MultiProgress::new());
     }
     let report = run_session(conn, opts).await?;
-    println!("client {}: trained {} round(s); {}", report.client_id, report.rounds_trained, report.message);
+    println!(
+        "client {}: trained {} round(s); {}",
+        report.client_id, report.rounds_trained, report.message
+    );
     Ok(())
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -12,7 +12,9 @@ pub fn client_config(ca_pem: &[u8], idle_timeout: Duration) -> Result<quinn::Cli
     let mut roots = rustls::RootCertStore::empty();
     let mut n = 0;
     for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
-        roots.add(c.context("not a PEM certificate")?).context("unusable certificate")?;
+        roots
+            .add(c.context("not a PEM certificate")?)
+            .context("unusable certificate")?;
         n += 1;
     }
     if n == 0 {
@@ -35,6 +37,7 @@ pub fn client_config(ca_pem: &[u8], idle_timeout: Duration) -> Result<quinn::Cli
 
 /// Reads `--ca` and builds the client configuration; errors name the file.
 pub fn client_config_from_file(ca: &Path, idle_timeout: Duration) -> Result<quinn::ClientConfig> {
-    let pem = std::fs::read(ca).with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
+    let pem = std::fs::read(ca)
+        .with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
     client_config(&pem, idle_timeout).with_context(|| format!("in {}", ca.display()))
 }

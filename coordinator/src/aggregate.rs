@@ -30,7 +30,12 @@ impl FedAvg {
         for t in reference.tensors.values_mut() {
             t.data = Vec::new(); // only names and shapes are kept
         }
-        Self { reference, sums, total_samples: 0, contributions: 0 }
+        Self {
+            reference,
+            sums,
+            total_samples: 0,
+            contributions: 0,
+        }
     }
 
     /// Checks an update without adding it: same names and shapes as the global model, every
@@ -43,15 +48,27 @@ impl FedAvg {
             match update.tensors.get(name) {
                 None => bail!("update lacks tensor `{name}`"),
                 Some(t) if t.shape != r.shape => {
-                    bail!("tensor `{name}` has shape {:?}, expected {:?}", t.shape, r.shape)
+                    bail!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        t.shape,
+                        r.shape
+                    )
                 }
                 Some(t) if t.data.len() != t.shape.iter().product::<usize>() => {
-                    bail!("tensor `{name}` holds {} values for shape {:?}", t.data.len(), t.shape)
+                    bail!(
+                        "tensor `{name}` holds {} values for shape {:?}",
+                        t.data.len(),
+                        t.shape
+                    )
                 }
                 Some(_) => {}
             }
         }
-        if let Some(extra) = update.tensors.keys().find(|k| !self.reference.tensors.contains_key(*k)) {
+        if let Some(extra) = update
+            .tensors
+            .keys()
+            .find(|k| !self.reference.tensors.contains_key(*k))
+        {
             bail!("update holds unexpected tensor `{extra}`");
         }
         update.check_finite()
@@ -59,7 +76,8 @@ impl FedAvg {
 
     /// Validates `update` and, only if it is valid, adds it with weight `num_samples`.
     pub fn add(&mut self, update: &WeightSet, num_samples: u64) -> Result<()> {
-        self.validate(update, num_samples).context("update refused")?;
+        self.validate(update, num_samples)
+            .context("update refused")?;
         let w = num_samples as f64;
         for (name, _, sum) in &mut self.sums {
             let src = &update.tensors[name.as_str()].data;
@@ -103,15 +121,31 @@ mod tests {
 
     fn ws(a: [f32; 2], b: f32) -> WeightSet {
         let mut w = WeightSet::default();
-        w.tensors.insert("layer.weight".into(), TensorData { shape: vec![2], data: a.to_vec() });
-        w.tensors.insert("bn.running_var".into(), TensorData { shape: vec![1], data: vec![b] });
+        w.tensors.insert(
+            "layer.weight".into(),
+            TensorData {
+                shape: vec![2],
+                data: a.to_vec(),
+            },
+        );
+        w.tensors.insert(
+            "bn.running_var".into(),
+            TensorData {
+                shape: vec![1],
+                data: vec![b],
+            },
+        );
         w
     }
 
     #[test]
     fn weighted_mean_by_hand_with_unequal_samples() {
         // n = 1, 3, 4 → weights 1/8, 3/8, 4/8.
-        let u = [(ws([1.0, 2.0], 8.0), 1u64), (ws([3.0, -2.0], 0.0), 3), (ws([5.0, 4.0], 2.0), 4)];
+        let u = [
+            (ws([1.0, 2.0], 8.0), 1u64),
+            (ws([3.0, -2.0], 0.0), 3),
+            (ws([5.0, 4.0], 2.0), 4),
+        ];
         let mut agg = FedAvg::new(&ws([0.0, 0.0], 0.0));
         for (w, n) in &u {
             agg.add(w, *n).unwrap();

@@ -36,10 +36,19 @@ pub fn probe_backbone(
 ) -> Result<ProbeResult> {
     let device = Device::Cpu;
     let (backbone, vars) = fedssl_shared::model::build_resnet(resnet, 0, &device)?;
-    weights.load_into_varmap(&vars).context("weights do not fit the scenario's backbone")?;
+    weights
+        .load_into_varmap(&vars)
+        .context("weights do not fit the scenario's backbone")?;
     let ftr = fedssl_shared::train::extract_features(&backbone, train, feature_batch, &device)?;
     let fte = fedssl_shared::train::extract_features(&backbone, test, feature_batch, &device)?;
-    linear_probe(&ftr, &train.labels, &fte, &test.labels, train.num_classes, probe)
+    linear_probe(
+        &ftr,
+        &train.labels,
+        &fte,
+        &test.labels,
+        train.num_classes,
+        probe,
+    )
 }
 
 /// Evaluates the final backbone and the random-init baseline as the scenario asks.
@@ -62,13 +71,31 @@ pub fn evaluate_run(
         seed: fedssl_shared::seed::derive(sc.seed, "probe", 0),
         ..ProbeConfig::default()
     };
-    let linear = probe_backbone(global, &sc.model.resnet, &labelled, &test, &probe, sc.eval.feature_batch_size)?;
+    let linear = probe_backbone(
+        global,
+        &sc.model.resnet,
+        &labelled,
+        &test,
+        &probe,
+        sc.eval.feature_batch_size,
+    )?;
     let random_init = if sc.eval.random_init_baseline {
         Some(RandomInit {
-            linear: probe_backbone(initial, &sc.model.resnet, &labelled, &test, &probe, sc.eval.feature_batch_size)?,
+            linear: probe_backbone(
+                initial,
+                &sc.model.resnet,
+                &labelled,
+                &test,
+                &probe,
+                sc.eval.feature_batch_size,
+            )?,
         })
     } else {
         None
     };
-    Ok(EvalSummary { linear, random_init, seconds: t0.elapsed().as_secs_f64() })
+    Ok(EvalSummary {
+        linear,
+        random_init,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
 }

@@ -108,20 +108,32 @@ pub struct RandomInit {
 pub async fn run_job(job: Job) -> Result<Summary> {
     let t0 = Instant::now();
     let sc = job.scenario.clone();
-    std::fs::create_dir_all(&job.out).with_context(|| format!("cannot create output folder {}", job.out.display()))?;
+    std::fs::create_dir_all(&job.out)
+        .with_context(|| format!("cannot create output folder {}", job.out.display()))?;
     let data_dir = sc.data.path.clone();
     let (train, test) = {
         let sc = sc.clone();
         tokio::task::spawn_blocking(move || -> Result<(ImageDataset, ImageDataset)> {
-            let train = load_train_set(sc.data.dataset, sc.data.path.as_deref(), sc.data.train_images, sc.seed)?;
-            let test = load_test_set(sc.data.dataset, sc.data.path.as_deref(), sc.data.test_images, sc.seed)?;
+            let train = load_train_set(
+                sc.data.dataset,
+                sc.data.path.as_deref(),
+                sc.data.train_images,
+                sc.seed,
+            )?;
+            let test = load_test_set(
+                sc.data.dataset,
+                sc.data.path.as_deref(),
+                sc.data.test_images,
+                sc.seed,
+            )?;
             Ok((train, test))
         })
         .await??
     };
     info!(train = train.len(), test = test.len(), "data loaded");
     let init_seed = fedssl_shared::seed::derive(sc.seed, "init", 0);
-    let (_, init_vars) = fedssl_shared::model::build_resnet(&sc.model.resnet, init_seed, &Device::Cpu)?;
+    let (_, init_vars) =
+        fedssl_shared::model::build_resnet(&sc.model.resnet, init_seed, &Device::Cpu)?;
     let initial = WeightSet::from_varmap(&init_vars)?;
     let backbone_values = initial.num_values();
     let run = RunInfo {
@@ -137,11 +149,16 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let (endpoint, ca_pem) = match &job.mode {
         Mode::Simulate => {
             let id = tls::self_signed(&[])?;
-            let ep = quinn::Endpoint::server(tls::server_config(&id, idle)?, "127.0.0.1:0".parse()?)
-                .context("cannot open a loopback UDP socket")?;
+            let ep =
+                quinn::Endpoint::server(tls::server_config(&id, idle)?, "127.0.0.1:0".parse()?)
+                    .context("cannot open a loopback UDP socket")?;
             (ep, id.cert_pem)
         }
-        Mode::Serve { listen, identity, names } => {
+        Mode::Serve {
+            listen,
+            identity,
+            names,
+        } => {
             let id = match identity {
                 Some((c, k)) => tls::load_identity(c, k)?,
                 None => {
@@ -158,7 +175,11 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let addr = endpoint.local_addr()?;
     let registry = Registry::new(run.clone());
     tokio::spawn(accept_loop(endpoint.clone(), registry.clone()));
-    let mp = if job.progress { Some(MultiProgress::new()) } else { None };
+    let mp = if job.progress {
+        Some(MultiProgress::new())
+    } else {
+        None
+    };
 
     let mut clients = Vec::new();
     match &job.mode {
@@ -178,10 +199,13 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             let slots = Arc::new(tokio::sync::Semaphore::new(slots_n));
             let n = parts.len() as u32;
             for (k, idx) in parts.iter().enumerate() {
-                let shard = Arc::new(train.subset(idx));
+                let shard = Arc::new(train.subset(idx).unlabelled());
                 let mut opts = fedssl_client::ClientOptions::new(
                     format!("sim-{k}"),
-                    fedssl_client::DataSource::InMemory { data: shard, shard: Some((k as u32, n)) },
+                    fedssl_client::DataSource::InMemory {
+                        data: shard,
+                        shard: Some((k as u32, n)),
+                    },
                 );
                 opts.training_slots = Some(slots.clone());
                 opts.progress = mp.clone();
@@ -226,7 +250,13 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     };
     let t_rounds = Instant::now();
     let outcome = run_rounds(
-        RoundsContext { scenario: &sc, registry: registry.clone(), out: &job.out, start_grace, progress: mp.clone() },
+        RoundsContext {
+            scenario: &sc,
+            registry: registry.clone(),
+            out: &job.out,
+            start_grace,
+            progress: mp.clone(),
+        },
         initial.clone(),
     )
     .await;
@@ -241,7 +271,10 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     };
     outcome.global.save(&job.out.join("final.safetensors"))?;
     registry
-        .finish_all(&format!("run `{}` finished after {} rounds", sc.name, outcome.rounds_completed))
+        .finish_all(&format!(
+            "run `{}` finished after {} rounds",
+            sc.name, outcome.rounds_completed
+        ))
         .await;
     let wait_clients = tokio::time::Instant::now() + Duration::from_secs(10);
     for c in clients {
@@ -260,8 +293,10 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let eval = if sc.eval.enabled {
         let (sc2, global) = (sc.clone(), outcome.global.clone());
         Some(
-            tokio::task::spawn_blocking(move || crate::evaluate::evaluate_run(&sc2, &global, &initial, &train, &test))
-                .await??,
+            tokio::task::spawn_blocking(move || {
+                crate::evaluate::evaluate_run(&sc2, &global, &initial, &train, &test)
+            })
+            .await??,
         )
     } else {
         None
@@ -290,10 +325,13 @@ pub async fn run_job(job: Job) -> Result<Summary> {
 
 fn train_len_hint(sc: &Scenario) -> usize {
     match sc.data.dataset {
-        fedssl_shared::scenario::DatasetKind::Synthetic => {
-            sc.data.train_images.unwrap_or(fedssl_shared::scenario::SYNTHETIC_TRAIN_DEFAULT)
+        fedssl_shared::scenario::DatasetKind::Synthetic => sc
+            .data
+            .train_images
+            .unwrap_or(fedssl_shared::scenario::SYNTHETIC_TRAIN_DEFAULT),
+        fedssl_shared::scenario::DatasetKind::Cifar10 => {
+            sc.data.train_images.unwrap_or(50_000).min(50_000)
         }
-        fedssl_shared::scenario::DatasetKind::Cifar10 => sc.data.train_images.unwrap_or(50_000).min(50_000),
     }
 }
 
@@ -310,7 +348,11 @@ pub fn result_line(s: &Summary, out: &Path) -> String {
         s.scenario, s.rounds_completed, s.clients_contributed, s.wall_seconds
     );
     if let Some(e) = &s.eval {
-        line += &format!(" | linear probe top-1 {:.1}% top-5 {:.1}%", 100.0 * e.linear.top1, 100.0 * e.linear.top5);
+        line += &format!(
+            " | linear probe top-1 {:.1}% top-5 {:.1}%",
+            100.0 * e.linear.top1,
+            100.0 * e.linear.top5
+        );
         if let Some(r) = &e.random_init {
             line += &format!(
                 " (random init {:.1}%, {:+.1} points)",

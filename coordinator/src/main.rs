@@ -10,7 +10,11 @@ use fedssl_coordinator::job::{result_line, run_job, Job, Mode};
 use fedssl_shared::scenario::Scenario;
 
 #[derive(Parser)]
-#[command(name = "fedssl-coordinator", version, about = "Federated self-supervised pretraining: the coordinator")]
+#[command(
+    name = "fedssl-coordinator",
+    version,
+    about = "Federated self-supervised pretraining: the coordinator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -62,20 +66,41 @@ fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
     if let Some(d) = &common.data_dir {
         sc.data.path = Some(d.clone());
     }
-    let out = common.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&sc.name));
+    let out = common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&sc.name));
     Ok((sc, out))
 }
 
 async fn real_main(cli: Cli) -> Result<()> {
     let (common, mode) = match cli.cmd {
         Cmd::Simulate(c) => (c, Mode::Simulate),
-        Cmd::Serve { common, listen, cert, key, names } => {
+        Cmd::Serve {
+            common,
+            listen,
+            cert,
+            key,
+            names,
+        } => {
             let identity = cert.zip(key);
-            (common, Mode::Serve { listen, identity, names })
+            (
+                common,
+                Mode::Serve {
+                    listen,
+                    identity,
+                    names,
+                },
+            )
         }
     };
     let (scenario, out) = load(&common)?;
-    let job = Job { scenario, out: out.clone(), mode, progress: !common.quiet };
+    let job = Job {
+        scenario,
+        out: out.clone(),
+        mode,
+        progress: !common.quiet,
+    };
     let summary = run_job(job).await.context("run failed")?;
     println!("{}", result_line(&summary, &out));
     Ok(())
@@ -84,12 +109,16 @@ async fn real_main(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fedssl_shared::protocol::{
-    encode_frame, read_message, read_weights, write_message, write_weights_bytes, ClientMessage, RoundConfig,
-    RunInfo, ServerMessage, PROTOCOL_VERSION,
+    encode_frame, read_message, read_weights, write_message, write_weights_bytes, ClientMessage,
+    RoundConfig, RunInfo, ServerMessage, PROTOCOL_VERSION,
 };
 use fedssl_shared::scenario::Scenario;
 use fedssl_shared::weights::WeightSet;
@@ -65,12 +65,18 @@ impl Registry {
     }
 
     fn conn(&self, id: u32) -> Option<quinn::Connection> {
-        self.clients.lock().unwrap().get(&id).map(|r| r.conn.clone())
+        self.clients
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|r| r.conn.clone())
     }
 
     fn remove(&self, id: u32, conn: &quinn::Connection) {
         let mut g = self.clients.lock().unwrap();
-        if g.get(&id).is_some_and(|r| r.conn.stable_id() == conn.stable_id()) {
+        if g.get(&id)
+            .is_some_and(|r| r.conn.stable_id() == conn.stable_id())
+        {
             let r = g.remove(&id).unwrap();
             info!(client = id, name = %r.name, "client left");
         }
@@ -80,7 +86,13 @@ impl Registry {
 
     /// Waits until `want` clients are connected, or `min` are and `grace` has passed since;
     /// errors after `timeout`.
-    pub async fn wait_for(&self, min: usize, want: usize, grace: Duration, timeout: Duration) -> Result<()> {
+    pub async fn wait_for(
+        &self,
+        min: usize,
+        want: usize,
+        grace: Duration,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut min_since: Option<Instant> = None;
         loop {
@@ -106,11 +118,21 @@ impl Registry {
 
     /// Tells every connected client that the run is over and closes the connections.
     pub async fn finish_all(&self, message: &str) {
-        let clients: Vec<(quinn::Connection, Arc<tokio::sync::Mutex<quinn::SendStream>>)> =
-            self.clients.lock().unwrap().values().map(|r| (r.conn.clone(), r.ctrl.clone())).collect();
+        let clients: Vec<(
+            quinn::Connection,
+            Arc<tokio::sync::Mutex<quinn::SendStream>>,
+        )> = self
+            .clients
+            .lock()
+            .unwrap()
+            .values()
+            .map(|r| (r.conn.clone(), r.ctrl.clone()))
+            .collect();
         for (conn, ctrl) in &clients {
             let mut s = ctrl.lock().await;
-            let msg = ServerMessage::Finished { message: message.to_string() };
+            let msg = ServerMessage::Finished {
+                message: message.to_string(),
+            };
             if write_message(&mut *s, &msg).await.is_ok() {
                 let _ = s.finish();
             }
@@ -140,11 +162,16 @@ async fn handshake(incoming: quinn::Incoming, registry: Arc<Registry>) -> Result
     let (send, mut recv) = tokio::time::timeout(Duration::from_secs(30), conn.accept_bi())
         .await
         .context("no hello within 30 s")??;
-    let hello: ClientMessage = tokio::time::timeout(Duration::from_secs(30), read_message(&mut recv))
-        .await
-        .context("no hello within 30 s")??;
+    let hello: ClientMessage =
+        tokio::time::timeout(Duration::from_secs(30), read_message(&mut recv))
+            .await
+            .context("no hello within 30 s")??;
     let (name, shard) = match hello {
-        ClientMessage::Hello { protocol_version, client_name, shard } => {
+        ClientMessage::Hello {
+            protocol_version,
+            client_name,
+            shard,
+        } => {
             if protocol_version != PROTOCOL_VERSION {
                 return Err(refuse(send, &conn, format!(
                     "client `{client_name}` speaks protocol version {protocol_version}, this coordinator speaks {PROTOCOL_VERSION}"
@@ -153,12 +180,22 @@ async fn handshake(incoming: quinn::Incoming, registry: Arc<Registry>) -> Result
             }
             (client_name, shard)
         }
-        other => return Err(refuse(send, &conn, format!("expected Hello as the first message, got {other:?}")).await),
+        other => {
+            return Err(refuse(
+                send,
+                &conn,
+                format!("expected Hello as the first message, got {other:?}"),
+            )
+            .await)
+        }
     };
     let admitted: std::result::Result<u32, String> = {
         let g = registry.clients.lock().unwrap();
         if g.len() >= registry.capacity {
-            Err(format!("the run already has its {} clients (federation.clients)", registry.capacity))
+            Err(format!(
+                "the run already has its {} clients (federation.clients)",
+                registry.capacity
+            ))
         } else {
             match shard {
                 Some((k, n)) if n != registry.run.num_clients || k >= n => Err(format!(
@@ -166,7 +203,9 @@ async fn handshake(incoming: quinn::Incoming, registry: Arc<Registry>) -> Result
                     registry.run.num_clients,
                     registry.run.num_clients.saturating_sub(1)
                 )),
-                Some((k, _)) if g.contains_key(&k) => Err(format!("shard {k} is already held by a connected client")),
+                Some((k, _)) if g.contains_key(&k) => {
+                    Err(format!("shard {k} is already held by a connected client"))
+                }
                 Some((k, _)) => Ok(k),
                 None => Ok(registry.next_id.fetch_add(1, Ordering::SeqCst)),
             }
@@ -176,16 +215,31 @@ async fn handshake(incoming: quinn::Incoming, registry: Arc<Registry>) -> Result
         Ok(id) => id,
         Err(reason) => return Err(refuse(send, &conn, reason).await),
     };
-    registry
-        .clients
-        .lock()
-        .unwrap()
-        .insert(id, Registered { conn: conn.clone(), ctrl: Arc::new(tokio::sync::Mutex::new(send)), name: name.clone() });
+    registry.clients.lock().unwrap().insert(
+        id,
+        Registered {
+            conn: conn.clone(),
+            ctrl: Arc::new(tokio::sync::Mutex::new(send)),
+            name: name.clone(),
+        },
+    );
     {
-        let ctrl = registry.clients.lock().unwrap().get(&id).map(|r| r.ctrl.clone());
+        let ctrl = registry
+            .clients
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|r| r.ctrl.clone());
         if let Some(ctrl) = ctrl {
             let mut s = ctrl.lock().await;
-            write_message(&mut *s, &ServerMessage::Welcome { client_id: id, run: registry.run.clone() }).await?;
+            write_message(
+                &mut *s,
+                &ServerMessage::Welcome {
+                    client_id: id,
+                    run: registry.run.clone(),
+                },
+            )
+            .await?;
         }
     }
     info!(client = id, %name, remote = %conn.remote_address(), "client joined");
@@ -199,8 +253,18 @@ async fn handshake(incoming: quinn::Incoming, registry: Arc<Registry>) -> Result
 }
 
 /// Sends a refusal, lets the client read it, closes the connection; returns the reason as an error.
-async fn refuse(mut send: quinn::SendStream, conn: &quinn::Connection, reason: String) -> anyhow::Error {
-    let _ = write_message(&mut send, &ServerMessage::Refused { reason: reason.clone() }).await;
+async fn refuse(
+    mut send: quinn::SendStream,
+    conn: &quinn::Connection,
+    reason: String,
+) -> anyhow::Error {
+    let _ = write_message(
+        &mut send,
+        &ServerMessage::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     conn.close(1u32.into(), b"refused");
@@ -267,7 +331,13 @@ async fn client_round(
     let reply: ClientMessage = read_message(&mut recv).await?;
     let reply_len = encode_frame(&reply)?.len() as u64;
     match reply {
-        ClientMessage::Update { round: r, num_samples, loss, accuracy, .. } => {
+        ClientMessage::Update {
+            round: r,
+            num_samples,
+            loss,
+            accuracy,
+            ..
+        } => {
             if r != round {
                 bail!("answered round {r} during round {round}");
             }
@@ -338,7 +408,8 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     let sc = ctx.scenario;
     let fed = &sc.federation;
     let ckpt_dir = ctx.out.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir).with_context(|| format!("cannot create {}", ckpt_dir.display()))?;
+    std::fs::create_dir_all(&ckpt_dir)
+        .with_context(|| format!("cannot create {}", ckpt_dir.display()))?;
     let rounds_path = ctx.out.join("rounds.jsonl");
     let mut rounds_file = std::fs::OpenOptions::new()
         .create(true)
@@ -349,9 +420,11 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     let bar = ctx.progress.as_ref().map(|mp| {
         let b = mp.add(ProgressBar::new(fed.rounds as u64));
         b.set_style(
-            ProgressStyle::with_template("round [{bar:30}] {pos}/{len} {elapsed_precise} {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("##-"),
+            ProgressStyle::with_template(
+                "round [{bar:30}] {pos}/{len} {elapsed_precise} {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("##-"),
         );
         b
     });
@@ -365,11 +438,19 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     };
     let join_timeout = Duration::from_secs_f64(fed.join_timeout_seconds);
     for round in 0..fed.rounds {
-        let grace = if round == 0 { ctx.start_grace } else { Duration::ZERO };
-        ctx.registry.wait_for(fed.min_clients, fed.clients, grace, join_timeout).await?;
+        let grace = if round == 0 {
+            ctx.start_grace
+        } else {
+            Duration::ZERO
+        };
+        ctx.registry
+            .wait_for(fed.min_clients, fed.clients, grace, join_timeout)
+            .await?;
         let started = Instant::now();
         let connected = ctx.registry.ids();
-        let k = ((fed.participation * connected.len() as f64).ceil() as usize).max(fed.min_clients).min(connected.len());
+        let k = ((fed.participation * connected.len() as f64).ceil() as usize)
+            .max(fed.min_clients)
+            .min(connected.len());
         let mut rng = fedssl_shared::seed::rng(sc.seed, "sampling", round as u64);
         let mut sampled: Vec<u32> = connected.choose_multiple(&mut rng, k).copied().collect();
         sampled.sort_unstable();
@@ -392,14 +473,25 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
                 weight_decay: sc.train.weight_decay,
                 rotation_mode: sc.pretext.rotation_mode,
                 flip: sc.pretext.flip,
-                seed: fedssl_shared::seed::derive(sc.seed, "client-train", ((round as u64) << 32) | id as u64),
+                seed: fedssl_shared::seed::derive(
+                    sc.seed,
+                    "client-train",
+                    ((round as u64) << 32) | id as u64,
+                ),
             };
             pending.insert(id);
             let (payload, slots, sent) = (payload.clone(), slots.clone(), sent.clone());
             let max = fed.max_weights_bytes;
-            tasks.spawn(async move { (id, client_round(id, conn, round as u32, config, payload, max, slots, sent).await) });
+            tasks.spawn(async move {
+                (
+                    id,
+                    client_round(id, conn, round as u32, config, payload, max, slots, sent).await,
+                )
+            });
         }
-        let deadline = tokio::time::Instant::from_std(started + Duration::from_secs_f64(fed.round_deadline_seconds));
+        let deadline = tokio::time::Instant::from_std(
+            started + Duration::from_secs_f64(fed.round_deadline_seconds),
+        );
         let mut agg = FedAvg::new(&global);
         let mut rec = RoundRecord {
             round: round + 1,
@@ -448,8 +540,18 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
                 }
                 Err(_) => {
                     for id in &pending {
-                        warn!(client = id, round = round + 1, "dropped: missed the round deadline");
-                        dropped_reasons.insert(*id, format!("missed the {:.0} s round deadline", fed.round_deadline_seconds));
+                        warn!(
+                            client = id,
+                            round = round + 1,
+                            "dropped: missed the round deadline"
+                        );
+                        dropped_reasons.insert(
+                            *id,
+                            format!(
+                                "missed the {:.0} s round deadline",
+                                fed.round_deadline_seconds
+                            ),
+                        );
                     }
                     tasks.abort_all();
                     break;
@@ -492,15 +594,12 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             rec.dropped.len(),
             rec.seconds
         );
-        match &bar {
+        match bar.as_ref().filter(|b| !b.is_hidden()) {
             Some(b) => {
                 b.set_message(msg.clone());
                 b.inc(1);
             }
-            None => info!(round = round + 1, "{msg}"),
-        }
-        if bar.as_ref().is_some_and(|b| b.is_hidden()) {
-            eprintln!("round {}/{}: {msg}", round + 1, fed.rounds);
+            None => eprintln!("round {}/{}: {msg}", round + 1, fed.rounds),
         }
     }
     if let Some(b) = bar {

@@ -42,7 +42,8 @@ pub fn self_signed(names: &[String]) -> Result<ServerIdentity> {
 pub fn write_identity(id: &ServerIdentity, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let cert = dir.join("cert.pem");
-    std::fs::write(&cert, &id.cert_pem).with_context(|| format!("cannot write {}", cert.display()))?;
+    std::fs::write(&cert, &id.cert_pem)
+        .with_context(|| format!("cannot write {}", cert.display()))?;
     let key_pem = match &id.key {
         PrivateKeyDer::Pkcs8(k) => pem_encode("PRIVATE KEY", k.secret_pkcs8_der()),
         _ => bail!("only PKCS#8 keys are written"),
@@ -62,7 +63,9 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     let mut b64 = String::new();
     for chunk in der.chunks(3) {
         let n = chunk.len();
-        let v = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+        let v = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= n {
                 b64.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
@@ -82,18 +85,24 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 
 /// Loads a PEM certificate chain and PEM private key; errors name the file.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<ServerIdentity> {
-    let cert_pem = std::fs::read_to_string(cert).with_context(|| format!("cannot read certificate {}", cert.display()))?;
+    let cert_pem = std::fs::read_to_string(cert)
+        .with_context(|| format!("cannot read certificate {}", cert.display()))?;
     let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<std::result::Result<Vec<_>, _>>()
         .with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
     if chain.is_empty() {
         bail!("{}: no certificate found", cert.display());
     }
-    let key_pem = std::fs::read(key).with_context(|| format!("cannot read key {}", key.display()))?;
+    let key_pem =
+        std::fs::read(key).with_context(|| format!("cannot read key {}", key.display()))?;
     let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .with_context(|| format!("{}: not a PEM private key", key.display()))?
         .with_context(|| format!("{}: no private key found", key.display()))?;
-    Ok(ServerIdentity { chain, key: key_der, cert_pem })
+    Ok(ServerIdentity {
+        chain,
+        key: key_der,
+        cert_pem,
+    })
 }
 
 /// The quinn server configuration: TLS 1.3 (ring), ALPN `fedssl/1`, keep-alives so that a
@@ -125,7 +134,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = self_signed(&["node1.example".into()]).unwrap();
         write_identity(&id, dir.path()).unwrap();
-        let back = load_identity(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
+        let back =
+            load_identity(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
         assert_eq!(back.chain, id.chain);
         assert_eq!(back.key.secret_der(), id.key.secret_der());
         assert!(server_config(&back, Duration::from_secs(5)).is_ok());
@@ -138,7 +148,9 @@ mod tests {
         std::fs::write(&bogus, "not pem").unwrap();
         let e = load_identity(&bogus, &bogus).err().unwrap();
         assert!(e.to_string().contains("bogus.pem"), "{e}");
-        let e = load_identity(&dir.path().join("nope.pem"), &bogus).err().unwrap();
+        let e = load_identity(&dir.path().join("nope.pem"), &bogus)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("nope.pem"), "{e}");
     }
 }

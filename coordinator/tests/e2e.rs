@@ -35,7 +35,10 @@ epochs = 20
 
 fn scenario(extra: &[&str]) -> Scenario {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
     let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -54,12 +57,18 @@ fn read_rounds(out: &Path) -> Vec<Value> {
 async fn simulate_three_clients_two_rounds_writes_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let summary = run_job(Job { scenario: scenario(&[]), out: out.clone(), mode: Mode::Simulate, progress: false })
-        .await
-        .unwrap();
+    let summary = run_job(Job {
+        scenario: scenario(&[]),
+        out: out.clone(),
+        mode: Mode::Simulate,
+        progress: false,
+    })
+    .await
+    .unwrap();
     assert_eq!(summary.rounds_completed, 2);
 
-    let s: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["scenario"], "tiny");
     assert_eq!(s["seed"], 3);
     assert_eq!(s["rounds_completed"], 2);
@@ -68,12 +77,21 @@ async fn simulate_three_clients_two_rounds_writes_the_contract() {
     assert_eq!(s["backbone"], "resnet");
     assert_eq!(s["strategy"], "fedavg");
     assert!(s["wall_seconds"].as_f64().unwrap() > 0.0);
-    let (sent, recv) = (s["bytes_sent"].as_u64().unwrap(), s["bytes_received"].as_u64().unwrap());
+    let (sent, recv) = (
+        s["bytes_sent"].as_u64().unwrap(),
+        s["bytes_received"].as_u64().unwrap(),
+    );
     // Each round sends the backbone to 3 clients and receives 3 back: at least 6 × 2 payloads.
     let backbone_bytes = 4 * s["backbone_values"].as_u64().unwrap();
-    assert!(sent >= 6 * backbone_bytes && recv >= 6 * backbone_bytes, "sent {sent}, received {recv}");
+    assert!(
+        sent >= 6 * backbone_bytes && recv >= 6 * backbone_bytes,
+        "sent {sent}, received {recv}"
+    );
     for key in ["top1", "top5"] {
-        for v in [&s["eval"]["linear"][key], &s["eval"]["random_init"]["linear"][key]] {
+        for v in [
+            &s["eval"]["linear"][key],
+            &s["eval"]["random_init"]["linear"][key],
+        ] {
             let v = v.as_f64().unwrap();
             assert!((0.0..=1.0).contains(&v), "{key} = {v}");
         }
@@ -94,8 +112,14 @@ async fn simulate_three_clients_two_rounds_writes_the_contract() {
             let acc = r["accuracy"][c].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&acc));
         }
-        let samples: u64 = ["0", "1", "2"].iter().map(|c| r["samples"][*c].as_u64().unwrap()).sum();
-        assert_eq!(samples, 240, "every training image belongs to exactly one client");
+        let samples: u64 = ["0", "1", "2"]
+            .iter()
+            .map(|c| r["samples"][*c].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            samples, 240,
+            "every training image belongs to exactly one client"
+        );
         assert!(r["seconds"].as_f64().unwrap() > 0.0);
         assert!(r["bytes_sent"].as_u64().unwrap() > 0 && r["bytes_received"].as_u64().unwrap() > 0);
     }
@@ -103,10 +127,16 @@ async fn simulate_three_clients_two_rounds_writes_the_contract() {
     let r1 = WeightSet::load(&out.join("checkpoints/round-0001.safetensors")).unwrap();
     let r2 = WeightSet::load(&out.join("checkpoints/round-0002.safetensors")).unwrap();
     let fin = WeightSet::load(&out.join("final.safetensors")).unwrap();
-    assert_eq!(fin, r2, "final.safetensors is the last round's global backbone");
+    assert_eq!(
+        fin, r2,
+        "final.safetensors is the last round's global backbone"
+    );
     assert_ne!(r1, r2, "the backbone changed between rounds");
     r1.check_same_layout(&r2).unwrap();
-    assert!(fin.tensors.keys().any(|k| k.ends_with("running_mean")), "BN statistics travel");
+    assert!(
+        fin.tensors.keys().any(|k| k.ends_with("running_mean")),
+        "BN statistics travel"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +146,14 @@ async fn same_seed_same_weights() {
     for i in 0..2 {
         let out = dir.path().join(format!("run{i}"));
         let sc = scenario(&["federation.rounds=1", "eval.enabled=false"]);
-        run_job(Job { scenario: sc, out: out.clone(), mode: Mode::Simulate, progress: false }).await.unwrap();
+        run_job(Job {
+            scenario: sc,
+            out: out.clone(),
+            mode: Mode::Simulate,
+            progress: false,
+        })
+        .await
+        .unwrap();
         finals.push(WeightSet::load(&out.join("final.safetensors")).unwrap());
     }
     assert_eq!(finals[0], finals[1]);
@@ -130,15 +167,23 @@ async fn a_client_that_disconnects_mid_round_is_dropped_and_the_run_goes_on() {
         "eval.enabled=false",
         "simulation.faults=[{client = 1, round = 2, kind = \"disconnect\"}]",
     ]);
-    let summary = run_job(Job { scenario: sc, out: out.clone(), mode: Mode::Simulate, progress: false })
-        .await
-        .unwrap();
+    let summary = run_job(Job {
+        scenario: sc,
+        out: out.clone(),
+        mode: Mode::Simulate,
+        progress: false,
+    })
+    .await
+    .unwrap();
     assert_eq!(summary.rounds_completed, 2);
     let rounds = read_rounds(&out);
     assert_eq!(rounds[0]["clients"], serde_json::json!([0, 1, 2]));
     assert_eq!(rounds[1]["clients"], serde_json::json!([0, 2]));
     assert_eq!(rounds[1]["dropped"], serde_json::json!([1]));
-    let samples: u64 = ["0", "2"].iter().map(|c| rounds[1]["samples"][*c].as_u64().unwrap()).sum();
+    let samples: u64 = ["0", "2"]
+        .iter()
+        .map(|c| rounds[1]["samples"][*c].as_u64().unwrap())
+        .sum();
     assert!(samples < 240);
 }
 
@@ -149,17 +194,26 @@ async fn a_stalled_client_misses_the_deadline_and_the_round_completes() {
     let sc = scenario(&[
         "eval.enabled=false",
         "federation.rounds=1",
-        "federation.round_deadline_seconds=20",
+        "data.train_images=48",
+        "federation.round_deadline_seconds=60",
         "simulation.faults=[{client = 0, round = 1, kind = \"stall\"}]",
     ]);
-    let summary = run_job(Job { scenario: sc, out: out.clone(), mode: Mode::Simulate, progress: false })
-        .await
-        .unwrap();
+    let summary = run_job(Job {
+        scenario: sc,
+        out: out.clone(),
+        mode: Mode::Simulate,
+        progress: false,
+    })
+    .await
+    .unwrap();
     assert_eq!(summary.rounds_completed, 1);
     let rounds = read_rounds(&out);
     assert_eq!(rounds[0]["clients"], serde_json::json!([1, 2]));
     assert_eq!(rounds[0]["dropped"], serde_json::json!([0]));
-    assert!(rounds[0]["dropped_reasons"]["0"].as_str().unwrap().contains("deadline"));
+    assert!(rounds[0]["dropped_reasons"]["0"]
+        .as_str()
+        .unwrap()
+        .contains("deadline"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +225,14 @@ async fn too_few_survivors_fail_the_run_but_keep_completed_checkpoints() {
         "federation.min_clients=3",
         "simulation.faults=[{client = 2, round = 2, kind = \"disconnect\"}]",
     ]);
-    let err = run_job(Job { scenario: sc, out: out.clone(), mode: Mode::Simulate, progress: false })
-        .await
-        .unwrap_err();
+    let err = run_job(Job {
+        scenario: sc,
+        out: out.clone(),
+        mode: Mode::Simulate,
+        progress: false,
+    })
+    .await
+    .unwrap_err();
     assert!(format!("{err:#}").contains("min_clients"), "{err:#}");
     assert!(out.join("checkpoints/round-0001.safetensors").exists());
     assert!(!out.join("checkpoints/round-0002.safetensors").exists());

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use fedssl_coordinator::server::{accept_loop, Registry};
 use fedssl_coordinator::tls;
-use fedssl_shared::protocol::{read_message, write_message, ClientMessage, RunInfo, ServerMessage, PROTOCOL_VERSION};
+use fedssl_shared::protocol::{
+    read_message, write_message, ClientMessage, RunInfo, ServerMessage, PROTOCOL_VERSION,
+};
 use fedssl_shared::scenario::Scenario;
 
 async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
@@ -19,15 +21,22 @@ async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
         resnet: sc.model.resnet.clone(),
     };
     let id = tls::self_signed(&[]).unwrap();
-    let ep = quinn::Endpoint::server(tls::server_config(&id, Duration::from_secs(5)).unwrap(), "127.0.0.1:0".parse().unwrap())
-        .unwrap();
+    let ep = quinn::Endpoint::server(
+        tls::server_config(&id, Duration::from_secs(5)).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
     let addr = ep.local_addr().unwrap();
     let reg = Registry::new(run);
     tokio::spawn(accept_loop(ep, reg.clone()));
     (addr, id.cert_pem, reg)
 }
 
-async fn hello(addr: std::net::SocketAddr, pem: &str, msg: &ClientMessage) -> anyhow::Result<ServerMessage> {
+async fn hello(
+    addr: std::net::SocketAddr,
+    pem: &str,
+    msg: &ClientMessage,
+) -> anyhow::Result<ServerMessage> {
     let cfg = fedssl_client::tls::client_config(pem.as_bytes(), Duration::from_secs(5))?;
     let conn = fedssl_client::connect(addr, "localhost", cfg).await?;
     let (mut s, mut r) = conn.open_bi().await?;
@@ -43,14 +52,24 @@ async fn wrong_version_gets_a_clear_refusal() {
     let m = hello(
         addr,
         &pem,
-        &ClientMessage::Hello { protocol_version: PROTOCOL_VERSION + 98, client_name: "old".into(), shard: None },
+        &ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION + 98,
+            client_name: "old".into(),
+            shard: None,
+        },
     )
     .await
     .unwrap();
     match m {
         ServerMessage::Refused { reason } => {
-            assert!(reason.contains(&format!("protocol version {}", PROTOCOL_VERSION + 98)), "{reason}");
-            assert!(reason.contains(&format!("speaks {PROTOCOL_VERSION}")), "{reason}");
+            assert!(
+                reason.contains(&format!("protocol version {}", PROTOCOL_VERSION + 98)),
+                "{reason}"
+            );
+            assert!(
+                reason.contains(&format!("speaks {PROTOCOL_VERSION}")),
+                "{reason}"
+            );
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -60,7 +79,11 @@ async fn wrong_version_gets_a_clear_refusal() {
 #[tokio::test]
 async fn right_version_is_welcomed_and_a_taken_shard_is_refused() {
     let (addr, pem, reg) = server().await;
-    let h = ClientMessage::Hello { protocol_version: PROTOCOL_VERSION, client_name: "a".into(), shard: Some((1, 3)) };
+    let h = ClientMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "a".into(),
+        shard: Some((1, 3)),
+    };
     match hello(addr, &pem, &h).await.unwrap() {
         ServerMessage::Welcome { client_id, run } => {
             assert_eq!(client_id, 1);
@@ -73,7 +96,11 @@ async fn right_version_is_welcomed_and_a_taken_shard_is_refused() {
         ServerMessage::Refused { reason } => assert!(reason.contains("already held"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let bad = ClientMessage::Hello { protocol_version: PROTOCOL_VERSION, client_name: "b".into(), shard: Some((0, 5)) };
+    let bad = ClientMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "b".into(),
+        shard: Some((0, 5)),
+    };
     match hello(addr, &pem, &bad).await.unwrap() {
         ServerMessage::Refused { reason } => assert!(reason.contains("0/5"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -84,17 +111,36 @@ async fn right_version_is_welcomed_and_a_taken_shard_is_refused() {
 async fn garbled_hello_is_not_admitted() {
     let (addr, pem, reg) = server().await;
     let cfg = fedssl_client::tls::client_config(pem.as_bytes(), Duration::from_secs(5)).unwrap();
-    let conn = fedssl_client::connect(addr, "localhost", cfg).await.unwrap();
+    let conn = fedssl_client::connect(addr, "localhost", cfg)
+        .await
+        .unwrap();
     let (mut s, mut r) = conn.open_bi().await.unwrap();
-    s.write_all(&[5, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 0xfb]).await.unwrap();
-    let m: anyhow::Result<ServerMessage> = tokio::time::timeout(Duration::from_secs(10), read_message(&mut r)).await.unwrap();
-    assert!(m.is_err(), "garbage must not be answered with a welcome: {m:?}");
+    s.write_all(&[5, 0, 0, 0, 0xff, 0xfe, 0xfd, 0xfc, 0xfb])
+        .await
+        .unwrap();
+    let m: anyhow::Result<ServerMessage> =
+        tokio::time::timeout(Duration::from_secs(10), read_message(&mut r))
+            .await
+            .unwrap();
+    assert!(
+        m.is_err(),
+        "garbage must not be answered with a welcome: {m:?}"
+    );
     assert!(reg.ids().is_empty());
     // An oversized announced length is refused before the body is read.
-    let conn2 = fedssl_client::connect(addr, "localhost", fedssl_client::tls::client_config(pem.as_bytes(), Duration::from_secs(5)).unwrap()).await.unwrap();
+    let conn2 = fedssl_client::connect(
+        addr,
+        "localhost",
+        fedssl_client::tls::client_config(pem.as_bytes(), Duration::from_secs(5)).unwrap(),
+    )
+    .await
+    .unwrap();
     let (mut s2, mut r2) = conn2.open_bi().await.unwrap();
     s2.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
-    let m2: anyhow::Result<ServerMessage> = tokio::time::timeout(Duration::from_secs(10), read_message(&mut r2)).await.unwrap();
+    let m2: anyhow::Result<ServerMessage> =
+        tokio::time::timeout(Duration::from_secs(10), read_message(&mut r2))
+            .await
+            .unwrap();
     assert!(m2.is_err());
     assert!(reg.ids().is_empty());
 }
@@ -103,6 +149,9 @@ async fn garbled_hello_is_not_admitted() {
 async fn a_client_with_an_untrusted_certificate_cannot_connect() {
     let (addr, _pem, _reg) = server().await;
     let other = tls::self_signed(&[]).unwrap();
-    let cfg = fedssl_client::tls::client_config(other.cert_pem.as_bytes(), Duration::from_secs(5)).unwrap();
-    assert!(fedssl_client::connect(addr, "localhost", cfg).await.is_err());
+    let cfg = fedssl_client::tls::client_config(other.cert_pem.as_bytes(), Duration::from_secs(5))
+        .unwrap();
+    assert!(fedssl_client::connect(addr, "localhost", cfg)
+        .await
+        .is_err());
 }

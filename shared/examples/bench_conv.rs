@@ -336,6 +336,17 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
             let (t1, t2) = fwd_bwd(&x, &|x| kind.conv(x, w.as_tensor(), stride, k / 2))?;
             f += t1;
             fb += t2;
+            if std::env::var_os("BENCH_CONV_LAYERS").is_some() {
+                let (oh, gflop) = (side.div_ceil(stride), 1e-9);
+                let flop = 2.0 * (b * c_out * oh * oh * c_in * k * k) as f64 * gflop;
+                println!(
+                    "    {label} conv {c_in}->{c_out} k{k} s{stride} {side}x{side}: fwd {t1:.1} ms \
+                     ({:.0} GFLOP/s), bwd {:.1} ms ({:.0} GFLOP/s)",
+                    flop / t1 * 1e3,
+                    t2 - t1,
+                    2.0 * flop / (t2 - t1) * 1e3
+                );
+            }
         }
         rows.push((format!("conv2d ({label})"), f, fb));
         // BatchNorm (training mode) after every conv; a ReLU (or the residual add + ReLU)

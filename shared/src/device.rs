@@ -13,14 +13,16 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     let ordinal = if s == "cuda" {
         0
     } else if let Some(n) = s.strip_prefix("cuda:") {
-        n.parse::<usize>().map_err(|_| anyhow::anyhow!("--device `{spec}`: expected cuda:N with N a GPU index"))?
+        n.parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("--device `{spec}`: expected cuda:N with N a GPU index"))?
     } else {
         bail!("--device `{spec}`: expected cpu, cuda or cuda:N");
     };
     if !candle_core::utils::cuda_is_available() {
         bail!("--device {spec}: this build has no CUDA support; rebuild with `--features cuda` (needs the CUDA toolkit) or use --device cpu");
     }
-    Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {spec}: no usable CUDA device {ordinal}: {e}"))
+    Device::new_cuda(ordinal)
+        .map_err(|e| anyhow::anyhow!("--device {spec}: no usable CUDA device {ordinal}: {e}"))
 }
 
 #[cfg(test)]
@@ -30,9 +32,15 @@ mod tests {
     #[test]
     fn cpu_parses_and_garbage_is_refused() {
         assert!(parse_device("cpu").unwrap().is_cpu());
-        assert!(parse_device("tpu").unwrap_err().to_string().contains("expected cpu"));
+        assert!(parse_device("tpu")
+            .unwrap_err()
+            .to_string()
+            .contains("expected cpu"));
         assert!(parse_device("cuda:x").is_err());
         #[cfg(not(feature = "cuda"))]
-        assert!(parse_device("cuda").unwrap_err().to_string().contains("no CUDA support"));
+        assert!(parse_device("cuda")
+            .unwrap_err()
+            .to_string()
+            .contains("no CUDA support"));
     }
 }

@@ -49,8 +49,14 @@ struct RawScheme {
 impl From<PartitionScheme> for RawScheme {
     fn from(p: PartitionScheme) -> Self {
         match p {
-            PartitionScheme::Iid => RawScheme { kind: RawKind::Iid, alpha: None },
-            PartitionScheme::Dirichlet { alpha } => RawScheme { kind: RawKind::Dirichlet, alpha: Some(alpha) },
+            PartitionScheme::Iid => RawScheme {
+                kind: RawKind::Iid,
+                alpha: None,
+            },
+            PartitionScheme::Dirichlet { alpha } => RawScheme {
+                kind: RawKind::Dirichlet,
+                alpha: Some(alpha),
+            },
         }
     }
 }

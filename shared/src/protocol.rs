@@ -148,7 +148,10 @@ fn config() -> impl bincode::config::Config {
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
     let body = bincode::serde::encode_to_vec(msg, config()).context("cannot encode message")?;
     if body.len() > MAX_MESSAGE_BYTES {
-        bail!("message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit", body.len());
+        bail!(
+            "message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+            body.len()
+        );
     }
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -160,7 +163,10 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
 /// bytes left over, or a body over [`MAX_MESSAGE_BYTES`].
 pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     if body.len() > MAX_MESSAGE_BYTES {
-        bail!("message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit", body.len());
+        bail!(
+            "message of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+            body.len()
+        );
     }
     let (msg, used) = bincode::serde::decode_from_slice(body, config())
         .map_err(|e| anyhow::anyhow!("garbled message: {e}"))?;
@@ -173,20 +179,28 @@ pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
 /// Writes one control message.
 pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
     let frame = encode_frame(msg)?;
-    w.write_all(&frame).await.context("connection lost while sending a message")?;
+    w.write_all(&frame)
+        .await
+        .context("connection lost while sending a message")?;
     Ok(())
 }
 
 /// Reads one control message; the length is checked before the body is read.
-pub async fn read_message<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(r: &mut R) -> Result<T> {
+pub async fn read_message<R: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    r: &mut R,
+) -> Result<T> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.context("connection lost while reading a message")?;
+    r.read_exact(&mut len)
+        .await
+        .context("connection lost while reading a message")?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_MESSAGE_BYTES {
         bail!("peer announced a {len}-byte message; the limit is {MAX_MESSAGE_BYTES}");
     }
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.context("connection lost inside a message")?;
+    r.read_exact(&mut body)
+        .await
+        .context("connection lost inside a message")?;
     decode_body(&body)
 }
 
@@ -200,23 +214,34 @@ pub fn weights_header(bytes: &[u8]) -> [u8; 12] {
 
 /// Writes already-serialised safetensors bytes as a weights payload. Returns bytes written.
 pub async fn write_weights_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<u64> {
-    w.write_all(&weights_header(bytes)).await.context("connection lost while sending weights")?;
-    w.write_all(bytes).await.context("connection lost while sending weights")?;
+    w.write_all(&weights_header(bytes))
+        .await
+        .context("connection lost while sending weights")?;
+    w.write_all(bytes)
+        .await
+        .context("connection lost while sending weights")?;
     Ok(12 + bytes.len() as u64)
 }
 
 /// Reads a weights payload of at most `max_bytes`, checks its CRC and parses it.
 /// Returns the weights and the bytes read. Nothing is returned unless every check passes.
-pub async fn read_weights<R: AsyncRead + Unpin>(r: &mut R, max_bytes: u64) -> Result<(WeightSet, u64)> {
+pub async fn read_weights<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: u64,
+) -> Result<(WeightSet, u64)> {
     let mut h = [0u8; 12];
-    r.read_exact(&mut h).await.context("connection lost while reading weights")?;
+    r.read_exact(&mut h)
+        .await
+        .context("connection lost while reading weights")?;
     let len = u64::from_le_bytes(h[..8].try_into().unwrap());
     let crc = u32::from_le_bytes(h[8..].try_into().unwrap());
     if len > max_bytes {
         bail!("peer announced {len} bytes of weights; the limit is {max_bytes}");
     }
     let mut bytes = vec![0u8; len as usize];
-    r.read_exact(&mut bytes).await.context("connection lost inside the weights")?;
+    r.read_exact(&mut bytes)
+        .await
+        .context("connection lost inside the weights")?;
     let got = crc32fast::hash(&bytes);
     if got != crc {
         bail!("weights checksum mismatch (announced {crc:08x}, computed {got:08x})");
@@ -231,30 +256,51 @@ mod tests {
     use crate::weights::TensorData;
 
     fn hello(v: u32) -> ClientMessage {
-        ClientMessage::Hello { protocol_version: v, client_name: "site-a".into(), shard: Some((1, 3)) }
+        ClientMessage::Hello {
+            protocol_version: v,
+            client_name: "site-a".into(),
+            shard: Some((1, 3)),
+        }
     }
 
     #[test]
     fn round_trip_every_message_kind() {
         let msgs = vec![
             hello(PROTOCOL_VERSION),
-            ClientMessage::Update { round: 3, num_samples: 1234, loss: 0.5, accuracy: 0.75, train_seconds: 1.5 },
-            ClientMessage::Failed { round: 1, reason: "out of memory".into() },
+            ClientMessage::Update {
+                round: 3,
+                num_samples: 1234,
+                loss: 0.5,
+                accuracy: 0.75,
+                train_seconds: 1.5,
+            },
+            ClientMessage::Failed {
+                round: 1,
+                reason: "out of memory".into(),
+            },
         ];
         for m in msgs {
             let f = encode_frame(&m).unwrap();
-            assert_eq!(u32::from_le_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+            assert_eq!(
+                u32::from_le_bytes(f[..4].try_into().unwrap()) as usize,
+                f.len() - 4
+            );
             let back: ClientMessage = decode_body(&f[4..]).unwrap();
             assert_eq!(back, m);
         }
-        let s = ServerMessage::Finished { message: "done".into() };
+        let s = ServerMessage::Finished {
+            message: "done".into(),
+        };
         let back: ServerMessage = decode_body(&encode_frame(&s).unwrap()[4..]).unwrap();
         assert_eq!(back, s);
     }
 
     #[test]
     fn welcome_with_every_partition_scheme_round_trips() {
-        for partition in [PartitionScheme::Iid, PartitionScheme::Dirichlet { alpha: 0.3 }] {
+        for partition in [
+            PartitionScheme::Iid,
+            PartitionScheme::Dirichlet { alpha: 0.3 },
+        ] {
             let m = ServerMessage::Welcome {
                 client_id: 2,
                 run: RunInfo {
@@ -295,7 +341,10 @@ mod tests {
         assert!(decode_body::<ClientMessage>(&body).is_err());
         let mut long = f[4..].to_vec();
         long.push(0);
-        assert!(decode_body::<ClientMessage>(&long).unwrap_err().to_string().contains("trailing"));
+        assert!(decode_body::<ClientMessage>(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("trailing"));
         assert!(decode_body::<ClientMessage>(&[]).is_err());
     }
 
@@ -303,10 +352,15 @@ mod tests {
     async fn oversized_frame_is_refused_before_reading_it() {
         let mut frame = ((MAX_MESSAGE_BYTES + 1) as u32).to_le_bytes().to_vec();
         frame.extend_from_slice(&[0u8; 16]);
-        let e = read_message::<_, ClientMessage>(&mut frame.as_slice()).await.unwrap_err();
+        let e = read_message::<_, ClientMessage>(&mut frame.as_slice())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("limit"), "{e}");
         // An oversized string inside a message is refused by the decoder's limit too.
-        let big = ClientMessage::Failed { round: 0, reason: "x".repeat(MAX_MESSAGE_BYTES + 10) };
+        let big = ClientMessage::Failed {
+            round: 0,
+            reason: "x".repeat(MAX_MESSAGE_BYTES + 10),
+        };
         assert!(encode_frame(&big).is_err());
     }
 
@@ -314,13 +368,21 @@ mod tests {
     async fn wrong_version_decodes_so_it_can_be_refused() {
         let f = encode_frame(&hello(PROTOCOL_VERSION + 1)).unwrap();
         let m: ClientMessage = read_message(&mut f.as_slice()).await.unwrap();
-        assert!(matches!(m, ClientMessage::Hello { protocol_version, .. } if protocol_version == PROTOCOL_VERSION + 1));
+        assert!(
+            matches!(m, ClientMessage::Hello { protocol_version, .. } if protocol_version == PROTOCOL_VERSION + 1)
+        );
     }
 
     #[tokio::test]
     async fn weights_payload_round_trip_and_checksum() {
         let mut w = WeightSet::default();
-        w.tensors.insert("x".into(), TensorData { shape: vec![3], data: vec![1.0, -2.0, 3.5] });
+        w.tensors.insert(
+            "x".into(),
+            TensorData {
+                shape: vec![3],
+                data: vec![1.0, -2.0, 3.5],
+            },
+        );
         let bytes = w.to_safetensors().unwrap();
         let mut buf = Vec::new();
         let n = write_weights_bytes(&mut buf, &bytes).await.unwrap();
@@ -332,7 +394,9 @@ mod tests {
         let mut bad = buf.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        let e = read_weights(&mut bad.as_slice(), 1 << 20).await.unwrap_err();
+        let e = read_weights(&mut bad.as_slice(), 1 << 20)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("checksum"), "{e}");
         // over the receiver's limit → refused
         let e = read_weights(&mut buf.as_slice(), 8).await.unwrap_err();

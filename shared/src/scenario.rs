@@ -91,7 +91,12 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: DatasetKind::Synthetic, path: None, train_images: None, test_images: None }
+        Self {
+            dataset: DatasetKind::Synthetic,
+            path: None,
+            train_images: None,
+            test_images: None,
+        }
     }
 }
 
@@ -107,7 +112,10 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { backbone: "resnet".into(), resnet: ResNetConfig::default() }
+        Self {
+            backbone: "resnet".into(),
+            resnet: ResNetConfig::default(),
+        }
     }
 }
 
@@ -125,7 +133,11 @@ pub struct PretextConfig {
 
 impl Default for PretextConfig {
     fn default() -> Self {
-        Self { task: "rotation".into(), rotation_mode: RotationMode::AllFour, flip: true }
+        Self {
+            task: "rotation".into(),
+            rotation_mode: RotationMode::AllFour,
+            flip: true,
+        }
     }
 }
 
@@ -290,7 +302,9 @@ impl Scenario {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let sc: Scenario = value.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
+        let sc: Scenario = value
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?;
         sc.validate()?;
         Ok(sc)
     }
@@ -302,16 +316,26 @@ impl Scenario {
             bail!("federation.clients must be at least 1");
         }
         if f.min_clients == 0 || f.min_clients > f.clients {
-            bail!("federation.min_clients must be in 1..={} (federation.clients), got {}", f.clients, f.min_clients);
+            bail!(
+                "federation.min_clients must be in 1..={} (federation.clients), got {}",
+                f.clients,
+                f.min_clients
+            );
         }
         if f.rounds == 0 {
             bail!("federation.rounds must be at least 1");
         }
         if !(f.participation > 0.0 && f.participation <= 1.0) {
-            bail!("federation.participation must be in (0, 1], got {}", f.participation);
+            bail!(
+                "federation.participation must be in (0, 1], got {}",
+                f.participation
+            );
         }
         if f.strategy != "fedavg" {
-            bail!("federation.strategy `{}` is not known (known: fedavg)", f.strategy);
+            bail!(
+                "federation.strategy `{}` is not known (known: fedavg)",
+                f.strategy
+            );
         }
         if !(f.round_deadline_seconds > 0.0) {
             bail!("federation.round_deadline_seconds must be positive");
@@ -320,25 +344,42 @@ impl Scenario {
             bail!("federation.idle_timeout_seconds must be in [1, 3600]");
         }
         for (i, fault) in self.simulation.faults.iter().enumerate() {
-            if fault.client as usize >= f.clients || fault.round == 0 || fault.round as usize > f.rounds {
+            if fault.client as usize >= f.clients
+                || fault.round == 0
+                || fault.round as usize > f.rounds
+            {
                 bail!("simulation.faults[{i}]: client must be < federation.clients and round in 1..=federation.rounds");
             }
         }
         if self.model.backbone != "resnet" {
-            bail!("model.backbone `{}` is not known (known: resnet)", self.model.backbone);
+            bail!(
+                "model.backbone `{}` is not known (known: resnet)",
+                self.model.backbone
+            );
         }
         let r = &self.model.resnet;
-        if r.widths.is_empty() || r.widths.len() != r.blocks.len() || r.widths.contains(&0) || r.blocks.contains(&0) || r.stem_width == 0 {
+        if r.widths.is_empty()
+            || r.widths.len() != r.blocks.len()
+            || r.widths.contains(&0)
+            || r.blocks.contains(&0)
+            || r.stem_width == 0
+        {
             bail!("model.resnet: widths and blocks must be non-empty, of equal length and positive (got widths {:?}, blocks {:?})", r.widths, r.blocks);
         }
         if self.pretext.task != "rotation" {
-            bail!("pretext.task `{}` is not known (known: rotation)", self.pretext.task);
+            bail!(
+                "pretext.task `{}` is not known (known: rotation)",
+                self.pretext.task
+            );
         }
         let t = &self.train;
         if t.local_epochs == 0 || t.batch_size == 0 {
             bail!("train.local_epochs and train.batch_size must be at least 1");
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) || !(0.0..1.0).contains(&t.momentum) || t.weight_decay < 0.0 {
+        if !(t.lr > 0.0 && t.lr.is_finite())
+            || !(0.0..1.0).contains(&t.momentum)
+            || t.weight_decay < 0.0
+        {
             bail!("train: lr must be positive, momentum in [0, 1), weight_decay ≥ 0");
         }
         if let PartitionScheme::Dirichlet { alpha } = self.partition {
@@ -354,7 +395,12 @@ impl Scenario {
 
     /// The learning rate of round `round` (0-based): the schedule runs over rounds.
     pub fn round_lr(&self, round: usize) -> f64 {
-        crate::optim::lr_at(self.train.lr, &self.train.schedule, round, self.federation.rounds)
+        crate::optim::lr_at(
+            self.train.lr,
+            &self.train.schedule,
+            round,
+            self.federation.rounds,
+        )
     }
 }
 
@@ -422,7 +468,9 @@ pub fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
         let table = cur
             .as_table_mut()
             .with_context(|| format!("--set `{key}`: `{p}` is not inside a table"))?;
-        cur = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
     }
     let table = cur
         .as_table_mut()
@@ -451,7 +499,12 @@ mod tests {
     fn overrides_apply_with_types() {
         let s = Scenario::from_toml_str(
             "[federation]\nrounds = 2\n",
-            &["federation.rounds=7".into(), "name=abc".into(), "partition.kind=dirichlet".into(), "partition.alpha=0.5".into()],
+            &[
+                "federation.rounds=7".into(),
+                "name=abc".into(),
+                "partition.kind=dirichlet".into(),
+                "partition.alpha=0.5".into(),
+            ],
         )
         .unwrap();
         assert_eq!(s.federation.rounds, 7);
@@ -461,9 +514,11 @@ mod tests {
 
     #[test]
     fn invalid_values_are_refused_with_the_key() {
-        let e = Scenario::from_toml_str("[federation]\nclients = 2\nmin_clients = 3\n", &[]).unwrap_err();
+        let e = Scenario::from_toml_str("[federation]\nclients = 2\nmin_clients = 3\n", &[])
+            .unwrap_err();
         assert!(e.to_string().contains("federation.min_clients"), "{e}");
-        let e = Scenario::from_toml_str("[partition]\nkind = \"dirichlet\"\nalpha = -1.0\n", &[]).unwrap_err();
+        let e = Scenario::from_toml_str("[partition]\nkind = \"dirichlet\"\nalpha = -1.0\n", &[])
+            .unwrap_err();
         assert!(e.to_string().contains("alpha"), "{e}");
     }
 

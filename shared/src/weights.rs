@@ -40,7 +40,11 @@ impl TensorData {
 
     /// Builds a candle tensor of this shape on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&self.data, self.shape.as_slice(), device)?)
+        Ok(Tensor::from_slice(
+            &self.data,
+            self.shape.as_slice(),
+            device,
+        )?)
     }
 }
 
@@ -129,7 +133,10 @@ impl WeightSet {
     pub fn check_finite(&self) -> Result<()> {
         for (name, t) in &self.tensors {
             if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-                bail!("tensor `{name}` holds a non-finite value ({}) at index {i}", t.data[i]);
+                bail!(
+                    "tensor `{name}` holds a non-finite value ({}) at index {i}",
+                    t.data[i]
+                );
             }
         }
         Ok(())
@@ -181,7 +188,9 @@ impl WeightSet {
                     let t = Tensor::from_raw_buffer(raw, dt, &shape, &Device::Cpu)?;
                     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
                 }
-                other => bail!("tensor `{name}` has dtype {other:?}; only float tensors are weights"),
+                other => {
+                    bail!("tensor `{name}` has dtype {other:?}; only float tensors are weights")
+                }
             };
             tensors.insert(name, TensorData { shape, data });
         }
@@ -227,9 +236,18 @@ mod tests {
         let mut w = WeightSet::default();
         w.tensors.insert(
             "b.weight".into(),
-            TensorData { shape: vec![2, 3], data: vec![1., 2., 3., 4., 5., 6.] },
+            TensorData {
+                shape: vec![2, 3],
+                data: vec![1., 2., 3., 4., 5., 6.],
+            },
         );
-        w.tensors.insert("a.bias".into(), TensorData { shape: vec![1], data: vec![-0.5] });
+        w.tensors.insert(
+            "a.bias".into(),
+            TensorData {
+                shape: vec![1],
+                data: vec![-0.5],
+            },
+        );
         w
     }
 

@@ -19,7 +19,8 @@ pub struct ImageDataset {
     /// `N * H * W * C` bytes: image `i` is `images[i*H*W*C .. (i+1)*H*W*C]`, pixel `(y, x)`
     /// channel `c` at offset `(y*W + x)*C + c`.
     pub images: Vec<u8>,
-    /// `N` class indices.
+    /// `N` class indices, or empty for an unlabelled dataset (what a client holds; see
+    /// [`ImageDataset::unlabelled`]).
     pub labels: Vec<u32>,
     /// Image height `H` in pixels.
     pub height: usize,
@@ -40,12 +41,24 @@ pub struct ImageDataset {
 impl ImageDataset {
     /// Number of images `N`.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.images.len() / self.image_bytes().max(1)
     }
 
     /// True when the dataset holds no image.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
+    }
+
+    /// True when every image has a label.
+    pub fn is_labelled(&self) -> bool {
+        self.labels.len() == self.len() && !self.is_empty()
+    }
+
+    /// The same images without their labels: what a federated client may hold (clients never
+    /// see labels; a pretext task makes its own targets).
+    pub fn unlabelled(mut self) -> ImageDataset {
+        self.labels = Vec::new();
+        self
     }
 
     /// Bytes of one image per image, `H * W * C`.
@@ -68,7 +81,9 @@ impl ImageDataset {
         let mut labels = Vec::with_capacity(idx.len());
         for &i in idx {
             images.extend_from_slice(self.image(i));
-            labels.push(self.labels[i]);
+            if let Some(&l) = self.labels.get(i) {
+                labels.push(l);
+            }
         }
         ImageDataset {
             images,
@@ -243,5 +258,19 @@ mod tests {
         let (m, s) = ImageDataset::compute_mean_std(&[0, 51, 255, 51], 2);
         assert!((m[0] - 0.5).abs() < 1e-6 && (s[0] - 0.5).abs() < 1e-6);
         assert!((m[1] - 0.2).abs() < 1e-6 && s[1] == 1.0);
+    }
+}
+
+#[cfg(test)]
+mod unlabelled_tests {
+    #[test]
+    fn unlabelled_keeps_images_and_drops_labels() {
+        let ds = super::synthetic::generate(12, 1);
+        assert!(ds.is_labelled());
+        let sub = ds.subset(&[3, 5, 7]).unlabelled();
+        assert_eq!(sub.len(), 3);
+        assert!(sub.labels.is_empty() && !sub.is_labelled());
+        assert_eq!(sub.image(1), ds.image(5));
+        assert_eq!(sub.subset(&[2]).image(0), ds.image(7));
     }
 }

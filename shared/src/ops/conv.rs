@@ -229,9 +229,31 @@ fn valid_range(len: usize, out_len: usize, k: usize, stride: usize, pad: usize) 
     (lo.min(out_len), hi.max(lo.min(out_len)))
 }
 
+/// For a stride-1 conv whose output is as wide as its input, column-matrix row `(ki, kj)` is
+/// the image plane shifted by `off = (ki − pad)·W + (kj − pad)`: `row[d] = plane[d + off]` for
+/// every valid position, so it is one contiguous copy plus zeroed border columns. Returns
+/// `off` and the range of `d` that stays inside the plane, clipped to rows `[y_lo, y_hi)`.
+#[inline]
+fn shifted_range(
+    g: &Geom,
+    ki: usize,
+    kj: usize,
+    y_lo: usize,
+    y_hi: usize,
+) -> (isize, usize, usize) {
+    let off = (ki as isize - g.pad as isize) * g.w as isize + (kj as isize - g.pad as isize);
+    let hw = (g.h * g.w) as isize;
+    let d0 = (y_lo * g.ow) as isize;
+    let d1 = (y_hi * g.ow) as isize;
+    let d0 = d0.max(-off).clamp(0, d1);
+    let d1 = d1.min(hw - off).max(d0);
+    (off, d0 as usize, d1 as usize)
+}
+
 /// Writes image `img (C, H, W)` into columns `[off, off + P)` of `col (K, ld)`.
 fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize) {
     let (p, s) = (g.p(), g.stride);
+    let shifted = s == 1 && g.ow == g.w;
     for c in 0..g.c {
         let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
@@ -242,6 +264,19 @@ fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize) {
                 let (x_lo, x_hi) = valid_range(g.w, g.ow, kj, s, g.pad);
                 dst[..y_lo * g.ow].fill(0.0);
                 dst[y_hi * g.ow..].fill(0.0);
+                if shifted {
+                    let (sh, d0, d1) = shifted_range(g, ki, kj, y_lo, y_hi);
+                    let src0 = (d0 as isize + sh) as usize;
+                    dst[d0..d1].copy_from_slice(&plane[src0..src0 + (d1 - d0)]);
+                    if x_lo > 0 || x_hi < g.ow {
+                        for oy in y_lo..y_hi {
+                            let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                            d[..x_lo].fill(0.0);
+                            d[x_hi.max(x_lo)..].fill(0.0);
+                        }
+                    }
+                    continue;
+                }
                 for oy in y_lo..y_hi {
                     let iy = oy * s + ki - g.pad;
                     let src = &plane[iy * g.w..(iy + 1) * g.w];
@@ -265,17 +300,34 @@ fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize) {
 }
 
 /// Adds columns `[off, off + P)` of `col (K, ld)` back into image gradient `img (C, H, W)`.
-fn col2im(g: &Geom, col: &[f32], ld: usize, off: usize, img: &mut [f32]) {
+/// May zero entries of `col` that fall outside the image (it is scratch).
+fn col2im(g: &Geom, col: &mut [f32], ld: usize, off: usize, img: &mut [f32]) {
     let (p, s) = (g.p(), g.stride);
+    let shifted = s == 1 && g.ow == g.w;
     for c in 0..g.c {
         let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             let (y_lo, y_hi) = valid_range(g.h, g.oh, ki, s, g.pad);
             for kj in 0..g.kw {
                 let row = (c * g.kh + ki) * g.kw + kj;
-                let src = &col[row * ld + off..row * ld + off + p];
+                let src = &mut col[row * ld + off..row * ld + off + p];
                 let (x_lo, x_hi) = valid_range(g.w, g.ow, kj, s, g.pad);
                 if x_lo >= x_hi {
+                    continue;
+                }
+                if shifted {
+                    if x_lo > 0 || x_hi < g.ow {
+                        for oy in y_lo..y_hi {
+                            let d = &mut src[oy * g.ow..(oy + 1) * g.ow];
+                            d[..x_lo].fill(0.0);
+                            d[x_hi..].fill(0.0);
+                        }
+                    }
+                    let (sh, d0, d1) = shifted_range(g, ki, kj, y_lo, y_hi);
+                    let t0 = (d0 as isize + sh) as usize;
+                    for (a, b) in plane[t0..t0 + (d1 - d0)].iter_mut().zip(&src[d0..d1]) {
+                        *a += *b;
+                    }
                     continue;
                 }
                 let ix0 = x_lo * s + kj - g.pad;
@@ -493,7 +545,7 @@ fn backward(
                         unsafe { matmul(k, ld, o, dcol.as_mut_ptr(), ld, false, w_t, go_mat, par) };
                         for j in 0..gn {
                             let img = &mut gx_grp[j * g.x_img()..(j + 1) * g.x_img()];
-                            col2im(g, &dcol, ld, j * p, img);
+                            col2im(g, &mut dcol, ld, j * p, img);
                         }
                     }
                 }

@@ -1,0 +1,173 @@
+//! Real processes: `serve` on loopback and three `fedssl-client` processes, as a user would
+//! run them by hand; one client is killed (SIGKILL) mid-round and the run still completes.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fedssl_coordinator::job::{run_job, Job, Mode};
+use fedssl_shared::scenario::Scenario;
+
+const SCENARIO: &str = r#"
+name = "procs"
+seed = 5
+[data]
+dataset = "synthetic"
+train_images = 300
+test_images = 100
+[model.resnet]
+stem_width = 4
+widths = [4, 8]
+blocks = [1, 1]
+[train]
+batch_size = 8
+[federation]
+clients = 3
+min_clients = 2
+rounds = 3
+round_deadline_seconds = 300
+idle_timeout_seconds = 4
+join_timeout_seconds = 120
+[eval]
+enabled = false
+"#;
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_client(port: u16, cert: &Path, k: u32) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
+        .args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca"])
+        .arg(cert)
+        .args([
+            "--shard",
+            &format!("{k}/3"),
+            "--quiet",
+            "--name",
+            &format!("proc-{k}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start fedssl-client")
+}
+
+fn wait_for(path: &Path, what: impl Fn(&str) -> bool, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if what(&s) {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn serve_with_three_client_processes_survives_a_killed_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("serve");
+    let port = free_udp_port();
+    let sc = Scenario::from_toml_str(SCENARIO, &[]).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let job = Job {
+        scenario: sc,
+        out: out.clone(),
+        mode: Mode::Serve {
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            identity: None,
+            names: vec![],
+        },
+        progress: false,
+    };
+    let server = rt.spawn(run_job(job));
+    let cert = out.join("cert.pem");
+    assert!(
+        wait_for(
+            &cert,
+            |s| s.contains("END CERTIFICATE"),
+            Duration::from_secs(30)
+        ),
+        "serve wrote no cert.pem"
+    );
+    let mut clients: Vec<Child> = (0..3).map(|k| spawn_client(port, &cert, k)).collect();
+
+    // Kill client 1 as soon as round 1 is aggregated: it is then inside round 2.
+    let rounds = out.join("rounds.jsonl");
+    assert!(
+        wait_for(
+            &rounds,
+            |s| s.lines().count() >= 1,
+            Duration::from_secs(240)
+        ),
+        "round 1 never finished"
+    );
+    clients[1].kill().unwrap();
+    clients[1].wait().unwrap();
+
+    let summary =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(300), server).await });
+    let summary = summary
+        .expect("the run hung after a client was killed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.rounds_completed, 3);
+    for (k, c) in clients.iter_mut().enumerate() {
+        if k != 1 {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "client {k} exited with {status}");
+        }
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&rounds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["clients"], serde_json::json!([0, 1, 2]));
+    // Killed during round 2 (or, if its update had already left, from round 3 on).
+    let dropped_r2 = lines[1]["dropped"] == serde_json::json!([1]);
+    let absent_r3 = lines[2]["clients"] == serde_json::json!([0, 2]);
+    assert!(dropped_r2 || absent_r3, "{lines:?}");
+    assert_eq!(lines[2]["clients"], serde_json::json!([0, 2]));
+    assert!(out.join("final.safetensors").exists());
+    assert!(out.join("summary.json").exists());
+}
+
+#[test]
+fn client_with_bad_arguments_fails_with_one_clear_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
+        .args([
+            "--coordinator",
+            "127.0.0.1:1",
+            "--ca",
+            "/nonexistent/cert.pem",
+            "--shard",
+            "3/3",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shard `3/3`"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
+        .args([
+            "--coordinator",
+            "127.0.0.1:1",
+            "--ca",
+            "/nonexistent/cert.pem",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
