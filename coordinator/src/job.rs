@@ -110,7 +110,6 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let sc = job.scenario.clone();
     std::fs::create_dir_all(&job.out)
         .with_context(|| format!("cannot create output folder {}", job.out.display()))?;
-    let data_dir = sc.data.path.clone();
     let (train, test) = {
         let sc = sc.clone();
         tokio::task::spawn_blocking(move || -> Result<(ImageDataset, ImageDataset)> {
@@ -288,7 +287,6 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         }
     }
     endpoint.close(0u32.into(), b"done");
-    drop(data_dir);
 
     let eval = if sc.eval.enabled {
         let (sc2, global) = (sc.clone(), outcome.global.clone());

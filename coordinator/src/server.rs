@@ -128,16 +128,22 @@ impl Registry {
             .values()
             .map(|r| (r.conn.clone(), r.ctrl.clone()))
             .collect();
-        for (conn, ctrl) in &clients {
-            let mut s = ctrl.lock().await;
-            let msg = ServerMessage::Finished {
-                message: message.to_string(),
-            };
-            if write_message(&mut *s, &msg).await.is_ok() {
-                let _ = s.finish();
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        let mut goodbyes = JoinSet::new();
+        for (conn, ctrl) in clients.iter().cloned() {
+            let message = message.to_string();
+            goodbyes.spawn(async move {
+                let mut s = ctrl.lock().await;
+                if write_message(&mut *s, &ServerMessage::Finished { message })
+                    .await
+                    .is_ok()
+                {
+                    let _ = s.finish();
+                }
+                // Give the client a moment to read it and close first.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            });
         }
+        while goodbyes.join_next().await.is_some() {}
         for (conn, _) in clients {
             conn.close(0u32.into(), b"run finished");
         }
@@ -306,11 +312,11 @@ struct Arrived {
     num_samples: u64,
     loss: f64,
     accuracy: f64,
-    bytes_sent: u64,
     bytes_received: u64,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn client_round(
     id: u32,
     conn: quinn::Connection,
@@ -349,7 +355,6 @@ async fn client_round(
                 num_samples,
                 loss,
                 accuracy,
-                bytes_sent: frame_len + n,
                 bytes_received: reply_len + wbytes,
                 _permit: permit,
             })
@@ -362,7 +367,7 @@ async fn client_round(
 /// Bytes sent per client, recorded as soon as they are sent (so a dropped client's
 /// traffic is still counted).
 #[derive(Default)]
-pub struct SentBytes {
+struct SentBytes {
     sent: Mutex<BTreeMap<u32, u64>>,
 }
 
@@ -530,7 +535,6 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
                                     dropped_reasons.insert(id, format!("{e:#}"));
                                 }
                             }
-                            let _ = a.bytes_sent;
                         }
                         Err(e) => {
                             warn!(client = id, round = round + 1, "dropped: {e:#}");

@@ -14,6 +14,9 @@ use candle_core::{Result, Tensor};
 /// `x`: `(B, C_in, H, W)`; `w`: `(C_out, C_in, K, K)`; returns
 /// `(B, C_out, (H + 2·padding − K)/stride + 1, (W + 2·padding − K)/stride + 1)`.
 /// Zero padding on all four sides. Differentiable (candle autograd).
+///
+/// On the CPU with `f32` this is our im2col + GEMM kernel with a GEMM + col2im backward
+/// ([`crate::ops::conv2d`]); elsewhere (CUDA) candle's own convolution.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.conv2d(w, padding, stride, 1, 1)
+    crate::ops::conv2d(x, w, stride, padding)
 }

@@ -97,7 +97,7 @@ impl ConvBn {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = conv2d(x, &self.w, self.stride, self.padding)?;
-        self.bn.forward_t(&y, train)
+        crate::ops::batch_norm(&self.bn, &y, train)
     }
 }
 
@@ -123,13 +123,13 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.c1.forward_t(x, train)?.relu()?;
+        let y = crate::ops::relu(&self.c1.forward_t(x, train)?)?;
         let y = self.c2.forward_t(&y, train)?;
         let s = match &self.shortcut {
             Some(sc) => sc.forward_t(x, train)?,
             None => x.clone(),
         };
-        (y + s)?.relu()
+        crate::ops::add_relu(&y, &s)
     }
 }
 
@@ -179,7 +179,7 @@ impl ResNet {
     /// statistics in BatchNorm and updates the running statistics (momentum 0.1, as PyTorch);
     /// `train = false` uses the running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<BackboneOutput> {
-        let mut h = self.stem.forward_t(x, train)?.relu()?;
+        let mut h = crate::ops::relu(&self.stem.forward_t(x, train)?)?;
         let mut outs = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             for block in stage {

@@ -8,7 +8,6 @@
 //! CPU `f32` only; anything else falls back to candle's `relu` (and `+`).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 15;
@@ -53,14 +52,14 @@ impl CustomOp1 for Relu {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| {
-                for (o, x) in o.iter_mut().zip(x) {
-                    *o = x.max(0.0);
+        // SAFETY: each chunk writes all of its elements.
+        let out = unsafe {
+            super::par_build(x.len(), CHUNK, |i, o| {
+                for (o, x) in o.iter_mut().zip(&x[i * CHUNK..]) {
+                    o.write(x.max(0.0));
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -82,14 +81,15 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
+        // SAFETY: each chunk writes all of its elements.
+        let out = unsafe {
+            super::par_build(a.len(), CHUNK, |i, o| {
+                let (a, b) = (&a[i * CHUNK..], &b[i * CHUNK..]);
                 for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
+                    o.write((a + b).max(0.0));
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
     fn bwd(
@@ -119,14 +119,17 @@ impl CustomOp2 for ReluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-            .for_each(|(o, (g, y))| {
+        // SAFETY: each chunk writes all of its elements.
+        let out = unsafe {
+            super::par_build(g.len(), CHUNK, |i, o| {
+                let (g, y) = (&g[i * CHUNK..], &y[i * CHUNK..]);
+                // Branch-free so that it vectorises: keep g's bits where y > 0.
                 for ((o, g), y) in o.iter_mut().zip(g).zip(y) {
-                    *o = if *y > 0.0 { *g } else { 0.0 };
+                    let keep = ((*y > 0.0) as u32).wrapping_neg();
+                    o.write(f32::from_bits(g.to_bits() & keep));
                 }
-            });
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -203,18 +203,15 @@ impl CustomOp3 for BnOp {
             .collect();
         let scale: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-        let mut out = vec![0f32; x.len()];
-        if s > 0 {
-            out.par_chunks_mut(s)
-                .zip(x.par_chunks(s))
-                .enumerate()
-                .for_each(|(i, (o, xv))| {
-                    let (a, b) = (scale[i % c], shift[i % c]);
-                    for (o, x) in o.iter_mut().zip(xv) {
-                        *o = x * a + b;
-                    }
-                });
-        }
+        // SAFETY: each plane writes all of its elements.
+        let out = unsafe {
+            super::par_build(x.len(), s, |i, o| {
+                let (a, b) = (scale[i % c], shift[i % c]);
+                for (o, x) in o.iter_mut().zip(&x[i * s..]) {
+                    o.write(x * a + b);
+                }
+            })
+        };
         *self.saved.lock().unwrap() = Some(Stats { mean, var, invstd });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -260,12 +257,11 @@ impl CustomOp3 for BnOp {
                 })
                 .unzip();
             let gx = if x.track_op() && s > 0 {
-                let mut gx = vec![0f32; xv.len()];
                 let train = self.eval_stats.is_none();
-                gx.par_chunks_mut(s)
-                    .zip(gv.par_chunks(s).zip(xv.par_chunks(s)))
-                    .enumerate()
-                    .for_each(|(i, (d, (g, xx)))| {
+                // SAFETY: each plane writes all of its elements.
+                let gx = unsafe {
+                    super::par_build(xv.len(), s, |i, d| {
+                        let (g, xx) = (&gv[i * s..(i + 1) * s], &xv[i * s..(i + 1) * s]);
                         let ch = i % c;
                         let k = gamma_v[ch] * invstd[ch];
                         if train {
@@ -274,14 +270,15 @@ impl CustomOp3 for BnOp {
                             let mgx = (sum_gx[ch] / m) as f32;
                             let (mu, is) = (mean[ch], invstd[ch]);
                             for ((d, g), x) in d.iter_mut().zip(g).zip(xx) {
-                                *d = k * (g - mg - (x - mu) * is * mgx);
+                                d.write(k * (g - mg - (x - mu) * is * mgx));
                             }
                         } else {
                             for (d, g) in d.iter_mut().zip(g) {
-                                *d = k * g;
+                                d.write(k * g);
                             }
                         }
-                    });
+                    })
+                };
                 Some(gx)
             } else if x.track_op() {
                 Some(vec![0f32; xv.len()])

@@ -9,14 +9,17 @@
 //! Layout: `x` is `(N, C_in, H, W)`, `w` is `(C_out, C_in, KH, KW)`, the output is
 //! `(N, C_out, H_out, W_out)` with `H_out = (H + 2·padding − KH) / stride + 1`.
 //!
-//! How it works (all matrices row-major, `P = H_out·W_out`, `K = C_in·KH·KW`):
-//! - forward: per group of `G` images, `col (K, G·P) = im2col(x)` and `out (C_out, G·P) =
-//!   w (C_out, K) · col`. Groups are sized so that `G·P` is at least [`GROUP_COLS`] columns,
-//!   which keeps the GEMM efficient in the late, spatially small stages.
-//! - weight gradient: `gw += gout (C_out, G·P) · colᵀ`, one accumulator per thread, summed.
-//! - input gradient: `dcol (K, G·P) = wᵀ · gout`, then `col2im` scatters it into `gx`.
+//! How it works (all matrices row-major, `P = H_out·W_out`, `K = C_in·KH·KW`): the output
+//! pixels are cut into tiles of about [`TILE_COLS`] columns — a band of output rows of one image
+//! in the early, large stages, or several whole images in the late, small ones — so that a
+//! tile's column matrix (`K × T`) stays in the L2 cache between being written and being read.
+//! - forward: `col (K, T) = im2col(x)`, `out[:, tile] = w (C_out, K) · col`.
+//! - weight gradient: `gw += gout[:, tile] · colᵀ`, one accumulator per thread, summed.
+//! - input gradient: `dcol (K, T) = wᵀ · gout[:, tile]`, then `col2im` adds it into `gx`.
 //! - a 1×1, stride-1, padding-0 conv needs no im2col: the image `(C_in, H·W)` is the column
 //!   matrix.
+//! - a stride-1 conv whose output is as wide as its input ("same" padding) builds each row of
+//!   the column matrix with one contiguous copy of the shifted plane plus zeroed borders.
 //!
 //! Threads: the batch is split into one contiguous range per thread of rayon's current pool
 //! (the GEMMs then run single-threaded); when the batch is too small to split evenly, groups
@@ -31,8 +34,8 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, 
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
-/// Minimum number of GEMM columns (output pixels) per group of images.
-pub const GROUP_COLS: usize = 256;
+/// Target number of GEMM columns (output pixels) per tile.
+pub const TILE_COLS: usize = 256;
 
 /// 2-D convolution, dilation 1, groups 1: `x (N, C_in, H, W)` ⊛ `w (C_out, C_in, KH, KW)`.
 ///
@@ -136,17 +139,40 @@ impl Geom {
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
     }
-    /// Images per GEMM.
+    /// Images per tile: several when an image has fewer than [`TILE_COLS`] output pixels.
     fn group(&self) -> usize {
         if self.pointwise() {
             1
         } else {
-            GROUP_COLS.div_ceil(self.p().max(1)).clamp(1, self.n.max(1))
+            TILE_COLS.div_ceil(self.p().max(1)).clamp(1, self.n.max(1))
         }
+    }
+    /// Output rows per tile: a band of rows when an image has at least [`TILE_COLS`] pixels.
+    fn rows_per_tile(&self) -> usize {
+        if self.pointwise() || self.p() < TILE_COLS {
+            self.oh.max(1)
+        } else {
+            (TILE_COLS / self.ow.max(1)).clamp(1, self.oh.max(1))
+        }
+    }
+    /// The tiles of `imgs` consecutive images: `(first image, images, first row, end row)`.
+    fn tiles(&self, imgs: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        let (group, rows) = (self.group(), self.rows_per_tile());
+        (0..imgs).step_by(group).flat_map(move |i0| {
+            let gn = group.min(imgs - i0);
+            (0..self.oh)
+                .step_by(rows)
+                .map(move |oy0| (i0, gn, oy0, (oy0 + rows).min(self.oh)))
+        })
+    }
+    /// Columns of the largest tile.
+    fn max_tile_cols(&self) -> usize {
+        self.group() * self.rows_per_tile() * self.ow
     }
 }
 
 /// How the batch is spread over the pool: `(images per task, tasks, gemm parallelism)`.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87
 fn plan(g: &Geom) -> (usize, usize, gemm::Parallelism) {
     let threads = rayon::current_num_threads().max(1);
     let group = g.group();
@@ -185,6 +211,7 @@ unsafe fn matmul(
     k: usize,
     dst: *mut f32,
     dst_rs: usize,
+    dst_cs: usize,
     accumulate: bool,
     lhs: M,
     rhs: M,
@@ -195,7 +222,7 @@ unsafe fn matmul(
         n,
         k,
         dst,
-        1,
+        dst_cs as isize,
         dst_rs as isize,
         accumulate,
         lhs.ptr,
@@ -230,57 +257,57 @@ fn valid_range(len: usize, out_len: usize, k: usize, stride: usize, pad: usize) 
 }
 
 /// For a stride-1 conv whose output is as wide as its input, column-matrix row `(ki, kj)` is
-/// the image plane shifted by `off = (ki − pad)·W + (kj − pad)`: `row[d] = plane[d + off]` for
+/// the image plane shifted by `off = (ki − pad)·W + (kj − pad)`: `row[d] = plane[d + off]` at
 /// every valid position, so it is one contiguous copy plus zeroed border columns. Returns
-/// `off` and the range of `d` that stays inside the plane, clipped to rows `[y_lo, y_hi)`.
+/// `off` and the range of `d` that stays inside the plane, clipped to rows `[ya, yb)`.
 #[inline]
-fn shifted_range(
-    g: &Geom,
-    ki: usize,
-    kj: usize,
-    y_lo: usize,
-    y_hi: usize,
-) -> (isize, usize, usize) {
+fn shifted_range(g: &Geom, ki: usize, kj: usize, ya: usize, yb: usize) -> (isize, usize, usize) {
     let off = (ki as isize - g.pad as isize) * g.w as isize + (kj as isize - g.pad as isize);
     let hw = (g.h * g.w) as isize;
-    let d0 = (y_lo * g.ow) as isize;
-    let d1 = (y_hi * g.ow) as isize;
+    let d0 = (ya * g.ow) as isize;
+    let d1 = (yb * g.ow) as isize;
     let d0 = d0.max(-off).clamp(0, d1);
     let d1 = d1.min(hw - off).max(d0);
     (off, d0 as usize, d1 as usize)
 }
 
-/// Writes image `img (C, H, W)` into columns `[off, off + P)` of `col (K, ld)`.
-fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize) {
-    let (p, s) = (g.p(), g.stride);
-    let shifted = s == 1 && g.ow == g.w;
+/// Writes output rows `[oy0, oy1)` of image `img (C, H, W)`'s column matrix into columns
+/// `[off, off + (oy1 − oy0)·W_out)` of `col (K, ld)`.
+#[allow(clippy::too_many_arguments)]
+fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize, oy0: usize, oy1: usize) {
+    let (s, ow) = (g.stride, g.ow);
+    let tp = (oy1 - oy0) * ow;
+    let base = oy0 * ow;
+    let shifted = s == 1 && ow == g.w;
     for c in 0..g.c {
         let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             let (y_lo, y_hi) = valid_range(g.h, g.oh, ki, s, g.pad);
+            let ya = y_lo.clamp(oy0, oy1);
+            let yb = y_hi.clamp(ya, oy1);
             for kj in 0..g.kw {
                 let row = (c * g.kh + ki) * g.kw + kj;
-                let dst = &mut col[row * ld + off..row * ld + off + p];
-                let (x_lo, x_hi) = valid_range(g.w, g.ow, kj, s, g.pad);
-                dst[..y_lo * g.ow].fill(0.0);
-                dst[y_hi * g.ow..].fill(0.0);
+                let dst = &mut col[row * ld + off..row * ld + off + tp];
+                let (x_lo, x_hi) = valid_range(g.w, ow, kj, s, g.pad);
+                dst[..(ya - oy0) * ow].fill(0.0);
+                dst[(yb - oy0) * ow..].fill(0.0);
                 if shifted {
-                    let (sh, d0, d1) = shifted_range(g, ki, kj, y_lo, y_hi);
+                    let (sh, d0, d1) = shifted_range(g, ki, kj, ya, yb);
                     let src0 = (d0 as isize + sh) as usize;
-                    dst[d0..d1].copy_from_slice(&plane[src0..src0 + (d1 - d0)]);
-                    if x_lo > 0 || x_hi < g.ow {
-                        for oy in y_lo..y_hi {
-                            let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    dst[d0 - base..d1 - base].copy_from_slice(&plane[src0..src0 + (d1 - d0)]);
+                    if x_lo > 0 || x_hi < ow {
+                        for oy in ya..yb {
+                            let d = &mut dst[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                             d[..x_lo].fill(0.0);
-                            d[x_hi.max(x_lo)..].fill(0.0);
+                            d[x_hi..].fill(0.0);
                         }
                     }
                     continue;
                 }
-                for oy in y_lo..y_hi {
+                for oy in ya..yb {
                     let iy = oy * s + ki - g.pad;
                     let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    let d = &mut dst[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                     d[..x_lo].fill(0.0);
                     d[x_hi..].fill(0.0);
                     if x_lo < x_hi {
@@ -299,42 +326,58 @@ fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize) {
     }
 }
 
-/// Adds columns `[off, off + P)` of `col (K, ld)` back into image gradient `img (C, H, W)`.
-/// May zero entries of `col` that fall outside the image (it is scratch).
-fn col2im(g: &Geom, col: &mut [f32], ld: usize, off: usize, img: &mut [f32]) {
-    let (p, s) = (g.p(), g.stride);
-    let shifted = s == 1 && g.ow == g.w;
+/// Adds columns `[off, off + (oy1 − oy0)·W_out)` of `col (K, ld)` — output rows `[oy0, oy1)`
+/// — back into the image gradient `img (C, H, W)`. May zero entries of `col` that fall outside
+/// the image (it is scratch).
+#[allow(clippy::too_many_arguments)]
+fn col2im(
+    g: &Geom,
+    col: &mut [f32],
+    ld: usize,
+    off: usize,
+    img: &mut [f32],
+    oy0: usize,
+    oy1: usize,
+) {
+    let (s, ow) = (g.stride, g.ow);
+    let tp = (oy1 - oy0) * ow;
+    let base = oy0 * ow;
+    let shifted = s == 1 && ow == g.w;
     for c in 0..g.c {
         let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             let (y_lo, y_hi) = valid_range(g.h, g.oh, ki, s, g.pad);
+            let ya = y_lo.clamp(oy0, oy1);
+            let yb = y_hi.clamp(ya, oy1);
             for kj in 0..g.kw {
                 let row = (c * g.kh + ki) * g.kw + kj;
-                let src = &mut col[row * ld + off..row * ld + off + p];
-                let (x_lo, x_hi) = valid_range(g.w, g.ow, kj, s, g.pad);
+                let src = &mut col[row * ld + off..row * ld + off + tp];
+                let (x_lo, x_hi) = valid_range(g.w, ow, kj, s, g.pad);
                 if x_lo >= x_hi {
                     continue;
                 }
                 if shifted {
-                    if x_lo > 0 || x_hi < g.ow {
-                        for oy in y_lo..y_hi {
-                            let d = &mut src[oy * g.ow..(oy + 1) * g.ow];
+                    if x_lo > 0 || x_hi < ow {
+                        for oy in ya..yb {
+                            let d = &mut src[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                             d[..x_lo].fill(0.0);
                             d[x_hi..].fill(0.0);
                         }
                     }
-                    let (sh, d0, d1) = shifted_range(g, ki, kj, y_lo, y_hi);
+                    let (sh, d0, d1) = shifted_range(g, ki, kj, ya, yb);
                     let t0 = (d0 as isize + sh) as usize;
-                    for (a, b) in plane[t0..t0 + (d1 - d0)].iter_mut().zip(&src[d0..d1]) {
+                    let sv = &src[d0 - base..d1 - base];
+                    for (a, b) in plane[t0..t0 + sv.len()].iter_mut().zip(sv) {
                         *a += *b;
                     }
                     continue;
                 }
                 let ix0 = x_lo * s + kj - g.pad;
-                for oy in y_lo..y_hi {
+                for oy in ya..yb {
                     let iy = oy * s + ki - g.pad;
                     let d = &mut plane[iy * g.w..(iy + 1) * g.w];
-                    let sv = &src[oy * g.ow + x_lo..oy * g.ow + x_hi];
+                    let r = (oy - oy0) * ow;
+                    let sv = &src[r + x_lo..r + x_hi];
                     if s == 1 {
                         for (a, b) in d[ix0..ix0 + sv.len()].iter_mut().zip(sv) {
                             *a += *b;
@@ -353,66 +396,56 @@ fn col2im(g: &Geom, col: &mut [f32], ld: usize, off: usize, img: &mut [f32]) {
 /// Forward convolution of contiguous `x` and `w`; returns the contiguous output.
 fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (p, k, o) = (g.p(), g.k(), g.o);
-    let mut out = vec![0f32; g.n * g.out_img()];
-    if out.is_empty() {
+    let total = g.n * g.out_img();
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    if total == 0 {
         return out;
     }
-    let group = g.group();
     let (per_task, _, par) = plan(g);
     let w_mat = M {
         ptr: w.as_ptr(),
         rs: k,
         cs: 1,
     };
-    out.par_chunks_mut(per_task * g.out_img())
+    let max_cols = g.max_tile_cols();
+    // Every element of `out` is written below (by a GEMM that does not read its destination,
+    // or by the copy out of `tmp`), so it is never zero-filled.
+    out.spare_capacity_mut()[..total]
+        .par_chunks_mut(per_task * g.out_img())
         .enumerate()
         .for_each(|(t, out_chunk)| {
             let n0 = t * per_task;
             let imgs = out_chunk.len() / g.out_img();
+            let out_ptr = out_chunk.as_mut_ptr() as *mut f32;
             let mut col = if g.pointwise() {
                 Vec::new()
             } else {
-                vec![0f32; k * group * p]
+                vec![0f32; k * max_cols]
             };
-            let mut tmp = if group > 1 {
-                vec![0f32; o * group * p]
+            let mut tmp = if g.group() > 1 {
+                vec![0f32; o * max_cols]
             } else {
                 Vec::new()
             };
-            for i0 in (0..imgs).step_by(group) {
-                let gn = group.min(imgs - i0);
-                let x_grp = &x[(n0 + i0) * g.x_img()..(n0 + i0 + gn) * g.x_img()];
-                let out_grp = &mut out_chunk[i0 * g.out_img()..(i0 + gn) * g.out_img()];
+            for (i0, gn, oy0, oy1) in g.tiles(imgs) {
+                let x_img = |j: usize| &x[(n0 + i0 + j) * g.x_img()..(n0 + i0 + j + 1) * g.x_img()];
+                // SAFETY (all GEMMs below): operands and destinations lie inside `x`, `w`,
+                // `col`, `tmp` and this task's chunk of `out`, with the strides given.
+                let out_img = unsafe { out_ptr.add(i0 * g.out_img()) };
                 if g.pointwise() {
                     // out (O, P) = w (O, C) · x (C, P)
-                    unsafe {
-                        matmul(
-                            o,
-                            p,
-                            k,
-                            out_grp.as_mut_ptr(),
-                            p,
-                            false,
-                            w_mat,
-                            M {
-                                ptr: x_grp.as_ptr(),
-                                rs: p,
-                                cs: 1,
-                            },
-                            par,
-                        )
+                    let x_mat = M {
+                        ptr: x_img(0).as_ptr(),
+                        rs: p,
+                        cs: 1,
                     };
+                    unsafe { matmul(o, p, k, out_img, p, 1, false, w_mat, x_mat, par) };
                     continue;
                 }
-                let ld = gn * p;
+                let tp = (oy1 - oy0) * g.ow;
+                let ld = gn * tp;
                 for j in 0..gn {
-                    im2col(
-                        g,
-                        &x_grp[j * g.x_img()..(j + 1) * g.x_img()],
-                        &mut col,
-                        ld,
-                        j * p,
-                    );
+                    im2col(g, x_img(j), &mut col, ld, j * tp, oy0, oy1);
                 }
                 let col_mat = M {
                     ptr: col.as_ptr(),
@@ -420,18 +453,30 @@ fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                     cs: 1,
                 };
                 if gn == 1 {
-                    unsafe { matmul(o, p, k, out_grp.as_mut_ptr(), p, false, w_mat, col_mat, par) };
+                    // out[:, rows] (O, tp), row stride P
+                    let dst = unsafe { out_img.add(oy0 * g.ow) };
+                    unsafe { matmul(o, tp, k, dst, p, 1, false, w_mat, col_mat, par) };
                 } else {
-                    unsafe { matmul(o, ld, k, tmp.as_mut_ptr(), ld, false, w_mat, col_mat, par) };
+                    let dst = tmp.as_mut_ptr();
+                    unsafe { matmul(o, ld, k, dst, ld, 1, false, w_mat, col_mat, par) };
                     for j in 0..gn {
                         for oc in 0..o {
-                            out_grp[j * o * p + oc * p..j * o * p + (oc + 1) * p]
-                                .copy_from_slice(&tmp[oc * ld + j * p..oc * ld + (j + 1) * p]);
+                            let src = &tmp[oc * ld + j * p..oc * ld + (j + 1) * p];
+                            // SAFETY: image i0 + j of this chunk, channel oc: p elements.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    src.as_ptr(),
+                                    out_img.add(j * o * p + oc * p),
+                                    p,
+                                )
+                            };
                         }
                     }
                 }
             }
         });
+    // SAFETY: every one of the `total` elements was written above.
+    unsafe { out.set_len(total) };
     out
 }
 
@@ -454,12 +499,18 @@ fn backward(
     if (!need_gx && !need_gw) || g.n == 0 {
         return (need_gx.then_some(gx), need_gw.then(|| vec![0f32; o * k]));
     }
-    let group = g.group();
     let (per_task, tasks, par) = plan(g);
+    let max_cols = g.max_tile_cols();
+    let pw = g.pointwise();
     let gx_chunks: Vec<Option<&mut [f32]>> = if need_gx {
         gx.chunks_mut(per_task * g.x_img()).map(Some).collect()
     } else {
         (0..tasks).map(|_| None).collect()
+    };
+    let w_t = M {
+        ptr: w.as_ptr(),
+        rs: 1,
+        cs: k,
     };
     let partials: Vec<Vec<f32>> = gx_chunks
         .into_par_iter()
@@ -467,34 +518,39 @@ fn backward(
         .map(|(t, mut gx_chunk)| {
             let n0 = t * per_task;
             let imgs = per_task.min(g.n - n0);
+            // gw accumulator, stored transposed as (K, O) row-major: gemm runs 1.3-3× faster
+            // on these shapes with a column-major destination.
             let mut gw = if need_gw {
                 vec![0f32; o * k]
             } else {
                 Vec::new()
             };
-            let pw = g.pointwise();
             let mut col = if !pw && need_gw {
-                vec![0f32; k * group * p]
+                vec![0f32; k * max_cols]
             } else {
                 Vec::new()
             };
             let mut dcol = if !pw && need_gx {
-                vec![0f32; k * group * p]
+                vec![0f32; k * max_cols]
             } else {
                 Vec::new()
             };
-            let mut go_buf = if group > 1 {
-                vec![0f32; o * group * p]
+            let mut go_buf = if g.group() > 1 {
+                vec![0f32; o * max_cols]
             } else {
                 Vec::new()
             };
-            for i0 in (0..imgs).step_by(group) {
-                let gn = group.min(imgs - i0);
-                let ld = gn * p;
+            for (i0, gn, oy0, oy1) in g.tiles(imgs) {
                 let n = n0 + i0;
-                // go (O, gn·P): the output gradient of the group, images side by side.
-                let go: &[f32] = if gn == 1 {
-                    &gout[n * o * p..(n + 1) * o * p]
+                let tp = (oy1 - oy0) * g.ow;
+                let ld = gn * tp;
+                // go (O, ld): the output gradient of the tile.
+                let go_mat = if gn == 1 {
+                    M {
+                        ptr: gout[n * o * p + oy0 * g.ow..].as_ptr(),
+                        rs: p,
+                        cs: 1,
+                    }
                 } else {
                     for j in 0..gn {
                         for oc in 0..o {
@@ -503,13 +559,14 @@ fn backward(
                                 .copy_from_slice(&gout[src..src + p]);
                         }
                     }
-                    &go_buf[..o * ld]
+                    M {
+                        ptr: go_buf.as_ptr(),
+                        rs: ld,
+                        cs: 1,
+                    }
                 };
-                let go_mat = M {
-                    ptr: go.as_ptr(),
-                    rs: ld,
-                    cs: 1,
-                };
+                // SAFETY (all GEMMs below): operands and destinations lie inside `x`, `w`,
+                // `gout`, the scratch buffers and this task's accumulators, with these strides.
                 if need_gw {
                     // gw (O, K) += go (O, ld) · colᵀ, col (K, ld)
                     let col_t = if pw {
@@ -521,7 +578,7 @@ fn backward(
                     } else {
                         for j in 0..gn {
                             let img = &x[(n + j) * g.x_img()..(n + j + 1) * g.x_img()];
-                            im2col(g, img, &mut col, ld, j * p);
+                            im2col(g, img, &mut col, ld, j * tp, oy0, oy1);
                         }
                         M {
                             ptr: col.as_ptr(),
@@ -529,23 +586,21 @@ fn backward(
                             cs: ld,
                         }
                     };
-                    unsafe { matmul(o, k, ld, gw.as_mut_ptr(), k, true, go_mat, col_t, par) };
+                    let dst = gw.as_mut_ptr();
+                    unsafe { matmul(o, k, ld, dst, 1, o, true, go_mat, col_t, par) };
                 }
                 if let Some(gx_chunk) = gx_chunk.as_deref_mut() {
                     // dcol (K, ld) = wᵀ (K, O) · go (O, ld)
-                    let w_t = M {
-                        ptr: w.as_ptr(),
-                        rs: 1,
-                        cs: k,
-                    };
                     let gx_grp = &mut gx_chunk[i0 * g.x_img()..(i0 + gn) * g.x_img()];
                     if pw {
-                        unsafe { matmul(k, p, o, gx_grp.as_mut_ptr(), p, false, w_t, go_mat, par) };
+                        let dst = gx_grp.as_mut_ptr();
+                        unsafe { matmul(k, p, o, dst, p, 1, false, w_t, go_mat, par) };
                     } else {
-                        unsafe { matmul(k, ld, o, dcol.as_mut_ptr(), ld, false, w_t, go_mat, par) };
+                        let dst = dcol.as_mut_ptr();
+                        unsafe { matmul(k, ld, o, dst, ld, 1, false, w_t, go_mat, par) };
                         for j in 0..gn {
                             let img = &mut gx_grp[j * g.x_img()..(j + 1) * g.x_img()];
-                            col2im(g, &mut dcol, ld, j * p, img);
+                            col2im(g, &mut dcol, ld, j * tp, img, oy0, oy1);
                         }
                     }
                 }
@@ -561,7 +616,14 @@ fn backward(
                 *a += *b;
             }
         }
-        acc
+        // (K, O) → (O, K)
+        let mut gw = vec![0f32; o * k];
+        for (i, row) in acc.chunks_exact(o).enumerate() {
+            for (oc, v) in row.iter().enumerate() {
+                gw[oc * k + i] = *v;
+            }
+        }
+        gw
     });
     (need_gx.then_some(gx), gw)
 }
@@ -811,6 +873,17 @@ mod tests {
         check(4, 8, 16, 16, 8, 1, 1, 0);
         check(2, 4, 5, 5, 3, 5, 1, 2); // 5×5 kernel
         check(1, 2, 2, 3, 2, 3, 1, 1); // kernel larger than the image's height
+    }
+
+    #[test]
+    fn matches_reference_with_images_split_into_row_tiles() {
+        // Images of at least TILE_COLS output pixels are cut into bands of rows, the last band
+        // shorter than the others.
+        check(2, 3, 20, 30, 4, 3, 1, 1);
+        check(2, 3, 40, 37, 4, 3, 2, 1);
+        check(2, 3, 20, 30, 4, 1, 1, 0);
+        check(1, 2, 17, 40, 3, 5, 1, 2);
+        check(2, 2, 23, 29, 3, 3, 1, 0); // valid padding: output narrower than the input
     }
 
     #[test]
