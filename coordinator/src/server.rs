@@ -129,8 +129,8 @@ impl Registry {
             .map(|r| (r.conn.clone(), r.ctrl.clone()))
             .collect();
         let mut goodbyes = JoinSet::new();
-        for (conn, ctrl) in clients.iter().cloned() {
-            let message = message.to_string();
+        for (conn, ctrl) in &clients {
+            let (conn, ctrl, message) = (conn.clone(), ctrl.clone(), message.to_string());
             goodbyes.spawn(async move {
                 let mut s = ctrl.lock().await;
                 if write_message(&mut *s, &ServerMessage::Finished { message })

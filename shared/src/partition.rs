@@ -284,9 +284,13 @@ mod tests {
         assert!(e.to_string().contains("beta"), "{e}");
         let j = serde_json::to_string(&PartitionScheme::Dirichlet { alpha: 0.5 }).unwrap();
         assert_eq!(j, r#"{"kind":"dirichlet","alpha":0.5}"#);
+        // `alpha` is always written (null for IID): the same form must also travel through
+        // bincode, which cannot skip fields.
         assert_eq!(
             serde_json::to_string(&PartitionScheme::Iid).unwrap(),
-            r#"{"kind":"iid"}"#
+            r#"{"kind":"iid","alpha":null}"#
         );
+        let back: PartitionScheme = serde_json::from_str(r#"{"kind":"iid","alpha":null}"#).unwrap();
+        assert_eq!(back, PartitionScheme::Iid);
     }
 }

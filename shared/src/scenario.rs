@@ -337,7 +337,7 @@ impl Scenario {
                 f.strategy
             );
         }
-        if !(f.round_deadline_seconds > 0.0) {
+        if f.round_deadline_seconds.is_nan() || f.round_deadline_seconds <= 0.0 {
             bail!("federation.round_deadline_seconds must be positive");
         }
         if !(f.idle_timeout_seconds >= 1.0 && f.idle_timeout_seconds <= 3600.0) {
@@ -376,11 +376,14 @@ impl Scenario {
         if t.local_epochs == 0 || t.batch_size == 0 {
             bail!("train.local_epochs and train.batch_size must be at least 1");
         }
-        if !(t.lr > 0.0 && t.lr.is_finite())
-            || !(0.0..1.0).contains(&t.momentum)
-            || t.weight_decay < 0.0
-        {
-            bail!("train: lr must be positive, momentum in [0, 1), weight_decay ≥ 0");
+        if !t.lr.is_finite() || t.lr <= 0.0 {
+            bail!("train.lr must be a positive number, got {}", t.lr);
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            bail!("train.momentum must be in [0, 1), got {}", t.momentum);
+        }
+        if !t.weight_decay.is_finite() || t.weight_decay < 0.0 {
+            bail!("train.weight_decay must be ≥ 0, got {}", t.weight_decay);
         }
         if let PartitionScheme::Dirichlet { alpha } = self.partition {
             if !(alpha > 0.0 && alpha.is_finite()) {

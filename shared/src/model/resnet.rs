@@ -9,7 +9,7 @@
 //! `stages.{s}.{b}.shortcut.conv.weight`, `stages.{s}.{b}.shortcut.bn.*`.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, ModuleT, VarBuilder};
+use candle_nn::{batch_norm, BatchNorm, BatchNormConfig, VarBuilder};
 
 use super::conv2d;
 
