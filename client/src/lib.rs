@@ -5,6 +5,7 @@
 //! candle's CPU thread pool. The local pretext head stays on the client across rounds; only
 //! the backbone travels.
 
+pub mod cli;
 pub mod tls;
 
 use std::net::SocketAddr;

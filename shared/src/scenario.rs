@@ -421,16 +421,7 @@ pub fn load_train_set(
     limit: Option<usize>,
     seed: u64,
 ) -> Result<crate::data::ImageDataset> {
-    match dataset {
-        DatasetKind::Synthetic => Ok(crate::data::synthetic::generate(
-            limit.unwrap_or(SYNTHETIC_TRAIN_DEFAULT),
-            crate::seed::derive(seed, "synthetic-train", 0),
-        )),
-        DatasetKind::Cifar10 => {
-            let dir = dir.context("the CIFAR-10 dataset needs a folder: set data.path in the scenario or pass --data-dir")?;
-            crate::data::cifar10::load_train(dir, limit)
-        }
-    }
+    load_split(dataset, dir, limit, seed, true)
 }
 
 /// Loads the test split of a run's dataset (see [`load_train_set`]).
@@ -440,14 +431,35 @@ pub fn load_test_set(
     limit: Option<usize>,
     seed: u64,
 ) -> Result<crate::data::ImageDataset> {
+    load_split(dataset, dir, limit, seed, false)
+}
+
+fn load_split(
+    dataset: DatasetKind,
+    dir: Option<&Path>,
+    limit: Option<usize>,
+    seed: u64,
+    train: bool,
+) -> Result<crate::data::ImageDataset> {
+    let (default_n, stream) = if train {
+        (SYNTHETIC_TRAIN_DEFAULT, "synthetic-train")
+    } else {
+        (SYNTHETIC_TEST_DEFAULT, "synthetic-test")
+    };
     match dataset {
         DatasetKind::Synthetic => Ok(crate::data::synthetic::generate(
-            limit.unwrap_or(SYNTHETIC_TEST_DEFAULT),
-            crate::seed::derive(seed, "synthetic-test", 0),
+            limit.unwrap_or(default_n),
+            crate::seed::derive(seed, stream, 0),
         )),
         DatasetKind::Cifar10 => {
-            let dir = dir.context("the CIFAR-10 dataset needs a folder: set data.path in the scenario or pass --data-dir")?;
-            crate::data::cifar10::load_test(dir, limit)
+            let dir = dir.context(
+                "the CIFAR-10 dataset needs a folder: set data.path in the scenario or pass --data-dir",
+            )?;
+            if train {
+                crate::data::cifar10::load_train(dir, limit)
+            } else {
+                crate::data::cifar10::load_test(dir, limit)
+            }
         }
     }
 }

@@ -1,0 +1,40 @@
+//! What both binaries (`fedssl-client`, `fedssl-coordinator`) do around their command: logs
+//! on stderr filtered by `FEDSSL_LOG`, a multi-threaded tokio runtime, and a failure printed
+//! as one line `error: …` with a non-zero exit status.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Runs `command` to completion and turns its result into the process's exit status.
+/// `default_log` is the tracing filter used when `FEDSSL_LOG` is unset (e.g. `"warn"`).
+pub fn run_main(default_log: &str, command: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG")
+                .unwrap_or_else(|_| default_log.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line (`outer: inner: …`).
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
