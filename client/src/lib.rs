@@ -237,8 +237,14 @@ pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result
                     Ok(s) => s,
                     Err(e) => bail!("lost the coordinator: {e}"),
                 };
-                handle_round(&conn, send, recv, client_id, &run, &data, &opts, &model).await?;
-                rounds_trained += 1;
+                match handle_round(&conn, send, recv, client_id, &run, &data, &opts, &model).await {
+                    Ok(()) => rounds_trained += 1,
+                    // The connection is gone: the session is over.
+                    Err(e) if conn.close_reason().is_some() => bail!("lost the coordinator: {e:#}"),
+                    // Only this round's stream failed (e.g. the coordinator dropped this client
+                    // from a round it was too slow for): stay for the next round.
+                    Err(e) => warn!(client_id, "round abandoned: {e:#}"),
+                }
             }
         }
     }
