@@ -21,8 +21,12 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     if !candle_core::utils::cuda_is_available() {
         bail!("--device {spec}: this build has no CUDA support; rebuild with `--features cuda` (needs the CUDA toolkit) or use --device cpu");
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| anyhow::anyhow!("--device {spec}: no usable CUDA device {ordinal}: {e}"))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle appends a backtrace on the following lines; keep the message.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("").trim().to_string();
+        anyhow::anyhow!("--device {spec}: no usable CUDA device {ordinal}: {first}")
+    })
 }
 
 #[cfg(test)]
