@@ -198,7 +198,17 @@ pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result
     let data = {
         let source = opts.data.clone();
         let run = run.clone();
-        tokio::task::spawn_blocking(move || resolve_data(&source, &run)).await??
+        match tokio::task::spawn_blocking(move || resolve_data(&source, &run)).await? {
+            Ok(d) => d,
+            Err(e) => {
+                // Say why in the close frame, so the coordinator's log shows the cause.
+                let reason = format!("client {client_id} cannot load its data: {e:#}");
+                let mut bytes = reason.clone().into_bytes();
+                bytes.truncate(1000);
+                conn.close(2u32.into(), &bytes);
+                return Err(anyhow::anyhow!(reason));
+            }
+        }
     };
     if data.is_empty() {
         bail!("client {client_id} has no training images");

@@ -37,7 +37,7 @@ struct Cli {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// No progress bars.
+    /// No progress bars, and only warnings in the log.
     #[arg(long)]
     quiet: bool,
 }
@@ -112,5 +112,6 @@ async fn real_main(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    fedssl_client::cli::run_main("info", real_main(cli))
+    let log = if cli.quiet { "warn" } else { "info" };
+    fedssl_client::cli::run_main(log, real_main(cli))
 }

@@ -110,6 +110,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let sc = job.scenario.clone();
     std::fs::create_dir_all(&job.out)
         .with_context(|| format!("cannot create output folder {}", job.out.display()))?;
+    clear_previous_run(&job.out)?;
     let (train, test) = {
         let sc = sc.clone();
         tokio::task::spawn_blocking(move || -> Result<(ImageDataset, ImageDataset)> {
@@ -160,14 +161,13 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         } => {
             let id = match identity {
                 Some((c, k)) => tls::load_identity(c, k)?,
-                None => {
-                    let id = tls::self_signed(names)?;
-                    tls::write_identity(&id, &job.out)?;
-                    id
-                }
+                None => tls::self_signed(names)?,
             };
             let ep = quinn::Endpoint::server(tls::server_config(&id, idle)?, *listen)
                 .with_context(|| format!("cannot listen on {listen} (UDP)"))?;
+            if identity.is_none() {
+                tls::write_identity(&id, &job.out)?;
+            }
             (ep, id.cert_pem)
         }
     };
@@ -333,6 +333,31 @@ fn train_len_hint(sc: &Scenario) -> usize {
     }
 }
 
+/// Removes the files a previous run left in `out` (summary, rounds, checkpoints, final
+/// weights), so a folder never mixes two runs; says so on stderr.
+pub fn clear_previous_run(out: &Path) -> Result<()> {
+    let mut removed = false;
+    for f in ["summary.json", "rounds.jsonl", "final.safetensors"] {
+        let p = out.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            removed = true;
+        }
+    }
+    let ck = out.join("checkpoints");
+    if ck.is_dir() {
+        std::fs::remove_dir_all(&ck).with_context(|| format!("cannot remove {}", ck.display()))?;
+        removed = true;
+    }
+    if removed {
+        eprintln!(
+            "note: {} held a previous run; its results were replaced",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes `summary.json` atomically.
 pub fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
     let text = serde_json::to_string_pretty(summary)?;
@@ -360,4 +385,38 @@ pub fn result_line(s: &Summary, out: &Path) -> String {
         }
     }
     line + &format!(" | {}", out.join("summary.json").display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_previous_run_is_cleared_and_other_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        for f in [
+            "summary.json",
+            "rounds.jsonl",
+            "final.safetensors",
+            "notes.txt",
+        ] {
+            std::fs::write(out.join(f), "x").unwrap();
+        }
+        std::fs::create_dir_all(out.join("checkpoints")).unwrap();
+        std::fs::write(out.join("checkpoints/round-0001.safetensors"), "x").unwrap();
+        clear_previous_run(out).unwrap();
+        for f in [
+            "summary.json",
+            "rounds.jsonl",
+            "final.safetensors",
+            "checkpoints",
+        ] {
+            assert!(!out.join(f).exists(), "{f} survived");
+        }
+        assert!(
+            out.join("notes.txt").exists(),
+            "a file that is not a run output was removed"
+        );
+    }
 }

@@ -210,7 +210,9 @@ async fn handshake(incoming: quinn::Incoming, registry: Arc<Registry>) -> Result
                     registry.run.num_clients.saturating_sub(1)
                 )),
                 Some((k, _)) if g.contains_key(&k) => {
-                    Err(format!("shard {k} is already held by a connected client"))
+                    Err(format!(
+                    "shard {k} is already held by a connected client (a client that just vanished frees it within federation.idle_timeout_seconds; retry shortly)"
+                ))
                 }
                 Some((k, _)) => Ok(k),
                 None => Ok(registry.next_id.fetch_add(1, Ordering::SeqCst)),
@@ -252,7 +254,16 @@ async fn handshake(incoming: quinn::Incoming, registry: Arc<Registry>) -> Result
     registry.changed.notify_waiters();
     let reg = registry.clone();
     tokio::spawn(async move {
-        conn.closed().await;
+        let why = conn.closed().await;
+        if let quinn::ConnectionError::ApplicationClosed(c) = &why {
+            if !c.reason.is_empty() && c.reason.as_ref() != b"done" {
+                warn!(
+                    client = id,
+                    "client left: {}",
+                    String::from_utf8_lossy(&c.reason)
+                );
+            }
+        }
         reg.remove(id, &conn);
     });
     Ok(())

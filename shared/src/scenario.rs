@@ -285,8 +285,14 @@ impl Scenario {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read scenario {}", path.display()))?;
-        let mut sc = Self::from_toml_str(&text, overrides)
-            .with_context(|| format!("in scenario {}", path.display()))?;
+        let mut sc = match Self::from_toml_str(&text, overrides) {
+            Ok(sc) => sc,
+            // Blame the file only if the file alone is wrong; otherwise the --set overrides.
+            Err(e) if overrides.is_empty() || Self::from_toml_str(&text, &[]).is_err() => {
+                return Err(e.context(format!("in scenario {}", path.display())))
+            }
+            Err(e) => return Err(e.context(format!("in --set {}", overrides.join(" --set ")))),
+        };
         if let Some(p) = &sc.data.path {
             if p.is_relative() {
                 let base = path.parent().unwrap_or(Path::new("."));
@@ -453,7 +459,7 @@ fn load_split(
         )),
         DatasetKind::Cifar10 => {
             let dir = dir.context(
-                "the CIFAR-10 dataset needs a folder: set data.path in the scenario or pass --data-dir",
+                "the CIFAR-10 dataset needs a folder: data.path or --data-dir for the coordinator, --data for a client",
             )?;
             if train {
                 crate::data::cifar10::load_train(dir, limit)
@@ -535,6 +541,25 @@ mod tests {
         let e = Scenario::from_toml_str("[partition]\nkind = \"dirichlet\"\nalpha = -1.0\n", &[])
             .unwrap_err();
         assert!(e.to_string().contains("alpha"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_override_is_blamed_on_set_not_on_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("good.toml");
+        std::fs::write(&p, "[federation]\nrounds = 2\n").unwrap();
+        let e = format!(
+            "{:#}",
+            Scenario::load(&p, &["federation.roundz=3".into()]).unwrap_err()
+        );
+        assert!(
+            e.contains("--set federation.roundz=3") && e.contains("roundz"),
+            "{e}"
+        );
+        assert!(!e.contains("good.toml"), "{e}");
+        std::fs::write(&p, "[federation]\nroundz = 2\n").unwrap();
+        let e = format!("{:#}", Scenario::load(&p, &["name=x".into()]).unwrap_err());
+        assert!(e.contains("good.toml"), "{e}");
     }
 
     #[test]
