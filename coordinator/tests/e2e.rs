@@ -45,6 +45,17 @@ fn scenario(extra: &[&str]) -> Scenario {
     Scenario::from_toml_str(TINY, &overrides).unwrap()
 }
 
+/// Runs `sc` as `fedssl-coordinator simulate` would, into `out`, without progress bars.
+async fn simulate(sc: Scenario, out: &Path) -> anyhow::Result<fedssl_coordinator::job::Summary> {
+    run_job(Job {
+        scenario: sc,
+        out: out.to_path_buf(),
+        mode: Mode::Simulate,
+        progress: false,
+    })
+    .await
+}
+
 fn read_rounds(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out.join("rounds.jsonl"))
         .unwrap()
@@ -57,14 +68,7 @@ fn read_rounds(out: &Path) -> Vec<Value> {
 async fn simulate_three_clients_two_rounds_writes_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let summary = run_job(Job {
-        scenario: scenario(&[]),
-        out: out.clone(),
-        mode: Mode::Simulate,
-        progress: false,
-    })
-    .await
-    .unwrap();
+    let summary = simulate(scenario(&[]), &out).await.unwrap();
     assert_eq!(summary.rounds_completed, 2);
 
     let s: Value =
@@ -146,14 +150,7 @@ async fn same_seed_same_weights() {
     for i in 0..2 {
         let out = dir.path().join(format!("run{i}"));
         let sc = scenario(&["federation.rounds=1", "eval.enabled=false"]);
-        run_job(Job {
-            scenario: sc,
-            out: out.clone(),
-            mode: Mode::Simulate,
-            progress: false,
-        })
-        .await
-        .unwrap();
+        simulate(sc, &out).await.unwrap();
         finals.push(WeightSet::load(&out.join("final.safetensors")).unwrap());
     }
     assert_eq!(finals[0], finals[1]);
@@ -167,14 +164,7 @@ async fn a_client_that_disconnects_mid_round_is_dropped_and_the_run_goes_on() {
         "eval.enabled=false",
         "simulation.faults=[{client = 1, round = 2, kind = \"disconnect\"}]",
     ]);
-    let summary = run_job(Job {
-        scenario: sc,
-        out: out.clone(),
-        mode: Mode::Simulate,
-        progress: false,
-    })
-    .await
-    .unwrap();
+    let summary = simulate(sc, &out).await.unwrap();
     assert_eq!(summary.rounds_completed, 2);
     let rounds = read_rounds(&out);
     assert_eq!(rounds[0]["clients"], serde_json::json!([0, 1, 2]));
@@ -198,14 +188,7 @@ async fn a_stalled_client_misses_the_deadline_and_the_round_completes() {
         "federation.round_deadline_seconds=60",
         "simulation.faults=[{client = 0, round = 1, kind = \"stall\"}]",
     ]);
-    let summary = run_job(Job {
-        scenario: sc,
-        out: out.clone(),
-        mode: Mode::Simulate,
-        progress: false,
-    })
-    .await
-    .unwrap();
+    let summary = simulate(sc, &out).await.unwrap();
     assert_eq!(summary.rounds_completed, 1);
     let rounds = read_rounds(&out);
     assert_eq!(rounds[0]["clients"], serde_json::json!([1, 2]));
@@ -225,14 +208,7 @@ async fn too_few_survivors_fail_the_run_but_keep_completed_checkpoints() {
         "federation.min_clients=3",
         "simulation.faults=[{client = 2, round = 2, kind = \"disconnect\"}]",
     ]);
-    let err = run_job(Job {
-        scenario: sc,
-        out: out.clone(),
-        mode: Mode::Simulate,
-        progress: false,
-    })
-    .await
-    .unwrap_err();
+    let err = simulate(sc, &out).await.unwrap_err();
     assert!(format!("{err:#}").contains("min_clients"), "{err:#}");
     assert!(out.join("checkpoints/round-0001.safetensors").exists());
     assert!(!out.join("checkpoints/round-0002.safetensors").exists());
