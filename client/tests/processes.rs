@@ -141,33 +141,27 @@ fn serve_with_three_client_processes_survives_a_killed_client() {
     assert!(out.join("summary.json").exists());
 }
 
+/// Runs `fedssl-client` with `args`, asserts that it fails, and returns its stderr.
+fn failing_client(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "fedssl-client {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn client_with_bad_arguments_fails_with_one_clear_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
-        .args([
-            "--coordinator",
-            "127.0.0.1:1",
-            "--ca",
-            "/nonexistent/cert.pem",
-            "--shard",
-            "3/3",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let base = [
+        "--coordinator",
+        "127.0.0.1:1",
+        "--ca",
+        "/nonexistent/cert.pem",
+    ];
+    let err = failing_client(&[&base[..], &["--shard", "3/3"]].concat());
     assert!(err.contains("--shard `3/3`"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
-        .args([
-            "--coordinator",
-            "127.0.0.1:1",
-            "--ca",
-            "/nonexistent/cert.pem",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failing_client(&base);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
