@@ -288,6 +288,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     }
     endpoint.close(0u32.into(), b"done");
 
+    let train_images = train.len();
     let eval = if sc.eval.enabled {
         let (sc2, global) = (sc.clone(), outcome.global.clone());
         Some(
@@ -309,7 +310,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         backbone: sc.model.backbone.clone(),
         strategy: sc.federation.strategy.clone(),
         dataset: format!("{:?}", sc.data.dataset).to_lowercase(),
-        train_images: train_len_hint(&sc),
+        train_images,
         backbone_values,
         wall_seconds: t0.elapsed().as_secs_f64(),
         train_seconds,
@@ -319,18 +320,6 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     };
     write_summary(&job.out, &summary)?;
     Ok(summary)
-}
-
-fn train_len_hint(sc: &Scenario) -> usize {
-    match sc.data.dataset {
-        fedssl_shared::scenario::DatasetKind::Synthetic => sc
-            .data
-            .train_images
-            .unwrap_or(fedssl_shared::scenario::SYNTHETIC_TRAIN_DEFAULT),
-        fedssl_shared::scenario::DatasetKind::Cifar10 => {
-            sc.data.train_images.unwrap_or(50_000).min(50_000)
-        }
-    }
 }
 
 /// Removes the files a previous run left in `out` (summary, rounds, checkpoints, final
