@@ -369,12 +369,18 @@ fn train_round(
         .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
     if guard.is_none() {
         let head_seed = fedssl_shared::seed::derive(run.seed, "client-head", client_id as u64);
-        *guard = Some(LocalModel::new(&run.resnet, head_seed, device)?);
+        let init_seed = fedssl_shared::seed::derive(run.seed, "init", 0);
+        *guard = Some(LocalModel::new(
+            &run.model,
+            &run.pretext,
+            init_seed,
+            head_seed,
+            device,
+        )?);
     }
     let m = guard.as_mut().unwrap();
-    global
-        .load_into_varmap(&m.backbone_vars)
-        .context("global weights do not fit this client's backbone")?;
+    m.load_federated(&global)
+        .context("global weights do not fit this client's model")?;
     let cfg = LocalTrainConfig {
         local_epochs: config.local_epochs as usize,
         batch_size: config.batch_size as usize,
@@ -382,8 +388,6 @@ fn train_round(
         momentum: config.momentum,
         weight_decay: config.weight_decay,
         schedule: fedssl_shared::optim::LrSchedule::Constant,
-        rotation_mode: config.rotation_mode,
-        flip: config.flip,
         seed: config.seed,
     };
     let started = Instant::now();
@@ -396,7 +400,7 @@ fn train_round(
     };
     let mut stats = train_local(m, data, &cfg, &mut progress)?;
     stats.seconds = started.elapsed().as_secs_f64();
-    let trained = WeightSet::from_varmap(&m.backbone_vars)?;
+    let trained = m.federated_weights()?;
     trained.check_finite().context("local training diverged")?;
     Ok((stats, trained.to_safetensors()?))
 }

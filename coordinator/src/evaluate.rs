@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use fedssl_shared::data::ImageDataset;
-use fedssl_shared::model::ResNetConfig;
+use fedssl_shared::model::ModelConfig;
 use fedssl_shared::scenario::Scenario;
 use fedssl_shared::weights::WeightSet;
 use rand::seq::SliceRandom;
@@ -25,18 +25,21 @@ pub fn probe_train_indices(len: usize, n: Option<usize>, seed: u64) -> Vec<usize
     idx
 }
 
-/// Linear probe of `weights` on `train_idx` of `train`, tested on the first `test_n` of `test`.
+/// Linear probe of the backbone in `weights` (any `head.*` pretext heads are ignored) on
+/// the labelled `train`, tested on `test`.
 pub fn probe_backbone(
     weights: &WeightSet,
-    resnet: &ResNetConfig,
+    model: &ModelConfig,
     train: &ImageDataset,
     test: &ImageDataset,
     probe: &ProbeConfig,
     feature_batch: usize,
 ) -> Result<ProbeResult> {
     let device = Device::Cpu;
-    let (backbone, vars) = fedssl_shared::model::build_resnet(resnet, 0, &device)?;
+    let (backbone, vars) = fedssl_shared::model::build_backbone(model, 0, &device)?;
     weights
+        .split_prefix("head.")
+        .1
         .load_into_varmap(&vars)
         .context("weights do not fit the scenario's backbone")?;
     let ftr = fedssl_shared::train::extract_features(&backbone, train, feature_batch, &device)?;
@@ -73,7 +76,7 @@ pub fn evaluate_run(
     };
     let linear = probe_backbone(
         global,
-        &sc.model.resnet,
+        &sc.model,
         &labelled,
         &test,
         &probe,
@@ -83,7 +86,7 @@ pub fn evaluate_run(
         Some(RandomInit {
             linear: probe_backbone(
                 initial,
-                &sc.model.resnet,
+                &sc.model,
                 &labelled,
                 &test,
                 &probe,

@@ -11,7 +11,8 @@ use candle_core::Device;
 use fedssl_shared::data::ImageDataset;
 use fedssl_shared::protocol::RunInfo;
 use fedssl_shared::scenario::{load_test_set, load_train_set, Scenario};
-use fedssl_shared::weights::{write_atomic, WeightSet};
+use fedssl_shared::train::LocalModel;
+use fedssl_shared::weights::write_atomic;
 use indicatif::MultiProgress;
 use serde::Serialize;
 use tracing::info;
@@ -132,10 +133,10 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     };
     info!(train = train.len(), test = test.len(), "data loaded");
     let init_seed = fedssl_shared::seed::derive(sc.seed, "init", 0);
-    let (_, init_vars) =
-        fedssl_shared::model::build_resnet(&sc.model.resnet, init_seed, &Device::Cpu)?;
-    let initial = WeightSet::from_varmap(&init_vars)?;
-    let backbone_values = initial.num_values();
+    let head_seed = fedssl_shared::seed::derive(sc.seed, "head-init", 0);
+    let initial = LocalModel::new(&sc.model, &sc.pretext, init_seed, head_seed, &Device::Cpu)?
+        .federated_weights()?;
+    let backbone_values = initial.split_prefix("head.").1.num_values();
     let run = RunInfo {
         scenario: sc.name.clone(),
         seed: sc.seed,
@@ -143,7 +144,8 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         train_images: sc.data.train_images,
         partition: sc.partition.clone(),
         num_clients: sc.federation.clients as u32,
-        resnet: sc.model.resnet.clone(),
+        model: sc.model.clone(),
+        pretext: sc.pretext.clone(),
     };
     let idle = Duration::from_secs_f64(sc.federation.idle_timeout_seconds);
     let (endpoint, ca_pem) = match &job.mode {
@@ -306,8 +308,8 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         rounds_completed: outcome.rounds_completed,
         clients: sc.federation.clients,
         clients_contributed: outcome.clients_seen.len(),
-        pretext: sc.pretext.task.clone(),
-        backbone: sc.model.backbone.clone(),
+        pretext: sc.pretext.task.name().to_string(),
+        backbone: sc.model.backbone.name().to_string(),
         strategy: sc.federation.strategy.clone(),
         dataset: format!("{:?}", sc.data.dataset).to_lowercase(),
         train_images,

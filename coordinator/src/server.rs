@@ -301,7 +301,8 @@ pub struct RoundRecord {
     pub dropped_reasons: BTreeMap<u32, String>,
     /// Mean pretext loss of each contributing client's last local epoch.
     pub loss: BTreeMap<u32, f64>,
-    /// Pretext accuracy of each contributing client's last local epoch, in [0, 1].
+    /// Pretext accuracy of each contributing client's last local epoch, in [0, 1] (empty
+    /// for tasks without an accuracy, such as masked image modelling).
     pub accuracy: BTreeMap<u32, f64>,
     /// Training images behind each contributing update (FedAvg weights).
     pub samples: BTreeMap<u32, u64>,
@@ -322,7 +323,7 @@ struct Arrived {
     weights: WeightSet,
     num_samples: u64,
     loss: f64,
-    accuracy: f64,
+    accuracy: Option<f64>,
     bytes_received: u64,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -487,8 +488,6 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
                 lr,
                 momentum: sc.train.momentum,
                 weight_decay: sc.train.weight_decay,
-                rotation_mode: sc.pretext.rotation_mode,
-                flip: sc.pretext.flip,
                 seed: fedssl_shared::seed::derive(
                     sc.seed,
                     "client-train",
@@ -537,7 +536,9 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
                                 Ok(()) => {
                                     rec.clients.push(a.id);
                                     rec.loss.insert(a.id, a.loss);
-                                    rec.accuracy.insert(a.id, a.accuracy);
+                                    if let Some(acc) = a.accuracy {
+                                        rec.accuracy.insert(a.id, acc);
+                                    }
                                     rec.samples.insert(a.id, a.num_samples);
                                     loss_sum += a.loss * a.num_samples as f64;
                                 }

@@ -18,7 +18,8 @@ async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
         train_images: Some(100),
         partition: sc.partition.clone(),
         num_clients: 3,
-        resnet: sc.model.resnet.clone(),
+        model: sc.model.clone(),
+        pretext: sc.pretext.clone(),
     };
     let id = tls::self_signed(&[]).unwrap();
     let ep = quinn::Endpoint::server(

@@ -22,19 +22,21 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::model::ResNetConfig;
+use crate::model::ModelConfig;
 use crate::partition::PartitionScheme;
-use crate::pretext::RotationMode;
+use crate::pretext::PretextConfig;
 use crate::scenario::DatasetKind;
 use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// ALPN protocol id negotiated in the TLS handshake.
+/// ALPN protocol id negotiated in the TLS handshake. It stays `fedssl/1` across protocol
+/// versions, so that a peer of another version still connects and is refused with a message
+/// naming both versions instead of failing the TLS handshake.
 pub const ALPN: &[u8] = b"fedssl/1";
 
 /// Messages a client sends.
@@ -57,8 +59,9 @@ pub enum ClientMessage {
         num_samples: u64,
         /// Mean pretext loss over the last local epoch.
         loss: f64,
-        /// Pretext accuracy over the last local epoch, in [0, 1].
-        accuracy: f64,
+        /// Pretext accuracy over the last local epoch, in [0, 1]; `None` for tasks without
+        /// one (masked image modelling).
+        accuracy: Option<f64>,
         /// Wall seconds of local training.
         train_seconds: f64,
     },
@@ -86,8 +89,10 @@ pub struct RunInfo {
     pub partition: PartitionScheme,
     /// Number of shards (clients) in the scenario.
     pub num_clients: u32,
-    /// Backbone layout; the client builds the same one.
-    pub resnet: ResNetConfig,
+    /// Backbone family and layout; the client builds the same one.
+    pub model: ModelConfig,
+    /// The pretext task and its parameters.
+    pub pretext: PretextConfig,
 }
 
 /// Per-round local training settings.
@@ -95,7 +100,7 @@ pub struct RunInfo {
 pub struct RoundConfig {
     /// Local epochs over the shard.
     pub local_epochs: u32,
-    /// Images per batch (before rotation copies).
+    /// Images per batch (before the pretext task multiplies them).
     pub batch_size: u32,
     /// Learning rate for this round.
     pub lr: f64,
@@ -103,10 +108,6 @@ pub struct RoundConfig {
     pub momentum: f64,
     /// L2 weight decay.
     pub weight_decay: f64,
-    /// Rotation sampling.
-    pub rotation_mode: RotationMode,
-    /// Random horizontal flip.
-    pub flip: bool,
     /// Seed of this client's augmentation and shuffling stream for this round.
     pub seed: u64,
 }
@@ -271,7 +272,7 @@ mod tests {
                 round: 3,
                 num_samples: 1234,
                 loss: 0.5,
-                accuracy: 0.75,
+                accuracy: Some(0.75),
                 train_seconds: 1.5,
             },
             ClientMessage::Failed {
@@ -310,7 +311,8 @@ mod tests {
                     train_images: Some(100),
                     partition,
                     num_clients: 4,
-                    resnet: ResNetConfig::default(),
+                    model: ModelConfig::default(),
+                    pretext: PretextConfig::default(),
                 },
             };
             let back: ServerMessage = decode_body(&encode_frame(&m).unwrap()[4..]).unwrap();
@@ -324,8 +326,6 @@ mod tests {
                 lr: 0.1,
                 momentum: 0.9,
                 weight_decay: 5e-4,
-                rotation_mode: RotationMode::RandomOne,
-                flip: false,
                 seed: 77,
             },
         };

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::ResNetConfig;
+pub use crate::model::ModelConfig;
 use crate::optim::LrSchedule;
 use crate::partition::PartitionScheme;
-use crate::pretext::RotationMode;
+pub use crate::pretext::PretextConfig;
 
 /// A whole run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,54 +100,13 @@ impl Default for DataConfig {
     }
 }
 
-/// Model section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// Backbone family; only `"resnet"` for now.
-    pub backbone: String,
-    /// CIFAR-style ResNet layout.
-    pub resnet: ResNetConfig,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            backbone: "resnet".into(),
-            resnet: ResNetConfig::default(),
-        }
-    }
-}
-
-/// Pretext section.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PretextConfig {
-    /// Pretext task; only `"rotation"` (Gidaris et al. 2018) for now.
-    pub task: String,
-    /// `"all_four"`: every image at 0/90/180/270° in the same batch (RotNet); `"random_one"`: one random angle each.
-    pub rotation_mode: RotationMode,
-    /// Random horizontal flip before rotating.
-    pub flip: bool,
-}
-
-impl Default for PretextConfig {
-    fn default() -> Self {
-        Self {
-            task: "rotation".into(),
-            rotation_mode: RotationMode::AllFour,
-            flip: true,
-        }
-    }
-}
-
 /// Local training section (sent to clients in every round's config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// Local epochs over the client's shard per round.
     pub local_epochs: usize,
-    /// Images per batch (before the ×4 of `all_four`).
+    /// Images per batch (before the pretext task multiplies them, e.g. ×4 rotations).
     pub batch_size: usize,
     /// Base learning rate.
     pub lr: f64,
@@ -357,27 +316,8 @@ impl Scenario {
                 bail!("simulation.faults[{i}]: client must be < federation.clients and round in 1..=federation.rounds");
             }
         }
-        if self.model.backbone != "resnet" {
-            bail!(
-                "model.backbone `{}` is not known (known: resnet)",
-                self.model.backbone
-            );
-        }
-        let r = &self.model.resnet;
-        if r.widths.is_empty()
-            || r.widths.len() != r.blocks.len()
-            || r.widths.contains(&0)
-            || r.blocks.contains(&0)
-            || r.stem_width == 0
-        {
-            bail!("model.resnet: widths and blocks must be non-empty, of equal length and positive (got widths {:?}, blocks {:?})", r.widths, r.blocks);
-        }
-        if self.pretext.task != "rotation" {
-            bail!(
-                "pretext.task `{}` is not known (known: rotation)",
-                self.pretext.task
-            );
-        }
+        self.model.validate()?;
+        self.pretext.validate(self.model.backbone)?;
         let t = &self.train;
         if t.local_epochs == 0 || t.batch_size == 0 {
             bail!("train.local_epochs and train.batch_size must be at least 1");

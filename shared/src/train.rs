@@ -1,5 +1,5 @@
-//! The local training loop a client runs each round: rotation prediction (Gidaris et al.,
-//! ICLR 2018) on its shard with SGD + momentum, and feature extraction for probes.
+//! The local training loop a client runs each round: the scenario's pretext task
+//! ([`crate::pretext`]) on its shard with SGD + momentum, and feature extraction for probes.
 //!
 //! On the CPU every step runs inside `Device::Cpu.with_context(..)`, i.e. on candle's warm
 //! rayon pool (1.4–1.7× faster here than dispatching each op from a foreign thread); the
@@ -7,24 +7,26 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::data::ImageDataset;
-use crate::model::{build_resnet, seeded_init, ResNet, ResNetConfig};
+use crate::model::{build_backbone, seeded_init, Backbone, ModelConfig};
 use crate::optim::{lr_at, LrSchedule, SgdMomentum};
-use crate::pretext::{rotation_batch, RotationMode};
+use crate::pretext::{build_task, PretextConfig, PretextTask};
+use crate::weights::WeightSet;
 
-/// Hyper-parameters of one round of local training.
+/// Hyper-parameters of one round of local training (the task's own parameters live in the
+/// task, see [`crate::pretext::PretextConfig`]).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LocalTrainConfig {
     /// Passes over the shard per round.
     pub local_epochs: usize,
-    /// Images per step, before rotation (`AllFour` makes `4 × batch_size` samples).
+    /// Images per step, before the task multiplies them (e.g. ×4 rotations).
     pub batch_size: usize,
     /// Base learning rate.
     pub lr: f64,
@@ -34,17 +36,12 @@ pub struct LocalTrainConfig {
     pub weight_decay: f64,
     /// Schedule of the learning rate over this round's steps.
     pub schedule: LrSchedule,
-    /// Rotation batch construction.
-    pub rotation_mode: RotationMode,
-    /// Random horizontal flips before rotating.
-    pub flip: bool,
     /// Seed of this round's shuffling and augmentation stream.
     pub seed: u64,
 }
 
 impl Default for LocalTrainConfig {
-    /// 1 epoch, batch 64, lr 0.05, momentum 0.9, wd 5e-4, constant lr, all four rotations,
-    /// flips on, seed 0.
+    /// 1 epoch, batch 64, lr 0.05, momentum 0.9, wd 5e-4, constant lr, seed 0.
     fn default() -> Self {
         Self {
             local_epochs: 1,
@@ -53,8 +50,6 @@ impl Default for LocalTrainConfig {
             momentum: 0.9,
             weight_decay: 5e-4,
             schedule: LrSchedule::Constant,
-            rotation_mode: RotationMode::AllFour,
-            flip: true,
             seed: 0,
         }
     }
@@ -63,10 +58,12 @@ impl Default for LocalTrainConfig {
 /// What one call of [`train_local`] reports.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainStats {
-    /// Mean rotation cross-entropy (nats per sample) over the last epoch.
+    /// Mean pretext loss per sample over the last epoch (the task's unit: nats for
+    /// classification and contrastive losses, squared error for reconstruction).
     pub loss: f64,
-    /// Rotation accuracy (fraction in [0, 1]) over the last epoch.
-    pub accuracy: f64,
+    /// Pretext accuracy (fraction in [0, 1]) over the last epoch; `None` for tasks without
+    /// one (masked image modelling).
+    pub accuracy: Option<f64>,
     /// Images in the shard.
     pub samples: usize,
     /// Optimiser steps taken.
@@ -75,50 +72,83 @@ pub struct TrainStats {
     pub seconds: f64,
 }
 
-/// A client's persistent local state: the backbone (federated) and its local rotation head
-/// (`Linear D → 4`, named `head.weight` `(4, D)` and `head.bias` `(4)`, never aggregated).
+/// A client's persistent local state: the backbone (federated), and the pretext task with
+/// its heads (`head.*` variables, local unless `pretext.share_heads`).
 pub struct LocalModel {
     /// The backbone.
-    pub backbone: ResNet,
+    pub backbone: Backbone,
     /// The backbone's variables, including BatchNorm running statistics.
     pub backbone_vars: VarMap,
-    /// Rotation classifier on the pre-logits.
-    pub head: Linear,
-    /// The head's variables.
+    /// The pretext task and its heads.
+    pub task: Box<dyn PretextTask>,
+    /// The heads' variables, all named `head.*`.
     pub head_vars: VarMap,
+    /// Whether the heads travel with the backbone (`pretext.share_heads`).
+    pub share_heads: bool,
     /// Where the variables live.
     pub device: Device,
 }
 
 impl LocalModel {
-    /// A backbone from [`build_resnet`]`(cfg, seed)` and a head initialised by
-    /// [`seeded_init`] from `seed::derive(seed, "rotation-head", 0)`. Errors on an invalid config.
-    pub fn new(cfg: &ResNetConfig, seed: u64, device: &Device) -> Result<Self> {
-        let (backbone, backbone_vars) = build_resnet(cfg, seed, device)?;
+    /// A backbone from [`build_backbone`]`(model, backbone_seed)` and the task's heads
+    /// initialised by [`seeded_init`] from `head_seed`. Errors on an invalid config.
+    pub fn new(
+        model: &ModelConfig,
+        pretext: &PretextConfig,
+        backbone_seed: u64,
+        head_seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let (backbone, backbone_vars) = build_backbone(model, backbone_seed, device)?;
         let head_vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&head_vars, DType::F32, device);
-        let head = candle_nn::linear(backbone.feature_dim(), 4, vb.pp("head"))?;
-        seeded_init(&head_vars, crate::seed::derive(seed, "rotation-head", 0))?;
+        let task = build_task(pretext, &backbone, vb)?;
+        seeded_init(&head_vars, head_seed)?;
         Ok(Self {
             backbone,
             backbone_vars,
-            head,
+            task,
             head_vars,
+            share_heads: pretext.share_heads,
             device: device.clone(),
         })
     }
 
-    /// Rotation logits `(B, 4)` of normalised images `x` `(B, 3, H, W)`.
-    pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let f = self.backbone.forward_t(x, train)?.pre_logits;
-        Ok(self.head.forward(&f)?)
-    }
-
-    /// Every trainable variable, backbone then head, names sorted within each.
+    /// Every trainable variable, backbone then heads, names sorted within each.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out = sorted_vars(&self.backbone_vars);
         out.extend(sorted_vars(&self.head_vars));
         out
+    }
+
+    /// The weights that travel to the coordinator: the backbone, plus the `head.*`
+    /// variables when the heads are shared.
+    pub fn federated_weights(&self) -> Result<WeightSet> {
+        let mut w = WeightSet::from_varmap(&self.backbone_vars)?;
+        if self.share_heads {
+            w.tensors
+                .extend(WeightSet::from_varmap(&self.head_vars)?.tensors);
+        }
+        Ok(w)
+    }
+
+    /// Loads global weights as [`Self::federated_weights`] lays them out. All or nothing:
+    /// errors (changing nothing) if a name is missing, unexpected or mis-shaped.
+    pub fn load_federated(&self, global: &WeightSet) -> Result<()> {
+        let (heads, backbone) = global.split_prefix("head.");
+        if self.share_heads {
+            // check both before writing either
+            backbone.check_fits_varmap(&self.backbone_vars)?;
+            heads
+                .check_fits_varmap(&self.head_vars)
+                .context("the shared pretext heads do not fit")?;
+            heads.load_into_varmap(&self.head_vars)?;
+        } else if !heads.tensors.is_empty() {
+            bail!(
+                "the global weights carry pretext heads (`head.*`) but pretext.share_heads is false"
+            );
+        }
+        backbone.load_into_varmap(&self.backbone_vars)
     }
 }
 
@@ -130,7 +160,7 @@ fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
 }
 
 /// Runs `f` on candle's CPU thread pool when `device` is the CPU, directly otherwise.
-fn on_device<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+pub fn on_device<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     if device.is_cpu() {
         Device::Cpu.with_context(f)
     } else {
@@ -138,18 +168,18 @@ fn on_device<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Trains `model` (backbone and head) for `cfg.local_epochs` epochs over `shard`.
+/// Trains `model` (backbone and heads) for `cfg.local_epochs` epochs over `shard`.
 ///
 /// Each epoch shuffles the shard from `StdRng::seed_from_u64(cfg.seed)` (one stream for
 /// shuffling and augmentation, so the result is deterministic), cuts it into batches of
-/// `cfg.batch_size` images (the last may be smaller), builds a rotation batch
-/// ([`rotation_batch`]), and minimises the cross-entropy of the head on the backbone's
-/// pre-logits (BatchNorm in training mode) with [`SgdMomentum`]; the learning rate follows
-/// `cfg.schedule` over the `local_epochs · ceil(N / batch_size)` steps. After each step
+/// `cfg.batch_size` images (the last may be smaller), asks the pretext task for the batch's
+/// loss ([`PretextTask::batch_loss`], BatchNorm in training mode) and minimises it with
+/// [`SgdMomentum`]; the learning rate follows `cfg.schedule` over the
+/// `local_epochs · ceil(N / batch_size)` steps. After each step
 /// `progress(step, total_steps, running_loss)` is called, `step` counting from 1 and
 /// `running_loss` the mean loss of the current epoch so far.
 ///
-/// Returns the sample-weighted mean loss and rotation accuracy of the last epoch.
+/// Returns the sample-weighted mean loss and accuracy of the last epoch.
 /// Errors on an empty shard, `batch_size == 0`, `local_epochs == 0`, or a non-finite loss.
 pub fn train_local(
     model: &mut LocalModel,
@@ -172,43 +202,42 @@ pub fn train_local(
     let device = model.device.clone();
     let model_ref: &LocalModel = model;
     let mut step = 0usize;
-    let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    let (mut loss_sum, mut correct, mut seen) = (0.0f64, None::<usize>, 0usize);
     for _epoch in 0..cfg.local_epochs {
         let mut perm: Vec<usize> = (0..n).collect();
         perm.shuffle(&mut rng);
-        (loss_sum, correct, seen) = (0.0, 0, 0);
+        (loss_sum, correct, seen) = (0.0, None, 0);
         for chunk in perm.chunks(cfg.batch_size) {
             opt.set_lr(lr_at(cfg.lr, &cfg.schedule, step, total));
-            let (loss, ok, count) = on_device(&device, || -> Result<(f64, usize, usize)> {
-                let (x, y) =
-                    rotation_batch(shard, chunk, cfg.rotation_mode, cfg.flip, &mut rng, &device)?;
-                let logits = model_ref.logits(&x, true)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-                let grads = loss.backward()?;
-                opt.step(&grads)?;
-                let ok = logits
-                    .detach()
-                    .argmax(D::Minus1)?
-                    .eq(&y)?
-                    .to_dtype(DType::F32)?
-                    .sum_all()?
-                    .to_scalar::<f32>()? as usize;
-                let loss = loss.to_scalar::<f32>()? as f64;
-                Ok((loss, ok, y.dim(0)?))
-            })?;
+            let (loss, ok, count) =
+                on_device(&device, || -> Result<(f64, Option<usize>, usize)> {
+                    let out = model_ref.task.batch_loss(
+                        &model_ref.backbone,
+                        shard,
+                        chunk,
+                        &mut rng,
+                        &device,
+                    )?;
+                    let grads = out.loss.backward()?;
+                    opt.step(&grads)?;
+                    let loss = out.loss.to_scalar::<f32>()? as f64;
+                    Ok((loss, out.correct, out.count))
+                })?;
             if !loss.is_finite() {
                 bail!("training diverged: loss is {loss} at step {}", step + 1);
             }
             step += 1;
             loss_sum += loss * count as f64;
-            correct += ok;
+            if let Some(ok) = ok {
+                correct = Some(correct.unwrap_or(0) + ok);
+            }
             seen += count;
-            progress(step, total, loss_sum / seen as f64);
+            progress(step, total, loss_sum / seen.max(1) as f64);
         }
     }
     Ok(TrainStats {
         loss: loss_sum / seen.max(1) as f64,
-        accuracy: correct as f64 / seen.max(1) as f64,
+        accuracy: correct.map(|c| c as f64 / seen.max(1) as f64),
         samples: n,
         steps: step,
         seconds: start.elapsed().as_secs_f64(),
@@ -216,10 +245,11 @@ pub fn train_local(
 }
 
 /// Pre-logits features `(N, D)` `f32` on `device` of every image of `ds` in order, the
-/// backbone in eval mode (BatchNorm running statistics, no update), `batch_size` images per
-/// forward pass. An empty dataset gives a `(0, D)` tensor. Errors if `batch_size == 0`.
+/// backbone in eval mode (BatchNorm running statistics, no update) applied to whole images,
+/// `batch_size` images per forward pass. An empty dataset gives a `(0, D)` tensor. Errors if
+/// `batch_size == 0`.
 pub fn extract_features(
-    backbone: &ResNet,
+    backbone: &Backbone,
     ds: &ImageDataset,
     batch_size: usize,
     device: &Device,
@@ -250,15 +280,31 @@ pub fn extract_features(
 mod tests {
     use super::*;
     use crate::data::synthetic;
+    use crate::model::ResNetConfig;
+    use crate::pretext::{rotation_batch, RotationMode, RotationTask};
     use crate::weights::WeightSet;
 
     /// A narrow two-stage ResNet keeps the test fast on 2 CPU cores.
-    fn small() -> ResNetConfig {
-        ResNetConfig {
-            stem_width: 8,
-            widths: vec![8, 16],
-            blocks: vec![1, 1],
+    fn small() -> ModelConfig {
+        ModelConfig {
+            resnet: ResNetConfig {
+                stem_width: 8,
+                widths: vec![8, 16],
+                blocks: vec![1, 1],
+            },
+            ..ModelConfig::default()
         }
+    }
+
+    /// Rotation, all four angles, no flips.
+    fn rotation() -> PretextConfig {
+        let mut p = PretextConfig::default();
+        p.rotation.flip = false;
+        p
+    }
+
+    fn model(cfg: &ModelConfig, seed: u64) -> LocalModel {
+        LocalModel::new(cfg, &rotation(), seed, seed + 100, &Device::Cpu).unwrap()
     }
 
     fn cfg() -> LocalTrainConfig {
@@ -269,8 +315,6 @@ mod tests {
             momentum: 0.9,
             weight_decay: 5e-4,
             schedule: LrSchedule::Constant,
-            rotation_mode: RotationMode::AllFour,
-            flip: false,
             seed: 11,
         }
     }
@@ -283,7 +327,15 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let (x, y) =
             rotation_batch(ds, &idx, RotationMode::AllFour, false, &mut rng, &m.device).unwrap();
-        let logits = m.logits(&x, true).unwrap();
+        // the same head the task trains, rebuilt from the head variables
+        let vb = VarBuilder::from_varmap(&m.head_vars, DType::F32, &m.device);
+        let task = RotationTask::new(
+            &rotation().rotation,
+            m.backbone.feature_dim(),
+            vb.pp("head"),
+        )
+        .unwrap();
+        let logits = task.logits(&m.backbone, &x, true).unwrap();
         candle_nn::loss::cross_entropy(&logits, &y)
             .unwrap()
             .to_scalar::<f32>()
@@ -293,8 +345,7 @@ mod tests {
     #[test]
     fn local_training_lowers_the_loss_and_is_deterministic() {
         let ds = synthetic::generate(64, 2);
-        let dev = Device::Cpu;
-        let mut m = LocalModel::new(&small(), 3, &dev).unwrap();
+        let mut m = model(&small(), 3);
         let before = fixed_batch_loss(&m, &ds);
         let stats0 = WeightSet::from_varmap(&m.backbone_vars).unwrap();
         let mut calls = vec![];
@@ -303,7 +354,7 @@ mod tests {
         assert!(after < before, "loss before {before}, after {after}");
         assert_eq!(stats.steps, 8);
         assert_eq!(stats.samples, 64);
-        assert!(stats.loss.is_finite() && (0.0..=1.0).contains(&stats.accuracy));
+        assert!(stats.loss.is_finite() && (0.0..=1.0).contains(&stats.accuracy.unwrap()));
         assert_eq!(calls.len(), 8);
         assert_eq!(calls.last().unwrap().0, 8);
         assert!(calls.iter().all(|c| c.1 == 8));
@@ -319,7 +370,7 @@ mod tests {
         eprintln!("fixed-batch loss {before:.4} -> {after:.4}; last-epoch stats {stats:?}");
 
         // a second model from the same seeds trained the same way is bit-identical
-        let mut m2 = LocalModel::new(&small(), 3, &dev).unwrap();
+        let mut m2 = model(&small(), 3);
         let before2 = fixed_batch_loss(&m2, &ds);
         assert_eq!(before, before2);
         let stats2 = train_local(&mut m2, &ds, &cfg(), &mut |_, _, _| {}).unwrap();
@@ -339,7 +390,7 @@ mod tests {
     fn features_have_shape_and_ignore_batching() {
         let ds = synthetic::generate(10, 4);
         let dev = Device::Cpu;
-        let m = LocalModel::new(&ResNetConfig::default(), 0, &dev).unwrap();
+        let m = model(&ModelConfig::default(), 0);
         let a = extract_features(&m.backbone, &ds, 4, &dev).unwrap();
         let b = extract_features(&m.backbone, &ds, 10, &dev).unwrap();
         assert_eq!(a.dims(), &[10, 64]);
@@ -355,11 +406,42 @@ mod tests {
         let e = extract_features(&m.backbone, &ds.subset(&[]), 4, &dev).unwrap();
         assert_eq!(e.dims(), &[0, 64]);
         assert!(train_local(
-            &mut LocalModel::new(&ResNetConfig::default(), 0, &dev).unwrap(),
+            &mut model(&ModelConfig::default(), 0),
             &ds.subset(&[]),
             &cfg(),
             &mut |_, _, _| {}
         )
         .is_err());
+    }
+
+    #[test]
+    fn heads_travel_only_when_shared_and_loading_is_all_or_nothing() {
+        let dev = Device::Cpu;
+        let local = model(&small(), 1);
+        let w = local.federated_weights().unwrap();
+        assert!(w.tensors.keys().all(|k| !k.starts_with("head.")));
+        assert_eq!(w, WeightSet::from_varmap(&local.backbone_vars).unwrap());
+
+        let mut p = rotation();
+        p.share_heads = true;
+        let shared = LocalModel::new(&small(), &p, 2, 3, &dev).unwrap();
+        let ws = shared.federated_weights().unwrap();
+        assert_eq!(ws.tensors["head.weight"].shape, vec![4, 16]);
+        assert_eq!(ws.tensors["head.bias"].shape, vec![4]);
+        assert_eq!(ws.tensors.len(), w.tensors.len() + 2);
+        // the shared model takes the other's weights, heads included
+        let other = LocalModel::new(&small(), &p, 5, 6, &dev).unwrap();
+        other.load_federated(&ws).unwrap();
+        assert_eq!(other.federated_weights().unwrap(), ws);
+        // heads offered to a model that keeps them local: refused, nothing written
+        let before = local.federated_weights().unwrap();
+        let e = local.load_federated(&ws).unwrap_err().to_string();
+        assert!(e.contains("share_heads"), "{e}");
+        assert_eq!(local.federated_weights().unwrap(), before);
+        // a shared model missing its heads in the global set: refused, backbone untouched
+        let fresh = LocalModel::new(&small(), &p, 7, 8, &dev).unwrap();
+        let before = fresh.federated_weights().unwrap();
+        assert!(fresh.load_federated(&w).is_err());
+        assert_eq!(fresh.federated_weights().unwrap(), before);
     }
 }

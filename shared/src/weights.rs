@@ -66,11 +66,9 @@ impl WeightSet {
         Ok(Self { tensors })
     }
 
-    /// Writes these weights into the variables of `varmap`.
-    ///
-    /// Errors, before anything is written (a bad set is never half-loaded), when a name of
-    /// the varmap is missing here, a name here is unknown to the varmap, or a shape differs.
-    pub fn load_into_varmap(&self, varmap: &VarMap) -> Result<()> {
+    /// Errors, naming the tensor, unless these weights have exactly the names and shapes of
+    /// the variables of `varmap`.
+    pub fn check_fits_varmap(&self, varmap: &VarMap) -> Result<()> {
         let data = varmap.data().lock().expect("VarMap lock poisoned");
         for (name, var) in data.iter() {
             let t = self
@@ -88,11 +86,33 @@ impl WeightSet {
         if let Some(extra) = self.tensors.keys().find(|k| !data.contains_key(*k)) {
             bail!("weights hold tensor `{extra}`, which the model does not have");
         }
+        Ok(())
+    }
+
+    /// Writes these weights into the variables of `varmap`.
+    ///
+    /// Errors, before anything is written (a bad set is never half-loaded), when a name of
+    /// the varmap is missing here, a name here is unknown to the varmap, or a shape differs
+    /// (see [`Self::check_fits_varmap`]).
+    pub fn load_into_varmap(&self, varmap: &VarMap) -> Result<()> {
+        self.check_fits_varmap(varmap)?;
+        let data = varmap.data().lock().expect("VarMap lock poisoned");
         for (name, var) in data.iter() {
             let t = self.tensors[name].to_tensor(var.device())?;
             var.set(&t.to_dtype(var.dtype())?)?;
         }
         Ok(())
+    }
+
+    /// Splits into `(names starting with prefix, the rest)`, e.g. `"head."` separates shared
+    /// pretext heads from the backbone.
+    pub fn split_prefix(&self, prefix: &str) -> (WeightSet, WeightSet) {
+        let (a, b) = self
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .partition(|(k, _)| k.starts_with(prefix));
+        (WeightSet { tensors: a }, WeightSet { tensors: b })
     }
 
     /// Total number of scalar values.

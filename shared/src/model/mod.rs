@@ -1,5 +1,9 @@
 //! Backbones. Every convolution of every backbone goes through [`conv2d`], the single place
 //! where a faster CPU kernel can be swapped in.
+//!
+//! [`Backbone`] is the one type the rest of fedssl trains, federates and evaluates; the
+//! scenario's `[model]` section ([`ModelConfig`]) picks the family and its layout, and
+//! [`build_backbone`] builds it with seeded weights.
 
 pub mod init;
 pub mod resnet;
@@ -7,7 +11,9 @@ pub mod resnet;
 pub use init::{build_resnet, seeded_init};
 pub use resnet::{BackboneOutput, ResNet, ResNetConfig};
 
-use candle_core::{Result, Tensor};
+use anyhow::Context;
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 
 /// 2-D convolution without bias, dilation 1, groups 1.
 ///
@@ -19,4 +25,100 @@ use candle_core::{Result, Tensor};
 /// ([`crate::ops::conv2d`]); elsewhere (CUDA) candle's own convolution.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     crate::ops::conv2d(x, w, stride, padding)
+}
+
+/// Backbone family, the scenario's `model.backbone`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackboneKind {
+    /// CIFAR-style ResNet with BasicBlocks ([`ResNet`], He et al. 2016).
+    Resnet,
+}
+
+impl BackboneKind {
+    /// The name used in scenario files and `summary.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::Resnet => "resnet",
+        }
+    }
+}
+
+/// The scenario's `[model]` section: which backbone, and the layout of each family (only the
+/// chosen family's table is used). Every key is optional; unknown keys are refused.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Backbone family: `"resnet"` (default).
+    pub backbone: BackboneKind,
+    /// `[model.resnet]`: CIFAR-style ResNet layout.
+    pub resnet: ResNetConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            backbone: BackboneKind::Resnet,
+            resnet: ResNetConfig::default(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Checks the chosen family's layout; the message names the `model.*` key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.backbone {
+            BackboneKind::Resnet => self.resnet.validate().context("in model.resnet"),
+        }
+    }
+}
+
+/// A backbone of any family: images in, per-stage maps and pre-logits out.
+#[derive(Clone, Debug)]
+pub enum Backbone {
+    /// A CIFAR-style ResNet.
+    ResNet(ResNet),
+}
+
+impl Backbone {
+    /// Forward pass on normalised images `x` `(B, 3, H, W)`. `train = true` uses batch
+    /// statistics in BatchNorm and updates the running statistics; `false` uses them.
+    /// Returns each stage's output and the pre-logits `(B, D)`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<BackboneOutput> {
+        match self {
+            Backbone::ResNet(n) => n.forward_t(x, train),
+        }
+    }
+
+    /// `D`, the width of the pre-logits vector.
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Backbone::ResNet(n) => n.feature_dim(),
+        }
+    }
+
+    /// The family.
+    pub fn kind(&self) -> BackboneKind {
+        match self {
+            Backbone::ResNet(_) => BackboneKind::Resnet,
+        }
+    }
+}
+
+/// Builds the backbone `cfg` asks for with `f32` variables in a fresh `VarMap` on `device`,
+/// seeded by [`seeded_init`]`(varmap, seed)`: the same config and seed give bit-identical
+/// weights. Errors on an invalid layout, naming the `model.*` table.
+pub fn build_backbone(
+    cfg: &ModelConfig,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<(Backbone, VarMap)> {
+    cfg.validate()?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let net = match cfg.backbone {
+        BackboneKind::Resnet => Backbone::ResNet(ResNet::new(&cfg.resnet, vb)?),
+    };
+    seeded_init(&varmap, seed)?;
+    Ok((net, varmap))
 }

@@ -1,6 +1,128 @@
-//! Self-supervised pretext tasks: each turns unlabelled images into a batch with its own
-//! targets.
+//! Self-supervised pretext tasks: each turns a batch of unlabelled images into its own
+//! targets and a loss on the backbone's output.
+//!
+//! A task is chosen by the scenario's `pretext.task` and configured by its own table
+//! (`[pretext.rotation]`, …). [`build_task`] creates the task with its heads (prediction or
+//! projection heads); the heads' variables live in their own `VarMap`, all named `head.*` so
+//! they can never collide with backbone names. Only the backbone travels to the coordinator,
+//! unless `pretext.share_heads = true`, in which case the `head.*` variables are federated
+//! (aggregated with FedAvg) too. Evaluation always reads the backbone alone, applied to the
+//! whole image.
 
 pub mod rotation;
 
-pub use rotation::{rotate_hwc, rotation_batch, RotationMode};
+pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+
+use crate::data::ImageDataset;
+use crate::model::{Backbone, BackboneKind};
+
+/// Which pretext task, the scenario's `pretext.task`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PretextKind {
+    /// Rotation prediction (Gidaris et al. 2018).
+    Rotation,
+}
+
+impl PretextKind {
+    /// The name used in scenario files and `summary.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PretextKind::Rotation => "rotation",
+        }
+    }
+
+    /// Every task, in the order reports list them.
+    pub fn all() -> &'static [PretextKind] {
+        &[PretextKind::Rotation]
+    }
+}
+
+/// The scenario's `[pretext]` section: the task, whether its heads are federated, and one
+/// table of parameters per task (only the chosen task's table is used).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretextConfig {
+    /// The task: `"rotation"` (default).
+    pub task: PretextKind,
+    /// Also federate the task's heads (`head.*` variables): clients send them with the
+    /// backbone and the coordinator aggregates them. Default `false`: heads stay local.
+    pub share_heads: bool,
+    /// `[pretext.rotation]`.
+    pub rotation: RotationConfig,
+}
+
+impl Default for PretextConfig {
+    fn default() -> Self {
+        Self {
+            task: PretextKind::Rotation,
+            share_heads: false,
+            rotation: RotationConfig::default(),
+        }
+    }
+}
+
+impl PretextConfig {
+    /// Checks the chosen task's parameters and that it fits `backbone`; the message names the
+    /// `pretext.*` key.
+    pub fn validate(&self, backbone: BackboneKind) -> Result<()> {
+        let _ = backbone;
+        match self.task {
+            PretextKind::Rotation => Ok(()),
+        }
+    }
+}
+
+/// What one batch of a pretext task gives the training loop.
+pub struct StepOutput {
+    /// The scalar loss to minimise (a 0-d tensor).
+    pub loss: Tensor,
+    /// How many of `count` predictions were right, for tasks that classify; `None` for
+    /// tasks without a notion of accuracy (reconstruction).
+    pub correct: Option<usize>,
+    /// How many samples (predictions, pairs, patches…) the loss averages over; the training
+    /// loop weights the batch loss by it.
+    pub count: usize,
+}
+
+/// A pretext task with its heads.
+pub trait PretextTask: Send + Sync {
+    /// The task.
+    fn kind(&self) -> PretextKind;
+
+    /// Builds the task's batch from images `idx` of `shard` (augmentations drawn from `rng`,
+    /// the client's seeded stream), runs `backbone` on it in training mode (BatchNorm batch
+    /// statistics) and returns the loss. Errors on an index out of range, images the task
+    /// cannot use, or a backbone the task does not support.
+    fn batch_loss(
+        &self,
+        backbone: &Backbone,
+        shard: &ImageDataset,
+        idx: &[usize],
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<StepOutput>;
+}
+
+/// Creates the task `cfg.task` for a backbone with `feature_dim`-wide pre-logits, its heads'
+/// variables created under `vb` (the caller initialises them, e.g. with
+/// [`crate::model::seeded_init`]). Errors on invalid parameters.
+pub fn build_task(
+    cfg: &PretextConfig,
+    backbone: &Backbone,
+    vb: VarBuilder,
+) -> Result<Box<dyn PretextTask>> {
+    cfg.validate(backbone.kind())?;
+    Ok(match cfg.task {
+        PretextKind::Rotation => Box::new(RotationTask::new(
+            &cfg.rotation,
+            backbone.feature_dim(),
+            vb.pp("head"),
+        )?),
+    })
+}

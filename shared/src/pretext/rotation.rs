@@ -3,10 +3,89 @@
 //! 270° an image was rotated by; the label of a rotation by `k·90°` counter-clockwise is `k`.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::{PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
+use crate::model::Backbone;
+
+/// `[pretext.rotation]`: how rotation batches are built.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// `"all_four"` (default): every image at 0/90/180/270° in the same batch (RotNet);
+    /// `"random_one"`: one random angle per image.
+    pub mode: RotationMode,
+    /// Random horizontal flip before rotating (default `true`).
+    pub flip: bool,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            mode: RotationMode::AllFour,
+            flip: true,
+        }
+    }
+}
+
+/// Rotation prediction with a linear head `D → 4` on the pre-logits (`head.weight` `(4, D)`,
+/// `head.bias` `(4)`), trained with cross-entropy.
+pub struct RotationTask {
+    cfg: RotationConfig,
+    head: Linear,
+}
+
+impl RotationTask {
+    /// Creates the head under `vb` for `feature_dim`-wide pre-logits.
+    pub fn new(cfg: &RotationConfig, feature_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            cfg: cfg.clone(),
+            head: candle_nn::linear(feature_dim, 4, vb)?,
+        })
+    }
+
+    /// Rotation logits `(B, 4)` of normalised images `x` `(B, 3, H, W)`.
+    pub fn logits(&self, backbone: &Backbone, x: &Tensor, train: bool) -> Result<Tensor> {
+        let f = backbone.forward_t(x, train)?.pre_logits;
+        Ok(self.head.forward(&f)?)
+    }
+}
+
+impl PretextTask for RotationTask {
+    fn kind(&self) -> PretextKind {
+        PretextKind::Rotation
+    }
+
+    /// Cross-entropy over [`rotation_batch`] (`count` = images × rotations).
+    fn batch_loss(
+        &self,
+        backbone: &Backbone,
+        shard: &ImageDataset,
+        idx: &[usize],
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<StepOutput> {
+        let (x, y) = rotation_batch(shard, idx, self.cfg.mode, self.cfg.flip, rng, device)?;
+        let logits = self.logits(backbone, &x, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let correct = logits
+            .detach()
+            .argmax(D::Minus1)?
+            .eq(&y)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+        Ok(StepOutput {
+            loss,
+            correct: Some(correct),
+            count: y.dim(0)?,
+        })
+    }
+}
 
 /// Rotates one `(H, W, C)` `u8` image by `k·90°` counter-clockwise (`k` taken mod 4).
 ///
