@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use fedssl_coordinator::compare::{compare_pretexts, markdown};
 use fedssl_coordinator::job::{result_line, run_job, Job, Mode};
+use fedssl_shared::pretext::PretextKind;
 use fedssl_shared::scenario::Scenario;
 
 #[derive(Parser)]
@@ -59,6 +61,15 @@ enum Cmd {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+    /// Train every pretext task under the scenario's budget (one `simulate` run each, in
+    /// <out>/<task>/) and write compare.md, compare.csv and compare.png into the output folder.
+    ComparePretexts {
+        #[command(flatten)]
+        common: Common,
+        /// Comma-separated tasks to compare (default: all).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
+    },
 }
 
 fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
@@ -75,6 +86,22 @@ fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
 
 async fn real_main(cli: Cli) -> Result<()> {
     let (common, mode) = match cli.cmd {
+        Cmd::ComparePretexts { common, tasks } => {
+            let tasks: Vec<PretextKind> = if tasks.is_empty() {
+                PretextKind::all().to_vec()
+            } else {
+                tasks
+                    .iter()
+                    .map(|t| PretextKind::from_name(t.trim()))
+                    .collect::<Result<_>>()
+                    .context("in --tasks")?
+            };
+            let (scenario, out) = load(&common)?;
+            let rows = compare_pretexts(&scenario, &tasks, &out, !common.quiet).await?;
+            print!("{}", markdown(&rows));
+            println!("table: {}", out.join("compare.md").display());
+            return Ok(());
+        }
         Cmd::Simulate(c) => (c, Mode::Simulate),
         Cmd::Serve {
             common,

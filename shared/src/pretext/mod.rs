@@ -37,6 +37,29 @@ impl PretextKind {
         }
     }
 
+    /// The backbone family the task needs, if it cannot run on every backbone (masked image
+    /// modelling needs a ViT's tokens). `compare-pretexts` switches to it.
+    pub fn required_backbone(self) -> Option<BackboneKind> {
+        match self {
+            PretextKind::Rotation => None,
+        }
+    }
+
+    /// The task named `name` (as in scenario files). Errors list the known names.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::all()
+            .iter()
+            .copied()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::all().iter().map(|k| k.name()).collect();
+                anyhow::anyhow!(
+                    "unknown pretext task `{name}` (known: {})",
+                    known.join(", ")
+                )
+            })
+    }
+
     /// Every task, in the order reports list them.
     pub fn all() -> &'static [PretextKind] {
         &[PretextKind::Rotation]

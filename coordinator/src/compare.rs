@@ -1,0 +1,274 @@
+//! `compare-pretexts`: trains every pretext task federated under one budget and tabulates
+//! the linear probe of each against the random-init baseline of its backbone.
+//!
+//! The budget is the scenario's: the same data slice, partition, clients, rounds, local
+//! epochs, batch size (images per step) and optimiser for every task, so every task sees the
+//! same images the same number of times. Only `pretext.task` changes, and the backbone where
+//! a task needs its own (masked image modelling needs a ViT): such a task is compared with
+//! the random-init baseline of that backbone. Each task's run is a whole `simulate` run in
+//! `<out>/<task>/` (summary, rounds, checkpoints); the table goes to `<out>/compare.md` and
+//! `<out>/compare.csv`, the bar chart to `<out>/compare.png`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fedssl_shared::pretext::PretextKind;
+use fedssl_shared::scenario::Scenario;
+use fedssl_shared::weights::write_atomic;
+use serde::Serialize;
+
+use crate::job::{run_job, Job, Mode, Summary};
+
+/// One task's line of the comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareRow {
+    /// The pretext task.
+    pub task: String,
+    /// The backbone it trained.
+    pub backbone: String,
+    /// Linear-probe top-1 of the federated backbone, in [0, 1].
+    pub top1: f64,
+    /// Linear-probe top-5, in [0, 1].
+    pub top5: f64,
+    /// Linear-probe top-1 of the same backbone at random initialisation, in [0, 1].
+    pub random_init_top1: f64,
+    /// Its top-5.
+    pub random_init_top5: f64,
+    /// Rounds that completed.
+    pub rounds_completed: usize,
+    /// Wall seconds of the whole run (training and evaluation).
+    pub wall_seconds: f64,
+    /// The run's folder.
+    pub run_dir: PathBuf,
+}
+
+impl CompareRow {
+    /// Top-1 gain over random init, in percentage points.
+    pub fn gain_points(&self) -> f64 {
+        100.0 * (self.top1 - self.random_init_top1)
+    }
+
+    fn from_summary(s: &Summary, run_dir: PathBuf) -> Result<Self> {
+        let e = s
+            .eval
+            .as_ref()
+            .context("the run has no evaluation (eval.enabled = false)")?;
+        let r = e
+            .random_init
+            .as_ref()
+            .context("the run has no random-init baseline (eval.random_init_baseline = false)")?;
+        Ok(Self {
+            task: s.pretext.clone(),
+            backbone: s.backbone.clone(),
+            top1: e.linear.top1,
+            top5: e.linear.top5,
+            random_init_top1: r.linear.top1,
+            random_init_top5: r.linear.top5,
+            rounds_completed: s.rounds_completed,
+            wall_seconds: s.wall_seconds,
+            run_dir,
+        })
+    }
+}
+
+/// The scenario of `task` under `base`'s budget: `pretext.task` set, the backbone switched
+/// when the task needs its own, evaluation and the random-init baseline on. Errors if the
+/// result does not validate.
+pub fn scenario_for(base: &Scenario, task: PretextKind) -> Result<Scenario> {
+    let mut sc = base.clone();
+    sc.pretext.task = task;
+    if let Some(b) = task.required_backbone() {
+        sc.model.backbone = b;
+    }
+    sc.eval.enabled = true;
+    sc.eval.random_init_baseline = true;
+    sc.name = format!("{}-{}", base.name, task.name());
+    sc.validate()
+        .with_context(|| format!("pretext task `{}`", task.name()))?;
+    Ok(sc)
+}
+
+/// Runs `simulate` for every task of `tasks` under `base`'s budget, one after the other, in
+/// `<out>/<task>/`, then writes `compare.md`, `compare.csv` and `compare.png` into `out`.
+/// A task whose run fails is reported (task and reason) and the others still run; the
+/// function then errors after writing the table of those that finished.
+pub async fn compare_pretexts(
+    base: &Scenario,
+    tasks: &[PretextKind],
+    out: &Path,
+    progress: bool,
+) -> Result<Vec<CompareRow>> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let scenarios: Vec<(PretextKind, Scenario)> = tasks
+        .iter()
+        .map(|&t| Ok((t, scenario_for(base, t)?)))
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for (i, (task, sc)) in scenarios.into_iter().enumerate() {
+        let dir = out.join(task.name());
+        eprintln!(
+            "[{}/{}] pretext {} on {} → {}",
+            i + 1,
+            tasks.len(),
+            task.name(),
+            sc.model.backbone.name(),
+            dir.display()
+        );
+        let job = Job {
+            scenario: sc,
+            out: dir.clone(),
+            mode: Mode::Simulate,
+            progress,
+        };
+        match run_job(job)
+            .await
+            .and_then(|s| CompareRow::from_summary(&s, dir))
+        {
+            Ok(row) => {
+                eprintln!(
+                    "      top-1 {:.1}% (random init {:.1}%, {:+.1} points) in {:.0} s",
+                    100.0 * row.top1,
+                    100.0 * row.random_init_top1,
+                    row.gain_points(),
+                    row.wall_seconds
+                );
+                rows.push(row);
+            }
+            Err(e) => {
+                eprintln!("      failed: {e:#}");
+                failed.push(format!("{}: {e:#}", task.name()));
+            }
+        }
+    }
+    write_reports(&rows, out)?;
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} pretext runs failed ({}); the table in {} lists the others",
+            failed.len(),
+            tasks.len(),
+            failed.join("; "),
+            out.join("compare.md").display()
+        );
+    }
+    Ok(rows)
+}
+
+/// Writes `compare.md` (Markdown table), `compare.csv` and `compare.png` (bar chart of
+/// top-1 per task, then one random-init bar per backbone) into `out`.
+pub fn write_reports(rows: &[CompareRow], out: &Path) -> Result<()> {
+    write_atomic(&out.join("compare.md"), markdown(rows).as_bytes())?;
+    write_atomic(&out.join("compare.csv"), csv(rows).as_bytes())?;
+    let mut bars: Vec<(String, f64)> = rows.iter().map(|r| (r.task.clone(), r.top1)).collect();
+    let mut seen = Vec::new();
+    for r in rows {
+        if !seen.contains(&r.backbone) {
+            seen.push(r.backbone.clone());
+            bars.push((format!("random init ({})", r.backbone), r.random_init_top1));
+        }
+    }
+    crate::plot::bar_chart(
+        &out.join("compare.png"),
+        "Linear probe top-1 per pretext task",
+        "top-1 accuracy",
+        &bars,
+    )
+}
+
+/// The comparison as a Markdown table, accuracies in percent.
+pub fn markdown(rows: &[CompareRow]) -> String {
+    let mut s = String::from(
+        "| pretext | backbone | top-1 | top-5 | random init top-1 | gain (points) | wall s |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {:.1} % | {:.1} % | {:.1} % | {:+.1} | {:.0} |\n",
+            r.task,
+            r.backbone,
+            100.0 * r.top1,
+            100.0 * r.top5,
+            100.0 * r.random_init_top1,
+            r.gain_points(),
+            r.wall_seconds
+        );
+    }
+    s
+}
+
+/// The comparison as CSV, accuracies as fractions in [0, 1].
+pub fn csv(rows: &[CompareRow]) -> String {
+    let mut s = String::from(
+        "task,backbone,top1,top5,random_init_top1,random_init_top5,gain_points,rounds_completed,wall_seconds\n",
+    );
+    for r in rows {
+        s += &format!(
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{},{:.3}\n",
+            r.task,
+            r.backbone,
+            r.top1,
+            r.top5,
+            r.random_init_top1,
+            r.random_init_top5,
+            r.gain_points(),
+            r.rounds_completed,
+            r.wall_seconds
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(task: &str, backbone: &str, top1: f64, base: f64) -> CompareRow {
+        CompareRow {
+            task: task.into(),
+            backbone: backbone.into(),
+            top1,
+            top5: 0.9,
+            random_init_top1: base,
+            random_init_top5: 0.8,
+            rounds_completed: 2,
+            wall_seconds: 61.4,
+            run_dir: PathBuf::from("x"),
+        }
+    }
+
+    #[test]
+    fn tables_hold_the_numbers_and_the_gain() {
+        let rows = [row("rotation", "resnet", 0.421, 0.38)];
+        let md = markdown(&rows);
+        assert!(
+            md.contains("| rotation | resnet | 42.1 % | 90.0 % | 38.0 % | +4.1 | 61 |"),
+            "{md}"
+        );
+        let csv = csv(&rows);
+        let line = csv.lines().nth(1).unwrap();
+        assert_eq!(
+            line,
+            "rotation,resnet,0.421000,0.900000,0.380000,0.800000,4.100,2,61.400"
+        );
+        assert_eq!(csv.lines().count(), 2);
+    }
+
+    #[test]
+    fn only_the_task_changes_in_the_budget() {
+        let base = Scenario::default();
+        let sc = scenario_for(&base, PretextKind::Rotation).unwrap();
+        assert_eq!(sc.federation, base.federation);
+        assert_eq!(sc.train, base.train);
+        assert_eq!(sc.data, base.data);
+        assert_eq!(sc.pretext.task, PretextKind::Rotation);
+        assert_eq!(sc.name, "unnamed-rotation");
+        for &t in PretextKind::all() {
+            let sc = scenario_for(&base, t).unwrap();
+            assert_eq!(sc.pretext.task, t);
+            assert_eq!(
+                sc.model.backbone,
+                t.required_backbone().unwrap_or(base.model.backbone)
+            );
+        }
+    }
+}
