@@ -86,6 +86,7 @@ fn serve_with_three_client_processes_survives_a_killed_client() {
             names: vec![],
         },
         progress: false,
+        resume: false,
     };
     let server = rt.spawn(run_job(job));
     let cert = out.join("cert.pem");

@@ -121,6 +121,7 @@ pub async fn compare_pretexts(
             out: dir.clone(),
             mode: Mode::Simulate,
             progress,
+            resume: false,
         };
         match run_job(job)
             .await

@@ -46,6 +46,9 @@ pub struct Job {
     pub mode: Mode,
     /// Draw progress bars.
     pub progress: bool,
+    /// Continue the run in `out` from its newest usable checkpoint ([`crate::resume`])
+    /// instead of starting afresh.
+    pub resume: bool,
 }
 
 /// `summary.json`.
@@ -81,6 +84,9 @@ pub struct Summary {
     pub bytes_sent: u64,
     /// Application bytes the coordinator received.
     pub bytes_received: u64,
+    /// Rounds the run had completed before this process resumed it (`--resume`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_after_round: Option<usize>,
     /// Central evaluation; absent when `eval.enabled = false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalSummary>,
@@ -111,7 +117,10 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let sc = job.scenario.clone();
     std::fs::create_dir_all(&job.out)
         .with_context(|| format!("cannot create output folder {}", job.out.display()))?;
-    clear_previous_run(&job.out)?;
+    if !job.resume {
+        clear_previous_run(&job.out)?;
+        crate::resume::write_scenario(&job.out, &sc)?;
+    }
     let (train, test) = {
         let sc = sc.clone();
         tokio::task::spawn_blocking(move || -> Result<(ImageDataset, ImageDataset)> {
@@ -137,6 +146,18 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let initial = LocalModel::new(&sc.model, &sc.pretext, init_seed, head_seed, &Device::Cpu)?
         .federated_weights()?;
     let backbone_values = initial.split_prefix("head.").1.num_values();
+    let resumed = if job.resume {
+        let p = crate::resume::prepare(&job.out, &sc, &initial)?;
+        eprintln!(
+            "resuming {} after round {} of {}",
+            job.out.display(),
+            p.rounds_done,
+            sc.federation.rounds
+        );
+        Some(p)
+    } else {
+        None
+    };
     let run = RunInfo {
         scenario: sc.name.clone(),
         seed: sc.seed,
@@ -257,12 +278,15 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             out: &job.out,
             start_grace,
             progress: mp.clone(),
+            start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
         },
-        initial.clone(),
+        resumed
+            .as_ref()
+            .map_or_else(|| initial.clone(), |p| p.global.clone()),
     )
     .await;
     let train_seconds = t_rounds.elapsed().as_secs_f64();
-    let outcome = match outcome {
+    let mut outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
             registry.finish_all(&format!("run failed: {e:#}")).await;
@@ -270,6 +294,11 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             return Err(e);
         }
     };
+    if let Some(p) = &resumed {
+        outcome.bytes_sent += p.bytes_sent;
+        outcome.bytes_received += p.bytes_received;
+        outcome.clients_seen.extend(p.clients_seen.iter().copied());
+    }
     outcome.global.save(&job.out.join("final.safetensors"))?;
     registry
         .finish_all(&format!(
@@ -318,6 +347,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         train_seconds,
         bytes_sent: outcome.bytes_sent,
         bytes_received: outcome.bytes_received,
+        resumed_after_round: resumed.as_ref().map(|p| p.rounds_done),
         eval,
     };
     write_summary(&job.out, &summary)?;
@@ -328,7 +358,12 @@ pub async fn run_job(job: Job) -> Result<Summary> {
 /// weights), so a folder never mixes two runs; says so on stderr.
 pub fn clear_previous_run(out: &Path) -> Result<()> {
     let mut removed = false;
-    for f in ["summary.json", "rounds.jsonl", "final.safetensors"] {
+    for f in [
+        "summary.json",
+        "rounds.jsonl",
+        "final.safetensors",
+        crate::resume::SCENARIO_FILE,
+    ] {
         let p = out.join(f);
         if p.exists() {
             std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;

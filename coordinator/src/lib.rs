@@ -9,5 +9,6 @@ pub mod eval;
 pub mod evaluate;
 pub mod job;
 pub mod plot;
+pub mod resume;
 pub mod server;
 pub mod tls;

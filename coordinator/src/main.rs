@@ -38,6 +38,10 @@ struct Common {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Continue the run in the output folder from its newest checkpoint (same scenario;
+    /// federation.rounds may grow).
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +100,9 @@ async fn real_main(cli: Cli) -> Result<()> {
                     .collect::<Result<_>>()
                     .context("in --tasks")?
             };
+            if common.resume {
+                anyhow::bail!("--resume is not supported by compare-pretexts; resume a task's run with `simulate <scenario> --out <out>/<task> --resume --set pretext.task=<task>`");
+            }
             let (scenario, out) = load(&common)?;
             let rows = compare_pretexts(&scenario, &tasks, &out, !common.quiet).await?;
             print!("{}", markdown(&rows));
@@ -127,6 +134,7 @@ async fn real_main(cli: Cli) -> Result<()> {
         out: out.clone(),
         mode,
         progress: !common.quiet,
+        resume: common.resume,
     };
     let summary = run_job(job).await.context("run failed")?;
     println!("{}", result_line(&summary, &out));

@@ -404,6 +404,9 @@ pub struct RoundsContext<'a> {
     pub start_grace: Duration,
     /// Progress bars.
     pub progress: Option<MultiProgress>,
+    /// Rounds already completed by the run being resumed (0 for a fresh run): the first
+    /// round run is `start_round + 1` (1-based), and `rounds.jsonl` is appended to.
+    pub start_round: usize,
 }
 
 /// Totals of a finished federation.
@@ -420,7 +423,8 @@ pub struct RoundsOutcome {
     pub clients_seen: BTreeSet<u32>,
 }
 
-/// Runs every round from `global`, checkpointing each; returns the final global backbone.
+/// Runs rounds `start_round + 1 ..= federation.rounds` from `global`, checkpointing each;
+/// returns the final global backbone.
 pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result<RoundsOutcome> {
     let sc = ctx.scenario;
     let fed = &sc.federation;
@@ -430,12 +434,14 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     let rounds_path = ctx.out.join("rounds.jsonl");
     let mut rounds_file = std::fs::OpenOptions::new()
         .create(true)
+        .append(ctx.start_round > 0)
         .write(true)
-        .truncate(true)
+        .truncate(ctx.start_round == 0)
         .open(&rounds_path)
         .with_context(|| format!("cannot write {}", rounds_path.display()))?;
     let bar = ctx.progress.as_ref().map(|mp| {
         let b = mp.add(ProgressBar::new(fed.rounds as u64));
+        b.set_position(ctx.start_round as u64);
         b.set_style(
             ProgressStyle::with_template(
                 "round [{bar:30}] {pos}/{len} {elapsed_precise} {wide_msg}",
@@ -448,14 +454,14 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     let slots = Arc::new(tokio::sync::Semaphore::new(DECODE_SLOTS));
     let mut out = RoundsOutcome {
         global: WeightSet::default(),
-        rounds_completed: 0,
+        rounds_completed: ctx.start_round,
         bytes_sent: 0,
         bytes_received: 0,
         clients_seen: BTreeSet::new(),
     };
     let join_timeout = Duration::from_secs_f64(fed.join_timeout_seconds);
-    for round in 0..fed.rounds {
-        let grace = if round == 0 {
+    for round in ctx.start_round..fed.rounds {
+        let grace = if round == ctx.start_round {
             ctx.start_grace
         } else {
             Duration::ZERO

@@ -47,11 +47,21 @@ fn scenario(extra: &[&str]) -> Scenario {
 
 /// Runs `sc` as `fedssl-coordinator simulate` would, into `out`, without progress bars.
 async fn simulate(sc: Scenario, out: &Path) -> anyhow::Result<fedssl_coordinator::job::Summary> {
+    run(sc, out, false).await
+}
+
+/// `simulate`, or `simulate --resume` when `resume`.
+async fn run(
+    sc: Scenario,
+    out: &Path,
+    resume: bool,
+) -> anyhow::Result<fedssl_coordinator::job::Summary> {
     run_job(Job {
         scenario: sc,
         out: out.to_path_buf(),
         mode: Mode::Simulate,
         progress: false,
+        resume,
     })
     .await
 }
@@ -213,4 +223,57 @@ async fn too_few_survivors_fail_the_run_but_keep_completed_checkpoints() {
     assert!(out.join("checkpoints/round-0001.safetensors").exists());
     assert!(!out.join("checkpoints/round-0002.safetensors").exists());
     assert!(!out.join("final.safetensors").exists());
+}
+
+/// With shared heads the whole client state lives in the checkpoint, so stopping after round 1
+/// and resuming to round 2 gives exactly the weights of an uninterrupted 2-round run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["pretext.share_heads=true", "eval.enabled=false"];
+    let whole = dir.path().join("whole");
+    simulate(scenario(&base), &whole).await.unwrap();
+
+    let part = dir.path().join("part");
+    let mut first = base.to_vec();
+    first.push("federation.rounds=1");
+    simulate(scenario(&first), &part).await.unwrap();
+    assert_eq!(read_rounds(&part).len(), 1);
+
+    // a changed scenario is refused, naming the key, and nothing is touched
+    let e = run(scenario(&[base[0], base[1], "train.lr=0.3"]), &part, true)
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("train.lr"), "{e:#}");
+    assert_eq!(read_rounds(&part).len(), 1);
+
+    let s = run(scenario(&base), &part, true).await.unwrap();
+    assert_eq!(s.rounds_completed, 2);
+    assert_eq!(s.resumed_after_round, Some(1));
+    let rounds = read_rounds(&part);
+    assert_eq!(
+        rounds
+            .iter()
+            .map(|r| r["round"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let w = |d: &Path, f: &str| WeightSet::load(&d.join(f)).unwrap();
+    assert!(w(&whole, "final.safetensors")
+        .tensors
+        .contains_key("head.weight"));
+    assert_eq!(
+        w(&part, "final.safetensors"),
+        w(&whole, "final.safetensors")
+    );
+    assert_eq!(
+        w(&part, "checkpoints/round-0001.safetensors"),
+        w(&whole, "checkpoints/round-0001.safetensors")
+    );
+
+    // a folder without a run cannot be resumed
+    let e = run(scenario(&base), &dir.path().join("empty"), true)
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("scenario.json"), "{e:#}");
 }

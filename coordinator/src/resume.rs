@@ -1,0 +1,196 @@
+//! Resuming an interrupted run from its last checkpoint (`simulate --resume`, `serve --resume`).
+//!
+//! A fresh run writes the resolved scenario to `<out>/scenario.json`. `--resume` reads it back
+//! and refuses to continue under a scenario that differs in anything but `federation.rounds`
+//! (which may grow), `eval` and `simulation`, naming the first differing key. It then takes the
+//! newest checkpoint `checkpoints/round-NNNN.safetensors` that loads, has the backbone's
+//! layout and holds only finite values, keeps the lines of `rounds.jsonl` up to round `N`
+//! (dropping those of a round that failed after it), and continues with round `N + 1`.
+//!
+//! What is not restored: a client's local pretext heads (they stay local, so clients that
+//! restart begin them afresh) — the backbone, the round schedule, the sampling and every
+//! client's per-round seed are the same as in an uninterrupted run.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use fedssl_shared::scenario::Scenario;
+use fedssl_shared::weights::{write_atomic, WeightSet};
+
+/// Name of the resolved scenario a run writes into its output folder.
+pub const SCENARIO_FILE: &str = "scenario.json";
+
+/// Where a resumed run starts.
+#[derive(Debug)]
+pub struct ResumePoint {
+    /// Rounds already completed (`N`); the run continues with round `N + 1` (1-based).
+    pub rounds_done: usize,
+    /// The global weights after round `N`.
+    pub global: WeightSet,
+    /// Application bytes sent in rounds `1..=N` (from `rounds.jsonl`).
+    pub bytes_sent: u64,
+    /// Application bytes received in rounds `1..=N`.
+    pub bytes_received: u64,
+    /// Clients that contributed in rounds `1..=N`.
+    pub clients_seen: BTreeSet<u32>,
+}
+
+/// Writes `sc` as `<out>/scenario.json` (atomically).
+pub fn write_scenario(out: &Path, sc: &Scenario) -> Result<()> {
+    let text = serde_json::to_string_pretty(sc)?;
+    write_atomic(&out.join(SCENARIO_FILE), text.as_bytes())
+}
+
+/// Finds the point to resume `sc` from in `out`, checking it against `layout` (the global
+/// weights' names and shapes). Errors, naming the file or key, when `out` holds no resumable
+/// run, the scenario differs, or no checkpoint is usable; truncates `rounds.jsonl` to the
+/// rounds it keeps.
+pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePoint> {
+    let path = out.join(SCENARIO_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot resume: {} is missing (was {} written by a run of this version?)",
+            path.display(),
+            out.display()
+        )
+    })?;
+    let before: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    if let Some(key) = first_difference(&before, &serde_json::to_value(sc)?, "") {
+        bail!(
+            "cannot resume: the scenario differs from the one that started the run in {} at `{key}` (only federation.rounds, eval.* and simulation.* may change)",
+            out.display()
+        );
+    }
+    let ckpt_dir = out.join("checkpoints");
+    let mut found: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(&ckpt_dir)
+        .with_context(|| format!("cannot resume: cannot read {}", ckpt_dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name
+                .strip_prefix("round-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    found.sort();
+    let mut chosen = None;
+    for (n, p) in found.into_iter().rev() {
+        let ok = WeightSet::load(&p).and_then(|w| {
+            w.check_same_layout(layout)?;
+            w.check_finite()?;
+            Ok(w)
+        });
+        match ok {
+            Ok(w) => {
+                chosen = Some((n, w));
+                break;
+            }
+            Err(e) => eprintln!("note: skipping checkpoint {}: {e:#}", p.display()),
+        }
+    }
+    let Some((rounds_done, global)) = chosen else {
+        bail!(
+            "cannot resume: {} holds no usable checkpoint",
+            ckpt_dir.display()
+        );
+    };
+    if rounds_done > sc.federation.rounds {
+        bail!(
+            "cannot resume: the run already completed {rounds_done} rounds, more than federation.rounds = {}",
+            sc.federation.rounds
+        );
+    }
+    let rounds_path = out.join("rounds.jsonl");
+    let text = std::fs::read_to_string(&rounds_path)
+        .with_context(|| format!("cannot resume: cannot read {}", rounds_path.display()))?;
+    let mut kept = String::new();
+    let mut point = ResumePoint {
+        rounds_done,
+        global,
+        bytes_sent: 0,
+        bytes_received: 0,
+        clients_seen: BTreeSet::new(),
+    };
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", rounds_path.display(), i + 1))?;
+        let round = v["round"]
+            .as_u64()
+            .with_context(|| format!("{} line {}: no `round`", rounds_path.display(), i + 1))?
+            as usize;
+        if round > rounds_done {
+            continue;
+        }
+        point.bytes_sent += v["bytes_sent"].as_u64().unwrap_or(0);
+        point.bytes_received += v["bytes_received"].as_u64().unwrap_or(0);
+        if let Some(ids) = v["clients"].as_array() {
+            point
+                .clients_seen
+                .extend(ids.iter().filter_map(|x| x.as_u64()).map(|x| x as u32));
+        }
+        kept += line;
+        kept.push('\n');
+    }
+    write_atomic(&rounds_path, kept.as_bytes())?;
+    Ok(point)
+}
+
+/// The dotted path of the first difference between two scenario trees, ignoring the keys a
+/// resumed run may change; `None` when they agree.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+    const MAY_CHANGE: [&str; 3] = ["federation.rounds", "eval", "simulation"];
+    if MAY_CHANGE.contains(&path) {
+        return None;
+    }
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(va), Some(vb)) => first_difference(va, vb, &p),
+                    _ => Some(p),
+                }
+            })
+        }
+        _ if a == b => None,
+        _ => Some(path.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_are_named_and_allowed_keys_ignored() {
+        let a = Scenario::default();
+        let mut b = a.clone();
+        b.federation.rounds += 3;
+        b.eval.epochs = 7;
+        let (va, vb) = (
+            serde_json::to_value(&a).unwrap(),
+            serde_json::to_value(&b).unwrap(),
+        );
+        assert_eq!(first_difference(&va, &vb, ""), None);
+        b.train.lr = 0.5;
+        b.pretext.rotation.flip = false;
+        let vb = serde_json::to_value(&b).unwrap();
+        assert_eq!(
+            first_difference(&va, &vb, "").as_deref(),
+            Some("pretext.rotation.flip")
+        );
+    }
+}
