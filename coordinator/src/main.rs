@@ -52,9 +52,9 @@ enum Cmd {
     Serve {
         #[command(flatten)]
         common: Common,
-        /// UDP address to listen on.
+        /// UDP address to listen on: IP:PORT or HOST:PORT (e.g. localhost:4433).
         #[arg(long, default_value = "0.0.0.0:4433")]
-        listen: SocketAddr,
+        listen: String,
         /// PEM certificate (with --key); default: a self-signed one written to the output folder.
         #[arg(long, requires = "key")]
         cert: Option<PathBuf>,
@@ -74,6 +74,15 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         tasks: Vec<String>,
     },
+}
+
+/// The first address `spec` (IP:PORT or HOST:PORT) resolves to; errors name `--listen`.
+fn resolve_listen(spec: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    spec.to_socket_addrs()
+        .with_context(|| format!("--listen `{spec}`: expected IP:PORT or HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--listen `{spec}`: the host name resolves to no address"))
 }
 
 fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
@@ -118,6 +127,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             names,
         } => {
             let identity = cert.zip(key);
+            let listen = resolve_listen(&listen)?;
             (
                 common,
                 Mode::Serve {
