@@ -4,11 +4,11 @@
 //! code path as a multi-machine deployment.
 
 pub mod aggregate;
-pub mod pretext_compare;
 pub mod eval;
 pub mod evaluate;
 pub mod job;
 pub mod plot;
+pub mod pretext_compare;
 pub mod resume;
 pub mod server;
 pub mod tls;

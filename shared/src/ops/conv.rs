@@ -293,8 +293,11 @@ fn im2col(g: &Geom, img: &[f32], col: &mut [f32], ld: usize, off: usize, oy0: us
                 dst[(yb - oy0) * ow..].fill(0.0);
                 if shifted {
                     let (sh, d0, d1) = shifted_range(g, ki, kj, ya, yb);
-                    let src0 = (d0 as isize + sh) as usize;
-                    dst[d0 - base..d1 - base].copy_from_slice(&plane[src0..src0 + (d1 - d0)]);
+                    // an empty range can start before the plane (tiny maps, e.g. 1×1)
+                    if d1 > d0 {
+                        let src0 = (d0 as isize + sh) as usize;
+                        dst[d0 - base..d1 - base].copy_from_slice(&plane[src0..src0 + (d1 - d0)]);
+                    }
                     if x_lo > 0 || x_hi < ow {
                         for oy in ya..yb {
                             let d = &mut dst[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
@@ -365,11 +368,16 @@ fn col2im(
                         }
                     }
                     let (sh, d0, d1) = shifted_range(g, ki, kj, ya, yb);
-                    let t0 = (d0 as isize + sh) as usize;
-                    let sv = &src[d0 - base..d1 - base];
-                    for (a, b) in plane[t0..t0 + sv.len()].iter_mut().zip(sv) {
-                        *a += *b;
+                    if d1 > d0 {
+                        let t0 = (d0 as isize + sh) as usize;
+                        let sv = &src[d0 - base..d1 - base];
+                        for (a, b) in plane[t0..t0 + sv.len()].iter_mut().zip(sv) {
+                            *a += *b;
+                        }
                     }
+                    continue;
+                }
+                if x_lo >= x_hi {
                     continue;
                 }
                 let ix0 = x_lo * s + kj - g.pad;
@@ -873,6 +881,16 @@ mod tests {
         check(4, 8, 16, 16, 8, 1, 1, 0);
         check(2, 4, 5, 5, 3, 5, 1, 2); // 5×5 kernel
         check(1, 2, 2, 3, 2, 3, 1, 1); // kernel larger than the image's height
+    }
+
+    #[test]
+    fn matches_reference_on_maps_smaller_than_the_kernel() {
+        // the last stages of VGG and of patch-based tasks: 1×1, 2×2 and 1×3 maps, 3×3 kernels
+        check(2, 3, 1, 1, 4, 3, 1, 1);
+        check(2, 3, 2, 2, 4, 3, 1, 1);
+        check(1, 2, 1, 3, 3, 3, 1, 1);
+        check(2, 3, 1, 1, 4, 3, 2, 1);
+        check(1, 2, 2, 2, 3, 5, 1, 2);
     }
 
     #[test]
