@@ -4,8 +4,10 @@
 //! code path as a multi-machine deployment.
 
 pub mod aggregate;
+pub mod compare;
 pub mod eval;
 pub mod evaluate;
 pub mod job;
+pub mod plot;
 pub mod server;
 pub mod tls;
