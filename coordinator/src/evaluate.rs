@@ -252,7 +252,9 @@ pub fn extract_layers(
     );
     let device = Device::Cpu;
     let idx: Vec<usize> = (0..ds.len()).collect();
-    let mut layers: Vec<(Vec<usize>, (usize, usize), Vec<f32>)> = Vec::new();
+    // per layer: output shape per image, pooled grid, pooled values of every image so far
+    type Acc = (Vec<usize>, (usize, usize), Vec<f32>);
+    let mut layers: Vec<Acc> = Vec::new();
     for chunk in idx.chunks(batch) {
         let x = ds.batch_tensor(chunk, &device)?;
         let out = backbone.forward_t(&x, false)?;
@@ -668,7 +670,7 @@ impl KnnMonitor {
 
     /// Whether round `round` (1-based) of `rounds` is monitored.
     pub fn due(&self, round: usize, rounds: usize) -> bool {
-        round % self.every == 0 || round == rounds
+        round.is_multiple_of(self.every) || round == rounds
     }
 
     /// k-NN top-1 ([`knn_top1`]) of the backbone in `weights` on the pre-logits.
