@@ -94,7 +94,7 @@ pub fn line_chart(
         }
         XAxis::Categories(c) => (-0.5, c.len() as f64 - 0.5),
         XAxis::Linear => {
-            let pad = ((x1 - x0) * 0.05).max(0.5);
+            let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
             (x0 - pad, x1 + pad)
         }
     };
@@ -115,14 +115,19 @@ pub fn line_chart(
     let xfmt = |v: &f64| -> String {
         match &x_axis {
             XAxis::Log => {
+                // label only 1, 2 and 5 × 10^k
                 let x = 10f64.powf(*v);
-                if x >= 100.0 {
+                let e = x.log10().floor();
+                let m = x / 10f64.powf(e);
+                let nice = [1.0, 2.0, 5.0, 10.0]
+                    .iter()
+                    .any(|n| (m - n).abs() < 0.02 * n);
+                if !nice {
+                    String::new()
+                } else if x >= 1.0 {
                     format!("{:.0}", x)
                 } else {
-                    format!("{:.3}", x)
-                        .trim_end_matches('0')
-                        .trim_end_matches('.')
-                        .to_string()
+                    format!("{x:.2}")
                 }
             }
             XAxis::Categories(c) => {
@@ -134,6 +139,7 @@ pub fn line_chart(
                 }
             }
             XAxis::Linear => {
+                let v = if v.abs() < 1e-9 { 0.0 } else { *v };
                 if (v - v.round()).abs() < 1e-9 {
                     format!("{v:.0}")
                 } else {
@@ -144,7 +150,8 @@ pub fn line_chart(
     };
     let n_labels = match &x_axis {
         XAxis::Categories(c) => c.len() * 4 + 1,
-        _ => 10,
+        XAxis::Log => 60,
+        XAxis::Linear => 10,
     };
     chart
         .configure_mesh()
