@@ -17,7 +17,7 @@ use indicatif::MultiProgress;
 use serde::Serialize;
 use tracing::info;
 
-use crate::eval::ProbeResult;
+pub use crate::evaluate::{EvalSummary, RandomInit};
 use crate::server::{accept_loop, run_rounds, Registry, RoundsContext};
 use crate::tls;
 
@@ -90,25 +90,6 @@ pub struct Summary {
     /// Central evaluation; absent when `eval.enabled = false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalSummary>,
-}
-
-/// The `eval` block of `summary.json`.
-#[derive(Clone, Debug, Serialize)]
-pub struct EvalSummary {
-    /// Linear probe on the final global backbone's pre-logits.
-    pub linear: ProbeResult,
-    /// The same probe on the randomly initialised backbone (round 0's global model).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub random_init: Option<RandomInit>,
-    /// Wall seconds of the evaluation.
-    pub seconds: f64,
-}
-
-/// Baseline block.
-#[derive(Clone, Debug, Serialize)]
-pub struct RandomInit {
-    /// Linear probe on the random-init backbone.
-    pub linear: ProbeResult,
 }
 
 /// Runs the job; returns the summary also written to `<out>/summary.json`.
@@ -279,6 +260,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             start_grace,
             progress: mp.clone(),
             start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
+            monitor: crate::evaluate::KnnMonitor::new(&sc, &train, &test).map(Arc::new),
         },
         resumed
             .as_ref()
@@ -331,6 +313,9 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     } else {
         None
     };
+    if let Some(e) = &eval {
+        crate::evaluate::write_eval_json(&job.out, &sc, backbone_values, e)?;
+    }
     let summary = Summary {
         scenario: sc.name.clone(),
         seed: sc.seed,
@@ -363,6 +348,7 @@ pub fn clear_previous_run(out: &Path) -> Result<()> {
         "rounds.jsonl",
         "final.safetensors",
         crate::resume::SCENARIO_FILE,
+        "eval.json",
     ] {
         let p = out.join(f);
         if p.exists() {
@@ -397,20 +383,29 @@ pub fn result_line(s: &Summary, out: &Path) -> String {
         s.scenario, s.rounds_completed, s.clients_contributed, s.wall_seconds
     );
     if let Some(e) = &s.eval {
-        line += &format!(
-            " | linear probe top-1 {:.1}% top-5 {:.1}%",
-            100.0 * e.linear.top1,
-            100.0 * e.linear.top5
-        );
-        if let Some(r) = &e.random_init {
-            line += &format!(
-                " (random init {:.1}%, {:+.1} points)",
-                100.0 * r.linear.top1,
-                100.0 * (e.linear.top1 - r.linear.top1)
-            );
-        }
+        line += &format!(" | {}", eval_line(e));
     }
     line + &format!(" | {}", out.join("summary.json").display())
+}
+
+/// The evaluation's one-line summary: linear (and MLP) probe top-1/top-5, random-init gap.
+pub fn eval_line(e: &EvalSummary) -> String {
+    let mut line = format!(
+        "linear probe top-1 {:.1}% top-5 {:.1}%",
+        100.0 * e.linear.top1,
+        100.0 * e.linear.top5
+    );
+    if let Some(r) = &e.random_init {
+        line += &format!(
+            " (random init {:.1}%, {:+.1} points)",
+            100.0 * r.linear.top1,
+            100.0 * (e.linear.top1 - r.linear.top1)
+        );
+    }
+    if let Some(m) = &e.mlp {
+        line += &format!(" | MLP probe top-1 {:.1}%", 100.0 * m.top1);
+    }
+    line
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! code path as a multi-machine deployment.
 
 pub mod aggregate;
+pub mod compare;
 pub mod eval;
 pub mod evaluate;
 pub mod job;

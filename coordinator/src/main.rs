@@ -46,6 +46,46 @@ struct Common {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The evaluation suite ([eval]: linear/MLP probes, per layer, few labels) on a saved
+    /// backbone; writes eval.json.
+    Eval {
+        /// Backbone weights: a run's final.safetensors or checkpoints/round-*.safetensors.
+        checkpoint: PathBuf,
+        /// Scenario file the backbone was trained with (its [model], [data] and [eval]).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Dataset folder (overrides data.path).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Output folder for eval.json (default: the checkpoint's folder).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override a scenario key, e.g. --set eval.per_layer=true (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Runs several scenarios (simulate) into <out>/<scenario name>/ and writes the comparison
+    /// tables (Markdown, CSV) and plots (PNG) of their evaluation suites into <out>.
+    Compare {
+        /// Scenario files (TOML).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Output folder.
+        #[arg(long, default_value = "runs/compare")]
+        out: PathBuf,
+        /// Dataset folder (overrides data.path of every scenario).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Override a key of every scenario (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Keep a scenario's run when <out>/<name>/eval.json already exists.
+        #[arg(long)]
+        reuse: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Coordinator and all clients in this process, over loopback QUIC.
     Simulate(Common),
     /// Listen for clients on the network (they run `fedssl-client`).
@@ -116,6 +156,51 @@ async fn real_main(cli: Cli) -> Result<()> {
             let rows = compare_pretexts(&scenario, &tasks, &out, !common.quiet).await?;
             print!("{}", markdown(&rows));
             println!("table: {}", out.join("compare.md").display());
+            return Ok(());
+        }
+        Cmd::Eval {
+            checkpoint,
+            scenario,
+            data_dir,
+            out,
+            set,
+        } => {
+            let mut sc = Scenario::load(&scenario, &set)?;
+            if let Some(d) = data_dir {
+                sc.data.path = Some(d);
+            }
+            let out = out.unwrap_or_else(|| {
+                checkpoint
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| PathBuf::from("."))
+            });
+            let e = tokio::task::spawn_blocking({
+                let out = out.clone();
+                move || fedssl_coordinator::evaluate::eval_checkpoint(&sc, &checkpoint, &out)
+            })
+            .await??;
+            println!("{}", fedssl_coordinator::job::eval_line(&e));
+            println!("{}", out.join("eval.json").display());
+            return Ok(());
+        }
+        Cmd::Compare {
+            scenarios,
+            out,
+            data_dir,
+            set,
+            reuse,
+            quiet,
+        } => {
+            fedssl_coordinator::compare::run_compare(
+                &scenarios,
+                &out,
+                data_dir.as_deref(),
+                &set,
+                reuse,
+                !quiet,
+            )
+            .await?;
             return Ok(());
         }
         Cmd::Simulate(c) => (c, Mode::Simulate),

@@ -1,14 +1,424 @@
-//! PNG charts. Placeholder until the plotters-based charts land: it refuses to draw.
+//! PNG charts of the evaluation suite, drawn by `plotters`' bitmap backend with a font
+//! embedded in the binary (an ASCII subset of DejaVu Sans, `coordinator/assets/`, Bitstream
+//! Vera licence in `DejaVuSans-LICENSE.txt`): no system fonts and no C libraries.
+//!
+//! Accuracies are fractions in `[0, 1]`, drawn as percentages.
 
 use std::path::Path;
+use std::sync::Once;
 
-/// Bar chart of fractions in [0, 1] shown as percent. Placeholder: errors.
-pub fn bar_chart(
+use anyhow::{anyhow, ensure, Result};
+use plotters::prelude::*;
+
+/// Pixels of every chart.
+pub const SIZE: (u32, u32) = (900, 560);
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
+static INIT: Once = Once::new();
+
+fn init_font() {
+    INIT.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            // The embedded font is valid; a failure would only make text disappear.
+            let _ = plotters::style::register_font("sans-serif", style, FONT);
+        }
+    });
+}
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plot: {e:?}")
+}
+
+const COLOURS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// One line of a [`line_chart`].
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// `(x, y)` points, `y` a fraction in `[0, 1]` (drawn as %).
+    pub points: Vec<(f64, f64)>,
+    /// Optional error bar half-height per point (same length as `points`), a fraction.
+    pub err: Vec<f64>,
+    /// Dashed-looking style: drawn thinner with hollow markers (e.g. a baseline).
+    pub baseline: bool,
+}
+
+/// How the x axis is drawn.
+#[derive(Clone, Debug)]
+pub enum XAxis {
+    /// Linear, with numeric labels.
+    Linear,
+    /// Logarithmic (base 10); all x must be positive.
+    Log,
+    /// Integer positions `0..n` labelled by these names.
+    Categories(Vec<String>),
+}
+
+/// A line chart of accuracies: `series` over `x`, y in % (0 to the largest value plus a
+/// margin), legend in the lower right. Writes a `SIZE` PNG at `path`. Errors on an empty
+/// chart, a non-positive x on a log axis or an unwritable path.
+pub fn line_chart(
     path: &Path,
     title: &str,
+    x_label: &str,
     y_label: &str,
-    bars: &[(String, f64)],
-) -> anyhow::Result<()> {
-    let _ = (title, y_label, bars);
-    anyhow::bail!("cannot draw {}: charts are not built yet", path.display())
+    x_axis: XAxis,
+    series: &[Series],
+) -> Result<()> {
+    init_font();
+    let pts = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    ensure!(x0.is_finite(), "plot {title}: no points");
+    let ymax = 100.0 * (y1 * 1.15).clamp(0.05, 1.0);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (xa, xb) = match &x_axis {
+        XAxis::Log => {
+            ensure!(x0 > 0.0, "plot {title}: log axis needs positive x");
+            (x0.log10() - 0.1, x1.log10() + 0.1)
+        }
+        XAxis::Categories(c) => (-0.5, c.len() as f64 - 0.5),
+        XAxis::Linear => {
+            let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
+            (x0 - pad, x1 + pad)
+        }
+    };
+    let tx = |x: f64| {
+        if matches!(x_axis, XAxis::Log) {
+            x.log10()
+        } else {
+            x
+        }
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(xa..xb, 0.0..ymax)
+        .map_err(err)?;
+    let xfmt = |v: &f64| -> String {
+        match &x_axis {
+            XAxis::Log => {
+                // label only 1, 2 and 5 × 10^k
+                let x = 10f64.powf(*v);
+                let e = x.log10().floor();
+                let m = x / 10f64.powf(e);
+                let nice = [1.0, 2.0, 5.0, 10.0]
+                    .iter()
+                    .any(|n| (m - n).abs() < 0.02 * n);
+                if !nice {
+                    String::new()
+                } else if x >= 1.0 {
+                    format!("{:.0}", x)
+                } else {
+                    format!("{x:.2}")
+                }
+            }
+            XAxis::Categories(c) => {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < c.len() {
+                    c[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            }
+            XAxis::Linear => {
+                let v = if v.abs() < 1e-9 { 0.0 } else { *v };
+                if (v - v.round()).abs() < 1e-9 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                }
+            }
+        }
+    };
+    let n_labels = match &x_axis {
+        XAxis::Categories(c) => c.len() * 4 + 1,
+        XAxis::Log => 60,
+        XAxis::Linear => 10,
+    };
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_labels(n_labels)
+        .x_label_formatter(&xfmt)
+        .y_label_formatter(&|v| format!("{v:.0}%"))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let data: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (tx(x), 100.0 * y)).collect();
+        let width = if s.baseline { 1 } else { 2 };
+        chart
+            .draw_series(LineSeries::new(data.clone(), c.stroke_width(width)))
+            .map_err(err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        let filled = !s.baseline;
+        chart
+            .draw_series(data.iter().map(|&p| {
+                Circle::new(
+                    p,
+                    4,
+                    if filled {
+                        c.filled()
+                    } else {
+                        c.stroke_width(2)
+                    },
+                )
+            }))
+            .map_err(err)?;
+        for (&(x, y), &e) in data.iter().zip(&s.err) {
+            if e > 0.0 {
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(x, y - 100.0 * e), (x, y + 100.0 * e)],
+                        c.stroke_width(1),
+                    )))
+                    .map_err(err)?;
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A bar chart of fractions (drawn as %, value printed above each bar), one bar per entry in
+/// order, x labels the entry names. Writes a `SIZE` PNG at `path`. Errors on no bars, a
+/// non-finite value or an unwritable path.
+pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<()> {
+    init_font();
+    ensure!(!bars.is_empty(), "bar chart {title}: no bars");
+    ensure!(
+        bars.iter().all(|b| b.1.is_finite()),
+        "bar chart {title}: a value is not finite"
+    );
+    let ymax = 100.0 * (bars.iter().map(|b| b.1).fold(0.0, f64::max) * 1.15).clamp(0.05, 1.0);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let n = bars.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0.0..ymax)
+        .map_err(err)?;
+    let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    let xfmt = |v: &f64| {
+        let i = v.round();
+        if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+            names[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(y_label)
+        .x_labels(4 * n + 1)
+        .x_label_formatter(&xfmt)
+        .y_label_formatter(&|v| format!("{v:.0}%"))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    for (i, (_, v)) in bars.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let x = i as f64;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x - 0.35, 0.0), (x + 0.35, 100.0 * v)],
+                c.filled(),
+            )))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{:.1}%", 100.0 * v),
+                (x - 0.15, 100.0 * v + ymax * 0.04),
+                ("sans-serif", 15),
+            )))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// k-NN top-1 per round (`rounds.jsonl`'s `knn_top1`), one line per run.
+pub fn knn_per_round(path: &Path, runs: &[(String, Vec<(usize, f64)>)]) -> Result<()> {
+    let series: Vec<Series> = runs
+        .iter()
+        .filter(|r| !r.1.is_empty())
+        .map(|(name, pts)| Series {
+            name: name.clone(),
+            points: pts.iter().map(|&(r, a)| (r as f64, a)).collect(),
+            err: vec![],
+            baseline: false,
+        })
+        .collect();
+    line_chart(
+        path,
+        "k-NN probe accuracy per round",
+        "round",
+        "k-NN top-1",
+        XAxis::Linear,
+        &series,
+    )
+}
+
+/// Per-layer linear-probe top-1 of several backbones on one chart: x is the relative depth
+/// (first stage 0, pre-logits 1), each point labelled in the legend by backbone.
+pub fn per_layer(path: &Path, runs: &[(String, Vec<(String, f64)>)]) -> Result<()> {
+    let series: Vec<Series> = runs
+        .iter()
+        .filter(|r| !r.1.is_empty())
+        .map(|(name, layers)| {
+            let n = layers.len().max(2) - 1;
+            Series {
+                name: format!(
+                    "{name} ({})",
+                    layers
+                        .iter()
+                        .map(|l| l.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                points: layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (i as f64 / n as f64, l.1))
+                    .collect(),
+                err: vec![],
+                baseline: false,
+            }
+        })
+        .collect();
+    line_chart(
+        path,
+        "Linear probe per layer",
+        "relative depth (0 = first stage, 1 = pre-logits)",
+        "top-1",
+        XAxis::Linear,
+        &series,
+    )
+}
+
+/// Top-1 against labelled images per class (log axis), mean ± std over the draws.
+pub fn few_labels(path: &Path, series: &[Series]) -> Result<()> {
+    line_chart(
+        path,
+        "Linear probe with few labels: pretrained vs random init",
+        "labelled images per class (log)",
+        "top-1 (mean over draws, bars: std)",
+        XAxis::Log,
+        series,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Width and height from a PNG's IHDR chunk.
+    fn png_size(path: &Path) -> (u32, u32) {
+        let b = std::fs::read(path).unwrap();
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+        assert_eq!(&b[12..16], b"IHDR");
+        let be = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+        (be(&b[16..20]), be(&b[20..24]))
+    }
+
+    #[test]
+    fn charts_are_pngs_of_the_chart_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let bar = dir.path().join("bars.png");
+        bar_chart(
+            &bar,
+            "Pretext tasks",
+            "top-1",
+            &[("rotation".into(), 0.42), ("jigsaw".into(), 0.371)],
+        )
+        .unwrap();
+        assert_eq!(png_size(&bar), SIZE);
+        let layers = dir.path().join("layers.png");
+        per_layer(
+            &layers,
+            &[
+                (
+                    "resnet".into(),
+                    vec![
+                        ("stage1".into(), 0.3),
+                        ("stage2".into(), 0.35),
+                        ("pre_logits".into(), 0.4),
+                    ],
+                ),
+                (
+                    "vgg_bn".into(),
+                    vec![
+                        ("block1".into(), 0.3),
+                        ("block5".into(), 0.38),
+                        ("pre_logits".into(), 0.33),
+                    ],
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(png_size(&layers), SIZE);
+        let few = dir.path().join("few.png");
+        let s = Series {
+            name: "pretrained".into(),
+            points: vec![(10.0, 0.2), (100.0, 0.3), (1000.0, 0.4)],
+            err: vec![0.01, 0.02, 0.0],
+            baseline: false,
+        };
+        let r = Series {
+            name: "random init".into(),
+            baseline: true,
+            ..s.clone()
+        };
+        few_labels(&few, &[s, r]).unwrap();
+        assert_eq!(png_size(&few), SIZE);
+        let knn = dir.path().join("knn.png");
+        knn_per_round(&knn, &[("run".into(), vec![(1, 0.2), (2, 0.25)])]).unwrap();
+        assert_eq!(png_size(&knn), SIZE);
+        // text is drawn: a chart with a title has more non-white pixels than an empty frame
+        assert!(std::fs::metadata(&bar).unwrap().len() > 2000);
+        assert!(bar_chart(&bar, "x", "y", &[]).is_err());
+        assert!(few_labels(
+            &few,
+            &[Series {
+                name: "bad".into(),
+                points: vec![(0.0, 0.1)],
+                err: vec![],
+                baseline: false
+            }]
+        )
+        .is_err());
+    }
 }

@@ -316,6 +316,9 @@ pub struct RoundRecord {
     pub bytes_sent: u64,
     /// Application bytes received from clients this round.
     pub bytes_received: u64,
+    /// k-NN top-1 of the round's aggregated global backbone (`eval.knn_every` rounds only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knn_top1: Option<f64>,
 }
 
 struct Arrived {
@@ -407,6 +410,8 @@ pub struct RoundsContext<'a> {
     /// Rounds already completed by the run being resumed (0 for a fresh run): the first
     /// round run is `start_round + 1` (1-based), and `rounds.jsonl` is appended to.
     pub start_round: usize,
+    /// The k-NN monitor of `eval.knn_every` (`None`: off).
+    pub monitor: Option<Arc<crate::evaluate::KnnMonitor>>,
 }
 
 /// Totals of a finished federation.
@@ -527,6 +532,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             seconds: 0.0,
             bytes_sent: 0,
             bytes_received: 0,
+            knn_top1: None,
         };
         let mut loss_sum = 0.0;
         loop {
@@ -600,6 +606,16 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         rec.mean_loss = loss_sum / agg.total_samples() as f64;
         global = agg.finish()?;
         global.save(&ckpt_dir.join(format!("round-{:04}.safetensors", round + 1)))?;
+        if let Some(m) = ctx
+            .monitor
+            .as_ref()
+            .filter(|m| m.due(round + 1, fed.rounds))
+        {
+            let (m, g) = (m.clone(), global.clone());
+            let knn = tokio::task::spawn_blocking(move || m.score(&g)).await??;
+            info!(round = round + 1, knn_top1 = knn, "k-NN monitor");
+            rec.knn_top1 = Some(knn);
+        }
         {
             use std::io::Write;
             writeln!(rounds_file, "{}", serde_json::to_string(&rec)?)?;
@@ -609,13 +625,16 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         out.bytes_received += rec.bytes_received;
         out.rounds_completed = round + 1;
         out.clients_seen.extend(rec.clients.iter().copied());
-        let msg = format!(
+        let mut msg = format!(
             "loss {:.3} | {} clients, {} dropped | {:.1} s",
             rec.mean_loss,
             rec.clients.len(),
             rec.dropped.len(),
             rec.seconds
         );
+        if let Some(k) = rec.knn_top1 {
+            msg += &format!(" | k-NN {:.1}%", 100.0 * k);
+        }
         match bar.as_ref().filter(|b| !b.is_hidden()) {
             Some(b) => {
                 b.set_message(msg.clone());

@@ -277,3 +277,82 @@ async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupte
         .unwrap_err();
     assert!(format!("{e:#}").contains("scenario.json"), "{e:#}");
 }
+
+/// The whole evaluation suite at the end of a run, then `fedssl-coordinator eval` on the
+/// run's `final.safetensors`: the same numbers (eval.json equal but for the wall seconds),
+/// and the k-NN monitor in every round's line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_on_the_final_checkpoint_repeats_the_end_of_run_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let sc = scenario(&[
+        "eval.per_layer=true",
+        "eval.mlp_hidden=32",
+        "eval.mlp_epochs=3",
+        "eval.labels_per_class=[2, 5]",
+        "eval.label_seeds=2",
+        "eval.weight_decays=[0.0, 0.01]",
+        "eval.knn_every=1",
+        "eval.knn_train=100",
+        "eval.knn_test=50",
+        "eval.knn_k=5",
+    ]);
+    let summary = simulate(sc.clone(), &out).await.unwrap();
+    let e = summary.eval.clone().unwrap();
+    assert!(e.mlp.is_some());
+    assert_eq!(
+        e.per_layer
+            .iter()
+            .map(|l| l.layer.as_str())
+            .collect::<Vec<_>>(),
+        ["stage1", "stage2", "pre_logits"]
+    );
+    assert_eq!(e.per_layer.last().unwrap().probe, e.linear);
+    assert_eq!(e.linear.val_top1.len(), 2);
+    let labels: Vec<&str> = e.few_labels.iter().map(|f| f.label.as_str()).collect();
+    assert_eq!(labels, ["2/class", "5/class", "all"]);
+    assert_eq!(e.few_labels[0].seeds, 2);
+    let ri = e.random_init.as_ref().unwrap();
+    assert_eq!(ri.few_labels.len(), 3);
+    for r in read_rounds(&out) {
+        let k = r["knn_top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&k), "{k}");
+    }
+    // summary.json keeps the contract's keys and adds the MLP
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(s["eval"]["linear"]["top1"].is_f64());
+    assert!(s["eval"]["random_init"]["linear"]["top1"].is_f64());
+    assert!(s["eval"]["mlp"]["top5"].is_f64());
+
+    let run_eval: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    let again_dir = dir.path().join("again");
+    let again = tokio::task::spawn_blocking({
+        let (sc, ck, o) = (sc.clone(), out.join("final.safetensors"), again_dir.clone());
+        move || fedssl_coordinator::evaluate::eval_checkpoint(&sc, &ck, &o)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("seconds");
+        v
+    };
+    let ck_eval: Value =
+        serde_json::from_str(&std::fs::read_to_string(again_dir.join("eval.json")).unwrap())
+            .unwrap();
+    assert_eq!(strip(ck_eval), strip(run_eval));
+    assert_eq!(again.linear, e.linear);
+    assert_eq!(again.few_labels, e.few_labels);
+
+    // a checkpoint that does not fit the scenario's backbone is refused with the file named
+    let vgg = scenario(&["model.backbone=\"vgg_bn\""]);
+    let err = fedssl_coordinator::evaluate::eval_checkpoint(
+        &vgg,
+        &out.join("final.safetensors"),
+        &dir.path().join("bad"),
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("final.safetensors"), "{err:#}");
+}

@@ -291,6 +291,7 @@ mod tests {
                 stem_width: 8,
                 widths: vec![8, 16],
                 blocks: vec![1, 1],
+                widen: 1,
             },
             ..ModelConfig::default()
         }

@@ -7,9 +7,11 @@
 
 pub mod init;
 pub mod resnet;
+pub mod vgg;
 
 pub use init::{build_resnet, seeded_init};
 pub use resnet::{BackboneOutput, ResNet, ResNetConfig};
+pub use vgg::{Vgg, VggConfig};
 
 use anyhow::Context;
 use candle_core::{DType, Device, Result, Tensor};
@@ -33,6 +35,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 pub enum BackboneKind {
     /// CIFAR-style ResNet with BasicBlocks ([`ResNet`], He et al. 2016).
     Resnet,
+    /// VGG with BatchNorm, adapted to 32×32 ([`Vgg`], Simonyan & Zisserman 2015).
+    VggBn,
 }
 
 impl BackboneKind {
@@ -40,6 +44,7 @@ impl BackboneKind {
     pub fn name(self) -> &'static str {
         match self {
             BackboneKind::Resnet => "resnet",
+            BackboneKind::VggBn => "vgg_bn",
         }
     }
 }
@@ -49,10 +54,12 @@ impl BackboneKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Backbone family: `"resnet"` (default).
+    /// Backbone family: `"resnet"` (default) or `"vgg_bn"`.
     pub backbone: BackboneKind,
     /// `[model.resnet]`: CIFAR-style ResNet layout.
     pub resnet: ResNetConfig,
+    /// `[model.vgg]`: VGG-BN layout.
+    pub vgg: VggConfig,
 }
 
 impl Default for ModelConfig {
@@ -60,6 +67,7 @@ impl Default for ModelConfig {
         Self {
             backbone: BackboneKind::Resnet,
             resnet: ResNetConfig::default(),
+            vgg: VggConfig::default(),
         }
     }
 }
@@ -69,6 +77,7 @@ impl ModelConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         match self.backbone {
             BackboneKind::Resnet => self.resnet.validate().context("in model.resnet"),
+            BackboneKind::VggBn => self.vgg.validate().context("in model.vgg"),
         }
     }
 }
@@ -78,6 +87,8 @@ impl ModelConfig {
 pub enum Backbone {
     /// A CIFAR-style ResNet.
     ResNet(ResNet),
+    /// A VGG-BN.
+    Vgg(Vgg),
 }
 
 impl Backbone {
@@ -87,6 +98,7 @@ impl Backbone {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<BackboneOutput> {
         match self {
             Backbone::ResNet(n) => n.forward_t(x, train),
+            Backbone::Vgg(n) => n.forward_t(x, train),
         }
     }
 
@@ -94,6 +106,7 @@ impl Backbone {
     pub fn feature_dim(&self) -> usize {
         match self {
             Backbone::ResNet(n) => n.feature_dim(),
+            Backbone::Vgg(n) => n.feature_dim(),
         }
     }
 
@@ -101,6 +114,7 @@ impl Backbone {
     pub fn kind(&self) -> BackboneKind {
         match self {
             Backbone::ResNet(_) => BackboneKind::Resnet,
+            Backbone::Vgg(_) => BackboneKind::VggBn,
         }
     }
 }
@@ -118,6 +132,7 @@ pub fn build_backbone(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let net = match cfg.backbone {
         BackboneKind::Resnet => Backbone::ResNet(ResNet::new(&cfg.resnet, vb)?),
+        BackboneKind::VggBn => Backbone::Vgg(Vgg::new(&cfg.vgg, vb)?),
     };
     seeded_init(&varmap, seed)?;
     Ok((net, varmap))

@@ -24,6 +24,9 @@ pub struct ResNetConfig {
     pub widths: Vec<usize>,
     /// BasicBlocks in each stage (same length as `widths`).
     pub blocks: Vec<usize>,
+    /// Widening factor (Zagoruyko & Komodakis 2016; Revisiting's "widening factor"): the stem
+    /// and every stage have `widen ×` their listed channels (default 1).
+    pub widen: usize,
 }
 
 impl Default for ResNetConfig {
@@ -33,6 +36,7 @@ impl Default for ResNetConfig {
             stem_width: 16,
             widths: vec![16, 32, 64],
             blocks: vec![1, 1, 1],
+            widen: 1,
         }
     }
 }
@@ -51,8 +55,14 @@ impl ResNetConfig {
                 self.blocks.len()
             );
         }
-        if self.stem_width == 0 || self.widths.contains(&0) || self.blocks.contains(&0) {
-            anyhow::bail!("resnet: `stem_width`, `widths` and `blocks` must all be positive");
+        if self.stem_width == 0
+            || self.widths.contains(&0)
+            || self.blocks.contains(&0)
+            || self.widen == 0
+        {
+            anyhow::bail!(
+                "resnet: `stem_width`, `widths`, `blocks` and `widen` must all be positive"
+            );
         }
         Ok(())
     }
@@ -148,23 +158,24 @@ impl ResNet {
     pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let k = cfg.widen;
         let stem = ConvBn::new(
             3,
-            cfg.stem_width,
+            k * cfg.stem_width,
             3,
             1,
             vb.pp("stem.conv"),
             vb.pp("stem.bn"),
         )?;
-        let mut ci = cfg.stem_width;
+        let mut ci = k * cfg.stem_width;
         let mut stages = Vec::with_capacity(cfg.widths.len());
         for (s, (&co, &nb)) in cfg.widths.iter().zip(&cfg.blocks).enumerate() {
             let svb = vb.pp(format!("stages.{s}"));
             let mut blocks = Vec::with_capacity(nb);
             for b in 0..nb {
                 let stride = if s > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(ci, co, stride, svb.pp(b.to_string()))?);
-                ci = co;
+                blocks.push(BasicBlock::new(ci, k * co, stride, svb.pp(b.to_string()))?);
+                ci = k * co;
             }
             stages.push(blocks);
         }
@@ -238,6 +249,7 @@ mod tests {
             stem_width: 8,
             widths: vec![8, 16],
             blocks: vec![2, 1],
+            widen: 1,
         };
         let (net, vm) = build_resnet(&cfg, 1, &dev).unwrap();
         assert_eq!(net.feature_dim(), 16);
@@ -325,18 +337,51 @@ mod tests {
     }
 
     #[test]
+    fn widen_multiplies_stem_and_stage_widths() {
+        let dev = Device::Cpu;
+        let cfg = ResNetConfig {
+            widen: 2,
+            ..ResNetConfig::default()
+        };
+        let (net, vm) = build_resnet(&cfg, 0, &dev).unwrap();
+        assert_eq!(net.feature_dim(), 128);
+        let w = WeightSet::from_varmap(&vm).unwrap();
+        assert_eq!(w.tensors["stem.conv.weight"].shape, vec![32, 3, 3, 3]);
+        assert_eq!(
+            w.tensors["stages.2.0.conv2.weight"].shape,
+            vec![128, 128, 3, 3]
+        );
+        let default =
+            WeightSet::from_varmap(&build_resnet(&ResNetConfig::default(), 0, &dev).unwrap().1)
+                .unwrap();
+        let names = |w: &WeightSet| w.tensors.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&w), names(&default));
+        assert!(build_resnet(
+            &ResNetConfig {
+                widen: 0,
+                ..ResNetConfig::default()
+            },
+            0,
+            &dev
+        )
+        .is_err());
+    }
+
+    #[test]
     fn invalid_configs_are_refused() {
         let dev = Device::Cpu;
         let bad = ResNetConfig {
             stem_width: 8,
             widths: vec![8, 16],
             blocks: vec![1],
+            widen: 1,
         };
         assert!(build_resnet(&bad, 0, &dev).is_err());
         let bad = ResNetConfig {
             stem_width: 8,
             widths: vec![],
             blocks: vec![],
+            widen: 1,
         };
         assert!(build_resnet(&bad, 0, &dev).is_err());
         let cfg: ResNetConfig = toml::from_str("widths = [8]\nblocks = [2]").unwrap();

@@ -1,0 +1,278 @@
+//! `fedssl-coordinator compare`: runs several scenarios (`simulate`) into `<out>/<name>/` and
+//! writes, into `<out>`, the comparison of their evaluation suites:
+//!
+//! * `probes.md` / `probes.csv`: linear and MLP probe on the pre-logits, pretrained and random init;
+//! * `per_layer.md` / `per_layer.csv` / `per_layer.png`: the linear probe of every layer;
+//! * `few_labels.md` / `few_labels.csv` / `few_labels.png`: top-1 against labels per class,
+//!   pretrained and random init;
+//! * `knn_rounds.png`: the k-NN monitor per round (when `eval.knn_every > 0`);
+//! * `report.md`: all the tables.
+//!
+//! The Revisiting experiment is `compare scenarios/revisiting-resnet.toml
+//! scenarios/revisiting-vgg.toml --out runs/revisiting`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fedssl_shared::scenario::Scenario;
+
+use crate::evaluate::{EvalFile, FewLabelResult};
+use crate::job::{result_line, run_job, Job, Mode};
+use crate::plot::{self, Series};
+
+/// One finished run of the comparison.
+pub struct RunResult {
+    /// Scenario name (its folder under `<out>`).
+    pub name: String,
+    /// `eval.json`.
+    pub eval: EvalFile,
+    /// `(round, knn_top1)` from `rounds.jsonl`.
+    pub knn: Vec<(usize, f64)>,
+}
+
+/// Runs (or, with `reuse`, reloads) every scenario and writes the comparison into `out`.
+/// Scenario errors name the file; every run must have `eval.enabled = true`.
+pub async fn run_compare(
+    scenarios: &[PathBuf],
+    out: &Path,
+    data_dir: Option<&Path>,
+    overrides: &[String],
+    reuse: bool,
+    progress: bool,
+) -> Result<Vec<RunResult>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut runs = Vec::new();
+    for path in scenarios {
+        let mut sc = Scenario::load(path, overrides)?;
+        anyhow::ensure!(
+            sc.eval.enabled,
+            "scenario {}: compare needs eval.enabled = true",
+            path.display()
+        );
+        if let Some(d) = data_dir {
+            sc.data.path = Some(d.to_path_buf());
+        }
+        let dir = out.join(&sc.name);
+        let eval_path = dir.join("eval.json");
+        if reuse && eval_path.exists() {
+            eprintln!("{}: reusing {}", sc.name, eval_path.display());
+        } else {
+            eprintln!("{}: running {}", sc.name, path.display());
+            let summary = run_job(Job {
+                scenario: sc.clone(),
+                out: dir.clone(),
+                mode: Mode::Simulate,
+                progress,
+                resume: false,
+            })
+            .await
+            .with_context(|| format!("run of {} failed", path.display()))?;
+            eprintln!("{}", result_line(&summary, &dir));
+        }
+        runs.push(load_run(&dir, &sc.name)?);
+    }
+    write_report(out, &runs)?;
+    eprintln!("comparison written to {}", out.join("report.md").display());
+    Ok(runs)
+}
+
+/// Reads a run folder's `eval.json` and the `knn_top1` of its `rounds.jsonl`.
+pub fn load_run(dir: &Path, name: &str) -> Result<RunResult> {
+    let p = dir.join("eval.json");
+    let eval: EvalFile = serde_json::from_str(
+        &std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?,
+    )
+    .with_context(|| format!("{} is not an eval.json", p.display()))?;
+    let mut knn = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(dir.join("rounds.jsonl")) {
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            if let (Some(r), Some(k)) = (v["round"].as_u64(), v["knn_top1"].as_f64()) {
+                knn.push((r as usize, k));
+            }
+        }
+    }
+    Ok(RunResult {
+        name: name.to_string(),
+        eval,
+        knn,
+    })
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}", 100.0 * v)
+}
+
+fn few_value(f: &FewLabelResult) -> f64 {
+    f.per_class
+}
+
+/// Writes the tables and plots of `runs` into `out` (see the module docs).
+pub fn write_report(out: &Path, runs: &[RunResult]) -> Result<()> {
+    let mut md = String::from("# Evaluation comparison\n\n");
+    // probes
+    let mut csv = String::from("run,backbone,backbone_values,probe,init,top1,top5,weight_decay\n");
+    md += "## Probes on the pre-logits (top-1 / top-5 %)\n\n| run | backbone | values | linear | MLP | random-init linear | random-init MLP |\n|---|---|---|---|---|---|---|\n";
+    for r in runs {
+        let e = &r.eval.eval;
+        let cell = |p: Option<&crate::eval::ProbeResult>| {
+            p.map(|p| format!("{} / {} (wd {})", pct(p.top1), pct(p.top5), p.weight_decay))
+                .unwrap_or_else(|| "–".into())
+        };
+        let ri = e.random_init.as_ref();
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.eval.backbone,
+            r.eval.backbone_values,
+            cell(Some(&e.linear)),
+            cell(e.mlp.as_ref()),
+            cell(ri.map(|x| &x.linear)),
+            cell(ri.and_then(|x| x.mlp.as_ref()))
+        )?;
+        let rows = [
+            ("linear", "pretrained", Some(&e.linear)),
+            ("mlp", "pretrained", e.mlp.as_ref()),
+            ("linear", "random", ri.map(|x| &x.linear)),
+            ("mlp", "random", ri.and_then(|x| x.mlp.as_ref())),
+        ];
+        for (probe, init, p) in rows {
+            if let Some(p) = p {
+                writeln!(
+                    csv,
+                    "{},{},{},{probe},{init},{},{},{}",
+                    r.name, r.eval.backbone, r.eval.backbone_values, p.top1, p.top5, p.weight_decay
+                )?;
+            }
+        }
+    }
+    std::fs::write(out.join("probes.csv"), &csv)?;
+
+    // per layer
+    if runs.iter().any(|r| !r.eval.eval.per_layer.is_empty()) {
+        let mut csv = String::from("run,backbone,layer,shape,dim,top1,top5,weight_decay\n");
+        md += "\n## Linear probe per layer (top-1 %)\n\n| run | layer | shape | pooled dim | top-1 | top-5 |\n|---|---|---|---|---|---|\n";
+        let mut chart = Vec::new();
+        for r in runs {
+            let layers = &r.eval.eval.per_layer;
+            for l in layers {
+                let shape = l
+                    .shape
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x");
+                writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    r.name,
+                    l.layer,
+                    shape,
+                    l.dim,
+                    pct(l.probe.top1),
+                    pct(l.probe.top5)
+                )?;
+                writeln!(
+                    csv,
+                    "{},{},{},{},{},{},{},{}",
+                    r.name,
+                    r.eval.backbone,
+                    l.layer,
+                    shape,
+                    l.dim,
+                    l.probe.top1,
+                    l.probe.top5,
+                    l.probe.weight_decay
+                )?;
+            }
+            chart.push((
+                r.name.clone(),
+                layers
+                    .iter()
+                    .map(|l| (l.layer.clone(), l.probe.top1))
+                    .collect(),
+            ));
+        }
+        std::fs::write(out.join("per_layer.csv"), &csv)?;
+        plot::per_layer(&out.join("per_layer.png"), &chart)?;
+        md += "\n![per layer](per_layer.png)\n";
+    }
+
+    // few labels
+    if runs.iter().any(|r| !r.eval.eval.few_labels.is_empty()) {
+        let mut csv = String::from(
+            "run,point,train_labels,init,top1_mean,top1_std,top5_mean,top5_std,seeds\n",
+        );
+        md += "\n## Few labels: linear probe top-1 % (mean ± std over draws)\n\n| run | labels | pretrained | random init | gap (points) |\n|---|---|---|---|---|\n";
+        let mut series = Vec::new();
+        for r in runs {
+            let e = &r.eval.eval;
+            let rand = e
+                .random_init
+                .as_ref()
+                .map(|x| &x.few_labels[..])
+                .unwrap_or(&[]);
+            for f in &e.few_labels {
+                let b = rand.iter().find(|x| x.label == f.label);
+                writeln!(
+                    md,
+                    "| {} | {} ({:.0} images) | {} ± {} | {} | {} |",
+                    r.name,
+                    f.label,
+                    f.train_labels,
+                    pct(f.top1_mean),
+                    pct(f.top1_std),
+                    b.map(|b| format!("{} ± {}", pct(b.top1_mean), pct(b.top1_std)))
+                        .unwrap_or_else(|| "–".into()),
+                    b.map(|b| format!("{:+.1}", 100.0 * (f.top1_mean - b.top1_mean)))
+                        .unwrap_or_else(|| "–".into()),
+                )?;
+                for (init, x) in [("pretrained", Some(f)), ("random", b)] {
+                    if let Some(x) = x {
+                        writeln!(
+                            csv,
+                            "{},{},{},{init},{},{},{},{},{}",
+                            r.name,
+                            x.label,
+                            x.train_labels,
+                            x.top1_mean,
+                            x.top1_std,
+                            x.top5_mean,
+                            x.top5_std,
+                            x.seeds
+                        )?;
+                    }
+                }
+            }
+            let mk = |name: String, v: &[FewLabelResult], baseline| Series {
+                name,
+                points: v.iter().map(|f| (few_value(f), f.top1_mean)).collect(),
+                err: v.iter().map(|f| f.top1_std).collect(),
+                baseline,
+            };
+            if !e.few_labels.is_empty() {
+                series.push(mk(format!("{} pretrained", r.name), &e.few_labels, false));
+            }
+            if !rand.is_empty() {
+                series.push(mk(format!("{} random init", r.name), rand, true));
+            }
+        }
+        std::fs::write(out.join("few_labels.csv"), &csv)?;
+        plot::few_labels(&out.join("few_labels.png"), &series)?;
+        md += "\n![few labels](few_labels.png)\n";
+    }
+
+    let knn: Vec<(String, Vec<(usize, f64)>)> = runs
+        .iter()
+        .filter(|r| !r.knn.is_empty())
+        .map(|r| (r.name.clone(), r.knn.clone()))
+        .collect();
+    if !knn.is_empty() {
+        plot::knn_per_round(&out.join("knn_rounds.png"), &knn)?;
+        md += "\n## k-NN monitor per round\n\n![k-NN per round](knn_rounds.png)\n";
+    }
+    std::fs::write(out.join("report.md"), md)?;
+    Ok(())
+}
