@@ -221,7 +221,7 @@ pub fn nt_xent_logits(z1: &Tensor, z2: &Tensor, tau: f64) -> Result<(Tensor, Ten
             z2.dims()
         );
     }
-    if !(tau > 0.0) {
+    if tau.is_nan() || tau <= 0.0 {
         bail!("NT-Xent temperature must be positive, got {tau}");
     }
     let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
