@@ -356,3 +356,35 @@ async fn eval_on_the_final_checkpoint_repeats_the_end_of_run_evaluation() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("final.safetensors"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn augmentation_pretexts_run_one_federated_round() {
+    let dir = tempfile::tempdir().unwrap();
+    for task in ["exemplar", "simclr"] {
+        let out = dir.path().join(task);
+        let sc = scenario(&[
+            &format!("pretext.task=\"{task}\""),
+            "federation.rounds=1",
+            "federation.clients=2",
+            "data.train_images=32",
+            "data.test_images=16",
+            "train.batch_size=8",
+            "pretext.exemplar.views=3",
+            "eval.epochs=2",
+        ]);
+        let summary = simulate(sc, &out).await.unwrap();
+        assert_eq!(summary.rounds_completed, 1, "{task}");
+        let s: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(s["pretext"], task);
+        assert_eq!(s["rounds_completed"], 1);
+        let rounds = read_rounds(&out);
+        for c in ["0", "1"] {
+            let loss = rounds[0]["loss"][c].as_f64().unwrap();
+            assert!(loss.is_finite() && loss > 0.0, "{task}: {loss}");
+            let acc = rounds[0]["accuracy"][c].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&acc), "{task}: {acc}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! partitioners, backbones and pretext tasks, the optimiser, named weights, the wire
 //! protocol and the scenario schema. No networking loops live here.
 
+pub mod augment;
 pub mod data;
 pub mod device;
 pub mod model;

@@ -113,6 +113,9 @@ pub struct RoundConfig {
 }
 
 /// Messages the coordinator sends.
+// `Welcome` carries the run's pretext config (one table per task) and is sent once per
+// client, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ServerMessage {
     /// Accepts a client.

@@ -9,9 +9,13 @@
 //! (aggregated with FedAvg) too. Evaluation always reads the backbone alone, applied to the
 //! whole image.
 
+pub mod exemplar;
 pub mod rotation;
+pub mod simclr;
 
+pub use exemplar::{semihard_triplet_loss, ExemplarConfig, ExemplarTask};
 pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
+pub use simclr::{nt_xent, SimclrConfig, SimclrTask};
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -27,6 +31,10 @@ use crate::model::{Backbone, BackboneKind};
 pub enum PretextKind {
     /// Rotation prediction (Gidaris et al. 2018).
     Rotation,
+    /// Exemplar with a semi-hard triplet loss (Dosovitskiy et al. 2014; Kolesnikov et al. 2019).
+    Exemplar,
+    /// SimCLR contrastive learning with NT-Xent (Chen et al. 2020).
+    Simclr,
 }
 
 impl PretextKind {
@@ -34,6 +42,8 @@ impl PretextKind {
     pub fn name(self) -> &'static str {
         match self {
             PretextKind::Rotation => "rotation",
+            PretextKind::Exemplar => "exemplar",
+            PretextKind::Simclr => "simclr",
         }
     }
 
@@ -41,7 +51,7 @@ impl PretextKind {
     /// modelling needs a ViT's tokens). `compare-pretexts` switches to it.
     pub fn required_backbone(self) -> Option<BackboneKind> {
         match self {
-            PretextKind::Rotation => None,
+            PretextKind::Rotation | PretextKind::Exemplar | PretextKind::Simclr => None,
         }
     }
 
@@ -62,7 +72,11 @@ impl PretextKind {
 
     /// Every task, in the order reports list them.
     pub fn all() -> &'static [PretextKind] {
-        &[PretextKind::Rotation]
+        &[
+            PretextKind::Rotation,
+            PretextKind::Exemplar,
+            PretextKind::Simclr,
+        ]
     }
 }
 
@@ -71,13 +85,17 @@ impl PretextKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretextConfig {
-    /// The task: `"rotation"` (default).
+    /// The task: `"rotation"` (default), `"exemplar"`, `"simclr"`.
     pub task: PretextKind,
     /// Also federate the task's heads (`head.*` variables): clients send them with the
     /// backbone and the coordinator aggregates them. Default `false`: heads stay local.
     pub share_heads: bool,
     /// `[pretext.rotation]`.
     pub rotation: RotationConfig,
+    /// `[pretext.exemplar]`.
+    pub exemplar: ExemplarConfig,
+    /// `[pretext.simclr]`.
+    pub simclr: SimclrConfig,
 }
 
 impl Default for PretextConfig {
@@ -86,6 +104,8 @@ impl Default for PretextConfig {
             task: PretextKind::Rotation,
             share_heads: false,
             rotation: RotationConfig::default(),
+            exemplar: ExemplarConfig::default(),
+            simclr: SimclrConfig::default(),
         }
     }
 }
@@ -97,6 +117,8 @@ impl PretextConfig {
         let _ = backbone;
         match self.task {
             PretextKind::Rotation => Ok(()),
+            PretextKind::Exemplar => self.exemplar.validate(),
+            PretextKind::Simclr => self.simclr.validate(),
         }
     }
 }
@@ -144,6 +166,16 @@ pub fn build_task(
     Ok(match cfg.task {
         PretextKind::Rotation => Box::new(RotationTask::new(
             &cfg.rotation,
+            backbone.feature_dim(),
+            vb.pp("head"),
+        )?),
+        PretextKind::Exemplar => Box::new(ExemplarTask::new(
+            &cfg.exemplar,
+            backbone.feature_dim(),
+            vb.pp("head"),
+        )?),
+        PretextKind::Simclr => Box::new(SimclrTask::new(
+            &cfg.simclr,
             backbone.feature_dim(),
             vb.pp("head"),
         )?),
