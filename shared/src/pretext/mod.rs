@@ -9,8 +9,13 @@
 //! (aggregated with FedAvg) too. Evaluation always reads the backbone alone, applied to the
 //! whole image.
 
+pub mod grid;
+pub mod jigsaw;
+pub mod relative_patch;
 pub mod rotation;
 
+pub use jigsaw::{JigsawConfig, JigsawTask};
+pub use relative_patch::{RelativePatchConfig, RelativePatchTask};
 pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
 
 use anyhow::Result;
@@ -27,6 +32,10 @@ use crate::model::{Backbone, BackboneKind};
 pub enum PretextKind {
     /// Rotation prediction (Gidaris et al. 2018).
     Rotation,
+    /// Relative patch position (Doersch et al. 2015).
+    RelativePatch,
+    /// Jigsaw puzzles (Noroozi & Favaro 2016).
+    Jigsaw,
 }
 
 impl PretextKind {
@@ -34,12 +43,18 @@ impl PretextKind {
     pub fn name(self) -> &'static str {
         match self {
             PretextKind::Rotation => "rotation",
+            PretextKind::RelativePatch => "relative_patch",
+            PretextKind::Jigsaw => "jigsaw",
         }
     }
 
     /// Every task, in the order reports list them.
     pub fn all() -> &'static [PretextKind] {
-        &[PretextKind::Rotation]
+        &[
+            PretextKind::Rotation,
+            PretextKind::RelativePatch,
+            PretextKind::Jigsaw,
+        ]
     }
 }
 
@@ -48,13 +63,17 @@ impl PretextKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretextConfig {
-    /// The task: `"rotation"` (default).
+    /// The task: `"rotation"` (default), `"relative_patch"`, `"jigsaw"`.
     pub task: PretextKind,
     /// Also federate the task's heads (`head.*` variables): clients send them with the
     /// backbone and the coordinator aggregates them. Default `false`: heads stay local.
     pub share_heads: bool,
     /// `[pretext.rotation]`.
     pub rotation: RotationConfig,
+    /// `[pretext.relative_patch]`.
+    pub relative_patch: RelativePatchConfig,
+    /// `[pretext.jigsaw]`.
+    pub jigsaw: JigsawConfig,
 }
 
 impl Default for PretextConfig {
@@ -63,6 +82,8 @@ impl Default for PretextConfig {
             task: PretextKind::Rotation,
             share_heads: false,
             rotation: RotationConfig::default(),
+            relative_patch: RelativePatchConfig::default(),
+            jigsaw: JigsawConfig::default(),
         }
     }
 }
@@ -74,6 +95,8 @@ impl PretextConfig {
         let _ = backbone;
         match self.task {
             PretextKind::Rotation => Ok(()),
+            PretextKind::RelativePatch => self.relative_patch.validate(),
+            PretextKind::Jigsaw => self.jigsaw.validate(),
         }
     }
 }
@@ -121,6 +144,16 @@ pub fn build_task(
     Ok(match cfg.task {
         PretextKind::Rotation => Box::new(RotationTask::new(
             &cfg.rotation,
+            backbone.feature_dim(),
+            vb.pp("head"),
+        )?),
+        PretextKind::RelativePatch => Box::new(RelativePatchTask::new(
+            &cfg.relative_patch,
+            backbone.feature_dim(),
+            vb.pp("head"),
+        )?),
+        PretextKind::Jigsaw => Box::new(JigsawTask::new(
+            &cfg.jigsaw,
             backbone.feature_dim(),
             vb.pp("head"),
         )?),

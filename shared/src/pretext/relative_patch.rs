@@ -1,0 +1,472 @@
+//! Relative patch position (Doersch, Gupta & Efros, "Unsupervised Visual Representation
+//! Learning by Context Prediction", ICCV 2015): cut a 3×3 grid of patches out of an image,
+//! show the network the centre patch and one of its 8 neighbours, and let it classify where
+//! the neighbour sits relative to the centre.
+//!
+//! Labels are the neighbours in raster order, as `(row, col)` offsets from the centre cell
+//! (row grows downwards, col rightwards):
+//!
+//! | label | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 |
+//! |---|---|---|---|---|---|---|---|---|
+//! | offset | (−1,−1) up-left | (−1,0) up | (−1,+1) up-right | (0,−1) left | (0,+1) right | (+1,−1) down-left | (+1,0) down | (+1,+1) down-right |
+//!
+//! ([`neighbour_offset`], inverse [`neighbour_label`]). The shortcuts the paper names are
+//! countered as it does: a gap between the cells and a random jitter of every patch inside
+//! its cell (no continuous edges or textures across patches; [`super::grid`]), and per-patch
+//! colour removal against chromatic aberration (with probability `grayscale_prob` the patch is
+//! made grey, with probability `channel_drop_prob` two of its three channels are replaced by
+//! the dataset mean, i.e. 0 after normalisation — the paper's Gaussian noise of 1/100 of a
+//! channel's standard deviation rounds to nothing on `u8` pixels).
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::grid::{crop_hwc, Grid};
+use super::{PretextKind, PretextTask, StepOutput};
+use crate::data::{hwc_u8_to_tensor, ImageDataset};
+use crate::model::Backbone;
+
+/// `[pretext.relative_patch]`: patch geometry, colour removal and head width.
+///
+/// The defaults fit 32×32 images exactly: `3×8 + 2×3 + 2×1 = 32`, so the nominal patch
+/// corners are at 1, 12, 23 px and neighbouring patches are 1 to 5 px apart.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelativePatchConfig {
+    /// Side of each square patch in pixels (default 8).
+    pub patch_size: usize,
+    /// Nominal gap between neighbouring patches in pixels (default 3); must be at least
+    /// `2 × jitter`.
+    pub gap: usize,
+    /// Largest random shift of a patch inside its cell, per axis, in pixels (default 1).
+    pub jitter: usize,
+    /// Probability that a patch is converted to grey (ITU-R 601 luma on all channels);
+    /// default 0.25.
+    pub grayscale_prob: f64,
+    /// Probability that a patch keeps one random colour channel and the other two are set to
+    /// the dataset mean (colour dropping); default 0.25. Drawn exclusively with
+    /// `grayscale_prob`, so their sum must be at most 1.
+    pub channel_drop_prob: f64,
+    /// Width of the head's hidden layer (default 256).
+    pub head_hidden: usize,
+}
+
+impl Default for RelativePatchConfig {
+    fn default() -> Self {
+        Self {
+            patch_size: 8,
+            gap: 3,
+            jitter: 1,
+            grayscale_prob: 0.25,
+            channel_drop_prob: 0.25,
+            head_hidden: 256,
+        }
+    }
+}
+
+impl RelativePatchConfig {
+    /// The patch grid these parameters describe.
+    pub fn grid(&self) -> Grid {
+        Grid {
+            patch: self.patch_size,
+            gap: self.gap,
+            jitter: self.jitter,
+        }
+    }
+
+    /// Checks the parameters; messages name the `pretext.relative_patch.*` key. Whether the
+    /// grid fits the images is checked when a batch is built.
+    pub fn validate(&self) -> Result<()> {
+        const KEY: &str = "pretext.relative_patch";
+        self.grid().validate(KEY, "patch_size")?;
+        check_colour_probs(KEY, self.grayscale_prob, self.channel_drop_prob)?;
+        if self.head_hidden == 0 {
+            bail!("{KEY}.head_hidden must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Checks `grayscale_prob` and `channel_drop_prob` of table `key`: each in [0, 1], sum ≤ 1.
+pub(crate) fn check_colour_probs(key: &str, gray: f64, drop: f64) -> Result<()> {
+    for (name, p) in [("grayscale_prob", gray), ("channel_drop_prob", drop)] {
+        if !(0.0..=1.0).contains(&p) {
+            bail!("{key}.{name} must be in [0, 1], got {p}");
+        }
+    }
+    if gray + drop > 1.0 {
+        bail!(
+            "{key}.grayscale_prob + {key}.channel_drop_prob must be at most 1, got {gray} + {drop}"
+        );
+    }
+    Ok(())
+}
+
+/// The `(row, col)` offset of neighbour `label` from the centre cell (table in the module
+/// docs): `0 → (−1, −1)`, `1 → (−1, 0)`, … `7 → (1, 1)`. Panics if `label ≥ 8`.
+pub fn neighbour_offset(label: u32) -> (i32, i32) {
+    assert!(label < 8, "neighbour label {label} is not in 0..8");
+    let cell = if label < 4 { label } else { label + 1 } as i32;
+    (cell / 3 - 1, cell % 3 - 1)
+}
+
+/// The label of the neighbour at `(row, col)` offset `(dr, dc)` from the centre, the inverse
+/// of [`neighbour_offset`]; `None` for `(0, 0)` or an offset outside `{−1, 0, 1}²`.
+pub fn neighbour_label(dr: i32, dc: i32) -> Option<u32> {
+    if !(-1..=1).contains(&dr) || !(-1..=1).contains(&dc) || (dr, dc) == (0, 0) {
+        return None;
+    }
+    let cell = ((dr + 1) * 3 + (dc + 1)) as u32;
+    Some(if cell < 4 { cell } else { cell - 1 })
+}
+
+/// Removes colour from one `(p, p, C)` patch in place against the chromatic-aberration
+/// shortcut: one `rng.random::<f64>()` draw `u`; if `u < gray` every pixel becomes its luma
+/// `round(0.299 R + 0.587 G + 0.114 B)` on all channels; else if `u < gray + drop`, one channel
+/// `k = rng.random_range(0..3)` is kept and the others are set to `round(255 · mean[ch])`.
+/// Patches with fewer than 3 channels are left alone (and draw nothing).
+pub fn drop_colour(
+    patch: &mut [u8],
+    c: usize,
+    gray: f64,
+    drop: f64,
+    mean: [f32; 3],
+    rng: &mut impl Rng,
+) {
+    if c < 3 {
+        return;
+    }
+    let u: f64 = rng.random();
+    if u < gray {
+        for px in patch.chunks_exact_mut(c) {
+            let y = 0.299 * px[0] as f32 + 0.587 * px[1] as f32 + 0.114 * px[2] as f32;
+            let y = y.round().clamp(0.0, 255.0) as u8;
+            px[..3].fill(y);
+        }
+    } else if u < gray + drop {
+        let keep = rng.random_range(0..3usize);
+        let fill: [u8; 3] =
+            std::array::from_fn(|ch| (mean[ch] * 255.0).round().clamp(0.0, 255.0) as u8);
+        for px in patch.chunks_exact_mut(c) {
+            for ch in (0..3).filter(|&ch| ch != keep) {
+                px[ch] = fill[ch];
+            }
+        }
+    }
+}
+
+/// Cuts the centre patch and neighbour `label` (see [`neighbour_offset`]) out of one
+/// `(H, W, C)` image with the jitter of `grid`, as two `(p, p, C)` byte vectors (centre,
+/// neighbour). Draws the centre's jitter, then the neighbour's. Requires the grid to fit.
+pub fn cut_pair(
+    img: &[u8],
+    h: usize,
+    w: usize,
+    c: usize,
+    grid: &Grid,
+    label: u32,
+    rng: &mut impl Rng,
+) -> (Vec<u8>, Vec<u8>) {
+    let p = grid.patch;
+    let (dr, dc) = neighbour_offset(label);
+    let (cy, cx) = grid.sample_corner(h, w, 1, 1, rng);
+    let (ny, nx) = grid.sample_corner(h, w, (1 + dr) as usize, (1 + dc) as usize, rng);
+    let mut centre = Vec::with_capacity(p * p * c);
+    let mut neighbour = Vec::with_capacity(p * p * c);
+    crop_hwc(img, w, c, cy, cx, p, &mut centre);
+    crop_hwc(img, w, c, ny, nx, p, &mut neighbour);
+    (centre, neighbour)
+}
+
+/// Builds a relative-position batch from images `idx` of `ds`.
+///
+/// For image `i` (in order): label `y_i = rng.random_range(0..8)`, then [`cut_pair`], then
+/// [`drop_colour`] on the centre and on the neighbour. Rows `0..B` of `x` are the centres,
+/// rows `B..2B` the neighbours (so one backbone forward sees both), normalised with the
+/// dataset's mean/std.
+///
+/// Returns `x`: `(2B, C, p, p)` `f32` and `y`: `(B)` `u32` on `device`. Errors on an index out
+/// of range or a grid that does not fit the images (naming `pretext.relative_patch`).
+pub fn relative_patch_batch(
+    ds: &ImageDataset,
+    idx: &[usize],
+    cfg: &RelativePatchConfig,
+    rng: &mut impl Rng,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let (h, w, c) = (ds.height, ds.width, ds.channels);
+    let grid = cfg.grid();
+    grid.check_fits(h, w, "pretext.relative_patch", "patch_size")?;
+    let p = grid.patch;
+    let n = idx.len();
+    let mut centres = Vec::with_capacity(n * p * p * c);
+    let mut neighbours = Vec::with_capacity(n * p * p * c);
+    let mut labels = Vec::with_capacity(n);
+    for &i in idx {
+        if i >= ds.len() {
+            bail!(
+                "image index {i} out of range (dataset has {} images)",
+                ds.len()
+            );
+        }
+        let label: u32 = rng.random_range(0..8);
+        let (mut a, mut b) = cut_pair(ds.image(i), h, w, c, &grid, label, rng);
+        drop_colour(
+            &mut a,
+            c,
+            cfg.grayscale_prob,
+            cfg.channel_drop_prob,
+            ds.mean,
+            rng,
+        );
+        drop_colour(
+            &mut b,
+            c,
+            cfg.grayscale_prob,
+            cfg.channel_drop_prob,
+            ds.mean,
+            rng,
+        );
+        centres.extend_from_slice(&a);
+        neighbours.extend_from_slice(&b);
+        labels.push(label);
+    }
+    centres.extend_from_slice(&neighbours);
+    let x = hwc_u8_to_tensor(&centres, 2 * n, p, p, c, ds.mean, ds.std, device)?;
+    let y = Tensor::from_vec(labels, n, device)?;
+    Ok((x, y))
+}
+
+/// Relative patch position with an MLP head on the concatenated pre-logits of the centre and
+/// the neighbour: `Linear(2D → hidden)` (`head.fc1`), ReLU, `Linear(hidden → 8)`
+/// (`head.fc2`), trained with 8-way cross-entropy.
+pub struct RelativePatchTask {
+    cfg: RelativePatchConfig,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl RelativePatchTask {
+    /// Creates the head under `vb` for `feature_dim`-wide pre-logits. Errors on invalid
+    /// parameters.
+    pub fn new(cfg: &RelativePatchConfig, feature_dim: usize, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            fc1: candle_nn::linear(2 * feature_dim, cfg.head_hidden, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(cfg.head_hidden, 8, vb.pp("fc2"))?,
+        })
+    }
+
+    /// Position logits `(B, 8)` of `x` `(2B, C, p, p)` laid out as [`relative_patch_batch`]
+    /// makes it (centres, then neighbours): one backbone forward, then
+    /// `head([f(centre_i) ‖ f(neighbour_i)])`.
+    pub fn logits(&self, backbone: &Backbone, x: &Tensor, train: bool) -> Result<Tensor> {
+        let n2 = x.dim(0)?;
+        if n2 % 2 != 0 {
+            bail!("relative patch batch must hold pairs, got {n2} patches");
+        }
+        let f = backbone.forward_t(x, train)?.pre_logits;
+        let n = n2 / 2;
+        let pair = Tensor::cat(&[f.narrow(0, 0, n)?, f.narrow(0, n, n)?], 1)?;
+        Ok(self.fc2.forward(&self.fc1.forward(&pair)?.relu()?)?)
+    }
+}
+
+impl PretextTask for RelativePatchTask {
+    fn kind(&self) -> PretextKind {
+        PretextKind::RelativePatch
+    }
+
+    /// 8-way cross-entropy over [`relative_patch_batch`] (`count` = images).
+    fn batch_loss(
+        &self,
+        backbone: &Backbone,
+        shard: &ImageDataset,
+        idx: &[usize],
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<StepOutput> {
+        let (x, y) = relative_patch_batch(shard, idx, &self.cfg, rng, device)?;
+        let logits = self.logits(backbone, &x, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let correct = logits
+            .detach()
+            .argmax(D::Minus1)?
+            .eq(&y)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
+        Ok(StepOutput {
+            loss,
+            correct: Some(correct),
+            count: y.dim(0)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn label_offset_table_and_round_trip() {
+        let want = [
+            (-1, -1),
+            (-1, 0),
+            (-1, 1),
+            (0, -1),
+            (0, 1),
+            (1, -1),
+            (1, 0),
+            (1, 1),
+        ];
+        for (l, &off) in want.iter().enumerate() {
+            assert_eq!(neighbour_offset(l as u32), off, "label {l}");
+            assert_eq!(neighbour_label(off.0, off.1), Some(l as u32));
+        }
+        assert_eq!(neighbour_label(0, 0), None);
+        assert_eq!(neighbour_label(2, 0), None);
+        assert_eq!(neighbour_label(0, -2), None);
+    }
+
+    /// A 32×32 RGB image whose pixels in cell `(r, c)`'s region (nominal corner ± jitter, of
+    /// the default grid) hold `(10 + 3r + c, 50 + 3r + c, 90 + 3r + c)`, and 255 in the gaps.
+    fn cell_coded(grid: &Grid) -> Vec<u8> {
+        let region = |v: usize| {
+            (0..3).find(|&k| {
+                let lo = grid.nominal(32, k) - grid.jitter;
+                (lo..lo + grid.patch + 2 * grid.jitter).contains(&v)
+            })
+        };
+        let mut img = vec![255u8; 32 * 32 * 3];
+        for y in 0..32 {
+            for x in 0..32 {
+                if let (Some(r), Some(c)) = (region(y), region(x)) {
+                    let cell = (3 * r + c) as u8;
+                    img[(y * 32 + x) * 3..][..3].copy_from_slice(&[
+                        10 + cell,
+                        50 + cell,
+                        90 + cell,
+                    ]);
+                }
+            }
+        }
+        img
+    }
+
+    #[test]
+    fn patches_come_from_the_labelled_cell() {
+        let grid = RelativePatchConfig::default().grid();
+        let img = cell_coded(&grid);
+        let mut rng = StdRng::seed_from_u64(7);
+        for label in 0..8u32 {
+            let (dr, dc) = neighbour_offset(label);
+            let cell = ((1 + dr) * 3 + (1 + dc)) as u8;
+            for _ in 0..20 {
+                let (a, b) = cut_pair(&img, 32, 32, 3, &grid, label, &mut rng);
+                assert_eq!(a.len(), 8 * 8 * 3);
+                assert!(
+                    a.chunks(3).all(|px| px == [14, 54, 94]),
+                    "centre, label {label}"
+                );
+                assert!(
+                    b.chunks(3)
+                        .all(|px| px == [10 + cell, 50 + cell, 90 + cell]),
+                    "neighbour of label {label} should come from cell {cell}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gap_is_respected() {
+        // The corners the grid samples keep patches of neighbouring cells at least
+        // gap − 2·jitter = 1 px apart, and at most gap + 2·jitter = 5 px.
+        let grid = RelativePatchConfig::default().grid();
+        let mut rng = StdRng::seed_from_u64(1);
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for _ in 0..500 {
+            let (_, x0) = grid.sample_corner(32, 32, 1, 0, &mut rng);
+            let (_, x1) = grid.sample_corner(32, 32, 1, 1, &mut rng);
+            let gap = x1 - (x0 + grid.patch);
+            lo = lo.min(gap);
+            hi = hi.max(gap);
+        }
+        assert_eq!((lo, hi), (1, 5));
+    }
+
+    #[test]
+    fn colour_dropping() {
+        let mean = [0.5, 0.25, 0.0];
+        let px = vec![100u8, 200, 50, 0, 0, 0];
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut g = px.clone();
+        drop_colour(&mut g, 3, 1.0, 0.0, mean, &mut rng);
+        // 0.299·100 + 0.587·200 + 0.114·50 = 153.0
+        assert_eq!(g, vec![153, 153, 153, 0, 0, 0]);
+        let mut d = px.clone();
+        drop_colour(&mut d, 3, 0.0, 1.0, mean, &mut rng);
+        let fill = [128u8, 64, 0];
+        let kept: Vec<usize> = (0..3)
+            .filter(|&ch| d[ch] == px[ch] && d[ch] != fill[ch])
+            .collect();
+        assert_eq!(kept.len(), 1, "{d:?}");
+        for ch in (0..3).filter(|&ch| ch != kept[0]) {
+            assert_eq!((d[ch], d[3 + ch]), (fill[ch], fill[ch]));
+        }
+        let mut n = px.clone();
+        drop_colour(&mut n, 3, 0.0, 0.0, mean, &mut rng);
+        assert_eq!(n, px);
+        assert!(check_colour_probs("k", 0.6, 0.6)
+            .unwrap_err()
+            .to_string()
+            .contains("k.grayscale_prob"));
+    }
+
+    #[test]
+    fn batch_layout_and_head_shapes() {
+        let ds = crate::data::synthetic::generate(6, 2);
+        let cfg = RelativePatchConfig {
+            grayscale_prob: 0.0,
+            channel_drop_prob: 0.0,
+            ..Default::default()
+        };
+        let dev = Device::Cpu;
+        let mut rng = StdRng::seed_from_u64(5);
+        let (x, y) = relative_patch_batch(&ds, &[4, 1, 3], &cfg, &mut rng, &dev).unwrap();
+        assert_eq!(x.dims(), &[6, 3, 8, 8]);
+        let y = y.to_vec1::<u32>().unwrap();
+        assert!(y.iter().all(|&l| l < 8));
+        // replay the stream for image 4: row 0 is its centre, row 3 its neighbour
+        let mut rng = StdRng::seed_from_u64(5);
+        let l: u32 = rng.random_range(0..8);
+        assert_eq!(l, y[0]);
+        let (a, b) = cut_pair(ds.image(4), 32, 32, 3, &cfg.grid(), l, &mut rng);
+        for (row, bytes) in [(0, a), (3, b)] {
+            let want = hwc_u8_to_tensor(&bytes, 1, 8, 8, 3, ds.mean, ds.std, &dev).unwrap();
+            let diff = (x.narrow(0, row, 1).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap();
+            assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        }
+        let bad = RelativePatchConfig {
+            patch_size: 9,
+            gap: 2,
+            ..Default::default()
+        };
+        let e = relative_patch_batch(&ds, &[0], &bad, &mut rng, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pretext.relative_patch") && e.contains("33"),
+            "{e}"
+        );
+    }
+}
