@@ -52,6 +52,21 @@ pub struct RelativePatchConfig {
     pub channel_drop_prob: f64,
     /// Width of the head's hidden layer (default 256).
     pub head_hidden: usize,
+    /// `"all_eight"` (default): all 9 patches of every image go through the backbone and the
+    /// centre is paired with each of its 8 neighbours (8 pairs per image, like rotation's
+    /// `all_four`); `"random_one"`: the centre and one uniformly drawn neighbour (the paper's
+    /// sampling, 1 pair per image).
+    pub pairs: PairMode,
+}
+
+/// Which centre–neighbour pairs a relative-patch batch holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairMode {
+    /// Every image's centre with each of its 8 neighbours: `9B` patches, `8B` pairs.
+    AllEight,
+    /// Every image's centre with one uniformly drawn neighbour: `2B` patches, `B` pairs.
+    RandomOne,
 }
 
 impl Default for RelativePatchConfig {
@@ -63,6 +78,7 @@ impl Default for RelativePatchConfig {
             grayscale_prob: 0.25,
             channel_drop_prob: 0.25,
             head_hidden: 256,
+            pairs: PairMode::AllEight,
         }
     }
 }
@@ -181,63 +197,106 @@ pub fn cut_pair(
     (centre, neighbour)
 }
 
+/// One relative-position batch: the patches and the pairs the head reads.
+pub struct RelativePatchBatch {
+    /// `(N, C, p, p)` `f32` patches normalised with the dataset's mean/std.
+    pub patches: Tensor,
+    /// `(P)` `u32` rows of `patches` holding each pair's centre.
+    pub centre: Tensor,
+    /// `(P)` `u32` rows of `patches` holding each pair's neighbour.
+    pub neighbour: Tensor,
+    /// `(P)` `u32` labels, the neighbour's position ([`neighbour_offset`]).
+    pub labels: Tensor,
+}
+
 /// Builds a relative-position batch from images `idx` of `ds`.
 ///
-/// For image `i` (in order): label `y_i = rng.random_range(0..8)`, then [`cut_pair`], then
-/// [`drop_colour`] on the centre and on the neighbour. Rows `0..B` of `x` are the centres,
-/// rows `B..2B` the neighbours (so one backbone forward sees both), normalised with the
-/// dataset's mean/std.
+/// For image `b` of the batch (in order):
+/// * `AllEight`: its 9 patches (grid raster order, jitters drawn in that order, then
+///   [`drop_colour`] on each in order) are rows `9b..9b+9`; pairs `8b + l`, `l = 0..8`, are
+///   centre row `9b + 4` with neighbour `l`'s row, label `l`;
+/// * `RandomOne`: label `l = rng.random_range(0..8)`, [`cut_pair`], [`drop_colour`] on the
+///   centre then the neighbour; rows `2b` (centre) and `2b + 1` (neighbour), pair `b`.
 ///
-/// Returns `x`: `(2B, C, p, p)` `f32` and `y`: `(B)` `u32` on `device`. Errors on an index out
-/// of range or a grid that does not fit the images (naming `pretext.relative_patch`).
+/// Errors on an index out of range or a grid that does not fit the images (naming
+/// `pretext.relative_patch`).
 pub fn relative_patch_batch(
     ds: &ImageDataset,
     idx: &[usize],
     cfg: &RelativePatchConfig,
     rng: &mut impl Rng,
     device: &Device,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<RelativePatchBatch> {
     let (h, w, c) = (ds.height, ds.width, ds.channels);
     let grid = cfg.grid();
     grid.check_fits(h, w, "pretext.relative_patch", "patch_size")?;
     let p = grid.patch;
+    let per = match cfg.pairs {
+        PairMode::AllEight => 9,
+        PairMode::RandomOne => 2,
+    };
     let n = idx.len();
-    let mut centres = Vec::with_capacity(n * p * p * c);
-    let mut neighbours = Vec::with_capacity(n * p * p * c);
-    let mut labels = Vec::with_capacity(n);
-    for &i in idx {
+    let mut bytes = Vec::with_capacity(n * per * p * p * c);
+    let (mut centre, mut neighbour, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    let colour = |patch: &mut Vec<u8>, rng: &mut _| {
+        drop_colour(
+            patch,
+            c,
+            cfg.grayscale_prob,
+            cfg.channel_drop_prob,
+            ds.mean,
+            rng,
+        )
+    };
+    for (b, &i) in idx.iter().enumerate() {
         if i >= ds.len() {
             bail!(
                 "image index {i} out of range (dataset has {} images)",
                 ds.len()
             );
         }
-        let label: u32 = rng.random_range(0..8);
-        let (mut a, mut b) = cut_pair(ds.image(i), h, w, c, &grid, label, rng);
-        drop_colour(
-            &mut a,
-            c,
-            cfg.grayscale_prob,
-            cfg.channel_drop_prob,
-            ds.mean,
-            rng,
-        );
-        drop_colour(
-            &mut b,
-            c,
-            cfg.grayscale_prob,
-            cfg.channel_drop_prob,
-            ds.mean,
-            rng,
-        );
-        centres.extend_from_slice(&a);
-        neighbours.extend_from_slice(&b);
-        labels.push(label);
+        let img = ds.image(i);
+        let base = (b * per) as u32;
+        match cfg.pairs {
+            PairMode::AllEight => {
+                let mut patches = Vec::with_capacity(9);
+                for k in 0..9 {
+                    let (y, x) = grid.sample_corner(h, w, k / 3, k % 3, rng);
+                    let mut patch = Vec::with_capacity(p * p * c);
+                    crop_hwc(img, w, c, y, x, p, &mut patch);
+                    patches.push(patch);
+                }
+                for patch in &mut patches {
+                    colour(patch, rng);
+                    bytes.extend_from_slice(patch);
+                }
+                for l in 0..8u32 {
+                    let (dr, dc) = neighbour_offset(l);
+                    centre.push(base + 4);
+                    neighbour.push(base + ((1 + dr) * 3 + 1 + dc) as u32);
+                    labels.push(l);
+                }
+            }
+            PairMode::RandomOne => {
+                let l: u32 = rng.random_range(0..8);
+                let (mut a, mut nb) = cut_pair(img, h, w, c, &grid, l, rng);
+                colour(&mut a, rng);
+                colour(&mut nb, rng);
+                bytes.extend_from_slice(&a);
+                bytes.extend_from_slice(&nb);
+                centre.push(base);
+                neighbour.push(base + 1);
+                labels.push(l);
+            }
+        }
     }
-    centres.extend_from_slice(&neighbours);
-    let x = hwc_u8_to_tensor(&centres, 2 * n, p, p, c, ds.mean, ds.std, device)?;
-    let y = Tensor::from_vec(labels, n, device)?;
-    Ok((x, y))
+    let m = labels.len();
+    Ok(RelativePatchBatch {
+        patches: hwc_u8_to_tensor(&bytes, n * per, p, p, c, ds.mean, ds.std, device)?,
+        centre: Tensor::from_vec(centre, m, device)?,
+        neighbour: Tensor::from_vec(neighbour, m, device)?,
+        labels: Tensor::from_vec(labels, m, device)?,
+    })
 }
 
 /// Relative patch position with an MLP head on the concatenated pre-logits of the centre and
@@ -261,17 +320,22 @@ impl RelativePatchTask {
         })
     }
 
-    /// Position logits `(B, 8)` of `x` `(2B, C, p, p)` laid out as [`relative_patch_batch`]
-    /// makes it (centres, then neighbours): one backbone forward, then
-    /// `head([f(centre_i) ‖ f(neighbour_i)])`.
-    pub fn logits(&self, backbone: &Backbone, x: &Tensor, train: bool) -> Result<Tensor> {
-        let n2 = x.dim(0)?;
-        if n2 % 2 != 0 {
-            bail!("relative patch batch must hold pairs, got {n2} patches");
-        }
-        let f = backbone.forward_t(x, train)?.pre_logits;
-        let n = n2 / 2;
-        let pair = Tensor::cat(&[f.narrow(0, 0, n)?, f.narrow(0, n, n)?], 1)?;
+    /// Position logits `(P, 8)` of a [`RelativePatchBatch`]: one backbone forward over all
+    /// `patches`, then `head([f(centre_j) ‖ f(neighbour_j)])` for every pair `j`.
+    pub fn logits(
+        &self,
+        backbone: &Backbone,
+        batch: &RelativePatchBatch,
+        train: bool,
+    ) -> Result<Tensor> {
+        let f = backbone.forward_t(&batch.patches, train)?.pre_logits;
+        let pair = Tensor::cat(
+            &[
+                f.index_select(&batch.centre, 0)?,
+                f.index_select(&batch.neighbour, 0)?,
+            ],
+            1,
+        )?;
         Ok(self.fc2.forward(&self.fc1.forward(&pair)?.relu()?)?)
     }
 }
@@ -281,7 +345,7 @@ impl PretextTask for RelativePatchTask {
         PretextKind::RelativePatch
     }
 
-    /// 8-way cross-entropy over [`relative_patch_batch`] (`count` = images).
+    /// 8-way cross-entropy over [`relative_patch_batch`] (`count` = pairs).
     fn batch_loss(
         &self,
         backbone: &Backbone,
@@ -290,13 +354,14 @@ impl PretextTask for RelativePatchTask {
         rng: &mut StdRng,
         device: &Device,
     ) -> Result<StepOutput> {
-        let (x, y) = relative_patch_batch(shard, idx, &self.cfg, rng, device)?;
-        let logits = self.logits(backbone, &x, true)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let batch = relative_patch_batch(shard, idx, &self.cfg, rng, device)?;
+        let logits = self.logits(backbone, &batch, true)?;
+        let y = &batch.labels;
+        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
         let correct = logits
             .detach()
             .argmax(D::Minus1)?
-            .eq(&y)?
+            .eq(y)?
             .to_dtype(DType::F32)?
             .sum_all()?
             .to_scalar::<f32>()? as usize;
@@ -430,39 +495,91 @@ mod tests {
     }
 
     #[test]
-    fn batch_layout_and_head_shapes() {
+    fn batch_layout_and_pairs() {
         let ds = crate::data::synthetic::generate(6, 2);
-        let cfg = RelativePatchConfig {
+        let dev = Device::Cpu;
+        let row = |x: &Tensor, r: usize| x.narrow(0, r, 1).unwrap();
+        let same = |a: Tensor, b: Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        };
+        let one = RelativePatchConfig {
             grayscale_prob: 0.0,
             channel_drop_prob: 0.0,
+            pairs: PairMode::RandomOne,
             ..Default::default()
         };
-        let dev = Device::Cpu;
         let mut rng = StdRng::seed_from_u64(5);
-        let (x, y) = relative_patch_batch(&ds, &[4, 1, 3], &cfg, &mut rng, &dev).unwrap();
-        assert_eq!(x.dims(), &[6, 3, 8, 8]);
-        let y = y.to_vec1::<u32>().unwrap();
-        assert!(y.iter().all(|&l| l < 8));
-        // replay the stream for image 4: row 0 is its centre, row 3 its neighbour
+        let b = relative_patch_batch(&ds, &[4, 1, 3], &one, &mut rng, &dev).unwrap();
+        assert_eq!(b.patches.dims(), &[6, 3, 8, 8]);
+        assert_eq!(b.centre.to_vec1::<u32>().unwrap(), vec![0, 2, 4]);
+        assert_eq!(b.neighbour.to_vec1::<u32>().unwrap(), vec![1, 3, 5]);
+        let y = b.labels.to_vec1::<u32>().unwrap();
+        // replay the stream for image 4: rows 0 and 1 are its centre and neighbour
         let mut rng = StdRng::seed_from_u64(5);
         let l: u32 = rng.random_range(0..8);
         assert_eq!(l, y[0]);
-        let (a, b) = cut_pair(ds.image(4), 32, 32, 3, &cfg.grid(), l, &mut rng);
-        for (row, bytes) in [(0, a), (3, b)] {
+        let (a, nb) = cut_pair(ds.image(4), 32, 32, 3, &one.grid(), l, &mut rng);
+        for (r, bytes) in [(0, a), (1, nb)] {
             let want = hwc_u8_to_tensor(&bytes, 1, 8, 8, 3, ds.mean, ds.std, &dev).unwrap();
-            let diff = (x.narrow(0, row, 1).unwrap() - want)
-                .unwrap()
-                .abs()
-                .unwrap();
-            assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+            same(row(&b.patches, r), want);
         }
+
+        let all = RelativePatchConfig {
+            pairs: PairMode::AllEight,
+            ..one
+        };
+        let b = relative_patch_batch(&ds, &[2, 5], &all, &mut rng, &dev).unwrap();
+        assert_eq!(b.patches.dims(), &[18, 3, 8, 8]);
+        assert_eq!(
+            b.labels.to_vec1::<u32>().unwrap(),
+            [0, 1, 2, 3, 4, 5, 6, 7].repeat(2)
+        );
+        assert_eq!(
+            b.centre.to_vec1::<u32>().unwrap(),
+            [[4u32; 8], [13; 8]].concat()
+        );
+        let nb = [0u32, 1, 2, 3, 5, 6, 7, 8];
+        let nb2: Vec<u32> = nb.iter().map(|v| v + 9).collect();
+        assert_eq!(
+            b.neighbour.to_vec1::<u32>().unwrap(),
+            [nb.to_vec(), nb2].concat()
+        );
+
+        // on a cell-coded image, all_eight row 9b + k holds cell k's code
+        let coded = ImageDataset {
+            images: cell_coded(&all.grid()),
+            labels: Vec::new(),
+            height: 32,
+            width: 32,
+            channels: 3,
+            num_classes: 1,
+            class_names: vec!["x".into()],
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let b = relative_patch_batch(&coded, &[0, 0], &all, &mut rng, &dev).unwrap();
+        for r in 0..18 {
+            let v = row(&b.patches, r)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let cell = (r % 9) as f32;
+            for (j, px) in v.iter().enumerate() {
+                let want = [10.0, 50.0, 90.0][j / 64] + cell;
+                assert!((px * 255.0 - want).abs() < 1e-3, "row {r}: {px}");
+            }
+        }
+
         let bad = RelativePatchConfig {
             patch_size: 9,
             gap: 2,
             ..Default::default()
         };
         let e = relative_patch_batch(&ds, &[0], &bad, &mut rng, &dev)
-            .unwrap_err()
+            .err()
+            .unwrap()
             .to_string();
         assert!(
             e.contains("pretext.relative_patch") && e.contains("33"),
