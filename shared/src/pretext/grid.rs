@@ -100,6 +100,16 @@ pub fn crop_hwc(img: &[u8], w: usize, c: usize, y: usize, x: usize, p: usize, ou
     }
 }
 
+/// Resizes patches `x` `(N, C, p, p)` to `(N, C, s·p, s·p)` by bilinear interpolation
+/// (`align_corners = false`, as PyTorch's default); `s = 1` returns `x` unchanged.
+pub fn upscale(x: &candle_core::Tensor, s: usize) -> Result<candle_core::Tensor> {
+    if s == 1 {
+        return Ok(x.clone());
+    }
+    let (_, _, h, w) = x.dims4()?;
+    Ok(x.upsample_bilinear2d(s * h, s * w, false)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +166,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("pretext.x.gap"));
+    }
+
+    #[test]
+    fn upscale_doubles_constant_and_keeps_mean() {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Tensor::new(&[[[[1f32, 3.0], [5.0, 7.0]]]], &dev).unwrap();
+        assert_eq!(upscale(&x, 1).unwrap().dims(), &[1, 1, 2, 2]);
+        let y = upscale(&x, 2).unwrap();
+        assert_eq!(y.dims(), &[1, 1, 4, 4]);
+        // half-pixel centres: the first row is 1, 1.5, 2.5, 3 (edge clamped)
+        let r = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(&r[..4], &[1.0, 1.5, 2.5, 3.0]);
+        assert_eq!(y.mean_all().unwrap().to_scalar::<f32>().unwrap(), 4.0);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::grid::{crop_hwc, Grid};
+use super::grid::{crop_hwc, upscale, Grid};
 use super::relative_patch::{check_colour_probs, drop_colour};
 use super::{PretextKind, PretextTask, StepOutput};
 use crate::data::ImageDataset;
@@ -67,6 +67,10 @@ pub struct JigsawConfig {
     /// Probability that a tile keeps one random colour channel, the others set to the dataset
     /// mean (default 0.25); drawn exclusively with `grayscale_prob` (sum at most 1).
     pub channel_drop_prob: f64,
+    /// Bilinear upscaling factor of every patch before the backbone (default 1: none; 2
+    /// turns 8×8 patches into 16×16), so the backbone sees inputs closer to the 32×32 images it
+    /// is evaluated on; 1 to 8.
+    pub upscale: usize,
     /// Width of the head's hidden layer (default 512).
     pub head_hidden: usize,
 }
@@ -82,6 +86,7 @@ impl Default for JigsawConfig {
             permutations_per_batch: 8,
             grayscale_prob: 0.25,
             channel_drop_prob: 0.25,
+            upscale: 1,
             head_hidden: 512,
         }
     }
@@ -116,6 +121,9 @@ impl JigsawConfig {
             );
         }
         check_colour_probs(KEY, self.grayscale_prob, self.channel_drop_prob)?;
+        if !(1..=8).contains(&self.upscale) {
+            bail!("{KEY}.upscale must be in 1..=8, got {}", self.upscale);
+        }
         if self.head_hidden == 0 {
             bail!("{KEY}.head_hidden must be at least 1");
         }
@@ -374,7 +382,9 @@ impl JigsawTask {
         gather: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
-        let f = backbone.forward_t(tiles, train)?.pre_logits;
+        let f = backbone
+            .forward_t(&upscale(tiles, self.cfg.upscale)?, train)?
+            .pre_logits;
         let d = f.dim(1)?;
         let g = gather.dim(0)?;
         if g % 9 != 0 {

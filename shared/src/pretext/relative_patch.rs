@@ -24,7 +24,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::grid::{crop_hwc, Grid};
+use super::grid::{crop_hwc, upscale, Grid};
 use super::{PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
@@ -50,6 +50,10 @@ pub struct RelativePatchConfig {
     /// the dataset mean (colour dropping); default 0.25. Drawn exclusively with
     /// `grayscale_prob`, so their sum must be at most 1.
     pub channel_drop_prob: f64,
+    /// Bilinear upscaling factor of every patch before the backbone (default 1: none; 2
+    /// turns 8×8 patches into 16×16), so the backbone sees inputs closer to the 32×32 images it
+    /// is evaluated on; 1 to 8.
+    pub upscale: usize,
     /// Width of the head's hidden layer (default 256).
     pub head_hidden: usize,
     /// `"all_eight"` (default): all 9 patches of every image go through the backbone and the
@@ -77,6 +81,7 @@ impl Default for RelativePatchConfig {
             jitter: 1,
             grayscale_prob: 0.25,
             channel_drop_prob: 0.25,
+            upscale: 1,
             head_hidden: 256,
             pairs: PairMode::AllEight,
         }
@@ -99,6 +104,9 @@ impl RelativePatchConfig {
         const KEY: &str = "pretext.relative_patch";
         self.grid().validate(KEY, "patch_size")?;
         check_colour_probs(KEY, self.grayscale_prob, self.channel_drop_prob)?;
+        if !(1..=8).contains(&self.upscale) {
+            bail!("{KEY}.upscale must be in 1..=8, got {}", self.upscale);
+        }
         if self.head_hidden == 0 {
             bail!("{KEY}.head_hidden must be at least 1");
         }
@@ -328,7 +336,9 @@ impl RelativePatchTask {
         batch: &RelativePatchBatch,
         train: bool,
     ) -> Result<Tensor> {
-        let f = backbone.forward_t(&batch.patches, train)?.pre_logits;
+        let f = backbone
+            .forward_t(&upscale(&batch.patches, self.cfg.upscale)?, train)?
+            .pre_logits;
         let pair = Tensor::cat(
             &[
                 f.index_select(&batch.centre, 0)?,
