@@ -67,6 +67,10 @@ pub struct JigsawConfig {
     /// Probability that a tile keeps one random colour channel, the others set to the dataset
     /// mean (default 0.25); drawn exclusively with `grayscale_prob` (sum at most 1).
     pub channel_drop_prob: f64,
+    /// `true` (default): every tile standardised by its own mean and standard deviation (the
+    /// paper's); `false`: normalised with the dataset's per-channel mean/std like whole
+    /// images at evaluation.
+    pub per_tile_norm: bool,
     /// Bilinear upscaling factor of every patch before the backbone (default 1: none; 2
     /// turns 8×8 patches into 16×16), so the backbone sees inputs closer to the 32×32 images it
     /// is evaluated on; 1 to 8.
@@ -86,6 +90,7 @@ impl Default for JigsawConfig {
             permutations_per_batch: 8,
             grayscale_prob: 0.25,
             channel_drop_prob: 0.25,
+            per_tile_norm: true,
             upscale: 1,
             head_hidden: 512,
         }
@@ -269,7 +274,8 @@ pub fn cut_tiles(
 
 /// One jigsaw batch: the tiles and how the head reads them.
 pub struct JigsawBatch {
-    /// Every tile of the batch, `(9B, C, t, t)` `f32` standardised per tile; image `b`'s tile
+    /// Every tile of the batch, `(9B, C, t, t)` `f32` standardised per tile (or with the
+    /// dataset's statistics when `per_tile_norm = false`); image `b`'s tile
     /// `k` (grid raster order) is row `9b + k`.
     pub tiles: Tensor,
     /// `(B·k·9)` `u32` rows of `tiles` whose embeddings, taken 9 at a time, form the head's
@@ -332,11 +338,15 @@ pub fn jigsaw_batch(
             labels.push(p as u32);
         }
     }
-    let tiles = Tensor::from_vec(
-        standardise_tiles(&bytes, 9 * n, t, c),
-        (9 * n, c, t, t),
-        device,
-    )?;
+    let tiles = if cfg.per_tile_norm {
+        Tensor::from_vec(
+            standardise_tiles(&bytes, 9 * n, t, c),
+            (9 * n, c, t, t),
+            device,
+        )?
+    } else {
+        crate::data::hwc_u8_to_tensor(&bytes, 9 * n, t, t, c, ds.mean, ds.std, device)?
+    };
     Ok(JigsawBatch {
         tiles,
         gather: Tensor::from_vec(gather, n * k * 9, device)?,
@@ -567,6 +577,29 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(m < 1e-5, "{m}");
+        // per_tile_norm = false: the tiles are the dataset-normalised crops (replayed stream)
+        let ds_norm = JigsawConfig {
+            per_tile_norm: false,
+            ..cfg.clone()
+        };
+        let mut rng = StdRng::seed_from_u64(9);
+        let b = jigsaw_batch(&ds, &[3], &ds_norm, &perms, &mut rng, &Device::Cpu).unwrap();
+        let mut rng = StdRng::seed_from_u64(9);
+        let _ = rand::seq::index::sample(&mut rng, 10, 3);
+        let tiles = cut_tiles(ds.image(3), 32, 32, 3, &cfg.grid(), &mut rng);
+        let want = crate::data::hwc_u8_to_tensor(
+            &tiles.concat(),
+            9,
+            8,
+            8,
+            3,
+            ds.mean,
+            ds.std,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let d = (b.tiles - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
         let bad = JigsawConfig {
             permutations_per_batch: 11,
             ..cfg
