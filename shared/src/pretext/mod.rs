@@ -10,10 +10,15 @@
 //! whole image.
 
 pub mod exemplar;
+pub mod grid;
+pub mod jigsaw;
+pub mod relative_patch;
 pub mod rotation;
 pub mod simclr;
 
 pub use exemplar::{semihard_triplet_loss, ExemplarConfig, ExemplarTask};
+pub use jigsaw::{JigsawConfig, JigsawTask};
+pub use relative_patch::{RelativePatchConfig, RelativePatchTask};
 pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
 pub use simclr::{nt_xent, SimclrConfig, SimclrTask};
 
@@ -31,6 +36,10 @@ use crate::model::{Backbone, BackboneKind};
 pub enum PretextKind {
     /// Rotation prediction (Gidaris et al. 2018).
     Rotation,
+    /// Relative patch position (Doersch et al. 2015).
+    RelativePatch,
+    /// Jigsaw puzzles (Noroozi & Favaro 2016).
+    Jigsaw,
     /// Exemplar with a semi-hard triplet loss (Dosovitskiy et al. 2014; Kolesnikov et al. 2019).
     Exemplar,
     /// SimCLR contrastive learning with NT-Xent (Chen et al. 2020).
@@ -42,6 +51,8 @@ impl PretextKind {
     pub fn name(self) -> &'static str {
         match self {
             PretextKind::Rotation => "rotation",
+            PretextKind::RelativePatch => "relative_patch",
+            PretextKind::Jigsaw => "jigsaw",
             PretextKind::Exemplar => "exemplar",
             PretextKind::Simclr => "simclr",
         }
@@ -51,7 +62,11 @@ impl PretextKind {
     /// modelling needs a ViT's tokens). `compare-pretexts` switches to it.
     pub fn required_backbone(self) -> Option<BackboneKind> {
         match self {
-            PretextKind::Rotation | PretextKind::Exemplar | PretextKind::Simclr => None,
+            PretextKind::Rotation
+            | PretextKind::RelativePatch
+            | PretextKind::Jigsaw
+            | PretextKind::Exemplar
+            | PretextKind::Simclr => None,
         }
     }
 
@@ -74,6 +89,8 @@ impl PretextKind {
     pub fn all() -> &'static [PretextKind] {
         &[
             PretextKind::Rotation,
+            PretextKind::RelativePatch,
+            PretextKind::Jigsaw,
             PretextKind::Exemplar,
             PretextKind::Simclr,
         ]
@@ -85,13 +102,17 @@ impl PretextKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretextConfig {
-    /// The task: `"rotation"` (default), `"exemplar"`, `"simclr"`.
+    /// The task: `"rotation"` (default), `"relative_patch"`, `"jigsaw"`, `"exemplar"`, `"simclr"`.
     pub task: PretextKind,
     /// Also federate the task's heads (`head.*` variables): clients send them with the
     /// backbone and the coordinator aggregates them. Default `false`: heads stay local.
     pub share_heads: bool,
     /// `[pretext.rotation]`.
     pub rotation: RotationConfig,
+    /// `[pretext.relative_patch]`.
+    pub relative_patch: RelativePatchConfig,
+    /// `[pretext.jigsaw]`.
+    pub jigsaw: JigsawConfig,
     /// `[pretext.exemplar]`.
     pub exemplar: ExemplarConfig,
     /// `[pretext.simclr]`.
@@ -104,6 +125,8 @@ impl Default for PretextConfig {
             task: PretextKind::Rotation,
             share_heads: false,
             rotation: RotationConfig::default(),
+            relative_patch: RelativePatchConfig::default(),
+            jigsaw: JigsawConfig::default(),
             exemplar: ExemplarConfig::default(),
             simclr: SimclrConfig::default(),
         }
@@ -117,6 +140,8 @@ impl PretextConfig {
         let _ = backbone;
         match self.task {
             PretextKind::Rotation => Ok(()),
+            PretextKind::RelativePatch => self.relative_patch.validate(),
+            PretextKind::Jigsaw => self.jigsaw.validate(),
             PretextKind::Exemplar => self.exemplar.validate(),
             PretextKind::Simclr => self.simclr.validate(),
         }
@@ -176,6 +201,16 @@ pub fn build_task(
         )?),
         PretextKind::Simclr => Box::new(SimclrTask::new(
             &cfg.simclr,
+            backbone.feature_dim(),
+            vb.pp("head"),
+        )?),
+        PretextKind::RelativePatch => Box::new(RelativePatchTask::new(
+            &cfg.relative_patch,
+            backbone.feature_dim(),
+            vb.pp("head"),
+        )?),
+        PretextKind::Jigsaw => Box::new(JigsawTask::new(
+            &cfg.jigsaw,
             backbone.feature_dim(),
             vb.pp("head"),
         )?),
