@@ -7,9 +7,11 @@
 
 pub mod init;
 pub mod resnet;
+pub mod vit;
 
 pub use init::{build_resnet, seeded_init};
 pub use resnet::{BackboneOutput, ResNet, ResNetConfig};
+pub use vit::{Vit, VitConfig};
 
 use anyhow::Context;
 use candle_core::{DType, Device, Result, Tensor};
@@ -33,6 +35,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 pub enum BackboneKind {
     /// CIFAR-style ResNet with BasicBlocks ([`ResNet`], He et al. 2016).
     Resnet,
+    /// Vision Transformer ([`Vit`], Dosovitskiy et al. 2021), MAE's encoder layout.
+    Vit,
 }
 
 impl BackboneKind {
@@ -40,6 +44,7 @@ impl BackboneKind {
     pub fn name(self) -> &'static str {
         match self {
             BackboneKind::Resnet => "resnet",
+            BackboneKind::Vit => "vit",
         }
     }
 }
@@ -49,10 +54,12 @@ impl BackboneKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Backbone family: `"resnet"` (default).
+    /// Backbone family: `"resnet"` (default) or `"vit"`.
     pub backbone: BackboneKind,
     /// `[model.resnet]`: CIFAR-style ResNet layout.
     pub resnet: ResNetConfig,
+    /// `[model.vit]`: Vision Transformer layout.
+    pub vit: VitConfig,
 }
 
 impl Default for ModelConfig {
@@ -60,6 +67,7 @@ impl Default for ModelConfig {
         Self {
             backbone: BackboneKind::Resnet,
             resnet: ResNetConfig::default(),
+            vit: VitConfig::default(),
         }
     }
 }
@@ -69,6 +77,7 @@ impl ModelConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         match self.backbone {
             BackboneKind::Resnet => self.resnet.validate().context("in model.resnet"),
+            BackboneKind::Vit => self.vit.validate().context("in model.vit"),
         }
     }
 }
@@ -78,6 +87,8 @@ impl ModelConfig {
 pub enum Backbone {
     /// A CIFAR-style ResNet.
     ResNet(ResNet),
+    /// A Vision Transformer.
+    Vit(Vit),
 }
 
 impl Backbone {
@@ -87,6 +98,7 @@ impl Backbone {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<BackboneOutput> {
         match self {
             Backbone::ResNet(n) => n.forward_t(x, train),
+            Backbone::Vit(n) => n.forward_t(x, train),
         }
     }
 
@@ -94,6 +106,7 @@ impl Backbone {
     pub fn feature_dim(&self) -> usize {
         match self {
             Backbone::ResNet(n) => n.feature_dim(),
+            Backbone::Vit(n) => n.feature_dim(),
         }
     }
 
@@ -101,6 +114,7 @@ impl Backbone {
     pub fn kind(&self) -> BackboneKind {
         match self {
             Backbone::ResNet(_) => BackboneKind::Resnet,
+            Backbone::Vit(_) => BackboneKind::Vit,
         }
     }
 }
@@ -118,6 +132,7 @@ pub fn build_backbone(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let net = match cfg.backbone {
         BackboneKind::Resnet => Backbone::ResNet(ResNet::new(&cfg.resnet, vb)?),
+        BackboneKind::Vit => Backbone::Vit(Vit::new(&cfg.vit, vb)?),
     };
     seeded_init(&varmap, seed)?;
     Ok((net, varmap))
