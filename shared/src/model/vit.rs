@@ -360,7 +360,7 @@ impl Vit {
             candle_core::bail!("forward_visible: a kept index is ≥ the {l} patches");
         }
         let idx = keep.unsqueeze(2)?.broadcast_as((b, k, d))?.contiguous()?;
-        let mut t = t.gather(&idx, 1)?;
+        let mut t = t.contiguous()?.gather(&idx, 1)?;
         for blk in &self.blocks {
             t = blk.forward(&t)?;
         }

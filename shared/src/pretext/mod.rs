@@ -9,8 +9,10 @@
 //! (aggregated with FedAvg) too. Evaluation always reads the backbone alone, applied to the
 //! whole image.
 
+pub mod mae;
 pub mod rotation;
 
+pub use mae::{MaeConfig, MaeTask};
 pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
 
 use anyhow::Result;
@@ -27,6 +29,8 @@ use crate::model::{Backbone, BackboneKind};
 pub enum PretextKind {
     /// Rotation prediction (Gidaris et al. 2018).
     Rotation,
+    /// Masked autoencoders (He et al. 2022); needs the ViT backbone.
+    Mae,
 }
 
 impl PretextKind {
@@ -34,12 +38,13 @@ impl PretextKind {
     pub fn name(self) -> &'static str {
         match self {
             PretextKind::Rotation => "rotation",
+            PretextKind::Mae => "mae",
         }
     }
 
     /// Every task, in the order reports list them.
     pub fn all() -> &'static [PretextKind] {
-        &[PretextKind::Rotation]
+        &[PretextKind::Rotation, PretextKind::Mae]
     }
 }
 
@@ -48,13 +53,15 @@ impl PretextKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretextConfig {
-    /// The task: `"rotation"` (default).
+    /// The task: `"rotation"` (default) or `"mae"` (needs `model.backbone = "vit"`).
     pub task: PretextKind,
     /// Also federate the task's heads (`head.*` variables): clients send them with the
     /// backbone and the coordinator aggregates them. Default `false`: heads stay local.
     pub share_heads: bool,
     /// `[pretext.rotation]`.
     pub rotation: RotationConfig,
+    /// `[pretext.mae]`.
+    pub mae: MaeConfig,
 }
 
 impl Default for PretextConfig {
@@ -63,6 +70,7 @@ impl Default for PretextConfig {
             task: PretextKind::Rotation,
             share_heads: false,
             rotation: RotationConfig::default(),
+            mae: MaeConfig::default(),
         }
     }
 }
@@ -71,9 +79,17 @@ impl PretextConfig {
     /// Checks the chosen task's parameters and that it fits `backbone`; the message names the
     /// `pretext.*` key.
     pub fn validate(&self, backbone: BackboneKind) -> Result<()> {
-        let _ = backbone;
         match self.task {
             PretextKind::Rotation => Ok(()),
+            PretextKind::Mae => {
+                if backbone != BackboneKind::Vit {
+                    anyhow::bail!(
+                        "pretext.task = \"mae\" needs model.backbone = \"vit\", got \"{}\"",
+                        backbone.name()
+                    );
+                }
+                self.mae.validate()
+            }
         }
     }
 }
@@ -124,5 +140,9 @@ pub fn build_task(
             backbone.feature_dim(),
             vb.pp("head"),
         )?),
+        PretextKind::Mae => match backbone {
+            Backbone::Vit(vit) => Box::new(MaeTask::new(&cfg.mae, vit, vb.pp("head"))?),
+            _ => unreachable!("validate refuses mae without the vit backbone"),
+        },
     })
 }
