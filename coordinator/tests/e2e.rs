@@ -214,3 +214,56 @@ async fn too_few_survivors_fail_the_run_but_keep_completed_checkpoints() {
     assert!(!out.join("checkpoints/round-0002.safetensors").exists());
     assert!(!out.join("final.safetensors").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_of_mae_on_a_tiny_vit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let sc = scenario(&[
+        "model.backbone=\"vit\"",
+        "model.vit.dim=32",
+        "model.vit.depth=1",
+        "model.vit.heads=2",
+        "pretext.task=\"mae\"",
+        "pretext.mae.decoder_dim=16",
+        "pretext.mae.decoder_heads=2",
+        "federation.rounds=1",
+        "eval.epochs=5",
+    ]);
+    let summary = simulate(sc, &out).await.unwrap();
+    assert_eq!(summary.rounds_completed, 1);
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["pretext"], "mae");
+    assert_eq!(s["backbone"], "vit");
+    assert_eq!(s["rounds_completed"], 1);
+    let top1 = s["eval"]["linear"]["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1));
+    let rounds = read_rounds(&out);
+    assert_eq!(rounds.len(), 1);
+    assert_eq!(
+        rounds[0]["accuracy"],
+        serde_json::json!({}),
+        "MAE has no accuracy"
+    );
+    for c in ["0", "1", "2"] {
+        let loss = rounds[0]["loss"][c].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0);
+    }
+    // only the encoder travels: no decoder (`head.*`) in the global weights
+    let fin = WeightSet::load(&out.join("final.safetensors")).unwrap();
+    assert!(fin.tensors.keys().all(|k| !k.starts_with("head.")));
+    assert!(fin.tensors.contains_key("blocks.0.attn.qkv.weight"));
+}
+
+#[test]
+fn mae_without_the_vit_backbone_is_refused_naming_both_keys() {
+    let overrides = vec!["pretext.task=\"mae\"".to_string()];
+    let err = Scenario::from_toml_str(TINY, &overrides)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pretext.task") && err.contains("model.backbone"),
+        "{err}"
+    );
+}

@@ -210,7 +210,9 @@ impl MaeTask {
         let (b, k, _) = enc.dims3()?;
         let (l, d) = (masks.len, self.cfg.decoder_dim);
         let dev = enc.device();
-        let x = self.decoder_embed.forward(&enc.reshape((b * k, enc.dim(2)?))?)?;
+        let x = self
+            .decoder_embed
+            .forward(&enc.reshape((b * k, enc.dim(2)?))?)?;
         let x = x.reshape((b, k, d))?;
         let tokens = self.mask_token.broadcast_as((b, l - k, d))?;
         let x = Tensor::cat(&[&x, &tokens.contiguous()?], 1)?.contiguous()?; // (B, L, d), shuffle order
@@ -371,17 +373,17 @@ mod tests {
     fn loss_counts_only_masked_patches() {
         let dev = Device::Cpu;
         // B = 1, L = 4, P = 2; patches 1 and 3 masked
-        let target = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6., 7., 8.], (1, 4, 2), &dev)
-            .unwrap();
+        let target =
+            Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6., 7., 8.], (1, 4, 2), &dev).unwrap();
         let mask = Tensor::from_vec(vec![0f32, 1., 0., 1.], (1, 4), &dev).unwrap();
         // right on masked patches, wrong on visible ones → 0
-        let pred = Tensor::from_vec(vec![9f32, 9., 3., 4., -9., 9., 7., 8.], (1, 4, 2), &dev)
-            .unwrap();
+        let pred =
+            Tensor::from_vec(vec![9f32, 9., 3., 4., -9., 9., 7., 8.], (1, 4, 2), &dev).unwrap();
         let loss = masked_mse(&pred, &target, &mask).unwrap();
         assert_eq!(loss.to_scalar::<f32>().unwrap(), 0.0);
         // one value of masked patch 3 off by 2: patch error (4 + 0)/2 = 2, mean over 2 masked = 1
-        let pred = Tensor::from_vec(vec![9f32, 9., 3., 4., -9., 9., 9., 8.], (1, 4, 2), &dev)
-            .unwrap();
+        let pred =
+            Tensor::from_vec(vec![9f32, 9., 3., 4., -9., 9., 9., 8.], (1, 4, 2), &dev).unwrap();
         let loss = masked_mse(&pred, &target, &mask).unwrap();
         assert!((loss.to_scalar::<f32>().unwrap() - 1.0).abs() < 1e-6);
     }
@@ -450,7 +452,10 @@ mod tests {
         let grads = out.loss.backward().unwrap();
         for vm in [&bvars, &hvars] {
             for (name, var) in vm.data().lock().unwrap().iter() {
-                assert!(grads.get(var.as_tensor()).is_some(), "no gradient for {name}");
+                assert!(
+                    grads.get(var.as_tensor()).is_some(),
+                    "no gradient for {name}"
+                );
             }
         }
         let names: Vec<String> = hvars.data().lock().unwrap().keys().cloned().collect();
@@ -473,8 +478,7 @@ mod tests {
             unreachable!()
         };
         let ds = crate::data::synthetic::generate(1, 0);
-        let x = hwc_u8_to_tensor(ds.image(0), 1, 32, 32, 3, ds.mean, ds.std, &Device::Cpu)
-            .unwrap();
+        let x = hwc_u8_to_tensor(ds.image(0), 1, 32, 32, 3, ds.mean, ds.std, &Device::Cpu).unwrap();
         let predict = |seed| {
             let m = random_masks(1, 64, 16, &mut StdRng::seed_from_u64(seed));
             let keep = Tensor::from_vec(m.keep.clone(), (1, 16), &Device::Cpu).unwrap();
