@@ -66,13 +66,13 @@ impl VitConfig {
         if self.heads == 0 || self.mlp_ratio == 0 {
             anyhow::bail!("vit: `heads` and `mlp_ratio` must be positive");
         }
-        if self.dim % 4 != 0 {
+        if !self.dim.is_multiple_of(4) {
             anyhow::bail!(
                 "vit: `dim` must be a multiple of 4 (2-D sin-cos position embedding), got {}",
                 self.dim
             );
         }
-        if self.dim % self.heads != 0 {
+        if !self.dim.is_multiple_of(self.heads) {
             anyhow::bail!(
                 "vit: `dim` ({}) must be a multiple of `heads` ({})",
                 self.dim,
@@ -93,7 +93,7 @@ impl VitConfig {
 /// cos(pos·ω_{m−1})]` with `m = dim/4` and `ω_t = 10000^(−t/m)`. Panics unless `dim % 4 == 0`.
 pub fn sincos_pos_embed_2d(dim: usize, gh: usize, gw: usize) -> Vec<f32> {
     assert!(
-        dim % 4 == 0,
+        dim.is_multiple_of(4),
         "sin-cos position embedding needs dim % 4 == 0"
     );
     let m = dim / 4;
@@ -118,7 +118,7 @@ pub fn sincos_pos_embed_2d(dim: usize, gh: usize, gw: usize) -> Vec<f32> {
 /// 4-D and `p` divides `H` and `W`.
 pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    if p == 0 || h % p != 0 || w % p != 0 {
+    if p == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
         candle_core::bail!("patchify: patch size {p} does not divide the {h}x{w} image");
     }
     let (gh, gw) = (h / p, w / p);
@@ -235,7 +235,7 @@ impl Block {
     /// A block of width `dim` with `heads` heads (`dim % heads == 0`) and an MLP of hidden
     /// width `mlp_ratio·dim`, variables under `vb`.
     pub fn new(dim: usize, heads: usize, mlp_ratio: usize, vb: VarBuilder) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             candle_core::bail!("transformer block: dim {dim} is not a multiple of {heads} heads");
         }
         let mlp = vb.pp("mlp");
@@ -303,7 +303,7 @@ impl Vit {
     pub fn grid(&self, x: &Tensor) -> Result<(usize, usize)> {
         let (_, c, h, w) = x.dims4()?;
         let p = self.cfg.patch_size;
-        if c != 3 || h % p != 0 || w % p != 0 || h == 0 || w == 0 {
+        if c != 3 || !h.is_multiple_of(p) || !w.is_multiple_of(p) || h == 0 || w == 0 {
             candle_core::bail!(
                 "vit: needs (B, 3, H, W) images with H and W multiples of the patch size {p}, got (B, {c}, {h}, {w})"
             );

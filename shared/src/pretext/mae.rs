@@ -69,10 +69,10 @@ impl MaeConfig {
             );
         }
         let d = self.decoder_dim;
-        if d == 0 || d % 4 != 0 {
+        if d == 0 || !d.is_multiple_of(4) {
             bail!("pretext.mae.decoder_dim must be a positive multiple of 4, got {d}");
         }
-        if self.decoder_heads == 0 || d % self.decoder_heads != 0 {
+        if self.decoder_heads == 0 || !d.is_multiple_of(self.decoder_heads) {
             bail!(
                 "pretext.mae.decoder_heads must divide pretext.mae.decoder_dim ({d}), got {}",
                 self.decoder_heads
@@ -254,16 +254,7 @@ impl MaeTask {
                 bytes.extend_from_slice(img);
             }
         }
-        Ok(hwc_u8_to_tensor(
-            &bytes,
-            idx.len(),
-            h,
-            w,
-            c,
-            ds.mean,
-            ds.std,
-            device,
-        )?)
+        hwc_u8_to_tensor(&bytes, idx.len(), h, w, c, ds.mean, ds.std, device)
     }
 }
 
