@@ -557,6 +557,47 @@ mod tests {
     }
 
     #[test]
+    fn seeded_init_of_vit_and_decoder_variables() {
+        let (_net, vm) = tiny(16, 1);
+        let data = vm.data().lock().unwrap();
+        let get = |n: &str| {
+            data[n]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(get("norm.weight"), vec![1.0; 16]);
+        assert_eq!(get("norm.bias"), vec![0.0; 16]);
+        assert_eq!(get("blocks.0.norm1.bias"), vec![0.0; 16]);
+        // Linear: PyTorch default U(−1/√in, 1/√in), in = 16 → |w| < 0.25, biases too
+        for n in ["blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.bias"] {
+            let v = get(n);
+            assert!(
+                v.iter().all(|x| x.abs() < 0.25) && v.iter().any(|x| x.abs() > 0.1),
+                "{n}"
+            );
+        }
+        drop(data);
+        // MAE's mask token: N(0, 0.02²)
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        vb.pp("head").get((1, 1, 4000), "mask_token").unwrap();
+        crate::model::seeded_init(&vm, 0).unwrap();
+        let t = vm.data().lock().unwrap()["head.mask_token"]
+            .as_tensor()
+            .clone();
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+        assert!(
+            mean.abs() < 0.002 && (std - 0.02).abs() < 0.002,
+            "{mean} {std}"
+        );
+    }
+
+    #[test]
     fn layer_norm_known_values() {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
