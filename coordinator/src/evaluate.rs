@@ -214,11 +214,14 @@ pub fn adaptive_avg_pool(
     }
 }
 
-/// Names of the layers [`extract_layers`] returns for a backbone with `stages` stages.
+/// Names of the layers [`extract_layers`] returns for a backbone with `stages` stages:
+/// ResNet `stage1..S`, VGG-BN `block1..5`, ViT `block1..depth` (each transformer block's tokens
+/// as a `(D, H/p, W/p)` map), then `pre_logits`.
 pub fn layer_names(kind: BackboneKind, stages: usize) -> Vec<String> {
     let prefix = match kind {
         BackboneKind::Resnet => "stage",
         BackboneKind::VggBn => "block",
+        BackboneKind::Vit => "block",
     };
     let mut v: Vec<String> = (1..=stages).map(|s| format!("{prefix}{s}")).collect();
     v.push("pre_logits".into());
@@ -696,7 +699,7 @@ impl KnnMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fedssl_shared::model::{ResNetConfig, VggConfig};
+    use fedssl_shared::model::VggConfig;
 
     #[test]
     fn few_label_subset_has_exactly_k_per_class_and_follows_the_seed() {
@@ -751,7 +754,7 @@ mod tests {
                 base_width: 8,
                 ..VggConfig::default()
             },
-            resnet: ResNetConfig::default(),
+            ..ModelConfig::default()
         };
         let dims = |cfg: &ModelConfig, pooling| -> Vec<(String, Vec<usize>, usize)> {
             let (b, _) = build_backbone(cfg, 0, &Device::Cpu).unwrap();

@@ -377,6 +377,11 @@ async fn every_pretext_task_runs_one_federated_round() {
             "pretext.exemplar.views=3".into(),
             "pretext.jigsaw.permutations=10".into(),
             "pretext.jigsaw.permutations_per_batch=4".into(),
+            "model.vit.dim=32".into(),
+            "model.vit.depth=1".into(),
+            "model.vit.heads=2".into(),
+            "pretext.mae.decoder_dim=16".into(),
+            "pretext.mae.decoder_heads=2".into(),
         ];
         if let Some(b) = kind.required_backbone() {
             set.push(format!("model.backbone=\"{}\"", b.name()));
@@ -398,5 +403,36 @@ async fn every_pretext_task_runs_one_federated_round() {
                 assert!((0.0..=1.0).contains(&acc), "{task}: {acc}");
             }
         }
+        if task == "mae" {
+            assert_eq!(
+                rounds[0]["accuracy"],
+                serde_json::json!({}),
+                "MAE has no accuracy"
+            );
+        } else {
+            assert_eq!(
+                rounds[0]["accuracy"].as_object().unwrap().len(),
+                2,
+                "{task}"
+            );
+        }
+        // only the backbone travels: no pretext head (`head.*`) in the global weights
+        let fin = WeightSet::load(&out.join("final.safetensors")).unwrap();
+        assert!(
+            fin.tensors.keys().all(|k| !k.starts_with("head.")),
+            "{task}"
+        );
     }
+}
+
+#[test]
+fn mae_without_the_vit_backbone_is_refused_naming_both_keys() {
+    let overrides = vec!["pretext.task=\"mae\"".to_string()];
+    let err = Scenario::from_toml_str(TINY, &overrides)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pretext.task") && err.contains("model.backbone"),
+        "{err}"
+    );
 }

@@ -30,7 +30,9 @@ pub fn build_resnet(cfg: &ResNetConfig, seed: u64, device: &Device) -> Result<(R
 ///   gain: `N(0, 2 / (C_out·K·K))` (He et al., "Delving Deep into Rectifiers", 2015);
 /// * 2-D weights (linear `(out, in)`) and their biases: `U(−1/√in, 1/√in)` (PyTorch's
 ///   `nn.Linear` default); a conv bias uses `in = C_in·K·K`;
-/// * other 1-D `*.weight` (e.g. LayerNorm) → 1.
+/// * other 1-D `*.weight` (e.g. LayerNorm) → 1, and a 1-D `*.bias` whose sibling weight is
+///   1-D (LayerNorm β) → 0;
+/// * `*.mask_token` (MAE's learned mask token, any shape) → `N(0, 0.02²)` as MAE.
 ///
 /// Errors, naming the variable, on one that matches none of these rules.
 pub fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
@@ -73,6 +75,18 @@ pub fn seeded_init(varmap: &VarMap, seed: u64) -> Result<()> {
                 .collect()
         } else if dims.len() == 2 && leaf == "weight" {
             uniform(&mut rng, n, dims[1])
+        } else if leaf == "mask_token" {
+            (0..n)
+                .map(|_| {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    (z * 0.02) as f32
+                })
+                .collect()
+        } else if dims.len() == 1
+            && leaf == "bias"
+            && sibling(name, "weight").is_some_and(|w| w.len() == 1)
+        {
+            vec![0.0; n]
         } else if dims.len() == 1 && leaf == "bias" {
             let fan_in = match sibling(name, "weight") {
                 Some(w) if w.len() >= 2 => w[1..].iter().product(),

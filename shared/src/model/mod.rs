@@ -8,10 +8,12 @@
 pub mod init;
 pub mod resnet;
 pub mod vgg;
+pub mod vit;
 
 pub use init::{build_resnet, seeded_init};
 pub use resnet::{BackboneOutput, ResNet, ResNetConfig};
 pub use vgg::{Vgg, VggConfig};
+pub use vit::{Vit, VitConfig};
 
 use anyhow::Context;
 use candle_core::{DType, Device, Result, Tensor};
@@ -37,6 +39,8 @@ pub enum BackboneKind {
     Resnet,
     /// VGG with BatchNorm, adapted to 32×32 ([`Vgg`], Simonyan & Zisserman 2015).
     VggBn,
+    /// Vision Transformer ([`Vit`], Dosovitskiy et al. 2021), MAE's encoder layout.
+    Vit,
 }
 
 impl BackboneKind {
@@ -45,6 +49,7 @@ impl BackboneKind {
         match self {
             BackboneKind::Resnet => "resnet",
             BackboneKind::VggBn => "vgg_bn",
+            BackboneKind::Vit => "vit",
         }
     }
 }
@@ -54,12 +59,14 @@ impl BackboneKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Backbone family: `"resnet"` (default) or `"vgg_bn"`.
+    /// Backbone family: `"resnet"` (default), `"vgg_bn"` or `"vit"`.
     pub backbone: BackboneKind,
     /// `[model.resnet]`: CIFAR-style ResNet layout.
     pub resnet: ResNetConfig,
     /// `[model.vgg]`: VGG-BN layout.
     pub vgg: VggConfig,
+    /// `[model.vit]`: Vision Transformer layout.
+    pub vit: VitConfig,
 }
 
 impl Default for ModelConfig {
@@ -68,6 +75,7 @@ impl Default for ModelConfig {
             backbone: BackboneKind::Resnet,
             resnet: ResNetConfig::default(),
             vgg: VggConfig::default(),
+            vit: VitConfig::default(),
         }
     }
 }
@@ -78,6 +86,7 @@ impl ModelConfig {
         match self.backbone {
             BackboneKind::Resnet => self.resnet.validate().context("in model.resnet"),
             BackboneKind::VggBn => self.vgg.validate().context("in model.vgg"),
+            BackboneKind::Vit => self.vit.validate().context("in model.vit"),
         }
     }
 }
@@ -89,6 +98,8 @@ pub enum Backbone {
     ResNet(ResNet),
     /// A VGG-BN.
     Vgg(Vgg),
+    /// A Vision Transformer.
+    Vit(Vit),
 }
 
 impl Backbone {
@@ -99,6 +110,7 @@ impl Backbone {
         match self {
             Backbone::ResNet(n) => n.forward_t(x, train),
             Backbone::Vgg(n) => n.forward_t(x, train),
+            Backbone::Vit(n) => n.forward_t(x, train),
         }
     }
 
@@ -107,6 +119,7 @@ impl Backbone {
         match self {
             Backbone::ResNet(n) => n.feature_dim(),
             Backbone::Vgg(n) => n.feature_dim(),
+            Backbone::Vit(n) => n.feature_dim(),
         }
     }
 
@@ -115,6 +128,7 @@ impl Backbone {
         match self {
             Backbone::ResNet(_) => BackboneKind::Resnet,
             Backbone::Vgg(_) => BackboneKind::VggBn,
+            Backbone::Vit(_) => BackboneKind::Vit,
         }
     }
 }
@@ -133,6 +147,7 @@ pub fn build_backbone(
     let net = match cfg.backbone {
         BackboneKind::Resnet => Backbone::ResNet(ResNet::new(&cfg.resnet, vb)?),
         BackboneKind::VggBn => Backbone::Vgg(Vgg::new(&cfg.vgg, vb)?),
+        BackboneKind::Vit => Backbone::Vit(Vit::new(&cfg.vit, vb)?),
     };
     seeded_init(&varmap, seed)?;
     Ok((net, varmap))

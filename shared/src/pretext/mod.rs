@@ -12,12 +12,14 @@
 pub mod exemplar;
 pub mod grid;
 pub mod jigsaw;
+pub mod mae;
 pub mod relative_patch;
 pub mod rotation;
 pub mod simclr;
 
 pub use exemplar::{semihard_triplet_loss, ExemplarConfig, ExemplarTask};
 pub use jigsaw::{JigsawConfig, JigsawTask};
+pub use mae::{MaeConfig, MaeTask};
 pub use relative_patch::{RelativePatchConfig, RelativePatchTask};
 pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
 pub use simclr::{nt_xent, SimclrConfig, SimclrTask};
@@ -44,6 +46,8 @@ pub enum PretextKind {
     Exemplar,
     /// SimCLR contrastive learning with NT-Xent (Chen et al. 2020).
     Simclr,
+    /// Masked autoencoders (He et al. 2022); needs the ViT backbone.
+    Mae,
 }
 
 impl PretextKind {
@@ -55,6 +59,7 @@ impl PretextKind {
             PretextKind::Jigsaw => "jigsaw",
             PretextKind::Exemplar => "exemplar",
             PretextKind::Simclr => "simclr",
+            PretextKind::Mae => "mae",
         }
     }
 
@@ -67,6 +72,7 @@ impl PretextKind {
             | PretextKind::Jigsaw
             | PretextKind::Exemplar
             | PretextKind::Simclr => None,
+            PretextKind::Mae => Some(BackboneKind::Vit),
         }
     }
 
@@ -93,6 +99,7 @@ impl PretextKind {
             PretextKind::Jigsaw,
             PretextKind::Exemplar,
             PretextKind::Simclr,
+            PretextKind::Mae,
         ]
     }
 }
@@ -102,7 +109,8 @@ impl PretextKind {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretextConfig {
-    /// The task: `"rotation"` (default), `"relative_patch"`, `"jigsaw"`, `"exemplar"`, `"simclr"`.
+    /// The task: `"rotation"` (default), `"relative_patch"`, `"jigsaw"`, `"exemplar"`, `"simclr"`
+    /// or `"mae"` (needs `model.backbone = "vit"`).
     pub task: PretextKind,
     /// Also federate the task's heads (`head.*` variables): clients send them with the
     /// backbone and the coordinator aggregates them. Default `false`: heads stay local.
@@ -117,6 +125,8 @@ pub struct PretextConfig {
     pub exemplar: ExemplarConfig,
     /// `[pretext.simclr]`.
     pub simclr: SimclrConfig,
+    /// `[pretext.mae]`.
+    pub mae: MaeConfig,
 }
 
 impl Default for PretextConfig {
@@ -129,6 +139,7 @@ impl Default for PretextConfig {
             jigsaw: JigsawConfig::default(),
             exemplar: ExemplarConfig::default(),
             simclr: SimclrConfig::default(),
+            mae: MaeConfig::default(),
         }
     }
 }
@@ -137,13 +148,21 @@ impl PretextConfig {
     /// Checks the chosen task's parameters and that it fits `backbone`; the message names the
     /// `pretext.*` key.
     pub fn validate(&self, backbone: BackboneKind) -> Result<()> {
-        let _ = backbone;
         match self.task {
             PretextKind::Rotation => Ok(()),
             PretextKind::RelativePatch => self.relative_patch.validate(),
             PretextKind::Jigsaw => self.jigsaw.validate(),
             PretextKind::Exemplar => self.exemplar.validate(),
             PretextKind::Simclr => self.simclr.validate(),
+            PretextKind::Mae => {
+                if backbone != BackboneKind::Vit {
+                    anyhow::bail!(
+                        "pretext.task = \"mae\" needs model.backbone = \"vit\", got \"{}\"",
+                        backbone.name()
+                    );
+                }
+                self.mae.validate()
+            }
         }
     }
 }
@@ -214,5 +233,9 @@ pub fn build_task(
             backbone.feature_dim(),
             vb.pp("head"),
         )?),
+        PretextKind::Mae => match backbone {
+            Backbone::Vit(vit) => Box::new(MaeTask::new(&cfg.mae, vit, vb.pp("head"))?),
+            _ => anyhow::bail!("pretext.task = \"mae\" needs model.backbone = \"vit\""),
+        },
     })
 }
