@@ -91,7 +91,8 @@ pub struct LocalModel {
 
 impl LocalModel {
     /// A backbone from [`build_backbone`]`(model, backbone_seed)` and the task's heads
-    /// initialised by [`seeded_init`] from `head_seed`. Errors on an invalid config.
+    /// initialised by [`seeded_init`] from `seed::derive(head_seed, "rotation-head", 0)`.
+    /// Errors on an invalid config.
     pub fn new(
         model: &ModelConfig,
         pretext: &PretextConfig,
@@ -103,7 +104,12 @@ impl LocalModel {
         let head_vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&head_vars, DType::F32, device);
         let task = build_task(pretext, &backbone, vb)?;
-        seeded_init(&head_vars, head_seed)?;
+        // the stream keeps the name it had when rotation was the only task, so that the
+        // rotation runs of earlier versions are reproduced bit for bit
+        seeded_init(
+            &head_vars,
+            crate::seed::derive(head_seed, "rotation-head", 0),
+        )?;
         Ok(Self {
             backbone,
             backbone_vars,
