@@ -61,6 +61,27 @@ class Net(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+def reset_peak_rss():
+    """Linux: writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes():
+    """Peak resident set size (VmHWM) in bytes since the last reset; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def timed(fn, warmup, iters):
     for _ in range(warmup):
         fn()
@@ -81,6 +102,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    reset_peak_rss()
     net = Net()
     x = torch.randn(a.batch, 3, 32, 32)
     y = torch.tensor([(i * 7 + 3) % 10 for i in range(a.batch)])
@@ -109,6 +131,7 @@ def main():
         "threads": torch.get_num_threads(),
         "batch": a.batch,
         "torch_version": torch.__version__,
+        "peak_rss_bytes": peak_rss_bytes(),
         "mkldnn": torch.backends.mkldnn.is_available(),
     }))
 

@@ -14,7 +14,9 @@
 //! Variants: `candle-stock` (candle's conv2d, BatchNorm, ReLU), `fedssl-conv` (our conv2d,
 //! candle's BatchNorm and ReLU), `fedssl-all` (our conv2d, batch_norm, relu, add_relu).
 //! Throughput is the batch over the best (minimum) step time of `--iters` timed steps, which is
-//! the least disturbed by other work on a shared machine; the median is in the JSON too.
+//! the least disturbed by other work on a shared machine; the median is in the JSON too. Peak
+//! memory is the process's peak resident set while a variant runs (Linux `VmHWM`, reset before
+//! each variant through `/proc/self/clear_refs`; the PyTorch script does the same).
 //!
 //! Flags: `--threads N` (default 2), `--batch B` (128), `--iters K` timed steps (3),
 //! `--warmup W` (1), `--ops stock|conv|all|fast|every` (every; fast = conv + all),
@@ -260,8 +262,26 @@ fn time_it(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Re
     Ok((best, median(t)))
 }
 
+/// Resets the process's peak resident set (Linux: writing 5 to `/proc/self/clear_refs` sets
+/// `VmHWM` back to the current RSS). Errors are ignored: then the peak spans the process.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size of this process in bytes since the last [`reset_peak_rss`]
+/// (`VmHWM` of `/proc/self/status`); `None` off Linux.
+fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 struct Measured {
     kind: ConvKind,
+    /// Peak resident memory of the process while this variant ran (bytes), training and
+    /// inference together, model and data included.
+    peak_rss: Option<u64>,
     /// Images per second: (best step, median step).
     train: (f64, f64),
     infer: (f64, f64),
@@ -269,6 +289,7 @@ struct Measured {
 }
 
 fn measure(kind: ConvKind, a: &Args) -> Result<Measured> {
+    reset_peak_rss();
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
@@ -296,6 +317,7 @@ fn measure(kind: ConvKind, a: &Args) -> Result<Measured> {
         train: (b / train_s.0, b / train_s.1),
         infer: (b / infer_s.0, b / infer_s.1),
         final_loss: loss_v,
+        peak_rss: peak_rss_bytes(),
     })
 }
 
@@ -402,6 +424,13 @@ fn pytorch(a: &Args) -> std::result::Result<serde_json::Value, String> {
     serde_json::from_str(last).map_err(|e| format!("{script} printed no JSON ({e}): {last}"))
 }
 
+/// Bytes as MiB for the table, `-` when unknown.
+fn mib(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| {
+        format!("{:.0}", b as f64 / (1024.0 * 1024.0))
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let a = parse_args().map_err(anyhow::Error::msg)?;
     // Candle sizes its pool and its GEMM parallelism from RAYON_NUM_THREADS; set it before the
@@ -412,18 +441,19 @@ fn main() -> anyhow::Result<()> {
         a.batch, a.threads, a.iters
     );
     println!(
-        "  {:<14} {:>12} {:>16}",
-        "ops", "train img/s", "inference img/s"
+        "  {:<14} {:>12} {:>16} {:>10}",
+        "ops", "train img/s", "inference img/s", "peak MiB"
     );
     let (results, rows) = Device::Cpu.with_context(|| -> Result<_> {
         let mut results = Vec::new();
         for &kind in &a.kinds {
             let m = measure(kind, &a)?;
             println!(
-                "  {:<14} {:>12.1} {:>16.1}   (median {:.1} / {:.1}, loss {:.3})",
+                "  {:<14} {:>12.1} {:>16.1} {:>10}   (median {:.1} / {:.1}, loss {:.3})",
                 m.kind.name(),
                 m.train.0,
                 m.infer.0,
+                mib(m.peak_rss),
                 m.train.1,
                 m.infer.1,
                 m.final_loss
@@ -449,10 +479,11 @@ fn main() -> anyhow::Result<()> {
                 t["infer_ips"].as_f64().unwrap_or(f64::NAN),
             );
             println!(
-                "  {:<14} {:>12.1} {:>16.1}   (torch {})",
+                "  {:<14} {:>12.1} {:>16.1} {:>10}   (torch {})",
                 "pytorch",
                 tt,
                 ti,
+                mib(t["peak_rss_bytes"].as_u64()),
                 t["torch_version"].as_str().unwrap_or("?")
             );
             (Some(tt), Some(ti))
@@ -503,7 +534,9 @@ fn main() -> anyhow::Result<()> {
                 "inference_images_per_s": m.infer.0,
                 "train_images_per_s_median": m.train.1,
                 "inference_images_per_s_median": m.infer.1,
+                "peak_rss_bytes": m.peak_rss,
             })).collect::<Vec<_>>(),
+            "peak_rss": "peak resident memory of the process while the variant ran (Linux VmHWM, reset before each variant), model, data and allocator included",
             "breakdown_ms_per_step": rows.iter().map(|(n, f, fb)| serde_json::json!({
                 "op": n, "fwd": f, "fwd_bwd": fb,
             })).collect::<Vec<_>>(),
