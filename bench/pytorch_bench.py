@@ -61,6 +61,28 @@ class Net(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+class Vgg11Bn(nn.Module):
+    """fedssl's vgg_bn as benched: VGG-11 (configuration A) with BatchNorm, blocks of 1, 1, 2,
+    2, 2 conv3x3-BN-ReLU layers of 32, 64, 128, 256, 256 channels (no bias), a 2x2 max-pool
+    after each block (32 -> 1), global average pool, hidden Linear 256->256 (no bias) + BN1d +
+    ReLU (the pre-logits), linear 256->10."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c_in = [], 3
+        for n, c in zip([1, 1, 2, 2, 2], [32, 64, 128, 256, 256]):
+            for _ in range(n):
+                layers += [nn.Conv2d(c_in, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+                c_in = c
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.hidden = nn.Sequential(nn.Linear(256, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU())
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc(self.hidden(self.features(x).mean((2, 3))))
+
+
 def reset_peak_rss():
     """Linux: writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS."""
     try:
@@ -99,11 +121,12 @@ def main():
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--model", choices=["resnet", "vgg11"], default="resnet")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     reset_peak_rss()
-    net = Net()
+    net = Net() if a.model == "resnet" else Vgg11Bn()
     x = torch.randn(a.batch, 3, 32, 32)
     y = torch.tensor([(i * 7 + 3) % 10 for i in range(a.batch)])
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
@@ -130,6 +153,7 @@ def main():
         "infer_ips_median": a.batch / infer_s[1],
         "threads": torch.get_num_threads(),
         "batch": a.batch,
+        "model": a.model,
         "torch_version": torch.__version__,
         "peak_rss_bytes": peak_rss_bytes(),
         "mkldnn": torch.backends.mkldnn.is_available(),

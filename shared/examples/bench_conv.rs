@@ -1,5 +1,6 @@
 //! CPU training/inference throughput of a small CIFAR ResNet with candle's stock ops against
-//! `fedssl_shared::ops` (issue 3), and against PyTorch when `python3 -c "import torch"` works.
+//! `fedssl_shared::ops` (issue 3), and of fedssl's VGG-11-BN backbone, each against PyTorch
+//! when `python3 -c "import torch"` works.
 //!
 //! ```text
 //! cargo run --release -p fedssl-shared --example bench_conv -- --threads 2 --out bench.json
@@ -189,7 +190,62 @@ struct Args {
     kinds: Vec<ConvKind>,
     breakdown: bool,
     pytorch: bool,
+    /// Also benchmark the project's VGG-11-BN backbone ([`vgg_config`]).
+    vgg: bool,
     out: Option<String>,
+}
+
+/// The VGG-BN of the benchmark: fedssl's own backbone (`model.backbone = "vgg_bn"`), VGG-11
+/// with `base_width` 32 (blocks of 32, 64, 128, 256, 256 channels), hidden layer 256, plus
+/// a linear 256→10 classifier; `bench/pytorch_bench.py --model vgg11` builds the same layers.
+fn vgg_config() -> fedssl_shared::model::ModelConfig {
+    fedssl_shared::model::ModelConfig {
+        backbone: fedssl_shared::model::BackboneKind::VggBn,
+        vgg: fedssl_shared::model::VggConfig {
+            depth: 11,
+            base_width: 32,
+            widen: 1,
+            hidden: Some(256),
+        },
+        ..Default::default()
+    }
+}
+
+/// Training and inference images/s of fedssl's VGG-11-BN ([`vgg_config`]) with a linear
+/// classifier: the same step as [`measure`] (forward in training mode, cross-entropy, backward,
+/// SGD lr 0.01), the ops fedssl runs (our conv, BN, ReLU; candle's max-pool).
+fn measure_vgg(a: &Args) -> anyhow::Result<Measured> {
+    reset_peak_rss();
+    let dev = Device::Cpu;
+    let (net, varmap) = fedssl_shared::model::build_backbone(&vgg_config(), 0, &dev)?;
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let fc = candle_nn::linear(net.feature_dim(), 10, vb.pp("fc"))?;
+    let x = Tensor::randn(0f32, 1.0, (a.batch, 3, 32, 32), &dev)?;
+    let labels: Vec<u32> = (0..a.batch as u32).map(|i| (i * 7 + 3) % 10).collect();
+    let y = Tensor::new(labels, &dev)?;
+    // candle's SGD steps only variables with a gradient: BN running statistics are left alone
+    let mut opt = candle_nn::SGD::new(varmap.all_vars(), 0.01)?;
+    let mut loss_v = f32::NAN;
+    let train_s = time_it(a.warmup, a.iters, || {
+        let logits = fc.forward(&net.forward_t(&x, true)?.pre_logits)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        opt.backward_step(&loss)?;
+        loss_v = loss.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let infer_s = time_it(a.warmup, a.iters, || {
+        let logits = fc.forward(&net.forward_t(&x, false)?.pre_logits)?;
+        logits.sum_all()?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    let b = a.batch as f64;
+    Ok(Measured {
+        kind: ConvKind::All,
+        train: (b / train_s.0, b / train_s.1),
+        infer: (b / infer_s.0, b / infer_s.1),
+        final_loss: loss_v,
+        peak_rss: peak_rss_bytes(),
+    })
 }
 
 fn parse_args() -> std::result::Result<Args, String> {
@@ -201,6 +257,7 @@ fn parse_args() -> std::result::Result<Args, String> {
         kinds: vec![ConvKind::Stock, ConvKind::Fast, ConvKind::All],
         breakdown: false,
         pytorch: true,
+        vgg: true,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -228,11 +285,12 @@ fn parse_args() -> std::result::Result<Args, String> {
             }
             "--breakdown" => a.breakdown = true,
             "--no-pytorch" => a.pytorch = false,
+            "--no-vgg" => a.vgg = false,
             "--out" => a.out = Some(val()?),
             "-h" | "--help" => {
                 println!(
                     "bench_conv [--threads N] [--batch B] [--iters K] [--warmup W] \
-                     [--ops stock|conv|all|fast|every] [--breakdown] [--no-pytorch] [--out FILE]"
+                     [--ops stock|conv|all|fast|every] [--breakdown] [--no-pytorch] [--no-vgg] [--out FILE]"
                 );
                 std::process::exit(0);
             }
@@ -395,7 +453,7 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
     Ok(rows)
 }
 
-fn pytorch(a: &Args) -> std::result::Result<serde_json::Value, String> {
+fn pytorch(a: &Args, model: &str) -> std::result::Result<serde_json::Value, String> {
     let ok = std::process::Command::new("python3")
         .args(["-c", "import torch"])
         .output()
@@ -411,6 +469,7 @@ fn pytorch(a: &Args) -> std::result::Result<serde_json::Value, String> {
         .args(["--batch", &a.batch.to_string()])
         .args(["--iters", &a.iters.to_string()])
         .args(["--warmup", &a.warmup.max(1).to_string()])
+        .args(["--model", model])
         .output()
         .map_err(|e| format!("running {script}: {e}"))?;
     if !out.status.success() {
@@ -467,8 +526,44 @@ fn main() -> anyhow::Result<()> {
         };
         Ok((results, rows))
     })?;
+    let vgg = if a.vgg {
+        let m = Device::Cpu.with_context(|| measure_vgg(&a))?;
+        println!(
+            "  {:<14} {:>12.1} {:>16.1} {:>10}   VGG-11-BN (fedssl's vgg_bn, base width 32, hidden 256)",
+            "fedssl-vgg11",
+            m.train.0,
+            m.infer.0,
+            mib(m.peak_rss)
+        );
+        Some(m)
+    } else {
+        None
+    };
+    let torch_vgg = match (&vgg, a.pytorch) {
+        (Some(_), true) => Some(pytorch(&a, "vgg11")),
+        _ => None,
+    };
+    if let Some(t) = &torch_vgg {
+        match t {
+            Ok(t) => println!(
+                "  {:<14} {:>12.1} {:>16.1} {:>10}",
+                "pytorch-vgg11",
+                t["train_ips"].as_f64().unwrap_or(f64::NAN),
+                t["infer_ips"].as_f64().unwrap_or(f64::NAN),
+                mib(t["peak_rss_bytes"].as_u64()),
+            ),
+            Err(e) => println!("  PyTorch VGG: {e}"),
+        }
+    }
+    if let (Some(m), Some(Ok(t))) = (&vgg, &torch_vgg) {
+        println!(
+            "  fedssl-vgg11 / PyTorch: train {:.2}, inference {:.2}",
+            m.train.0 / t["train_ips"].as_f64().unwrap_or(f64::NAN),
+            m.infer.0 / t["infer_ips"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     let torch = if a.pytorch {
-        pytorch(&a)
+        pytorch(&a, "resnet")
     } else {
         Err("skipped (--no-pytorch)".into())
     };
@@ -544,6 +639,19 @@ fn main() -> anyhow::Result<()> {
                 Ok(t) => t.clone(),
                 Err(e) => serde_json::json!({ "unavailable": e }),
             },
+            "vgg11_bn": vgg.as_ref().map(|m| serde_json::json!({
+                "model": "fedssl vgg_bn: VGG-11-BN, base width 32 (32/64/128/256/256), hidden 256, linear 256->10",
+                "train_images_per_s": m.train.0,
+                "inference_images_per_s": m.infer.0,
+                "train_images_per_s_median": m.train.1,
+                "inference_images_per_s_median": m.infer.1,
+                "peak_rss_bytes": m.peak_rss,
+                "pytorch": match &torch_vgg {
+                    Some(Ok(t)) => t.clone(),
+                    Some(Err(e)) => serde_json::json!({ "unavailable": e }),
+                    None => serde_json::json!({ "unavailable": "skipped (--no-pytorch)" }),
+                },
+            })),
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
         println!("wrote {path}");

@@ -13,10 +13,9 @@
 //!   last block's map is global-average-pooled before it, which at 32×32 (a 1×1 map) is the
 //!   same as flattening and lets other input sizes through.
 //!
-//! A max-pool is skipped where the map is already smaller than 2×2. Inputs smaller than
-//! 32×32 reach a 1×1 map before the last block, and the CPU conv kernel
-//! ([`crate::ops::conv2d`]) currently panics on a 3×3 convolution of a 1×1 map: use 32×32 or
-//! larger inputs with this backbone.
+//! A max-pool is skipped where the map is already smaller than 2×2, so inputs smaller than
+//! 32×32 (patches) reach a 1×1 map before the last block and go on through 3×3 convolutions
+//! of 1×1 maps.
 //!
 //! Variable names: `blocks.{b}.{l}.conv.weight`, `blocks.{b}.{l}.bn.{weight,bias,running_mean,running_var}`,
 //! `hidden.fc.weight` `(hidden, C_last)`, `hidden.bn.*`. No biases (each layer is followed by BatchNorm).
