@@ -22,6 +22,7 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use fedssl_shared::data::ImageDataset;
 use fedssl_shared::model::{build_backbone, Backbone, BackboneKind, ModelConfig};
+use fedssl_shared::pretext::{view_batch, EvalView};
 use fedssl_shared::scenario::{EvalConfig, Pooling, ProbeKind, Scenario};
 use fedssl_shared::weights::WeightSet;
 use rand::seq::SliceRandom;
@@ -241,9 +242,14 @@ pub struct LayerFeatures {
 /// Applies `backbone` in eval mode to all of `ds` (batches of `batch`) and returns the
 /// pre-logits `(N, D)` as the last entry, preceded (when `per_layer`) by every stage's map
 /// pooled per [`pool_grid`] and [`adaptive_avg_pool`].
+///
+/// Under a patch-grid `view` ([`EvalView::PatchGrid`]) the backbone sees each image's 9
+/// patches and every layer's features are the mean of the 9 patches' (pooled) features.
+#[allow(clippy::too_many_arguments)]
 pub fn extract_layers(
     backbone: &Backbone,
     ds: &ImageDataset,
+    view: &EvalView,
     batch: usize,
     per_layer: bool,
     pooling: Pooling,
@@ -259,7 +265,7 @@ pub fn extract_layers(
     type Acc = (Vec<usize>, (usize, usize), Vec<f32>);
     let mut layers: Vec<Acc> = Vec::new();
     for chunk in idx.chunks(batch) {
-        let x = ds.batch_tensor(chunk, &device)?;
+        let x = view_batch(ds, chunk, view, &device)?;
         let out = backbone.forward_t(&x, false)?;
         let mut maps: Vec<&Tensor> = if per_layer {
             out.stages.iter().collect()
@@ -277,15 +283,30 @@ pub fn extract_layers(
                 layers.push((shape, grid, Vec::new()));
             }
         }
+        let per = view.inputs_per_image();
         for (m, (shape, (oh, ow), acc)) in maps.iter().zip(layers.iter_mut()) {
             let v = m.flatten_all()?.to_vec1::<f32>()?;
-            match shape[..] {
+            let pooled = match shape[..] {
                 [c, h, w] => {
+                    let mut p = Vec::with_capacity(v.len() / (h * w) * *oh * *ow);
                     for img in v.chunks_exact(c * h * w) {
-                        adaptive_avg_pool(img, c, h, w, *oh, *ow, acc);
+                        adaptive_avg_pool(img, c, h, w, *oh, *ow, &mut p);
+                    }
+                    p
+                }
+                _ => v,
+            };
+            if per == 1 {
+                acc.extend_from_slice(&pooled);
+            } else {
+                // mean over each image's `per` consecutive inputs (its patches)
+                let dim = pooled.len() / (chunk.len() * per);
+                for group in pooled.chunks_exact(dim * per) {
+                    for d in 0..dim {
+                        let sum: f32 = (0..per).map(|j| group[j * dim + d]).sum();
+                        acc.push(sum / per as f32);
                     }
                 }
-                _ => acc.extend_from_slice(&v),
             }
         }
     }
@@ -351,9 +372,11 @@ fn evaluate_backbone(
     let e: &EvalConfig = &sc.eval;
     let backbone = load_backbone(weights, &sc.model)?;
     let t = Instant::now();
+    let view = sc.pretext.eval_view(e.view)?;
     let ftr = extract_layers(
         &backbone,
         labelled,
+        &view,
         e.feature_batch_size,
         per_layer,
         e.pooling,
@@ -362,6 +385,7 @@ fn evaluate_backbone(
     let fte = extract_layers(
         &backbone,
         test,
+        &view,
         e.feature_batch_size,
         per_layer,
         e.pooling,
@@ -640,6 +664,7 @@ pub fn knn_top1(
 /// each round's global backbone.
 pub struct KnnMonitor {
     model: ModelConfig,
+    view: EvalView,
     train: ImageDataset,
     test: ImageDataset,
     k: usize,
@@ -663,6 +688,8 @@ impl KnnMonitor {
         let nt = e.knn_test.min(test.len());
         Some(Self {
             model: sc.model.clone(),
+            // validated with the scenario, so this cannot fail
+            view: sc.pretext.eval_view(e.view).unwrap_or(EvalView::Whole),
             train: train.subset(&idx),
             test: test.subset(&(0..nt).collect::<Vec<_>>()),
             k: e.knn_k,
@@ -679,12 +706,28 @@ impl KnnMonitor {
     /// k-NN top-1 ([`knn_top1`]) of the backbone in `weights` on the pre-logits.
     pub fn score(&self, weights: &WeightSet) -> Result<f64> {
         let b = load_backbone(weights, &self.model)?;
-        let tr = extract_layers(&b, &self.train, self.batch, false, Pooling::Global, 1)?
-            .pop()
-            .unwrap();
-        let te = extract_layers(&b, &self.test, self.batch, false, Pooling::Global, 1)?
-            .pop()
-            .unwrap();
+        let tr = extract_layers(
+            &b,
+            &self.train,
+            &self.view,
+            self.batch,
+            false,
+            Pooling::Global,
+            1,
+        )?
+        .pop()
+        .unwrap();
+        let te = extract_layers(
+            &b,
+            &self.test,
+            &self.view,
+            self.batch,
+            false,
+            Pooling::Global,
+            1,
+        )?
+        .pop()
+        .unwrap();
         knn_top1(
             &tr.features,
             &self.train.labels,
@@ -745,6 +788,54 @@ mod tests {
     }
 
     #[test]
+    fn patch_grid_features_are_the_mean_over_each_images_nine_patches() {
+        let ds = synthetic(3);
+        let (b, _) = build_backbone(&ModelConfig::default(), 4, &Device::Cpu).unwrap();
+        let view = EvalView::PatchGrid {
+            grid: fedssl_shared::pretext::grid::Grid {
+                patch: 8,
+                gap: 2,
+                jitter: 1,
+            },
+            per_patch_norm: false,
+            upscale: 1,
+        };
+        let got = extract_layers(&b, &ds, &view, 2, true, Pooling::Global, 1).unwrap();
+        // by hand: every patch through the backbone, then the mean of each image's nine
+        let x = view_batch(&ds, &[0, 1, 2], &view, &Device::Cpu).unwrap();
+        let out = b.forward_t(&x, false).unwrap();
+        let want_pre = out
+            .pre_logits
+            .reshape((3, 9, 64))
+            .unwrap()
+            .mean(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let last = got.last().unwrap();
+        assert_eq!((last.features.rows, last.features.dim), (3, 64));
+        for (a, w) in last.features.data.iter().zip(&want_pre) {
+            assert!((a - w).abs() < 1e-5, "{a} vs {w}");
+        }
+        let want_stage1 = out.stages[0]
+            .mean((2, 3))
+            .unwrap()
+            .reshape((3, 9, 16))
+            .unwrap()
+            .mean(1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (a, w) in got[0].features.data.iter().zip(&want_stage1) {
+            assert!((a - w).abs() < 1e-5, "{a} vs {w}");
+        }
+    }
+
+    #[test]
     fn per_layer_pooled_shapes_for_both_backbones() {
         let ds = synthetic(6);
         let resnet = ModelConfig::default();
@@ -758,7 +849,7 @@ mod tests {
         };
         let dims = |cfg: &ModelConfig, pooling| -> Vec<(String, Vec<usize>, usize)> {
             let (b, _) = build_backbone(cfg, 0, &Device::Cpu).unwrap();
-            extract_layers(&b, &ds, 4, true, pooling, 9000)
+            extract_layers(&b, &ds, &EvalView::Whole, 4, true, pooling, 9000)
                 .unwrap()
                 .into_iter()
                 .map(|l| {
@@ -804,10 +895,10 @@ mod tests {
         );
         // a small cap forces a coarser grid: 16·s² ≤ 100 → s = 2
         let (b, _) = build_backbone(&resnet, 0, &Device::Cpu).unwrap();
-        let l = extract_layers(&b, &ds, 4, true, Pooling::Adaptive, 100).unwrap();
+        let l = extract_layers(&b, &ds, &EvalView::Whole, 4, true, Pooling::Adaptive, 100).unwrap();
         assert_eq!(l[0].features.dim, 16 * 2 * 2);
         // the global-pooled last stage is the pre-logits (ResNet's global average pool)
-        let g = extract_layers(&b, &ds, 4, true, Pooling::Global, 1).unwrap();
+        let g = extract_layers(&b, &ds, &EvalView::Whole, 4, true, Pooling::Global, 1).unwrap();
         for (a, b) in g[2].features.data.iter().zip(&g[3].features.data) {
             assert!((a - b).abs() < 1e-5);
         }

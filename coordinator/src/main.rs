@@ -113,6 +113,9 @@ enum Cmd {
         /// Comma-separated tasks to compare (default: all).
         #[arg(long, value_delimiter = ',')]
         tasks: Vec<String>,
+        /// Keep a task's finished run in <out>/<task>/ when it was made with the same scenario.
+        #[arg(long)]
+        reuse: bool,
     },
 }
 
@@ -139,7 +142,11 @@ fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
 
 async fn real_main(cli: Cli) -> Result<()> {
     let (common, mode) = match cli.cmd {
-        Cmd::ComparePretexts { common, tasks } => {
+        Cmd::ComparePretexts {
+            common,
+            tasks,
+            reuse,
+        } => {
             let tasks: Vec<PretextKind> = if tasks.is_empty() {
                 PretextKind::all().to_vec()
             } else {
@@ -153,7 +160,7 @@ async fn real_main(cli: Cli) -> Result<()> {
                 anyhow::bail!("--resume is not supported by compare-pretexts; resume a task's run with `simulate <scenario> --out <out>/<task> --resume --set pretext.task=<task>`");
             }
             let (scenario, out) = load(&common)?;
-            let rows = compare_pretexts(&scenario, &tasks, &out, !common.quiet).await?;
+            let rows = compare_pretexts(&scenario, &tasks, &out, !common.quiet, reuse).await?;
             print!("{}", markdown(&rows));
             println!("table: {}", out.join("compare.md").display());
             return Ok(());

@@ -48,6 +48,34 @@ impl CompareRow {
         100.0 * (self.top1 - self.random_init_top1)
     }
 
+    /// The row of a finished run from its `summary.json` (for `--reuse`).
+    fn from_summary_json(v: &serde_json::Value, run_dir: PathBuf) -> Result<Self> {
+        let f = |path: &[&str]| -> Result<f64> {
+            let mut x = v;
+            for k in path {
+                x = &x[*k];
+            }
+            x.as_f64().with_context(|| {
+                format!(
+                    "{}: no `{}`",
+                    run_dir.join("summary.json").display(),
+                    path.join(".")
+                )
+            })
+        };
+        Ok(Self {
+            task: v["pretext"].as_str().unwrap_or("?").to_string(),
+            backbone: v["backbone"].as_str().unwrap_or("?").to_string(),
+            top1: f(&["eval", "linear", "top1"])?,
+            top5: f(&["eval", "linear", "top5"])?,
+            random_init_top1: f(&["eval", "random_init", "linear", "top1"])?,
+            random_init_top5: f(&["eval", "random_init", "linear", "top5"])?,
+            rounds_completed: f(&["rounds_completed"])? as usize,
+            wall_seconds: f(&["wall_seconds"])?,
+            run_dir,
+        })
+    }
+
     fn from_summary(s: &Summary, run_dir: PathBuf) -> Result<Self> {
         let e = s
             .eval
@@ -88,8 +116,24 @@ pub fn scenario_for(base: &Scenario, task: PretextKind) -> Result<Scenario> {
     Ok(sc)
 }
 
+/// A finished run of `sc` in `dir` that can stand in for running it again: its
+/// `scenario.json` equals `sc` (keys missing from an older file take their defaults) and it has
+/// a `summary.json` with an evaluation. `None` otherwise.
+fn reusable(dir: &Path, sc: &Scenario) -> Option<CompareRow> {
+    let text = std::fs::read_to_string(dir.join(crate::resume::SCENARIO_FILE)).ok()?;
+    let before: Scenario = serde_json::from_str(&text).ok()?;
+    if &before != sc {
+        return None;
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
+    CompareRow::from_summary_json(&summary, dir.to_path_buf()).ok()
+}
+
 /// Runs `simulate` for every task of `tasks` under `base`'s budget, one after the other, in
 /// `<out>/<task>/`, then writes `compare.md`, `compare.csv` and `compare.png` into `out`.
+/// With `reuse`, a task whose folder already holds a finished run of the same scenario is
+/// not run again.
 /// A task whose run fails is reported (task and reason) and the others still run; the
 /// function then errors after writing the table of those that finished.
 pub async fn compare_pretexts(
@@ -97,6 +141,7 @@ pub async fn compare_pretexts(
     tasks: &[PretextKind],
     out: &Path,
     progress: bool,
+    reuse: bool,
 ) -> Result<Vec<CompareRow>> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
@@ -116,6 +161,15 @@ pub async fn compare_pretexts(
             sc.model.backbone.name(),
             dir.display()
         );
+        if let Some(row) = reuse.then(|| reusable(&dir, &sc)).flatten() {
+            eprintln!(
+                "      reused: top-1 {:.1}% (random init {:.1}%)",
+                100.0 * row.top1,
+                100.0 * row.random_init_top1
+            );
+            rows.push(row);
+            continue;
+        }
         let job = Job {
             scenario: sc,
             out: dir.clone(),

@@ -436,3 +436,58 @@ fn mae_without_the_vit_backbone_is_refused_naming_both_keys() {
         "{err}"
     );
 }
+
+/// `compare-pretexts` on a tiny budget: one run per task, the table, the CSV and the chart,
+/// and `--reuse` keeps finished runs of the same scenario (same numbers, no new run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_pretexts_writes_the_table_and_reuses_finished_runs() {
+    use fedssl_coordinator::pretext_compare::compare_pretexts;
+    use fedssl_shared::pretext::PretextKind;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let base = scenario(&[
+        "federation.rounds=1",
+        "federation.clients=2",
+        "data.train_images=32",
+        "data.test_images=16",
+        "train.batch_size=8",
+        "eval.epochs=2",
+    ]);
+    let tasks = [PretextKind::Rotation, PretextKind::Jigsaw];
+    let rows = compare_pretexts(&base, &tasks, &out, false, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.task.as_str()).collect::<Vec<_>>(),
+        ["rotation", "jigsaw"]
+    );
+    let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(md.contains("| rotation | resnet |") && md.contains("| jigsaw | resnet |"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("compare.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    let png = std::fs::read(out.join("compare.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let first = std::fs::metadata(out.join("rotation/summary.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let again = compare_pretexts(&base, &tasks, &out, false, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(out.join("rotation/summary.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        first,
+        "a reusable run was run again"
+    );
+    for (a, b) in rows.iter().zip(&again) {
+        assert_eq!((a.top1, a.random_init_top1), (b.top1, b.random_init_top1));
+    }
+}

@@ -212,6 +212,12 @@ pub struct EvalConfig {
     /// to the largest `s×s` grid with `C·s·s ≤ per_layer_max_dim`) or `"global"` (average over
     /// `H, W`).
     pub pooling: Pooling,
+    /// How the backbone sees an image at evaluation: `"auto"` (default: `"patch_grid"` for
+    /// the patch-based tasks relative_patch and jigsaw, `"whole"` otherwise), `"whole"` (the
+    /// whole image) or `"patch_grid"` (the task's 3×3 grid of patches, features averaged over
+    /// the 9 patches, as Kolesnikov et al. 2019 evaluate patch-based models). The random-init
+    /// baseline is evaluated the same way.
+    pub view: crate::pretext::EvalViewChoice,
     /// Largest per-layer feature size for adaptive pooling (default 9000, Revisiting's ~9k).
     pub per_layer_max_dim: usize,
     /// Few labels: probe the pre-logits on `k` labelled images per class for each `k` (drawn
@@ -269,6 +275,7 @@ impl Default for EvalConfig {
             val_fraction: 0.2,
             per_layer: false,
             pooling: Pooling::Adaptive,
+            view: crate::pretext::EvalViewChoice::Auto,
             per_layer_max_dim: 9000,
             labels_per_class: vec![],
             label_fractions: vec![],
@@ -451,6 +458,7 @@ impl Scenario {
         }
         self.model.validate()?;
         self.pretext.validate(self.model.backbone)?;
+        self.pretext.eval_view(self.eval.view)?;
         let t = &self.train;
         if t.local_epochs == 0 || t.batch_size == 0 {
             bail!("train.local_epochs and train.batch_size must be at least 1");

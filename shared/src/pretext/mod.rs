@@ -145,6 +145,33 @@ impl Default for PretextConfig {
 }
 
 impl PretextConfig {
+    /// The evaluation view `choice` resolves to for this task ([`EvalViewChoice::Auto`]: the
+    /// patch grid for relative_patch and jigsaw, the whole image otherwise). Errors when
+    /// `patch_grid` is asked for with a task that has no patch grid.
+    pub fn eval_view(&self, choice: EvalViewChoice) -> Result<EvalView> {
+        let grid = match self.task {
+            PretextKind::RelativePatch => Some(EvalView::PatchGrid {
+                grid: self.relative_patch.grid(),
+                per_patch_norm: false,
+                upscale: self.relative_patch.upscale,
+            }),
+            PretextKind::Jigsaw => Some(EvalView::PatchGrid {
+                grid: self.jigsaw.grid(),
+                per_patch_norm: self.jigsaw.per_tile_norm,
+                upscale: self.jigsaw.upscale,
+            }),
+            _ => None,
+        };
+        match (choice, grid) {
+            (EvalViewChoice::Whole, _) | (EvalViewChoice::Auto, None) => Ok(EvalView::Whole),
+            (_, Some(g)) => Ok(g),
+            (EvalViewChoice::PatchGrid, None) => anyhow::bail!(
+                "eval.view = \"patch_grid\" needs a patch-based pretext task (relative_patch or jigsaw), not `{}`",
+                self.task.name()
+            ),
+        }
+    }
+
     /// Checks the chosen task's parameters and that it fits `backbone`; the message names the
     /// `pretext.*` key.
     pub fn validate(&self, backbone: BackboneKind) -> Result<()> {
@@ -163,6 +190,94 @@ impl PretextConfig {
                 }
                 self.mae.validate()
             }
+        }
+    }
+}
+
+/// The scenario's `eval.view`: how evaluation applies the backbone to an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalViewChoice {
+    /// `patch_grid` for the patch-based tasks (relative_patch, jigsaw), `whole` otherwise.
+    #[default]
+    Auto,
+    /// The whole image.
+    Whole,
+    /// The task's 3×3 grid of patches, features averaged over the patches.
+    PatchGrid,
+}
+
+/// How evaluation applies the backbone to an image ([`view_batch`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EvalView {
+    /// The whole image, as trained by the image-level tasks.
+    Whole,
+    /// The 9 patches of a 3×3 grid at their nominal (unjittered) positions, prepared as the
+    /// task prepares them in training (per-patch standardisation for jigsaw when
+    /// `per_tile_norm`, bilinear `upscale`); each image's features are the mean over its 9
+    /// patches (Kolesnikov, Zhai & Beyer 2019, §4: patch-based models are evaluated on a 3×3
+    /// grid of patches whose representations are averaged).
+    PatchGrid {
+        /// Patch size, gap and jitter margin of the grid.
+        grid: grid::Grid,
+        /// Standardise each patch by its own mean and variance (jigsaw's `per_tile_norm`).
+        per_patch_norm: bool,
+        /// Bilinear upscaling factor of each patch.
+        upscale: usize,
+    },
+}
+
+impl EvalView {
+    /// Backbone inputs per image: 1 for the whole image, 9 for the patch grid.
+    pub fn inputs_per_image(&self) -> usize {
+        match self {
+            EvalView::Whole => 1,
+            EvalView::PatchGrid { .. } => 9,
+        }
+    }
+}
+
+/// The backbone inputs of images `idx` of `ds` under `view`: `(B·k, C, h, w)` `f32` with
+/// `k = view.inputs_per_image()` consecutive rows per image (the patches in raster order of
+/// the grid). Whole images are normalised with the dataset's mean and std, as in training.
+/// Errors when the grid does not fit the images or an index is out of range.
+pub fn view_batch(
+    ds: &ImageDataset,
+    idx: &[usize],
+    view: &EvalView,
+    device: &Device,
+) -> Result<Tensor> {
+    match view {
+        EvalView::Whole => Ok(ds.batch_tensor(idx, device)?),
+        EvalView::PatchGrid {
+            grid,
+            per_patch_norm,
+            upscale,
+        } => {
+            let (h, w, c, p) = (ds.height, ds.width, ds.channels, grid.patch);
+            grid.check_fits(h, w, "eval.view = \"patch_grid\"", "patch")?;
+            let mut bytes = Vec::with_capacity(idx.len() * 9 * p * p * c);
+            for &i in idx {
+                anyhow::ensure!(i < ds.len(), "image index {i} out of range");
+                let img = ds.image(i);
+                for r in 0..3 {
+                    for col in 0..3 {
+                        let (y, x) = (grid.nominal(h, r), grid.nominal(w, col));
+                        grid::crop_hwc(img, w, c, y, x, p, &mut bytes);
+                    }
+                }
+            }
+            let n = idx.len() * 9;
+            let x = if *per_patch_norm {
+                Tensor::from_vec(
+                    jigsaw::standardise_tiles(&bytes, n, p, c),
+                    (n, c, p, p),
+                    device,
+                )?
+            } else {
+                crate::data::hwc_u8_to_tensor(&bytes, n, p, p, c, ds.mean, ds.std, device)?
+            };
+            grid::upscale(&x, *upscale)
         }
     }
 }
@@ -238,4 +353,96 @@ pub fn build_task(
             _ => anyhow::bail!("pretext.task = \"mae\" needs model.backbone = \"vit\""),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One 32×32 RGB image whose red channel holds the row and green the column (blue 0).
+    fn coordinate_image() -> ImageDataset {
+        let mut images = Vec::with_capacity(32 * 32 * 3);
+        for y in 0..32u8 {
+            for x in 0..32u8 {
+                images.extend_from_slice(&[y, x, 0]);
+            }
+        }
+        ImageDataset {
+            images,
+            labels: vec![0],
+            height: 32,
+            width: 32,
+            channels: 3,
+            num_classes: 1,
+            class_names: vec!["a".into()],
+            mean: [0.0; 3],
+            std: [1.0 / 255.0; 3],
+        }
+    }
+
+    #[test]
+    fn eval_view_resolves_per_task_and_refuses_a_grid_without_patches() {
+        let mut p = PretextConfig::default();
+        assert_eq!(p.eval_view(EvalViewChoice::Auto).unwrap(), EvalView::Whole);
+        let e = p
+            .eval_view(EvalViewChoice::PatchGrid)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("eval.view") && e.contains("rotation"), "{e}");
+        p.task = PretextKind::Jigsaw;
+        let EvalView::PatchGrid {
+            grid,
+            per_patch_norm,
+            upscale,
+        } = p.eval_view(EvalViewChoice::Auto).unwrap()
+        else {
+            panic!("jigsaw evaluates on its grid")
+        };
+        assert_eq!((grid.patch, per_patch_norm, upscale), (8, true, 1));
+        assert_eq!(p.eval_view(EvalViewChoice::Whole).unwrap(), EvalView::Whole);
+        p.task = PretextKind::RelativePatch;
+        assert!(matches!(
+            p.eval_view(EvalViewChoice::Auto).unwrap(),
+            EvalView::PatchGrid {
+                per_patch_norm: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn patch_grid_view_cuts_the_nine_nominal_patches_in_raster_order() {
+        let ds = coordinate_image();
+        // patch 8, gap 2, jitter 1: footprint 30, nominal corners 2, 12, 22 on both axes
+        let view = EvalView::PatchGrid {
+            grid: grid::Grid {
+                patch: 8,
+                gap: 2,
+                jitter: 1,
+            },
+            per_patch_norm: false,
+            upscale: 1,
+        };
+        let x = view_batch(&ds, &[0], &view, &Device::Cpu).unwrap();
+        assert_eq!(x.dims(), &[9, 3, 8, 8]);
+        // mean 0, std 1/255: the tensor holds the raw byte values
+        let flat = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let at = |patch: usize, ch: usize, y: usize, xx: usize| {
+            flat[((patch * 3 + ch) * 8 + y) * 8 + xx]
+        };
+        let corners = [2.0f32, 12.0, 22.0];
+        for r in 0..3 {
+            for c in 0..3 {
+                let k = 3 * r + c;
+                assert_eq!(at(k, 0, 0, 0), corners[r], "patch {k} row");
+                assert_eq!(at(k, 1, 0, 0), corners[c], "patch {k} column");
+                assert_eq!(at(k, 0, 7, 5), corners[r] + 7.0);
+                assert_eq!(at(k, 1, 7, 5), corners[c] + 5.0);
+            }
+        }
+        let whole = view_batch(&ds, &[0], &EvalView::Whole, &Device::Cpu).unwrap();
+        assert_eq!(whole.dims(), &[1, 3, 32, 32]);
+        assert_eq!(EvalView::Whole.inputs_per_image(), 1);
+        assert_eq!(view.inputs_per_image(), 9);
+    }
 }
