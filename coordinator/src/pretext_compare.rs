@@ -34,6 +34,10 @@ pub struct CompareRow {
     pub random_init_top1: f64,
     /// Its top-5.
     pub random_init_top5: f64,
+    /// MLP-probe top-1 of the federated backbone, when the scenario runs the MLP probe.
+    pub mlp_top1: Option<f64>,
+    /// MLP-probe top-1 of the random-init backbone.
+    pub random_init_mlp_top1: Option<f64>,
     /// Rounds that completed.
     pub rounds_completed: usize,
     /// Wall seconds of the whole run (training and evaluation).
@@ -70,6 +74,8 @@ impl CompareRow {
             top5: f(&["eval", "linear", "top5"])?,
             random_init_top1: f(&["eval", "random_init", "linear", "top1"])?,
             random_init_top5: f(&["eval", "random_init", "linear", "top5"])?,
+            mlp_top1: f(&["eval", "mlp", "top1"]).ok(),
+            random_init_mlp_top1: f(&["eval", "random_init", "mlp", "top1"]).ok(),
             rounds_completed: f(&["rounds_completed"])? as usize,
             wall_seconds: f(&["wall_seconds"])?,
             run_dir,
@@ -92,6 +98,8 @@ impl CompareRow {
             top5: e.linear.top5,
             random_init_top1: r.linear.top1,
             random_init_top5: r.linear.top5,
+            mlp_top1: e.mlp.as_ref().map(|m| m.top1),
+            random_init_mlp_top1: r.mlp.as_ref().map(|m| m.top1),
             rounds_completed: s.rounds_completed,
             wall_seconds: s.wall_seconds,
             run_dir,
@@ -231,20 +239,24 @@ pub fn write_reports(rows: &[CompareRow], out: &Path) -> Result<()> {
     )
 }
 
-/// The comparison as a Markdown table, accuracies in percent.
+/// The comparison as a Markdown table, accuracies in percent (MLP columns show `–` where the
+/// scenario ran no MLP probe).
 pub fn markdown(rows: &[CompareRow]) -> String {
+    let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.1} %", 100.0 * v));
     let mut s = String::from(
-        "| pretext | backbone | top-1 | top-5 | random init top-1 | gain (points) | wall s |\n|---|---|---|---|---|---|---|\n",
+        "| pretext | backbone | linear top-1 | top-5 | random init top-1 | gain (points) | MLP top-1 | random init MLP | wall s |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {:.1} % | {:.1} % | {:.1} % | {:+.1} | {:.0} |\n",
+            "| {} | {} | {:.1} % | {:.1} % | {:.1} % | {:+.1} | {} | {} | {:.0} |\n",
             r.task,
             r.backbone,
             100.0 * r.top1,
             100.0 * r.top5,
             100.0 * r.random_init_top1,
             r.gain_points(),
+            pct(r.mlp_top1),
+            pct(r.random_init_mlp_top1),
             r.wall_seconds
         );
     }
@@ -254,11 +266,12 @@ pub fn markdown(rows: &[CompareRow]) -> String {
 /// The comparison as CSV, accuracies as fractions in [0, 1].
 pub fn csv(rows: &[CompareRow]) -> String {
     let mut s = String::from(
-        "task,backbone,top1,top5,random_init_top1,random_init_top5,gain_points,rounds_completed,wall_seconds\n",
+        "task,backbone,top1,top5,random_init_top1,random_init_top5,gain_points,mlp_top1,random_init_mlp_top1,rounds_completed,wall_seconds\n",
     );
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for r in rows {
         s += &format!(
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{},{:.3}\n",
+            "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{},{},{},{:.3}\n",
             r.task,
             r.backbone,
             r.top1,
@@ -266,6 +279,8 @@ pub fn csv(rows: &[CompareRow]) -> String {
             r.random_init_top1,
             r.random_init_top5,
             r.gain_points(),
+            opt(r.mlp_top1),
+            opt(r.random_init_mlp_top1),
             r.rounds_completed,
             r.wall_seconds
         );
@@ -285,6 +300,8 @@ mod tests {
             top5: 0.9,
             random_init_top1: base,
             random_init_top5: 0.8,
+            mlp_top1: Some(0.45),
+            random_init_mlp_top1: None,
             rounds_completed: 2,
             wall_seconds: 61.4,
             run_dir: PathBuf::from("x"),
@@ -296,14 +313,16 @@ mod tests {
         let rows = [row("rotation", "resnet", 0.421, 0.38)];
         let md = markdown(&rows);
         assert!(
-            md.contains("| rotation | resnet | 42.1 % | 90.0 % | 38.0 % | +4.1 | 61 |"),
+            md.contains(
+                "| rotation | resnet | 42.1 % | 90.0 % | 38.0 % | +4.1 | 45.0 % | – | 61 |"
+            ),
             "{md}"
         );
         let csv = csv(&rows);
         let line = csv.lines().nth(1).unwrap();
         assert_eq!(
             line,
-            "rotation,resnet,0.421000,0.900000,0.380000,0.800000,4.100,2,61.400"
+            "rotation,resnet,0.421000,0.900000,0.380000,0.800000,4.100,0.450000,,2,61.400"
         );
         assert_eq!(csv.lines().count(), 2);
     }
