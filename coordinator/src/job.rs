@@ -98,10 +98,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let sc = job.scenario.clone();
     std::fs::create_dir_all(&job.out)
         .with_context(|| format!("cannot create output folder {}", job.out.display()))?;
-    if !job.resume {
-        clear_previous_run(&job.out)?;
-        crate::resume::write_scenario(&job.out, &sc)?;
-    }
+
     let (train, test) = {
         let sc = sc.clone();
         tokio::task::spawn_blocking(move || -> Result<(ImageDataset, ImageDataset)> {
@@ -176,6 +173,12 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         }
     };
     let addr = endpoint.local_addr()?;
+    // Only now, with the data loaded and the socket bound, can the run start: a run that fails
+    // before this point leaves the previous results in `out` untouched.
+    if !job.resume {
+        clear_previous_run(&job.out)?;
+        crate::resume::write_scenario(&job.out, &sc)?;
+    }
     let registry = Registry::new(run.clone());
     tokio::spawn(accept_loop(endpoint.clone(), registry.clone()));
     let mp = if job.progress {

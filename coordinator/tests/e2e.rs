@@ -271,6 +271,18 @@ async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupte
         w(&whole, "checkpoints/round-0001.safetensors")
     );
 
+    // a run that fails before it starts (no CIFAR-10 folder) leaves the previous run intact
+    let before = w(&part, "final.safetensors");
+    let e = simulate(
+        scenario(&[base[0], base[1], "data.dataset=\"cifar10\""]),
+        &part,
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("data-dir"), "{e:#}");
+    assert_eq!(w(&part, "final.safetensors"), before);
+    assert_eq!(read_rounds(&part).len(), 2);
+
     // a folder without a run cannot be resumed
     let e = run(scenario(&base), &dir.path().join("empty"), true)
         .await

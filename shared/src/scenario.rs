@@ -294,6 +294,9 @@ impl EvalConfig {
         if self.epochs == 0 || self.feature_batch_size == 0 {
             bail!("eval.epochs and eval.feature_batch_size must be at least 1");
         }
+        if self.train_labels == Some(0) || self.test_images == Some(0) {
+            bail!("eval.train_labels and eval.test_images must be at least 1 (or left out: all)");
+        }
         if !self.probes.contains(&ProbeKind::Linear) {
             bail!("eval.probes must include \"linear\" (summary.json's eval.linear)");
         }
@@ -459,6 +462,21 @@ impl Scenario {
         self.model.validate()?;
         self.pretext.validate(self.model.backbone)?;
         self.pretext.eval_view(self.eval.view)?;
+        // every dataset fedssl reads has 32×32 images: refuse layouts that cannot fit them
+        // now rather than in every client's first step
+        self.pretext
+            .check_image_size(IMAGE_SIDE, self.model.vit.patch_size)?;
+        if self.model.backbone == crate::model::BackboneKind::Vit
+            && !IMAGE_SIDE.is_multiple_of(self.model.vit.patch_size)
+        {
+            bail!(
+                "model.vit.patch_size ({}) must divide the {IMAGE_SIDE}-pixel side of the images",
+                self.model.vit.patch_size
+            );
+        }
+        if self.data.train_images == Some(0) || self.data.test_images == Some(0) {
+            bail!("data.train_images and data.test_images must be at least 1 (or left out)");
+        }
         let t = &self.train;
         if t.local_epochs == 0 || t.batch_size == 0 {
             bail!("train.local_epochs and train.batch_size must be at least 1");
@@ -491,6 +509,9 @@ impl Scenario {
         )
     }
 }
+
+/// Side in pixels of the images of every dataset fedssl reads (CIFAR-10 and the synthetic set).
+pub const IMAGE_SIDE: usize = 32;
 
 /// Default number of synthetic training images when `data.train_images` is unset.
 pub const SYNTHETIC_TRAIN_DEFAULT: usize = 10_000;
@@ -648,5 +669,52 @@ mod tests {
         std::fs::write(&p, "[data]\ndataset = \"cifar10\"\npath = \"c10\"\n").unwrap();
         let s = Scenario::load(&p, &[]).unwrap();
         assert_eq!(s.data.path.unwrap(), dir.path().join("c10"));
+    }
+
+    #[test]
+    fn layouts_that_cannot_fit_32x32_images_are_refused_up_front() {
+        for (set, key) in [
+            (
+                vec![
+                    "pretext.task=\"relative_patch\"",
+                    "pretext.relative_patch.patch_size=12",
+                ],
+                "pretext.relative_patch",
+            ),
+            (
+                vec!["pretext.task=\"jigsaw\"", "pretext.jigsaw.tile_size=10"],
+                "pretext.jigsaw",
+            ),
+            (
+                vec!["model.backbone=\"vit\"", "model.vit.patch_size=5"],
+                "model.vit.patch_size",
+            ),
+            (
+                vec![
+                    "model.backbone=\"vit\"",
+                    "pretext.task=\"mae\"",
+                    "pretext.mae.mask_ratio=0.999",
+                ],
+                "pretext.mae.mask_ratio",
+            ),
+            (vec!["eval.train_labels=0"], "eval.train_labels"),
+            (vec!["data.test_images=0"], "data.test_images"),
+        ] {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let e = format!("{:#}", Scenario::from_toml_str("", &set).unwrap_err());
+            assert!(e.contains(key), "{set:?}: {e}");
+        }
+        // the defaults of every task fit
+        for t in ["relative_patch", "jigsaw"] {
+            Scenario::from_toml_str("", &[format!("pretext.task=\"{t}\"")]).unwrap();
+        }
+        Scenario::from_toml_str(
+            "",
+            &[
+                "model.backbone=\"vit\"".into(),
+                "pretext.task=\"mae\"".into(),
+            ],
+        )
+        .unwrap();
     }
 }

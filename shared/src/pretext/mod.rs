@@ -145,6 +145,29 @@ impl Default for PretextConfig {
 }
 
 impl PretextConfig {
+    /// Checks that the chosen task's layout fits `side × side` images (`vit_patch`: the ViT's
+    /// patch size, for MAE's mask). Errors name the `pretext.*` key.
+    pub fn check_image_size(&self, side: usize, vit_patch: usize) -> Result<()> {
+        match self.task {
+            PretextKind::RelativePatch => self.relative_patch.grid().check_fits(
+                side,
+                side,
+                "pretext.relative_patch",
+                "patch_size",
+            ),
+            PretextKind::Jigsaw => {
+                self.jigsaw
+                    .grid()
+                    .check_fits(side, side, "pretext.jigsaw", "tile_size")
+            }
+            PretextKind::Mae if vit_patch > 0 && side.is_multiple_of(vit_patch) => {
+                let l = (side / vit_patch) * (side / vit_patch);
+                self.mae.len_keep(l).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The evaluation view `choice` resolves to for this task ([`EvalViewChoice::Auto`]: the
     /// patch grid for relative_patch and jigsaw, the whole image otherwise). Errors when
     /// `patch_grid` is asked for with a task that has no patch grid.
