@@ -26,6 +26,9 @@ pub struct CompareRow {
     pub task: String,
     /// The backbone it trained.
     pub backbone: String,
+    /// How the probes saw the images: `"whole"` or `"patch grid"` (`eval.view`); the
+    /// random-init baseline is evaluated the same way.
+    pub view: String,
     /// Linear-probe top-1 of the federated backbone, in [0, 1].
     pub top1: f64,
     /// Linear-probe top-5, in [0, 1].
@@ -70,6 +73,7 @@ impl CompareRow {
         Ok(Self {
             task: v["pretext"].as_str().unwrap_or("?").to_string(),
             backbone: v["backbone"].as_str().unwrap_or("?").to_string(),
+            view: String::new(),
             top1: f(&["eval", "linear", "top1"])?,
             top5: f(&["eval", "linear", "top5"])?,
             random_init_top1: f(&["eval", "random_init", "linear", "top1"])?,
@@ -94,6 +98,7 @@ impl CompareRow {
         Ok(Self {
             task: s.pretext.clone(),
             backbone: s.backbone.clone(),
+            view: String::new(),
             top1: e.linear.top1,
             top5: e.linear.top5,
             random_init_top1: r.linear.top1,
@@ -122,6 +127,14 @@ pub fn scenario_for(base: &Scenario, task: PretextKind) -> Result<Scenario> {
     sc.validate()
         .with_context(|| format!("pretext task `{}`", task.name()))?;
     Ok(sc)
+}
+
+/// `eval.view` of `sc` in words.
+fn view_name(sc: &Scenario) -> String {
+    match sc.pretext.eval_view(sc.eval.view) {
+        Ok(fedssl_shared::pretext::EvalView::PatchGrid { .. }) => "patch grid".into(),
+        _ => "whole".into(),
+    }
 }
 
 /// A finished run of `sc` in `dir` that can stand in for running it again: its
@@ -169,7 +182,9 @@ pub async fn compare_pretexts(
             sc.model.backbone.name(),
             dir.display()
         );
-        if let Some(row) = reuse.then(|| reusable(&dir, &sc)).flatten() {
+        let view = view_name(&sc);
+        if let Some(mut row) = reuse.then(|| reusable(&dir, &sc)).flatten() {
+            row.view = view;
             eprintln!(
                 "      reused: top-1 {:.1}% (random init {:.1}%)",
                 100.0 * row.top1,
@@ -189,7 +204,8 @@ pub async fn compare_pretexts(
             .await
             .and_then(|s| CompareRow::from_summary(&s, dir))
         {
-            Ok(row) => {
+            Ok(mut row) => {
+                row.view = view;
                 eprintln!(
                     "      top-1 {:.1}% (random init {:.1}%, {:+.1} points) in {:.0} s",
                     100.0 * row.top1,
@@ -219,16 +235,28 @@ pub async fn compare_pretexts(
 }
 
 /// Writes `compare.md` (Markdown table), `compare.csv` and `compare.png` (bar chart of
-/// top-1 per task, then one random-init bar per backbone) into `out`.
+/// top-1 per task, then one bar per distinct random-init baseline) into `out`.
 pub fn write_reports(rows: &[CompareRow], out: &Path) -> Result<()> {
     write_atomic(&out.join("compare.md"), markdown(rows).as_bytes())?;
     write_atomic(&out.join("compare.csv"), csv(rows).as_bytes())?;
     let mut bars: Vec<(String, f64)> = rows.iter().map(|r| (r.task.clone(), r.top1)).collect();
+    // one baseline bar per distinct baseline: whole-image baselines are shared by every task
+    // on the same backbone; a patch grid belongs to its task
     let mut seen = Vec::new();
     for r in rows {
-        if !seen.contains(&r.backbone) {
-            seen.push(r.backbone.clone());
-            bars.push((format!("random init ({})", r.backbone), r.random_init_top1));
+        let key = (
+            r.backbone.clone(),
+            r.view.clone(),
+            r.random_init_top1.to_bits(),
+        );
+        if !seen.contains(&key) {
+            let label = if r.view == "whole" {
+                format!("init {}", r.backbone)
+            } else {
+                format!("init {}", r.task)
+            };
+            seen.push(key);
+            bars.push((label, r.random_init_top1));
         }
     }
     crate::plot::bar_chart(
@@ -244,13 +272,14 @@ pub fn write_reports(rows: &[CompareRow], out: &Path) -> Result<()> {
 pub fn markdown(rows: &[CompareRow]) -> String {
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.1} %", 100.0 * v));
     let mut s = String::from(
-        "| pretext | backbone | linear top-1 | top-5 | random init top-1 | gain (points) | MLP top-1 | random init MLP | wall s |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| pretext | backbone | eval view | linear top-1 | top-5 | random init top-1 | gain (points) | MLP top-1 | random init MLP | wall s |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {:.1} % | {:.1} % | {:.1} % | {:+.1} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {:.1} % | {:.1} % | {:.1} % | {:+.1} | {} | {} | {:.0} |\n",
             r.task,
             r.backbone,
+            r.view,
             100.0 * r.top1,
             100.0 * r.top5,
             100.0 * r.random_init_top1,
@@ -266,14 +295,15 @@ pub fn markdown(rows: &[CompareRow]) -> String {
 /// The comparison as CSV, accuracies as fractions in [0, 1].
 pub fn csv(rows: &[CompareRow]) -> String {
     let mut s = String::from(
-        "task,backbone,top1,top5,random_init_top1,random_init_top5,gain_points,mlp_top1,random_init_mlp_top1,rounds_completed,wall_seconds\n",
+        "task,backbone,view,top1,top5,random_init_top1,random_init_top5,gain_points,mlp_top1,random_init_mlp_top1,rounds_completed,wall_seconds\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for r in rows {
         s += &format!(
-            "{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{},{},{},{:.3}\n",
+            "{},{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{},{},{},{:.3}\n",
             r.task,
             r.backbone,
+            r.view,
             r.top1,
             r.top5,
             r.random_init_top1,
@@ -296,6 +326,7 @@ mod tests {
         CompareRow {
             task: task.into(),
             backbone: backbone.into(),
+            view: "whole".into(),
             top1,
             top5: 0.9,
             random_init_top1: base,
@@ -314,7 +345,7 @@ mod tests {
         let md = markdown(&rows);
         assert!(
             md.contains(
-                "| rotation | resnet | 42.1 % | 90.0 % | 38.0 % | +4.1 | 45.0 % | – | 61 |"
+                "| rotation | resnet | whole | 42.1 % | 90.0 % | 38.0 % | +4.1 | 45.0 % | – | 61 |"
             ),
             "{md}"
         );
@@ -322,7 +353,7 @@ mod tests {
         let line = csv.lines().nth(1).unwrap();
         assert_eq!(
             line,
-            "rotation,resnet,0.421000,0.900000,0.380000,0.800000,4.100,0.450000,,2,61.400"
+            "rotation,resnet,whole,0.421000,0.900000,0.380000,0.800000,4.100,0.450000,,2,61.400"
         );
         assert_eq!(csv.lines().count(), 2);
     }

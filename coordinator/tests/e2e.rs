@@ -474,7 +474,10 @@ async fn compare_pretexts_writes_the_table_and_reuses_finished_runs() {
         ["rotation", "jigsaw"]
     );
     let md = std::fs::read_to_string(out.join("compare.md")).unwrap();
-    assert!(md.contains("| rotation | resnet |") && md.contains("| jigsaw | resnet |"));
+    assert!(
+        md.contains("| rotation | resnet | whole |")
+            && md.contains("| jigsaw | resnet | patch grid |")
+    );
     assert_eq!(
         std::fs::read_to_string(out.join("compare.csv"))
             .unwrap()
