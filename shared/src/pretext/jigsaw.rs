@@ -24,14 +24,14 @@
 //! [`undo_permutation`]).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::grid::{crop_hwc, upscale, Grid};
 use super::relative_patch::{check_colour_probs, drop_colour};
-use super::{PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PretextKind, PretextTask, StepOutput};
 use crate::data::ImageDataset;
 use crate::model::Backbone;
 
@@ -424,19 +424,7 @@ impl PretextTask for JigsawTask {
         let batch = jigsaw_batch(shard, idx, &self.cfg, &self.perms, rng, device)?;
         let logits = self.logits(backbone, &batch.tiles, &batch.gather, true)?;
         let y = &batch.labels;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        let correct = logits
-            .detach()
-            .argmax(D::Minus1)?
-            .eq(y)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as usize;
-        Ok(StepOutput {
-            loss,
-            correct: Some(correct),
-            count: y.dim(0)?,
-        })
+        classification_step(&logits, y)
     }
 }
 

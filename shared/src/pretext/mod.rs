@@ -317,6 +317,24 @@ pub struct StepOutput {
     pub count: usize,
 }
 
+/// The [`StepOutput`] of a classification pretext task: the mean cross-entropy of `logits`
+/// `(N, K)` against `labels` `(N)` `u32`, how many rows' arg-max equals the label, `count = N`.
+pub fn classification_step(logits: &Tensor, labels: &Tensor) -> Result<StepOutput> {
+    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+    let correct = logits
+        .detach()
+        .argmax(candle_core::D::Minus1)?
+        .eq(labels)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize;
+    Ok(StepOutput {
+        loss,
+        correct: Some(correct),
+        count: labels.dim(0)?,
+    })
+}
+
 /// A pretext task with its heads.
 pub trait PretextTask: Send + Sync {
     /// The task.

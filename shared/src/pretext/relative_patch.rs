@@ -19,13 +19,13 @@
 //! channel's standard deviation rounds to nothing on `u8` pixels).
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::grid::{crop_hwc, upscale, Grid};
-use super::{PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
 
@@ -371,19 +371,7 @@ impl PretextTask for RelativePatchTask {
         let batch = relative_patch_batch(shard, idx, &self.cfg, rng, device)?;
         let logits = self.logits(backbone, &batch, true)?;
         let y = &batch.labels;
-        let loss = candle_nn::loss::cross_entropy(&logits, y)?;
-        let correct = logits
-            .detach()
-            .argmax(D::Minus1)?
-            .eq(y)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as usize;
-        Ok(StepOutput {
-            loss,
-            correct: Some(correct),
-            count: y.dim(0)?,
-        })
+        classification_step(&logits, y)
     }
 }
 

@@ -3,12 +3,12 @@
 //! 270° an image was rotated by; the label of a rotation by `k·90°` counter-clockwise is `k`.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::{PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
 
@@ -71,19 +71,7 @@ impl PretextTask for RotationTask {
     ) -> Result<StepOutput> {
         let (x, y) = rotation_batch(shard, idx, self.cfg.mode, self.cfg.flip, rng, device)?;
         let logits = self.logits(backbone, &x, true)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        let correct = logits
-            .detach()
-            .argmax(D::Minus1)?
-            .eq(&y)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as usize;
-        Ok(StepOutput {
-            loss,
-            correct: Some(correct),
-            count: y.dim(0)?,
-        })
+        classification_step(&logits, &y)
     }
 }
 
