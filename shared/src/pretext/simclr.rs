@@ -13,12 +13,12 @@
 //! training (the probe reads the pre-logits `h`, as in the paper), unless `pretext.share_heads`.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::{PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PretextKind, PretextTask, StepOutput};
 use crate::augment::{validate_ranges, Pipeline};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
@@ -157,19 +157,8 @@ impl PretextTask for SimclrTask {
             &z.narrow(0, n, n)?,
             self.cfg.temperature,
         )?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
-        let correct = logits
-            .detach()
-            .argmax(D::Minus1)?
-            .eq(&targets)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as usize;
-        Ok(StepOutput {
-            loss,
-            correct: Some(correct),
-            count: 2 * n,
-        })
+        // NT-Xent is a cross-entropy over the 2N anchors with the positive as the class
+        classification_step(&logits, &targets)
     }
 }
 
