@@ -72,6 +72,18 @@ impl ImageDataset {
         &self.images[i * s..(i + 1) * s]
     }
 
+    /// The `H*W*C` bytes of image `i` (HWC order). Errors, naming the index and the size,
+    /// if `i >= len()`.
+    pub fn try_image(&self, i: usize) -> Result<&[u8]> {
+        if i >= self.len() {
+            bail!(
+                "image index {i} out of range (dataset has {} images)",
+                self.len()
+            );
+        }
+        Ok(self.image(i))
+    }
+
     /// A new dataset holding copies of the listed images, in the order given (indices may
     /// repeat). Class names, `num_classes` and the normalisation statistics are kept from
     /// `self`, so every subset is normalised like its parent. Panics on an index out of range.
@@ -117,13 +129,7 @@ impl ImageDataset {
         let s = self.image_bytes();
         let mut bytes = Vec::with_capacity(idx.len() * s);
         for &i in idx {
-            if i >= self.len() {
-                bail!(
-                    "image index {i} out of range (dataset has {} images)",
-                    self.len()
-                );
-            }
-            bytes.extend_from_slice(self.image(i));
+            bytes.extend_from_slice(self.try_image(i)?);
         }
         hwc_u8_to_tensor(
             &bytes,

@@ -200,13 +200,7 @@ pub fn exemplar_batch(
     let mut bytes = Vec::with_capacity(idx.len() * views * h * w * c);
     let mut labels = Vec::with_capacity(idx.len() * views);
     for (k, &i) in idx.iter().enumerate() {
-        if i >= ds.len() {
-            bail!(
-                "image index {i} out of range (dataset has {} images)",
-                ds.len()
-            );
-        }
-        let img = ds.image(i);
+        let img = ds.try_image(i)?;
         for _ in 0..views {
             bytes.extend_from_slice(&pipe.apply(img, h, w, c, rng));
             labels.push(k as u32);

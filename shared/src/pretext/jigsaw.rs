@@ -317,13 +317,7 @@ pub fn jigsaw_batch(
     let mut gather = Vec::with_capacity(n * k * 9);
     let mut labels = Vec::with_capacity(n * k);
     for (b, &i) in idx.iter().enumerate() {
-        if i >= ds.len() {
-            bail!(
-                "image index {i} out of range (dataset has {} images)",
-                ds.len()
-            );
-        }
-        for mut tile in cut_tiles(ds.image(i), h, w, c, &grid, rng) {
+        for mut tile in cut_tiles(ds.try_image(i)?, h, w, c, &grid, rng) {
             drop_colour(
                 &mut tile,
                 c,

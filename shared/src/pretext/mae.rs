@@ -241,13 +241,7 @@ impl MaeTask {
         let (h, w, c) = (ds.height, ds.width, ds.channels);
         let mut bytes = Vec::with_capacity(idx.len() * h * w * c);
         for &i in idx {
-            if i >= ds.len() {
-                bail!(
-                    "image index {i} out of range (dataset has {} images)",
-                    ds.len()
-                );
-            }
-            let img = ds.image(i);
+            let img = ds.try_image(i)?;
             if self.cfg.flip && rng.random_bool(0.5) {
                 bytes.extend_from_slice(&hflip_hwc(img, h, w, c));
             } else {

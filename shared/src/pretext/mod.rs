@@ -281,8 +281,7 @@ pub fn view_batch(
             grid.check_fits(h, w, "eval.view = \"patch_grid\"", "patch")?;
             let mut bytes = Vec::with_capacity(idx.len() * 9 * p * p * c);
             for &i in idx {
-                anyhow::ensure!(i < ds.len(), "image index {i} out of range");
-                let img = ds.image(i);
+                let img = ds.try_image(i)?;
                 for r in 0..3 {
                     for col in 0..3 {
                         let (y, x) = (grid.nominal(h, r), grid.nominal(w, col));

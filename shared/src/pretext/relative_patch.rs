@@ -261,13 +261,7 @@ pub fn relative_patch_batch(
         )
     };
     for (b, &i) in idx.iter().enumerate() {
-        if i >= ds.len() {
-            bail!(
-                "image index {i} out of range (dataset has {} images)",
-                ds.len()
-            );
-        }
-        let img = ds.image(i);
+        let img = ds.try_image(i)?;
         let base = (b * per) as u32;
         match cfg.pairs {
             PairMode::AllEight => {

@@ -156,13 +156,7 @@ pub fn rotation_batch(
     let mut bytes = Vec::with_capacity(idx.len() * per * h * w * c);
     let mut labels = Vec::with_capacity(idx.len() * per);
     for &i in idx {
-        if i >= ds.len() {
-            bail!(
-                "image index {i} out of range (dataset has {} images)",
-                ds.len()
-            );
-        }
-        let src = ds.image(i);
+        let src = ds.try_image(i)?;
         let flipped;
         let img: &[u8] = if flip && rng.random_bool(0.5) {
             flipped = hflip_hwc(src, h, w, c);

@@ -178,13 +178,7 @@ pub fn simclr_batch(
     let n = idx.len();
     let mut bytes = vec![0u8; 2 * n * size];
     for (k, &i) in idx.iter().enumerate() {
-        if i >= ds.len() {
-            bail!(
-                "image index {i} out of range (dataset has {} images)",
-                ds.len()
-            );
-        }
-        let img = ds.image(i);
+        let img = ds.try_image(i)?;
         for v in 0..2 {
             let view = pipe.apply(img, h, w, c, rng);
             let row = v * n + k;
