@@ -388,7 +388,7 @@ async fn every_pretext_task_runs_one_federated_round() {
             "eval.epochs=2".into(),
             "pretext.exemplar.views=3".into(),
             "pretext.jigsaw.permutations=10".into(),
-            "pretext.jigsaw.permutations_per_batch=4".into(),
+            "pretext.jigsaw.permutations_per_image=4".into(),
             "model.vit.dim=32".into(),
             "model.vit.depth=1".into(),
             "model.vit.heads=2".into(),

@@ -18,7 +18,7 @@ pub mod rotation;
 pub mod simclr;
 
 pub use exemplar::{semihard_triplet_loss, ExemplarConfig, ExemplarTask};
-pub use jigsaw::{JigsawConfig, JigsawTask};
+pub use jigsaw::{JigsawConfig, JigsawTask, PermutationDraw};
 pub use mae::{MaeConfig, MaeTask};
 pub use relative_patch::{RelativePatchConfig, RelativePatchTask};
 pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
