@@ -9,6 +9,7 @@ use std::sync::Once;
 
 use anyhow::{anyhow, ensure, Result};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Pixels of every chart.
 pub const SIZE: (u32, u32) = (900, 560);
@@ -209,61 +210,197 @@ pub fn line_chart(
     Ok(())
 }
 
-/// A bar chart of fractions (drawn as %, value printed above each bar), one bar per entry in
-/// order, x labels the entry names. Writes a `SIZE` PNG at `path`. Errors on no bars, a
-/// non-finite value or an unwritable path.
+/// A bar chart of fractions (drawn as %), one bar per `(label, value)`, the value written
+/// above each bar; x labels laid out by [`x_label_rows`] so that long labels never overlap.
+/// Writes a `SIZE` PNG at `path`. Errors on no bars, a non-finite value or an unwritable
+/// path.
 pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<()> {
+    let groups: Vec<(String, Vec<f64>)> = bars.iter().map(|(l, v)| (l.clone(), vec![*v])).collect();
+    grouped_bar_chart(path, title, y_label, &[], &groups)
+}
+
+/// Font size of bar charts' axis labels, in pixels.
+const BAR_LABEL_PX: f64 = 15.0;
+/// Height of one row of x labels, in pixels.
+const LABEL_ROW_PX: u32 = 20;
+/// Outer margin and y-label area of bar charts, in pixels.
+const BAR_MARGIN: u32 = 15;
+const BAR_Y_AREA: u32 = 60;
+
+/// Rows for x labels centred at `centres` with pixel `widths` (both in x order): each label
+/// goes to the first row where it keeps `gap` pixels from the label before it in that row,
+/// so labels wider than their slot are staggered onto a second (third…) row instead of
+/// overlapping. Row 0 is right below the axis.
+pub fn x_label_rows(centres: &[f64], widths: &[f64], gap: f64) -> Vec<usize> {
+    let mut right_edges: Vec<f64> = Vec::new();
+    centres
+        .iter()
+        .zip(widths)
+        .map(|(&c, &w)| {
+            let left = c - w / 2.0;
+            let row = right_edges
+                .iter()
+                .position(|&r| left >= r + gap)
+                .unwrap_or(right_edges.len());
+            if row == right_edges.len() {
+                right_edges.push(f64::NEG_INFINITY);
+            }
+            right_edges[row] = c + w / 2.0;
+            row
+        })
+        .collect()
+}
+
+/// The x labels of a bar chart with `labels.len()` slots on a `SIZE` canvas: for each label
+/// its left and right pixel edges (centred on its slot) and its [`x_label_rows`] row.
+pub fn bar_label_layout(labels: &[String]) -> Vec<(f64, f64, usize)> {
     init_font();
-    ensure!(!bars.is_empty(), "bar chart {title}: no bars");
+    let font = FontDesc::new(FontFamily::SansSerif, BAR_LABEL_PX, FontStyle::Normal);
+    let n = labels.len().max(1) as f64;
+    let left = (BAR_MARGIN + BAR_Y_AREA) as f64;
+    let slot = (SIZE.0 - 2 * BAR_MARGIN - BAR_Y_AREA) as f64 / n;
+    let centres: Vec<f64> = (0..labels.len())
+        .map(|i| left + slot * (i as f64 + 0.5))
+        .collect();
+    let widths: Vec<f64> = labels
+        .iter()
+        .map(|l| {
+            font.box_size(l)
+                .map(|(w, _)| w as f64)
+                .unwrap_or(l.len() as f64 * BAR_LABEL_PX * 0.6)
+        })
+        .collect();
+    let rows = x_label_rows(&centres, &widths, 8.0);
+    centres
+        .iter()
+        .zip(&widths)
+        .zip(rows)
+        .map(|((c, w), r)| (c - w / 2.0, c + w / 2.0, r))
+        .collect()
+}
+
+/// Bars in groups: one group per `(label, values)`, one bar per value, coloured by series
+/// (`series[j]` names the `j`-th value of every group in a legend; with no names there is
+/// no legend and every bar gets its own colour). Values are fractions drawn as %, each
+/// written above its bar; group labels are laid out by [`bar_label_layout`] (staggered
+/// when too wide for their slot). Writes a `SIZE` PNG at `path`. Errors on no bars, groups
+/// of different sizes, a non-finite value or an unwritable path.
+pub fn grouped_bar_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[String],
+    groups: &[(String, Vec<f64>)],
+) -> Result<()> {
+    init_font();
     ensure!(
-        bars.iter().all(|b| b.1.is_finite()),
+        !groups.is_empty() && groups.iter().all(|g| !g.1.is_empty()),
+        "bar chart {title}: no bars"
+    );
+    let per = groups[0].1.len();
+    ensure!(
+        groups.iter().all(|g| g.1.len() == per),
+        "bar chart {title}: every group needs the same number of bars"
+    );
+    ensure!(
+        series.is_empty() || series.len() == per,
+        "bar chart {title}: {} series names for {per} bars per group",
+        series.len()
+    );
+    ensure!(
+        groups.iter().flat_map(|g| &g.1).all(|v| v.is_finite()),
         "bar chart {title}: a value is not finite"
     );
-    let ymax = 100.0 * (bars.iter().map(|b| b.1).fold(0.0, f64::max) * 1.15).clamp(0.05, 1.0);
+    let max = groups
+        .iter()
+        .flat_map(|g| &g.1)
+        .fold(0.0f64, |a, &b| a.max(b));
+    // room above the bars for the values (and the legend)
+    let headroom = if series.is_empty() { 1.15 } else { 1.3 };
+    let ymax = 100.0 * (max * headroom).clamp(0.05, 1.0);
+    let n = groups.len();
+    let labels: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
+    let layout = bar_label_layout(&labels);
+    let rows = layout.iter().map(|l| l.2).max().unwrap_or(0) as u32 + 1;
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let n = bars.len();
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
-        .margin(15)
-        .x_label_area_size(50)
-        .y_label_area_size(60)
+        .margin(BAR_MARGIN)
+        .x_label_area_size(10 + rows * LABEL_ROW_PX)
+        .y_label_area_size(BAR_Y_AREA)
         .build_cartesian_2d(-0.5f64..n as f64 - 0.5, 0.0..ymax)
         .map_err(err)?;
-    let names: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
-    let xfmt = |v: &f64| {
-        let i = v.round();
-        if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
-            names[i as usize].clone()
-        } else {
-            String::new()
-        }
-    };
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .x_labels(0)
         .y_desc(y_label)
-        .x_labels(4 * n + 1)
-        .x_label_formatter(&xfmt)
         .y_label_formatter(&|v| format!("{v:.0}%"))
-        .label_style(("sans-serif", 15))
+        .label_style(("sans-serif", BAR_LABEL_PX))
         .draw()
         .map_err(err)?;
-    for (i, (_, v)) in bars.iter().enumerate() {
-        let c = COLOURS[i % COLOURS.len()];
-        let x = i as f64;
+    // bars of a group share 80 % of its slot
+    let width = 0.8 / per as f64;
+    let value_px = if per > 2 { 11.0 } else { 13.0 };
+    for (i, (_, values)) in groups.iter().enumerate() {
+        for (j, v) in values.iter().enumerate() {
+            let c = if series.is_empty() {
+                COLOURS[i % COLOURS.len()]
+            } else {
+                COLOURS[j % COLOURS.len()]
+            };
+            let x0 = i as f64 - 0.4 + j as f64 * width;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x0 + 0.04 * width, 0.0), (x0 + 0.96 * width, 100.0 * v)],
+                    c.filled(),
+                )))
+                .map_err(err)?;
+            let text = format!("{:.1}%", 100.0 * v);
+            let style = TextStyle::from(("sans-serif", value_px).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (x0 + width / 2.0, 100.0 * v + ymax * 0.01),
+                    style,
+                )))
+                .map_err(err)?;
+        }
+    }
+    // group labels under the axis, staggered rows where they would overlap
+    let (_, axis_y) = chart.backend_coord(&(0.0, 0.0));
+    let label_style = TextStyle::from(("sans-serif", BAR_LABEL_PX).into_font())
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, (label, (_, _, row))) in labels.iter().zip(&layout).enumerate() {
+        let (x, _) = chart.backend_coord(&(i as f64, 0.0));
+        root.draw_text(
+            label,
+            &label_style,
+            (x, axis_y + 6 + (*row as u32 * LABEL_ROW_PX) as i32),
+        )
+        .map_err(err)?;
+    }
+    if !series.is_empty() {
+        for (j, name) in series.iter().enumerate() {
+            let c = COLOURS[j % COLOURS.len()];
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(-0.5, 0.0), (-0.5, 0.0)],
+                    c.filled(),
+                )))
+                .map_err(err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+        }
         chart
-            .draw_series(std::iter::once(Rectangle::new(
-                [(x - 0.35, 0.0), (x + 0.35, 100.0 * v)],
-                c.filled(),
-            )))
-            .map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Text::new(
-                format!("{:.1}%", 100.0 * v),
-                (x - 0.15, 100.0 * v + ymax * 0.04),
-                ("sans-serif", 15),
-            )))
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", BAR_LABEL_PX))
+            .draw()
             .map_err(err)?;
     }
     root.present().map_err(err)?;
@@ -420,5 +557,95 @@ mod tests {
             }]
         )
         .is_err());
+    }
+
+    #[test]
+    fn label_rows_stagger_only_what_would_overlap() {
+        assert_eq!(
+            x_label_rows(&[0.0, 10.0, 20.0], &[8.0, 15.0, 8.0], 1.0),
+            [0, 1, 0]
+        );
+        assert_eq!(
+            x_label_rows(&[0.0, 10.0, 20.0], &[8.0, 8.0, 8.0], 1.0),
+            [0, 0, 0]
+        );
+        // three wide labels in a row need three rows
+        assert_eq!(
+            x_label_rows(&[0.0, 1.0, 2.0], &[5.0, 5.0, 5.0], 0.0),
+            [0, 1, 2]
+        );
+        assert!(x_label_rows(&[], &[], 1.0).is_empty());
+    }
+
+    /// The labels of the old compare-pretexts chart (6 tasks and 4 baselines in 10 slots)
+    /// overlapped in one row; the layout must keep every row free of overlaps and inside the
+    /// canvas, and the 6 task names of the grouped chart fit in one row.
+    #[test]
+    fn bar_labels_never_overlap() {
+        let names = [
+            "rotation",
+            "relative_patch",
+            "jigsaw",
+            "exemplar",
+            "simclr",
+            "mae",
+            "init resnet",
+            "init relative_patch",
+            "init jigsaw",
+            "init vit",
+        ];
+        let labels: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let layout = bar_label_layout(&labels);
+        assert!(layout.iter().any(|l| l.2 > 0), "10 slots need a second row");
+        for (i, a) in layout.iter().enumerate() {
+            assert!(
+                a.0 >= 0.0 && a.1 <= SIZE.0 as f64,
+                "{} leaves the canvas",
+                names[i]
+            );
+            assert!(
+                a.1 - a.0 > 20.0,
+                "the font measured {} too narrow",
+                names[i]
+            );
+            for (j, b) in layout.iter().enumerate().skip(i + 1) {
+                if a.2 == b.2 {
+                    assert!(
+                        a.1 <= b.0 || b.1 <= a.0,
+                        "{} overlaps {}",
+                        names[i],
+                        names[j]
+                    );
+                }
+            }
+        }
+        let six = bar_label_layout(
+            &labels[..5]
+                .iter()
+                .cloned()
+                .chain(["mae (vit)".to_string()])
+                .collect::<Vec<_>>(),
+        );
+        assert!(six.iter().all(|l| l.2 == 0), "{six:?}");
+    }
+
+    #[test]
+    fn grouped_bars_with_a_legend() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("g.png");
+        let groups = vec![
+            ("rotation".to_string(), vec![0.42, 0.39]),
+            ("mae (vit)".to_string(), vec![0.41, 0.395]),
+        ];
+        let series = ["pretrained".to_string(), "random init".to_string()];
+        grouped_bar_chart(&p, "t", "top-1", &series, &groups).unwrap();
+        assert_eq!(png_size(&p), SIZE);
+        let ragged = vec![
+            ("a".to_string(), vec![0.1, 0.2]),
+            ("b".to_string(), vec![0.3]),
+        ];
+        assert!(grouped_bar_chart(&p, "t", "y", &series, &ragged).is_err());
+        assert!(grouped_bar_chart(&p, "t", "y", &series[..1], &groups).is_err());
+        assert!(grouped_bar_chart(&p, "t", "y", &series, &[]).is_err());
     }
 }
