@@ -41,8 +41,8 @@ pub async fn run_compare(
     reuse: bool,
     progress: bool,
 ) -> Result<Vec<RunResult>> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut runs = Vec::new();
+    // every scenario is loaded and checked before the first run starts
+    let mut loaded = Vec::with_capacity(scenarios.len());
     for path in scenarios {
         let mut sc = Scenario::load(path, overrides)?;
         anyhow::ensure!(
@@ -53,6 +53,12 @@ pub async fn run_compare(
         if let Some(d) = data_dir {
             sc.data.path = Some(d.to_path_buf());
         }
+        loaded.push((path, sc));
+    }
+    check_distinct_names(&loaded)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut runs = Vec::new();
+    for (path, sc) in loaded {
         let dir = out.join(&sc.name);
         let eval_path = dir.join("eval.json");
         if reuse && eval_path.exists() {
@@ -75,6 +81,23 @@ pub async fn run_compare(
     write_report(out, &runs)?;
     eprintln!("comparison written to {}", out.join("report.md").display());
     Ok(runs)
+}
+
+/// Refuses two scenarios with the same `name`: each run goes to `<out>/<name>/`, so the
+/// second would overwrite the first (the same file given twice included). The error names
+/// the duplicate and both files.
+pub fn check_distinct_names(scenarios: &[(&PathBuf, Scenario)]) -> Result<()> {
+    for (i, (path, sc)) in scenarios.iter().enumerate() {
+        if let Some((first, _)) = scenarios[..i].iter().find(|(_, s)| s.name == sc.name) {
+            anyhow::bail!(
+                "duplicate scenario name `{}` ({} and {}): each run is written to <out>/<name>/, so every scenario of a comparison needs its own name",
+                sc.name,
+                first.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads a run folder's `eval.json` and the `knn_top1` of its `rounds.jsonl`.
@@ -275,4 +298,39 @@ pub fn write_report(out: &Path, runs: &[RunResult]) -> Result<()> {
     }
     std::fs::write(out.join("report.md"), md)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn duplicate_names_are_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.toml");
+        let b = dir.path().join("b.toml");
+        std::fs::write(&a, "name = \"same\"\n").unwrap();
+        std::fs::write(&b, "name = \"same\"\n[federation]\nrounds = 3\n").unwrap();
+        let out = dir.path().join("out");
+        for list in [vec![a.clone(), b.clone()], vec![a.clone(), a.clone()]] {
+            let e = run_compare(&list, &out, None, &[], false, false)
+                .await
+                .err()
+                .expect("duplicate names must be refused");
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("duplicate scenario name `same`")
+                    && e.contains(&list[0].display().to_string())
+                    && e.contains(&list[1].display().to_string()),
+                "{e}"
+            );
+            assert!(!out.exists(), "nothing may be written before the check");
+        }
+        // distinct names pass the check
+        let sc = |name: &str| Scenario {
+            name: name.into(),
+            ..Scenario::default()
+        };
+        check_distinct_names(&[(&a, sc("x")), (&b, sc("y"))]).unwrap();
+    }
 }
