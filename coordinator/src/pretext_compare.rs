@@ -164,6 +164,17 @@ pub async fn compare_pretexts(
     progress: bool,
     reuse: bool,
 ) -> Result<Vec<CompareRow>> {
+    if let Some(t) = tasks
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| tasks[..i].contains(t).then_some(t))
+    {
+        anyhow::bail!(
+            "pretext task `{}` is listed twice: each task runs once, into <out>/{}/",
+            t.name(),
+            t.name()
+        );
+    }
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let scenarios: Vec<(PretextKind, Scenario)> = tasks
@@ -221,7 +232,9 @@ pub async fn compare_pretexts(
             }
         }
     }
-    write_reports(&rows, out)?;
+    if !rows.is_empty() {
+        write_reports(&rows, out)?;
+    }
     if !failed.is_empty() {
         anyhow::bail!(
             "{} of {} pretext runs failed ({}); the table in {} lists the others",
@@ -234,37 +247,43 @@ pub async fn compare_pretexts(
     Ok(rows)
 }
 
-/// Writes `compare.md` (Markdown table), `compare.csv` and `compare.png` (bar chart of
-/// top-1 per task, then one bar per distinct random-init baseline) into `out`.
+/// Writes `compare.md` (Markdown table), `compare.csv` and `compare.png` into `out`: the
+/// chart has one group per task, its linear-probe top-1 beside the top-1 of its own
+/// random-init baseline (same backbone, same eval view); tasks on a backbone other than the
+/// most common one are labelled `task (backbone)`.
 pub fn write_reports(rows: &[CompareRow], out: &Path) -> Result<()> {
     write_atomic(&out.join("compare.md"), markdown(rows).as_bytes())?;
     write_atomic(&out.join("compare.csv"), csv(rows).as_bytes())?;
-    let mut bars: Vec<(String, f64)> = rows.iter().map(|r| (r.task.clone(), r.top1)).collect();
-    // one baseline bar per distinct baseline: whole-image baselines are shared by every task
-    // on the same backbone; a patch grid belongs to its task
-    let mut seen = Vec::new();
-    for r in rows {
-        let key = (
-            r.backbone.clone(),
-            r.view.clone(),
-            r.random_init_top1.to_bits(),
-        );
-        if !seen.contains(&key) {
-            let label = if r.view == "whole" {
-                format!("init {}", r.backbone)
-            } else {
-                format!("init {}", r.task)
-            };
-            seen.push(key);
-            bars.push((label, r.random_init_top1));
-        }
-    }
-    crate::plot::bar_chart(
+    crate::plot::grouped_bar_chart(
         &out.join("compare.png"),
         "Linear probe top-1 per pretext task",
         "top-1 accuracy",
-        &bars,
+        &[
+            "federated pretext training".to_string(),
+            "random init (same backbone and view)".to_string(),
+        ],
+        &chart_groups(rows),
     )
+}
+
+/// The groups of `compare.png`: `(label, [top-1, random-init top-1])` per row.
+fn chart_groups(rows: &[CompareRow]) -> Vec<(String, Vec<f64>)> {
+    let count = |b: &str| rows.iter().filter(|r| r.backbone == b).count();
+    let common = rows
+        .iter()
+        .map(|r| r.backbone.as_str())
+        .max_by_key(|b| count(b))
+        .unwrap_or("");
+    rows.iter()
+        .map(|r| {
+            let label = if r.backbone == common {
+                r.task.clone()
+            } else {
+                format!("{} ({})", r.task, r.backbone)
+            };
+            (label, vec![r.top1, r.random_init_top1])
+        })
+        .collect()
 }
 
 /// The comparison as a Markdown table, accuracies in percent (MLP columns show `–` where the
@@ -375,5 +394,22 @@ mod tests {
                 t.required_backbone().unwrap_or(base.model.backbone)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_task_listed_twice_is_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let tasks = [
+            PretextKind::Jigsaw,
+            PretextKind::Rotation,
+            PretextKind::Jigsaw,
+        ];
+        let e = compare_pretexts(&Scenario::default(), &tasks, &out, false, false)
+            .await
+            .err()
+            .expect("a duplicate task must be refused");
+        assert!(e.to_string().contains("`jigsaw` is listed twice"), "{e}");
+        assert!(!out.exists(), "nothing may be written before the check");
     }
 }
