@@ -589,6 +589,28 @@ pub fn write_eval_json(
     )
 }
 
+/// The `scenario.json` of the run a checkpoint belongs to: next to it (`<run>/final.safetensors`)
+/// or one folder up (`<run>/checkpoints/round-NNNN.safetensors`). Errors, naming the places
+/// looked at, when neither exists.
+pub fn run_scenario_of(checkpoint: &Path) -> Result<std::path::PathBuf> {
+    let dir = checkpoint.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join(crate::resume::SCENARIO_FILE),
+        dir.join("..").join(crate::resume::SCENARIO_FILE),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "no --scenario given and no run scenario at {} or {}",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
+}
+
 /// `fedssl-coordinator eval`: the suite on the backbone saved in `checkpoint` (a
 /// `final.safetensors` or `checkpoints/round-*.safetensors`; `head.*` ignored), with the
 /// scenario's data and `[eval]`; writes `<out>/eval.json`. Errors name the file.

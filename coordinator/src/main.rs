@@ -51,9 +51,11 @@ enum Cmd {
     Eval {
         /// Backbone weights: a run's final.safetensors or checkpoints/round-*.safetensors.
         checkpoint: PathBuf,
-        /// Scenario file the backbone was trained with (its [model], [data] and [eval]).
+        /// Scenario the backbone was trained with (its [model], [data] and [eval]): a TOML
+        /// file or a run's scenario.json. Default: the scenario.json of the checkpoint's run
+        /// (next to final.safetensors, or one folder above checkpoints/round-*.safetensors).
         #[arg(long)]
-        scenario: PathBuf,
+        scenario: Option<PathBuf>,
         /// Dataset folder (overrides data.path).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -172,6 +174,10 @@ async fn real_main(cli: Cli) -> Result<()> {
             out,
             set,
         } => {
+            let scenario = match scenario {
+                Some(s) => s,
+                None => fedssl_coordinator::evaluate::run_scenario_of(&checkpoint)?,
+            };
             let mut sc = Scenario::load(&scenario, &set)?;
             if let Some(d) = data_dir {
                 sc.data.path = Some(d);

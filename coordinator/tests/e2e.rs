@@ -357,6 +357,18 @@ async fn eval_on_the_final_checkpoint_repeats_the_end_of_run_evaluation() {
     assert_eq!(strip(ck_eval), strip(run_eval));
     assert_eq!(again.linear, e.linear);
     assert_eq!(again.few_labels, e.few_labels);
+    // `eval` without --scenario finds the run's scenario.json (next to final.safetensors or
+    // above checkpoints/), which loads back to the scenario the run was made with
+    for ck in [
+        out.join("final.safetensors"),
+        out.join("checkpoints").join("round-0001.safetensors"),
+    ] {
+        let found = fedssl_coordinator::evaluate::run_scenario_of(&ck).unwrap();
+        assert_eq!(Scenario::load(&found, &[]).unwrap(), sc);
+    }
+    let e = fedssl_coordinator::evaluate::run_scenario_of(&dir.path().join("x.safetensors"))
+        .unwrap_err();
+    assert!(e.to_string().contains("no --scenario"), "{e}");
 
     // a checkpoint that does not fit the scenario's backbone is refused with the file named
     let vgg = scenario(&["model.backbone=\"vgg_bn\""]);

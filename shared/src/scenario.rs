@@ -26,7 +26,10 @@ pub use crate::pretext::PretextConfig;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scenario {
-    /// Name written into `summary.json`.
+    /// Name written into `summary.json`; also the run's folder name (`runs/<name>`, and
+    /// `<out>/<name>` under `compare`), so it must be a plain folder name: not empty, not `.`
+    /// or `..`, at most 100 characters, no path separators (`/`, `\\`), no control characters
+    /// and none of `<>:"|?*`, no leading or trailing spaces ([`check_name`]).
     pub name: String,
     /// Master seed: every RNG of the run (data, partition, init, sampling, augmentation) derives from it.
     pub seed: u64,
@@ -384,19 +387,35 @@ pub enum FaultKind {
 impl Scenario {
     /// Reads and validates a scenario file, applying `overrides` (`key.path=value`, value
     /// parsed as TOML, falling back to a string). Errors name the file and the key.
+    ///
+    /// A file whose name ends in `.json` is read as JSON: the `scenario.json` a run writes
+    /// into its output folder (the resolved scenario), so that a run's backbone can be
+    /// evaluated or a run repeated with exactly its scenario. Its `data.path` was already
+    /// resolved when the run started and is taken as it is; a relative `data.path` of a TOML
+    /// file is resolved against the file's folder.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read scenario {}", path.display()))?;
-        let mut sc = match Self::from_toml_str(&text, overrides) {
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let parse = |overrides: &[String]| {
+            if json {
+                Self::from_json_str(&text, overrides)
+            } else {
+                Self::from_toml_str(&text, overrides)
+            }
+        };
+        let mut sc = match parse(overrides) {
             Ok(sc) => sc,
             // Blame the file only if the file alone is wrong; otherwise the --set overrides.
-            Err(e) if overrides.is_empty() || Self::from_toml_str(&text, &[]).is_err() => {
+            Err(e) if overrides.is_empty() || parse(&[]).is_err() => {
                 return Err(e.context(format!("in scenario {}", path.display())))
             }
             Err(e) => return Err(e.context(format!("in --set {}", overrides.join(" --set ")))),
         };
         if let Some(p) = &sc.data.path {
-            if p.is_relative() {
+            if p.is_relative() && !json {
                 let base = path.parent().unwrap_or(Path::new("."));
                 sc.data.path = Some(base.join(p));
             }
@@ -406,7 +425,21 @@ impl Scenario {
 
     /// Parses scenario TOML text with overrides and validates it.
     pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Value = toml::from_str(text)?;
+        Self::from_value(toml::from_str(text)?, overrides)
+    }
+
+    /// Parses a scenario in JSON (a run's `scenario.json`) with overrides and validates it.
+    /// `null` values (options left unset) count as absent keys.
+    pub fn from_json_str(text: &str, overrides: &[String]) -> Result<Self> {
+        let json: serde_json::Value = serde_json::from_str(text)?;
+        if !json.is_object() {
+            bail!("a scenario in JSON must be an object");
+        }
+        let value = json_to_toml(json).context("a scenario in JSON cannot hold null in a list")?;
+        Self::from_value(value, overrides)
+    }
+
+    fn from_value(mut value: toml::Value, overrides: &[String]) -> Result<Self> {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
@@ -419,6 +452,7 @@ impl Scenario {
 
     /// Checks value ranges and cross-field constraints; the message names the key.
     pub fn validate(&self) -> Result<()> {
+        check_name(&self.name)?;
         let f = &self.federation;
         if f.clients == 0 {
             bail!("federation.clients must be at least 1");
@@ -570,6 +604,59 @@ fn load_split(
     }
 }
 
+/// Longest scenario name accepted, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// Checks that `name` can be the scenario's `name`, which is also a folder name: not empty,
+/// not `.` or `..`, at most [`MAX_NAME_CHARS`] characters, no `/` or `\\`, no control
+/// characters, none of `<>:"|?*` (refused by Windows), no leading or trailing whitespace.
+/// The error names the `name` key and the offending value.
+pub fn check_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        Some("it is empty")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not folder names")
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        Some("it is longer than 100 characters")
+    } else if name.contains(['/', '\\']) {
+        Some("it contains a path separator (`/` or `\\`)")
+    } else if name.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else if name.contains(['<', '>', ':', '"', '|', '?', '*']) {
+        Some("it contains one of <>:\"|?*")
+    } else if name.trim() != name {
+        Some("it starts or ends with whitespace")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => bail!("name {name:?} cannot be used (it names the run's folder): {why}"),
+        None => Ok(()),
+    }
+}
+
+/// A JSON value as TOML: objects become tables, `null` entries of objects are dropped (TOML
+/// has no null; an unset option is an absent key); `None` for a top-level or array-element
+/// `null`.
+fn json_to_toml(v: serde_json::Value) -> Option<toml::Value> {
+    use serde_json::Value as J;
+    Some(match v {
+        J::Null => return None,
+        J::Bool(b) => toml::Value::Boolean(b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64()?),
+        },
+        J::String(s) => toml::Value::String(s),
+        J::Array(a) => toml::Value::Array(a.into_iter().map(json_to_toml).collect::<Option<_>>()?),
+        J::Object(o) => toml::Value::Table(
+            o.into_iter()
+                .filter_map(|(k, v)| json_to_toml(v).map(|v| (k, v)))
+                .collect(),
+        ),
+    })
+}
+
 /// Applies one `a.b.c=value` override to a TOML tree, creating tables as needed.
 pub fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
     let (key, raw) = spec
@@ -716,5 +803,82 @@ mod tests {
             ],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn names_that_are_not_plain_folder_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../up",
+            "/abs",
+            "a\\b",
+            "tab\tname",
+            "line\nbreak",
+            "c:drive",
+            "what?",
+            "star*",
+            " lead",
+            "trail ",
+        ] {
+            let e = format!(
+                "{:#}",
+                Scenario::from_toml_str("", &[format!("name={}", toml::Value::from(bad))])
+                    .unwrap_err()
+            );
+            assert!(e.contains("name") && e.contains("folder"), "{bad:?}: {e}");
+        }
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        assert!(check_name(&long).is_err());
+        for good in [
+            "quickstart",
+            "compare-pretexts-relative_patch",
+            "run.v2",
+            "Versuch ä",
+            &"x".repeat(100),
+        ] {
+            check_name(good).unwrap();
+        }
+        // the file is blamed, and the message names the key
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "name = \"../escape\"\n").unwrap();
+        let e = format!("{:#}", Scenario::load(&p, &[]).unwrap_err());
+        assert!(
+            e.contains("s.toml") && e.contains("name \"../escape\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_runs_scenario_json_loads_back_to_the_same_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sc = Scenario::from_toml_str(
+            "name = \"j\"\n[data]\ndataset = \"cifar10\"\npath = \"rel/c10\"\ntrain_images = 300\n[partition]\nkind = \"dirichlet\"\nalpha = 0.5\n[pretext]\ntask = \"jigsaw\"\n[eval]\nweight_decays = [0.0, 1e-3]\n",
+            &[],
+        )
+        .unwrap();
+        sc.simulation.faults = vec![Fault {
+            client: 1,
+            round: 1,
+            kind: FaultKind::Stall,
+        }];
+        assert_eq!(sc.eval.test_images, None);
+        let p = dir.path().join("scenario.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&sc).unwrap()).unwrap();
+        // data.path is taken as the run resolved it, not against the file's folder
+        assert_eq!(Scenario::load(&p, &[]).unwrap(), sc);
+        let s = Scenario::load(&p, &["eval.epochs=3".into()]).unwrap();
+        assert_eq!(s.eval.epochs, 3);
+        let e = format!(
+            "{:#}",
+            Scenario::load(&p, &["eval.epochz=3".into()]).unwrap_err()
+        );
+        assert!(e.contains("--set") && e.contains("epochz"), "{e}");
+        std::fs::write(&p, "[1, 2]").unwrap();
+        let e = format!("{:#}", Scenario::load(&p, &[]).unwrap_err());
+        assert!(e.contains("scenario.json") && e.contains("object"), "{e}");
     }
 }

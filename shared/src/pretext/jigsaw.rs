@@ -66,9 +66,10 @@ pub struct JigsawConfig {
     /// must use the same value, which the scenario guarantees.
     pub permutation_seed: u64,
     /// Distinct permutations every image is shuffled by, i.e. puzzles per image (default 8,
-    /// as Revisiting; 1 to `permutations`). Older scenario files call it
-    /// `permutations_per_batch`.
-    #[serde(alias = "permutations_per_batch")]
+    /// as Revisiting; 1 to `permutations`). Earlier versions called it
+    /// `permutations_per_batch` and always drew per batch; that name is refused (as unknown)
+    /// rather than read with the new meaning, so that `--reuse` and `--resume` never mistake
+    /// a run of the old draw for one of the new.
     pub permutations_per_image: usize,
     /// How the `permutations_per_image` permutations are drawn: `"per_image"` (default,
     /// independently for every image) or `"per_batch"` (the same ones for the whole batch,
@@ -682,11 +683,19 @@ mod tests {
     }
 
     #[test]
-    fn old_key_name_and_draw_parse() {
+    fn draw_parses_and_the_old_key_is_refused() {
         let c: JigsawConfig =
-            toml::from_str("permutations_per_batch = 5\npermutation_draw = \"per_batch\"").unwrap();
+            toml::from_str("permutations_per_image = 5\npermutation_draw = \"per_batch\"").unwrap();
         assert_eq!(c.permutations_per_image, 5);
         assert_eq!(c.permutation_draw, PermutationDraw::PerBatch);
         assert!(toml::from_str::<JigsawConfig>("permutation_draw = \"per_pixel\"").is_err());
+        let e = toml::from_str::<JigsawConfig>("permutations_per_batch = 8")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("permutations_per_batch") && e.contains("permutations_per_image"),
+            "{e}"
+        );
     }
+
 }
