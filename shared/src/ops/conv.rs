@@ -15,7 +15,9 @@
 //! tile's column matrix (`K × T`) stays in the L2 cache between being written and being read.
 //! - forward: `col (K, T) = im2col(x)`, `out[:, tile] = w (C_out, K) · col`.
 //! - weight gradient: `gw += gout[:, tile] · colᵀ`, one accumulator per thread, summed.
-//! - input gradient: `dcol (K, T) = wᵀ · gout[:, tile]`, then `col2im` adds it into `gx`.
+//! - input gradient: `dcol (K, T) = wᵀ · gout[:, tile]`, then `col2im` adds it into `gx`; for a
+//!   stride-1 conv with a square kernel instead the forward above applied to `gout` with the
+//!   flipped kernel (see `input_grad_geom`).
 //! - a 1×1, stride-1, padding-0 conv needs no im2col: the image `(C_in, H·W)` is the column
 //!   matrix.
 //! - a stride-1 conv whose output is as wide as its input ("same" padding) builds each row of
