@@ -724,6 +724,76 @@ mod tests {
     }
 
     #[test]
+    fn gradients_match_finite_differences() {
+        // Central differences of L = Σ y·w through each fused op in training mode (the batch
+        // statistics depend on every input), against the op's own backward. Inputs whose
+        // perturbation moves some output across the ReLU's kink are skipped; most are not.
+        let dims = [2, 3, 3, 3];
+        let eps = 1e-2f32;
+        for tail in [Tail::None, Tail::Relu, Tail::AddRelu] {
+            let [(_vm, bn), _] = modules(3);
+            let x0 = rand(&dims, 31, 2.0, 0.3)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let r = rand(&dims, 32, 1.0, 0.0);
+            let w = rand(&dims, 33, 1.0, 0.0);
+            let forward = |x: &[f32]| -> (f32, Vec<f32>) {
+                let x = Tensor::from_vec(x.to_vec(), &dims[..], &Device::Cpu).unwrap();
+                let y = match tail {
+                    Tail::None => batch_norm(&bn, &x, true),
+                    Tail::Relu => batch_norm_relu(&bn, &x, true),
+                    Tail::AddRelu => batch_norm_add_relu(&bn, &x, &r, true),
+                }
+                .unwrap();
+                let l = (&y * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                (l, y.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            };
+            let xv = Var::from_vec(x0.clone(), &dims[..], &Device::Cpu).unwrap();
+            let y = match tail {
+                Tail::None => batch_norm(&bn, xv.as_tensor(), true),
+                Tail::Relu => batch_norm_relu(&bn, xv.as_tensor(), true),
+                Tail::AddRelu => batch_norm_add_relu(&bn, xv.as_tensor(), &r, true),
+            }
+            .unwrap();
+            let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = grads.get(xv.as_tensor()).unwrap();
+            let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let active = |y: &[f32]| y.iter().map(|v| *v > 0.0).collect::<Vec<_>>();
+            let (_, y0) = forward(&x0);
+            let mut checked = 0;
+            for i in 0..x0.len() {
+                let (mut up, mut down) = (x0.clone(), x0.clone());
+                up[i] += eps;
+                down[i] -= eps;
+                let ((lu, yu), (ld, yd)) = (forward(&up), forward(&down));
+                if !matches!(tail, Tail::None)
+                    && (active(&yu) != active(&y0) || active(&yd) != active(&y0))
+                {
+                    continue;
+                }
+                let fd = (lu - ld) / (2.0 * eps);
+                assert!(
+                    (fd - g[i]).abs() <= 2e-2 * (1.0 + g[i].abs()),
+                    "{tail:?} x[{i}]: finite difference {fd} vs backward {}",
+                    g[i]
+                );
+                checked += 1;
+            }
+            assert!(
+                checked >= x0.len() / 2,
+                "{tail:?}: only {checked} inputs checked"
+            );
+        }
+    }
+
+    #[test]
     fn add_relu_refuses_a_mismatched_residual() {
         let [(_vm, bn), _] = modules(3);
         let x = rand(&[2, 3, 4, 4], 1, 1.0, 0.0);
