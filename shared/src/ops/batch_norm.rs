@@ -21,6 +21,8 @@
 use candle_core::{
     CpuStorage, CustomOp3, DType, Layout, ModuleT, Result, Shape, Storage, Tensor, Var,
 };
+
+use super::f32_slice;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
@@ -170,16 +172,6 @@ struct BnOp {
 
 /// [`BnOp`] with `relu` over inputs `(x, [γ; β], residual)`.
 struct BnAddReluOp(BnOp);
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fedssl batch_norm: expected f32")
-    };
-    if !l.is_contiguous() {
-        candle_core::bail!("fedssl batch_norm: expected a contiguous tensor")
-    }
-    Ok(&v[l.start_offset()..l.start_offset() + l.shape().elem_count()])
-}
 
 /// `(N, C, S)` of a tensor `(N, C, …)`.
 fn ncs(dims: &[usize]) -> (usize, usize, usize) {
@@ -410,9 +402,12 @@ impl BnOp {
         let (Storage::Cpu(xs), Storage::Cpu(gs), Storage::Cpu(ys)) = (&*xs, &*gs, &*ys) else {
             candle_core::bail!("fedssl batch_norm: backward expects CPU tensors")
         };
-        let (xv, gv) = (f32_slice(xs, xl)?, f32_slice(gs, gl)?);
+        let (xv, gv) = (
+            f32_slice(xs, xl, "batch_norm")?,
+            f32_slice(gs, gl, "batch_norm")?,
+        );
         let yv = if self.relu {
-            Some(f32_slice(ys, yl)?)
+            Some(f32_slice(ys, yl, "batch_norm")?)
         } else {
             None
         };
@@ -508,7 +503,11 @@ impl CustomOp3 for BnOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, beta) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, gamma, beta) = (
+            f32_slice(s1, l1, "batch_norm")?,
+            f32_slice(s2, l2, "batch_norm")?,
+            f32_slice(s3, l3, "batch_norm")?,
+        );
         let out = self.forward(x, l1.dims(), gamma, beta, None);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -551,7 +550,11 @@ impl CustomOp3 for BnAddReluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, wb, r) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (x, wb, r) = (
+            f32_slice(s1, l1, "batch_norm")?,
+            f32_slice(s2, l2, "batch_norm")?,
+            f32_slice(s3, l3, "batch_norm")?,
+        );
         let c = wb.len() / 2;
         let out = self.0.forward(x, l1.dims(), &wb[..c], &wb[c..], Some(r));
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -33,6 +33,8 @@
 //! A/B comparisons).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+
+use super::f32_slice;
 use rayon::prelude::*;
 use std::sync::OnceLock;
 
@@ -678,18 +680,6 @@ fn flip_kernel(g: &Geom, w: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The contiguous `f32` data behind a CPU storage and layout.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fedssl conv2d: expected f32, got another dtype")
-    };
-    if !l.is_contiguous() {
-        candle_core::bail!("fedssl conv2d: expected a contiguous tensor")
-    }
-    let start = l.start_offset();
-    Ok(&v[start..start + l.shape().elem_count()])
-}
-
 struct Conv2dOp {
     stride: usize,
     padding: usize,
@@ -708,7 +698,11 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.padding)?;
-        let out = forward(&g, f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let out = forward(
+            &g,
+            f32_slice(s1, l1, "conv2d")?,
+            f32_slice(s2, l2, "conv2d")?,
+        );
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -729,7 +723,11 @@ impl CustomOp2 for Conv2dOp {
             let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xs, &*ws, &*gs) else {
                 candle_core::bail!("fedssl conv2d: backward expects CPU tensors")
             };
-            let (xv, wv, gv) = (f32_slice(xs, xl)?, f32_slice(ws, wl)?, f32_slice(gs, gl)?);
+            let (xv, wv, gv) = (
+                f32_slice(xs, xl, "conv2d")?,
+                f32_slice(ws, wl, "conv2d")?,
+                f32_slice(gs, gl, "conv2d")?,
+            );
             match input_grad_geom(&g).filter(|_| need_gx) {
                 Some(gt) => {
                     let gx = forward(&gt, gv, &flip_kernel(&g, wv));

@@ -75,6 +75,23 @@ pub use conv::conv2d;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+/// The contiguous `f32` data behind a CPU storage and layout; `op` names the op in the error
+/// (another dtype, or a strided layout: the ops' wrappers make their inputs contiguous).
+pub(crate) fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else {
+        candle_core::bail!("fedssl {op}: expected f32, got another dtype")
+    };
+    if !l.is_contiguous() {
+        candle_core::bail!("fedssl {op}: expected a contiguous tensor")
+    }
+    let start = l.start_offset();
+    Ok(&v[start..start + l.shape().elem_count()])
+}
+
 /// A `Vec<f32>` of length `n` built without zero-filling: `fill(i, chunk)` runs in parallel
 /// on the disjoint chunks of `chunk_len` elements (`i` is the chunk's index) and must write
 /// every element of its chunk.
