@@ -1,6 +1,7 @@
-//! What both binaries (`fedssl-client`, `fedssl-coordinator`) do around their command: logs
-//! on stderr filtered by `FEDSSL_LOG`, a multi-threaded tokio runtime, and a failure printed
-//! as one line `error: …` with a non-zero exit status.
+//! What both binaries (`fedssl-client`, `fedssl-coordinator`) do around their command: the
+//! allocator tuning of [`fedssl_shared::ops::tune_allocator`], logs on stderr filtered by
+//! `FEDSSL_LOG`, a multi-threaded tokio runtime, and a failure printed as one line `error: …`
+//! with a non-zero exit status.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -8,6 +9,8 @@ use std::process::ExitCode;
 /// Runs `command` to completion and turns its result into the process's exit status.
 /// `default_log` is the tracing filter used when `FEDSSL_LOG` is unset (e.g. `"warn"`).
 pub fn run_main(default_log: &str, command: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    // Before any tensor exists: keep freed heap memory for the next training step.
+    fedssl_shared::ops::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG")

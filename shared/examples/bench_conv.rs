@@ -13,7 +13,10 @@
 //! (lr 0.01). Inference: forward with BatchNorm in eval mode. Batch 128 of 32×32 images.
 //!
 //! Variants: `candle-stock` (candle's conv2d, BatchNorm, ReLU), `fedssl-conv` (our conv2d,
-//! candle's BatchNorm and ReLU), `fedssl-all` (our conv2d, batch_norm, relu, add_relu).
+//! candle's BatchNorm and ReLU), both on the self-contained model above; `fedssl` is the
+//! project's own backbone (`fedssl_shared::model::ResNet`, `stem_width = 32`,
+//! `widths = [32, 64, 128]`, `blocks = [2, 2, 2]`, the same layers) with a linear classifier:
+//! exactly what training runs (our conv2d, and BatchNorm fused with its ReLU and residual add).
 //! Throughput is the batch over the best (minimum) step time of `--iters` timed steps, which is
 //! the least disturbed by other work on a shared machine; the median is in the JSON too. Peak
 //! memory is the process's peak resident set while a variant runs (Linux `VmHWM`, reset before
@@ -21,8 +24,9 @@
 //!
 //! Flags: `--threads N` (default 2), `--batch B` (128), `--iters K` timed steps (3),
 //! `--warmup W` (1), `--ops stock|conv|all|fast|every` (every; fast = conv + all),
-//! `--breakdown` (time each op kind alone at the model's shapes), `--no-pytorch`,
-//! `--out FILE` (JSON).
+//! `--breakdown` (time each op kind alone at the model's shapes), `--no-pytorch`, `--no-vgg`,
+//! `--malloc-defaults` (skip [`fedssl_shared::ops::tune_allocator`], which every fedssl binary
+//! calls at start), `--out FILE` (JSON).
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{BatchNorm, Init, Linear, Optimizer, VarBuilder, VarMap};
@@ -34,7 +38,8 @@ enum ConvKind {
     Stock,
     /// `ops::conv2d`, candle's BatchNorm and ReLU.
     Fast,
-    /// `ops::conv2d`, `ops::batch_norm`, `ops::relu` / `ops::add_relu`.
+    /// fedssl's own ResNet backbone: `ops::conv2d`, `ops::batch_norm_relu`,
+    /// `ops::batch_norm_add_relu`, `ops::batch_norm`.
     All,
 }
 
@@ -43,7 +48,7 @@ impl ConvKind {
         match self {
             ConvKind::Stock => "candle-stock",
             ConvKind::Fast => "fedssl-conv",
-            ConvKind::All => "fedssl-all",
+            ConvKind::All => "fedssl",
         }
     }
     fn conv(self, x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
@@ -192,6 +197,8 @@ struct Args {
     pytorch: bool,
     /// Also benchmark the project's VGG-11-BN backbone ([`vgg_config`]).
     vgg: bool,
+    /// Leave glibc's allocator settings alone instead of `ops::tune_allocator`.
+    malloc_defaults: bool,
     out: Option<String>,
 }
 
@@ -211,13 +218,27 @@ fn vgg_config() -> fedssl_shared::model::ModelConfig {
     }
 }
 
-/// Training and inference images/s of fedssl's VGG-11-BN ([`vgg_config`]) with a linear
-/// classifier: the same step as [`measure`] (forward in training mode, cross-entropy, backward,
-/// SGD lr 0.01), the ops fedssl runs (our conv, BN, ReLU; candle's max-pool).
-fn measure_vgg(a: &Args) -> anyhow::Result<Measured> {
+/// The ResNet of the benchmark as fedssl's own backbone (`model.backbone = "resnet"`): the
+/// layers of [`Net`] (stem 32, stages 32/64/128 with two BasicBlocks each).
+fn resnet_config() -> fedssl_shared::model::ModelConfig {
+    fedssl_shared::model::ModelConfig {
+        resnet: fedssl_shared::model::ResNetConfig {
+            stem_width: 32,
+            widths: vec![32, 64, 128],
+            blocks: vec![2, 2, 2],
+            widen: 1,
+        },
+        ..Default::default()
+    }
+}
+
+/// Training and inference images/s of one of fedssl's backbones ([`resnet_config`],
+/// [`vgg_config`]) with a linear classifier: the same step as [`measure`] (forward in
+/// training mode, cross-entropy, backward, SGD lr 0.01) with the ops fedssl runs.
+fn measure_backbone(cfg: &fedssl_shared::model::ModelConfig, a: &Args) -> anyhow::Result<Measured> {
     reset_peak_rss();
     let dev = Device::Cpu;
-    let (net, varmap) = fedssl_shared::model::build_backbone(&vgg_config(), 0, &dev)?;
+    let (net, varmap) = fedssl_shared::model::build_backbone(cfg, 0, &dev)?;
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let fc = candle_nn::linear(net.feature_dim(), 10, vb.pp("fc"))?;
     let x = Tensor::randn(0f32, 1.0, (a.batch, 3, 32, 32), &dev)?;
@@ -258,6 +279,7 @@ fn parse_args() -> std::result::Result<Args, String> {
         breakdown: false,
         pytorch: true,
         vgg: true,
+        malloc_defaults: false,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -286,11 +308,13 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--breakdown" => a.breakdown = true,
             "--no-pytorch" => a.pytorch = false,
             "--no-vgg" => a.vgg = false,
+            "--malloc-defaults" => a.malloc_defaults = true,
             "--out" => a.out = Some(val()?),
             "-h" | "--help" => {
                 println!(
                     "bench_conv [--threads N] [--batch B] [--iters K] [--warmup W] \
-                     [--ops stock|conv|all|fast|every] [--breakdown] [--no-pytorch] [--no-vgg] [--out FILE]"
+                     [--ops stock|conv|all|fast|every] [--breakdown] [--no-pytorch] [--no-vgg] \
+                     [--malloc-defaults] [--out FILE]"
                 );
                 std::process::exit(0);
             }
@@ -323,6 +347,8 @@ fn time_it(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Re
 /// Resets the process's peak resident set (Linux: writing 5 to `/proc/self/clear_refs` sets
 /// `VmHWM` back to the current RSS). Errors are ignored: then the peak spans the process.
 fn reset_peak_rss() {
+    // Memory an earlier variant freed but the tuned allocator kept would count otherwise.
+    fedssl_shared::ops::trim_allocator();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
@@ -346,7 +372,10 @@ struct Measured {
     final_loss: f32,
 }
 
-fn measure(kind: ConvKind, a: &Args) -> Result<Measured> {
+fn measure(kind: ConvKind, a: &Args) -> anyhow::Result<Measured> {
+    if kind == ConvKind::All {
+        return measure_backbone(&resnet_config(), a);
+    }
     reset_peak_rss();
     let dev = Device::Cpu;
     let varmap = VarMap::new();
@@ -431,6 +460,9 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
         rows.push((format!("conv2d ({label})"), f, fb));
         // BatchNorm (training mode) after every conv; a ReLU (or the residual add + ReLU)
         // after every 3×3 conv.
+        // candle: BatchNorm, then a separate ReLU after every 3×3 conv. fedssl: the fused
+        // BatchNorm + ReLU after every 3×3 conv (the residual add + ReLU is timed as the same
+        // fused op without the add), the plain fused BatchNorm after 1×1 shortcut convs.
         let (mut bn_f, mut bn_fb, mut relu_f, mut relu_fb) = (0.0, 0.0, 0.0, 0.0);
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
@@ -438,17 +470,25 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
             let side = side / stride;
             let x = Var::randn(0f32, 1.0, (b, c_out, side, side), &dev)?;
             let bn = candle_nn::batch_norm(c_out, 1e-5, vb.pp(format!("bn{i}")))?;
-            let (t1, t2) = fwd_bwd(&x, &|x| kind.bn(&bn, x, true))?;
+            let (t1, t2) = if kind == ConvKind::All && k == 3 {
+                fwd_bwd(&x, &|x| fedssl_shared::ops::batch_norm_relu(&bn, x, true))?
+            } else {
+                fwd_bwd(&x, &|x| kind.bn(&bn, x, true))?
+            };
             bn_f += t1;
             bn_fb += t2;
-            if k == 3 {
+            if k == 3 && kind != ConvKind::All {
                 let (t1, t2) = fwd_bwd(&x, &|x| kind.relu(x))?;
                 relu_f += t1;
                 relu_fb += t2;
             }
         }
-        rows.push((format!("batch_norm train ({label})"), bn_f, bn_fb));
-        rows.push((format!("relu ({label})"), relu_f, relu_fb));
+        if kind == ConvKind::All {
+            rows.push((format!("batch_norm+relu train ({label})"), bn_f, bn_fb));
+        } else {
+            rows.push((format!("batch_norm train ({label})"), bn_f, bn_fb));
+            rows.push((format!("relu ({label})"), relu_f, relu_fb));
+        }
     }
     Ok(rows)
 }
@@ -492,18 +532,23 @@ fn mib(b: Option<u64>) -> String {
 
 fn main() -> anyhow::Result<()> {
     let a = parse_args().map_err(anyhow::Error::msg)?;
+    // As fedssl's binaries do (`ops::tune_allocator`); `--malloc-defaults` keeps glibc's.
+    let tuned = !a.malloc_defaults && fedssl_shared::ops::tune_allocator();
     // Candle sizes its pool and its GEMM parallelism from RAYON_NUM_THREADS; set it before the
     // first candle call so `--threads` governs everything.
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     println!(
-        "small ResNet (stem 32, stages 32/64/128 x 2 BasicBlocks), batch {}, 32x32, {} thread(s), best of {}",
-        a.batch, a.threads, a.iters
+        "small ResNet (stem 32, stages 32/64/128 x 2 BasicBlocks), batch {}, 32x32, {} thread(s), best of {}, allocator {}",
+        a.batch,
+        a.threads,
+        a.iters,
+        if tuned { "tuned (ops::tune_allocator)" } else { "glibc defaults" }
     );
     println!(
         "  {:<14} {:>12} {:>16} {:>10}",
         "ops", "train img/s", "inference img/s", "peak MiB"
     );
-    let (results, rows) = Device::Cpu.with_context(|| -> Result<_> {
+    let (results, rows) = Device::Cpu.with_context(|| -> anyhow::Result<_> {
         let mut results = Vec::new();
         for &kind in &a.kinds {
             let m = measure(kind, &a)?;
@@ -527,7 +572,7 @@ fn main() -> anyhow::Result<()> {
         Ok((results, rows))
     })?;
     let vgg = if a.vgg {
-        let m = Device::Cpu.with_context(|| measure_vgg(&a))?;
+        let m = Device::Cpu.with_context(|| measure_backbone(&vgg_config(), &a))?;
         println!(
             "  {:<14} {:>12.1} {:>16.1} {:>10}   VGG-11-BN (fedssl's vgg_bn, base width 32, hidden 256)",
             "fedssl-vgg11",
@@ -622,6 +667,7 @@ fn main() -> anyhow::Result<()> {
             "image": [3, 32, 32],
             "threads": a.threads,
             "iters": a.iters,
+            "allocator_tuned": tuned,
             "statistic": "images per second over the best step; *_median over the median step",
             "results": results.iter().map(|m| serde_json::json!({
                 "ops": m.kind.name(),

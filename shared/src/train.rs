@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use crate::data::ImageDataset;
 use crate::model::{build_backbone, seeded_init, Backbone, ModelConfig};
 use crate::optim::{lr_at, LrSchedule, SgdMomentum};
-use crate::pretext::{build_task, PretextConfig, PretextTask};
+use crate::pretext::{build_task, PreparedBatch, PretextConfig, PretextTask};
 use crate::weights::WeightSet;
 
 /// Hyper-parameters of one round of local training (the task's own parameters live in the
@@ -185,13 +185,37 @@ pub fn on_device<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
 /// `progress(step, total_steps, running_loss)` is called, `step` counting from 1 and
 /// `running_loss` the mean loss of the current epoch so far.
 ///
+/// The batches are prepared ([`PretextTask::prepare`]: decoding, crops, rotations,
+/// augmentation, normalisation) [`PREFETCH_BATCHES`] ahead on a separate thread, so that
+/// preparing the next batch overlaps the current step; the random stream is drawn in the
+/// same order as without prefetching, so results do not depend on it.
+///
 /// Returns the sample-weighted mean loss and accuracy of the last epoch.
-/// Errors on an empty shard, `batch_size == 0`, `local_epochs == 0`, or a non-finite loss.
+/// Errors on an empty shard, `batch_size == 0`, `local_epochs == 0`, a batch that cannot be
+/// prepared, or a non-finite loss.
 pub fn train_local(
     model: &mut LocalModel,
     shard: &ImageDataset,
     cfg: &LocalTrainConfig,
     progress: &mut dyn FnMut(usize, usize, f64),
+) -> Result<TrainStats> {
+    train_loop(model, shard, cfg, progress, PREFETCH_BATCHES)
+}
+
+/// Batches [`train_local`] prepares ahead of the step that runs (on its own thread).
+pub const PREFETCH_BATCHES: usize = 2;
+
+/// [`train_local`] with `prefetch` batches prepared ahead on a separate thread (0: each batch
+/// is prepared right before its step, on the calling thread). The batch-preparing thread
+/// owns the seeded stream and draws from it in the same order as the calling thread would
+/// (each epoch's shuffle, then every batch's augmentations), so every `prefetch` gives
+/// bit-identical results.
+fn train_loop(
+    model: &mut LocalModel,
+    shard: &ImageDataset,
+    cfg: &LocalTrainConfig,
+    progress: &mut dyn FnMut(usize, usize, f64),
+    prefetch: usize,
 ) -> Result<TrainStats> {
     let start = Instant::now();
     if shard.is_empty() {
@@ -204,42 +228,78 @@ pub fn train_local(
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.local_epochs;
     let mut opt = SgdMomentum::new(model.named_vars(), cfg.lr, cfg.momentum, cfg.weight_decay);
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
     let device = model.device.clone();
     let model_ref: &LocalModel = model;
-    let mut step = 0usize;
-    let (mut loss_sum, mut correct, mut seen) = (0.0f64, None::<usize>, 0usize);
-    for _epoch in 0..cfg.local_epochs {
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.shuffle(&mut rng);
-        (loss_sum, correct, seen) = (0.0, None, 0);
-        for chunk in perm.chunks(cfg.batch_size) {
-            opt.set_lr(lr_at(cfg.lr, &cfg.schedule, step, total));
-            let (loss, ok, count) =
-                on_device(&device, || -> Result<(f64, Option<usize>, usize)> {
-                    let out = model_ref.task.batch_loss(
-                        &model_ref.backbone,
-                        shard,
-                        chunk,
-                        &mut rng,
-                        &device,
-                    )?;
-                    let grads = out.loss.backward()?;
-                    opt.step(&grads)?;
-                    let loss = out.loss.to_scalar::<f32>()? as f64;
-                    Ok((loss, out.correct, out.count))
-                })?;
-            if !loss.is_finite() {
-                bail!("training diverged: loss is {loss} at step {}", step + 1);
+    let task: &dyn PretextTask = model_ref.task.as_ref();
+    // Every batch of the round in order, each epoch's shuffle first: the one place the
+    // round's random stream is drawn from.
+    let batches = {
+        let device = device.clone();
+        let (epochs, batch_size, seed) = (cfg.local_epochs, cfg.batch_size, cfg.seed);
+        move |emit: &mut dyn FnMut(Result<(usize, PreparedBatch)>) -> bool| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            for epoch in 0..epochs {
+                let mut perm: Vec<usize> = (0..n).collect();
+                perm.shuffle(&mut rng);
+                for chunk in perm.chunks(batch_size) {
+                    let batch = task.prepare(shard, chunk, &mut rng, &device);
+                    let failed = batch.is_err();
+                    if !emit(batch.map(|b| (epoch, b))) || failed {
+                        return;
+                    }
+                }
             }
-            step += 1;
-            loss_sum += loss * count as f64;
-            if let Some(ok) = ok {
-                correct = Some(correct.unwrap_or(0) + ok);
-            }
-            seen += count;
-            progress(step, total, loss_sum / seen.max(1) as f64);
         }
+    };
+    let mut step = 0usize;
+    let mut epoch_seen = usize::MAX;
+    let (mut loss_sum, mut correct, mut seen) = (0.0f64, None::<usize>, 0usize);
+    let mut run_step = |item: Result<(usize, PreparedBatch)>| -> Result<()> {
+        let (epoch, batch) = item?;
+        if epoch != epoch_seen {
+            epoch_seen = epoch;
+            (loss_sum, correct, seen) = (0.0, None, 0);
+        }
+        opt.set_lr(lr_at(cfg.lr, &cfg.schedule, step, total));
+        let (loss, ok, count) = on_device(&device, || -> Result<(f64, Option<usize>, usize)> {
+            let out = task.step(&model_ref.backbone, batch)?;
+            let grads = out.loss.backward()?;
+            opt.step(&grads)?;
+            let loss = out.loss.to_scalar::<f32>()? as f64;
+            Ok((loss, out.correct, out.count))
+        })?;
+        if !loss.is_finite() {
+            bail!("training diverged: loss is {loss} at step {}", step + 1);
+        }
+        step += 1;
+        loss_sum += loss * count as f64;
+        if let Some(ok) = ok {
+            correct = Some(correct.unwrap_or(0) + ok);
+        }
+        seen += count;
+        progress(step, total, loss_sum / seen.max(1) as f64);
+        Ok(())
+    };
+    if prefetch == 0 {
+        let mut result = Ok(());
+        batches(&mut |item| {
+            result = run_step(item);
+            result.is_ok()
+        });
+        result?;
+    } else {
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) = std::sync::mpsc::sync_channel(prefetch);
+            // The receiver hanging up (a failed step) stops the preparing thread.
+            scope.spawn(move || batches(&mut |item| tx.send(item).is_ok()));
+            for item in rx {
+                run_step(item)?;
+            }
+            Ok(())
+        })?;
+    }
+    if step != total {
+        bail!("local training stopped after {step} of {total} steps");
     }
     Ok(TrainStats {
         loss: loss_sum / seen.max(1) as f64,
@@ -287,7 +347,7 @@ mod tests {
     use super::*;
     use crate::data::synthetic;
     use crate::model::ResNetConfig;
-    use crate::pretext::{rotation_batch, RotationMode, RotationTask};
+    use crate::pretext::{rotation_batch, RotationMode, RotationTask, StepOutput};
     use crate::weights::WeightSet;
 
     /// A narrow two-stage ResNet keeps the test fast on 2 CPU cores.
@@ -391,6 +451,103 @@ mod tests {
             WeightSet::from_varmap(&m2.head_vars).unwrap(),
             WeightSet::from_varmap(&m.head_vars).unwrap()
         );
+    }
+
+    #[test]
+    fn prefetching_batches_gives_bit_identical_training() {
+        // Two epochs (the shuffle of the second epoch comes after the first epoch's batches
+        // in the stream), a last batch smaller than the others, and a task that draws
+        // augmentations from the stream for every batch (rotation with random flips).
+        let ds = synthetic::generate(37, 5);
+        let pretext = PretextConfig::default();
+        assert!(pretext.rotation.flip);
+        let c = LocalTrainConfig {
+            local_epochs: 2,
+            batch_size: 8,
+            ..cfg()
+        };
+        let run = |prefetch: usize| {
+            let mut m = LocalModel::new(&small(), &pretext, 4, 104, &Device::Cpu).unwrap();
+            let mut losses = vec![];
+            let stats =
+                train_loop(&mut m, &ds, &c, &mut |_, _, l| losses.push(l), prefetch).unwrap();
+            let w = WeightSet::from_varmap(&m.backbone_vars).unwrap();
+            let h = WeightSet::from_varmap(&m.head_vars).unwrap();
+            (stats.loss, stats.accuracy, stats.steps, losses, w, h)
+        };
+        let inline = run(0);
+        assert_eq!(inline.2, 10);
+        for prefetch in [1, PREFETCH_BATCHES, 5] {
+            let ahead = run(prefetch);
+            assert_eq!(inline.0, ahead.0, "prefetch {prefetch}: loss");
+            assert_eq!(inline.1, ahead.1, "prefetch {prefetch}: accuracy");
+            assert_eq!(inline.3, ahead.3, "prefetch {prefetch}: running losses");
+            assert!(
+                inline.4 == ahead.4,
+                "prefetch {prefetch}: backbone weights differ"
+            );
+            assert!(
+                inline.5 == ahead.5,
+                "prefetch {prefetch}: head weights differ"
+            );
+        }
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_prepared_stops_training_with_its_error() {
+        // An index past the end of the shard fails in `prepare` on the preparing thread;
+        // the error reaches the caller instead of a hang or a panic.
+        struct Broken(Box<dyn PretextTask>);
+        impl PretextTask for Broken {
+            fn kind(&self) -> crate::pretext::PretextKind {
+                self.0.kind()
+            }
+            fn prepare(
+                &self,
+                shard: &ImageDataset,
+                idx: &[usize],
+                rng: &mut StdRng,
+                device: &Device,
+            ) -> Result<PreparedBatch> {
+                let bad: Vec<usize> = idx.iter().map(|i| i + 1000).collect();
+                self.0.prepare(shard, &bad, rng, device)
+            }
+            fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput> {
+                self.0.step(backbone, batch)
+            }
+        }
+        let ds = synthetic::generate(16, 1);
+        for prefetch in [0, PREFETCH_BATCHES] {
+            let mut m = model(&small(), 4);
+            let inner = std::mem::replace(&mut m.task, Box::new(NoTask));
+            m.task = Box::new(Broken(inner));
+            let err = train_loop(&mut m, &ds, &cfg(), &mut |_, _, _| {}, prefetch).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("out of range (dataset has 16 images)"),
+                "{prefetch}: {msg}"
+            );
+        }
+    }
+
+    /// A placeholder task for swapping a model's task out.
+    struct NoTask;
+    impl PretextTask for NoTask {
+        fn kind(&self) -> crate::pretext::PretextKind {
+            crate::pretext::PretextKind::Rotation
+        }
+        fn prepare(
+            &self,
+            _: &ImageDataset,
+            _: &[usize],
+            _: &mut StdRng,
+            _: &Device,
+        ) -> Result<PreparedBatch> {
+            bail!("no task")
+        }
+        fn step(&self, _: &Backbone, _: PreparedBatch) -> Result<StepOutput> {
+            bail!("no task")
+        }
     }
 
     #[test]

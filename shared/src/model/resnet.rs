@@ -109,6 +109,18 @@ impl ConvBn {
         let y = conv2d(x, &self.w, self.stride, self.padding)?;
         crate::ops::batch_norm(&self.bn, &y, train)
     }
+
+    /// `relu(bn(conv(x)))`, the BatchNorm and ReLU fused.
+    fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = conv2d(x, &self.w, self.stride, self.padding)?;
+        crate::ops::batch_norm_relu(&self.bn, &y, train)
+    }
+
+    /// `relu(bn(conv(x)) + residual)`, the BatchNorm, residual add and ReLU fused.
+    fn forward_add_relu(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
+        let y = conv2d(x, &self.w, self.stride, self.padding)?;
+        crate::ops::batch_norm_add_relu(&self.bn, &y, residual, train)
+    }
 }
 
 /// conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU.
@@ -133,13 +145,12 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = crate::ops::relu(&self.c1.forward_t(x, train)?)?;
-        let y = self.c2.forward_t(&y, train)?;
+        let y = self.c1.forward_relu(x, train)?;
         let s = match &self.shortcut {
             Some(sc) => sc.forward_t(x, train)?,
             None => x.clone(),
         };
-        crate::ops::add_relu(&y, &s)
+        self.c2.forward_add_relu(&y, &s, train)
     }
 }
 
@@ -190,7 +201,7 @@ impl ResNet {
     /// statistics in BatchNorm and updates the running statistics (momentum 0.1, as PyTorch);
     /// `train = false` uses the running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<BackboneOutput> {
-        let mut h = crate::ops::relu(&self.stem.forward_t(x, train)?)?;
+        let mut h = self.stem.forward_relu(x, train)?;
         let mut outs = Vec::with_capacity(self.stages.len());
         for stage in &self.stages {
             for block in stage {

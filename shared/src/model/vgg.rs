@@ -148,7 +148,7 @@ impl Vgg {
         for block in &self.blocks {
             for layer in block {
                 let y = conv2d(&h, &layer.w, 1, 1)?;
-                h = crate::ops::relu(&crate::ops::batch_norm(&layer.bn, &y, train)?)?;
+                h = crate::ops::batch_norm_relu(&layer.bn, &y, train)?;
             }
             let (_, _, hh, ww) = h.dims4()?;
             if hh >= 2 && ww >= 2 {
@@ -158,7 +158,7 @@ impl Vgg {
         }
         let pooled = h.mean((2, 3))?;
         let z = pooled.matmul(&self.fc.t()?)?;
-        let pre_logits = crate::ops::relu(&crate::ops::batch_norm(&self.fc_bn, &z, train)?)?;
+        let pre_logits = crate::ops::batch_norm_relu(&self.fc_bn, &z, train)?;
         Ok(BackboneOutput { stages, pre_logits })
     }
 

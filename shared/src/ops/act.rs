@@ -9,6 +9,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+use super::f32_slice;
+
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 15;
 
@@ -34,16 +36,6 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fedssl relu: expected f32")
-    };
-    if !l.is_contiguous() {
-        candle_core::bail!("fedssl relu: expected a contiguous tensor")
-    }
-    Ok(&v[l.start_offset()..l.start_offset() + l.shape().elem_count()])
-}
-
 struct Relu;
 
 impl CustomOp1 for Relu {
@@ -51,7 +43,7 @@ impl CustomOp1 for Relu {
         "fedssl-relu"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l)?;
+        let x = f32_slice(s, l, "relu")?;
         // SAFETY: each chunk writes all of its elements.
         let out = unsafe {
             super::par_build(x.len(), CHUNK, |i, o| {
@@ -80,7 +72,7 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (a, b) = (f32_slice(s1, l1, "relu")?, f32_slice(s2, l2, "relu")?);
         // SAFETY: each chunk writes all of its elements.
         let out = unsafe {
             super::par_build(a.len(), CHUNK, |i, o| {
@@ -118,7 +110,7 @@ impl CustomOp2 for ReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (g, y) = (f32_slice(s1, l1, "relu")?, f32_slice(s2, l2, "relu")?);
         // SAFETY: each chunk writes all of its elements.
         let out = unsafe {
             super::par_build(g.len(), CHUNK, |i, o| {

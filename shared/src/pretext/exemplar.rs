@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::simclr::l2_normalize;
-use super::{PretextKind, PretextTask, StepOutput};
+use super::{PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::augment::{validate_ranges, Pipeline};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
@@ -153,16 +153,20 @@ impl PretextTask for ExemplarTask {
     /// [`semihard_triplet_loss`] over the [`exemplar_batch`] of `idx` with labels = image
     /// position in the batch; `count` = `K·N` views; `correct` = views whose nearest other
     /// view (squared Euclidean distance of the embeddings) is a view of the same image.
-    fn batch_loss(
+    fn prepare(
         &self,
-        backbone: &Backbone,
         shard: &ImageDataset,
         idx: &[usize],
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<StepOutput> {
+    ) -> Result<PreparedBatch> {
         let k = self.cfg.views;
-        let (x, labels) = exemplar_batch(shard, idx, k, &self.cfg.pipeline(), rng, device)?;
+        let batch = exemplar_batch(shard, idx, k, &self.cfg.pipeline(), rng, device)?;
+        Ok(PreparedBatch::new(batch))
+    }
+
+    fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput> {
+        let (x, labels): (Tensor, Vec<u32>) = batch.take(self.kind())?;
         let e = self.embed(backbone, &x, true)?;
         let loss = semihard_triplet_loss(&e, &labels, self.cfg.margin)?;
         let d = pairwise_sq_dist(&e.detach())?;

@@ -37,7 +37,7 @@ use rand::{Rng, SeedableRng};
 
 use super::grid::{crop_hwc, upscale, Grid};
 use super::relative_patch::{check_colour_probs, drop_colour};
-use super::{classification_step, PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::data::ImageDataset;
 use crate::model::Backbone;
 
@@ -447,15 +447,19 @@ impl PretextTask for JigsawTask {
 
     /// Cross-entropy over the permutation set for [`jigsaw_batch`] (`count` = images ×
     /// `permutations_per_image`).
-    fn batch_loss(
+    fn prepare(
         &self,
-        backbone: &Backbone,
         shard: &ImageDataset,
         idx: &[usize],
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<StepOutput> {
+    ) -> Result<PreparedBatch> {
         let batch = jigsaw_batch(shard, idx, &self.cfg, &self.perms, rng, device)?;
+        Ok(PreparedBatch::new(batch))
+    }
+
+    fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput> {
+        let batch: JigsawBatch = batch.take(self.kind())?;
         let logits = self.logits(backbone, &batch.tiles, &batch.gather, true)?;
         let y = &batch.labels;
         classification_step(&logits, y)

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::rotation::hflip_hwc;
-use super::{PretextKind, PretextTask, StepOutput};
+use super::{PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::vit::{patchify, pos_embed_tensor, Block, LayerNorm};
 use crate::model::{Backbone, Vit};
@@ -252,6 +252,19 @@ impl MaeTask {
     }
 }
 
+/// One prepared masked-autoencoder batch: the images, their patch grid, the random masks.
+struct MaeBatch {
+    /// `(B, 3, H, W)` normalised images.
+    x: Tensor,
+    /// `(H/p, W/p)`.
+    grid: (usize, usize),
+    masks: Masks,
+    /// `(B, K)` `u32`: the visible patches.
+    keep: Tensor,
+    /// `(B, L)` `f32`: 1 where a patch is masked.
+    mask: Tensor,
+}
+
 impl PretextTask for MaeTask {
     fn kind(&self) -> PretextKind {
         PretextKind::Mae
@@ -260,36 +273,61 @@ impl PretextTask for MaeTask {
     /// Flip draws for every image, then [`random_masks`], encoder on the visible patches,
     /// decoder, [`masked_mse`] against [`mae_targets`]. `correct = None`, `count` = masked
     /// patches in the batch.
-    fn batch_loss(
+    fn prepare(
         &self,
-        backbone: &Backbone,
         shard: &ImageDataset,
         idx: &[usize],
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<StepOutput> {
+    ) -> Result<PreparedBatch> {
+        let x = self.images(shard, idx, rng, device)?;
+        let (_, _, h, w) = x.dims4()?;
+        let p = self.patch;
+        if p == 0 || h % p != 0 || w % p != 0 {
+            bail!("masked autoencoder: {h}x{w} images are not a whole number of {p}x{p} patches");
+        }
+        let (gh, gw) = (h / p, w / p);
+        let l = gh * gw;
+        let k = self.cfg.len_keep(l)?;
+        let b = idx.len();
+        let masks = random_masks(b, l, k, rng);
+        let keep = Tensor::from_vec(masks.keep.clone(), (b, k), device)?;
+        let mask = Tensor::from_vec(masks.mask.clone(), (b, l), device)?;
+        Ok(PreparedBatch::new(MaeBatch {
+            x,
+            grid: (gh, gw),
+            masks,
+            keep,
+            mask,
+        }))
+    }
+
+    fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput> {
         let Backbone::Vit(vit) = backbone else {
             bail!(
                 "pretext.task = \"mae\" needs model.backbone = \"vit\", got \"{}\"",
                 backbone.kind().name()
             );
         };
-        let x = self.images(shard, idx, rng, device)?;
+        let MaeBatch {
+            x,
+            grid,
+            masks,
+            keep,
+            mask,
+        } = batch.take(self.kind())?;
         let (gh, gw) = vit.grid(&x).context("masked autoencoder input")?;
-        let l = gh * gw;
-        let k = self.cfg.len_keep(l)?;
-        let b = idx.len();
-        let masks = random_masks(b, l, k, rng);
-        let keep = Tensor::from_vec(masks.keep.clone(), (b, k), device)?;
+        if (gh, gw) != grid {
+            bail!("masked autoencoder: the batch has a {grid:?} patch grid, the backbone sees {gh}x{gw}");
+        }
         let enc = vit.forward_visible(&x, &keep)?;
         let pred = self.decode(&enc, &masks, gh, gw)?;
         let target = mae_targets(&x, self.patch, self.cfg.norm_pix_loss)?;
-        let mask = Tensor::from_vec(masks.mask.clone(), (b, l), device)?;
         let loss = masked_mse(&pred, &target, &mask)?;
         Ok(StepOutput {
             loss,
             correct: None,
-            count: b * (l - k),
+            count: masks.batch * (masks.len - masks.keep_len),
         })
     }
 }

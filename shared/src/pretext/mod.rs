@@ -334,15 +334,51 @@ pub fn classification_step(logits: &Tensor, labels: &Tensor) -> Result<StepOutpu
     })
 }
 
+/// A batch a task built from its shard ([`PretextTask::prepare`]) for [`PretextTask::step`]:
+/// its tensors and labels, whatever the task needs. `Send`, so that the training loop can
+/// build the next batch on another thread while the current step runs.
+pub struct PreparedBatch(Box<dyn std::any::Any + Send>);
+
+impl PreparedBatch {
+    /// Wraps a task's own batch type.
+    pub fn new<T: std::any::Any + Send>(batch: T) -> Self {
+        Self(Box::new(batch))
+    }
+
+    /// The task's own batch type back. Errors when the batch was prepared by another task.
+    pub fn take<T: std::any::Any>(self, task: PretextKind) -> Result<T> {
+        self.0.downcast::<T>().map(|b| *b).map_err(|_| {
+            anyhow::anyhow!(
+                "pretext task \"{}\" was given a batch another task prepared",
+                task.name()
+            )
+        })
+    }
+}
+
 /// A pretext task with its heads.
 pub trait PretextTask: Send + Sync {
     /// The task.
     fn kind(&self) -> PretextKind;
 
-    /// Builds the task's batch from images `idx` of `shard` (augmentations drawn from `rng`,
-    /// the client's seeded stream), runs `backbone` on it in training mode (BatchNorm batch
-    /// statistics) and returns the loss. Errors on an index out of range, images the task
-    /// cannot use, or a backbone the task does not support.
+    /// Builds the task's batch from images `idx` of `shard`: crops, patches, views, labels
+    /// and masks, every random choice drawn from `rng` (the client's seeded stream). Touches
+    /// no variable, so it can run ahead on another thread. Errors on an index out of range
+    /// or images the task cannot use.
+    fn prepare(
+        &self,
+        shard: &ImageDataset,
+        idx: &[usize],
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<PreparedBatch>;
+
+    /// Runs `backbone` (and the task's heads) on a batch from [`PretextTask::prepare`] in
+    /// training mode (BatchNorm batch statistics) and returns the loss. Errors on a backbone
+    /// the task does not support or a batch another task prepared.
+    fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput>;
+
+    /// [`PretextTask::prepare`] then [`PretextTask::step`] on the calling thread.
     fn batch_loss(
         &self,
         backbone: &Backbone,
@@ -350,7 +386,10 @@ pub trait PretextTask: Send + Sync {
         idx: &[usize],
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<StepOutput>;
+    ) -> Result<StepOutput> {
+        let batch = self.prepare(shard, idx, rng, device)?;
+        self.step(backbone, batch)
+    }
 }
 
 /// Creates the task `cfg.task` for a backbone with `feature_dim`-wide pre-logits, its heads'

@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::grid::{crop_hwc, upscale, Grid};
-use super::{classification_step, PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
 
@@ -354,15 +354,19 @@ impl PretextTask for RelativePatchTask {
     }
 
     /// 8-way cross-entropy over [`relative_patch_batch`] (`count` = pairs).
-    fn batch_loss(
+    fn prepare(
         &self,
-        backbone: &Backbone,
         shard: &ImageDataset,
         idx: &[usize],
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<StepOutput> {
+    ) -> Result<PreparedBatch> {
         let batch = relative_patch_batch(shard, idx, &self.cfg, rng, device)?;
+        Ok(PreparedBatch::new(batch))
+    }
+
+    fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput> {
+        let batch: RelativePatchBatch = batch.take(self.kind())?;
         let logits = self.logits(backbone, &batch, true)?;
         let y = &batch.labels;
         classification_step(&logits, y)

@@ -8,7 +8,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::{classification_step, PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
 
@@ -61,15 +61,19 @@ impl PretextTask for RotationTask {
     }
 
     /// Cross-entropy over [`rotation_batch`] (`count` = images × rotations).
-    fn batch_loss(
+    fn prepare(
         &self,
-        backbone: &Backbone,
         shard: &ImageDataset,
         idx: &[usize],
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<StepOutput> {
-        let (x, y) = rotation_batch(shard, idx, self.cfg.mode, self.cfg.flip, rng, device)?;
+    ) -> Result<PreparedBatch> {
+        let batch = rotation_batch(shard, idx, self.cfg.mode, self.cfg.flip, rng, device)?;
+        Ok(PreparedBatch::new(batch))
+    }
+
+    fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput> {
+        let (x, y): (Tensor, Tensor) = batch.take(self.kind())?;
         let logits = self.logits(backbone, &x, true)?;
         classification_step(&logits, &y)
     }

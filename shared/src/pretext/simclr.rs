@@ -18,7 +18,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::{classification_step, PretextKind, PretextTask, StepOutput};
+use super::{classification_step, PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::augment::{validate_ranges, Pipeline};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
 use crate::model::Backbone;
@@ -141,16 +141,20 @@ impl PretextTask for SimclrTask {
 
     /// NT-Xent over the [`simclr_batch`] of `idx`; `count` = `2N` anchors, `correct` = anchors
     /// whose most similar other view is their positive.
-    fn batch_loss(
+    fn prepare(
         &self,
-        backbone: &Backbone,
         shard: &ImageDataset,
         idx: &[usize],
         rng: &mut StdRng,
         device: &Device,
-    ) -> Result<StepOutput> {
+    ) -> Result<PreparedBatch> {
         let x = simclr_batch(shard, idx, &self.cfg.pipeline(), rng, device)?;
-        let n = idx.len();
+        Ok(PreparedBatch::new(x))
+    }
+
+    fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput> {
+        let x: Tensor = batch.take(self.kind())?;
+        let n = x.dim(0)? / 2;
         let z = self.project(backbone, &x, true)?;
         let (logits, targets) = nt_xent_logits(
             &z.narrow(0, 0, n)?,
