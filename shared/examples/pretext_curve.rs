@@ -10,6 +10,9 @@
 //!
 //! The learning rate follows `train.schedule` over `--steps` (cosine or constant) from
 //! `train.lr`; batches are `train.batch_size` images of the shuffled set, epoch after epoch.
+//! The backbone starts from the initial weights of a run of the scenario (same seed, same
+//! init); `--save PATH` writes it after the last step as safetensors (with `--steps 0`: the
+//! run's random-init backbone, for `fedssl-coordinator eval`).
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,7 +28,7 @@ use rand::SeedableRng;
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut scenario, mut data_dir, mut sets) = (None, None, Vec::new());
-    let (mut steps, mut every) = (300usize, 25usize);
+    let (mut steps, mut every, mut save) = (300usize, 25usize, None);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -33,11 +36,14 @@ fn main() -> Result<()> {
             "--set" => sets.push(val()?),
             "--steps" => steps = val()?.parse()?,
             "--every" => every = val()?.parse()?,
+            "--save" => save = Some(PathBuf::from(val()?)),
             _ if a.starts_with("--") => bail!("unknown option {a}"),
             _ => scenario = Some(PathBuf::from(a)),
         }
     }
-    let path = scenario.context("usage: pretext_curve <scenario.toml> [--data-dir D] [--set k=v]... [--steps N] [--every K]")?;
+    let path = scenario.context(
+        "usage: pretext_curve <scenario.toml> [--data-dir D] [--set k=v]... [--steps N] [--every K] [--save PATH]",
+    )?;
     let sc = Scenario::load(&path, &sets)?;
     let dir = data_dir.or(sc.data.path.clone());
     let ds = load_train_set(
@@ -48,7 +54,8 @@ fn main() -> Result<()> {
     )?
     .unlabelled();
     let device = Device::Cpu;
-    let model = LocalModel::new(&sc.model, &sc.pretext, sc.seed, sc.seed + 1, &device)?;
+    let init_seed = fedssl_shared::seed::derive(sc.seed, "init", 0);
+    let model = LocalModel::new(&sc.model, &sc.pretext, init_seed, sc.seed + 1, &device)?;
     let t = &sc.train;
     let mut opt = SgdMomentum::new(model.named_vars(), t.lr, t.momentum, t.weight_decay);
     let mut rng = StdRng::seed_from_u64(sc.seed + 2);
@@ -92,6 +99,10 @@ fn main() -> Result<()> {
             );
             (loss_sum, correct, count) = (0.0, 0, 0);
         }
+    }
+    if let Some(p) = save {
+        fedssl_shared::weights::WeightSet::from_varmap(&model.backbone_vars)?.save(&p)?;
+        println!("backbone written to {}", p.display());
     }
     Ok(())
 }
