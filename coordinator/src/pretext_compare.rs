@@ -405,10 +405,10 @@ mod tests {
             PretextKind::Rotation,
             PretextKind::Jigsaw,
         ];
-        let e = compare_pretexts(&Scenario::default(), &tasks, &out, false, false)
-            .await
-            .err()
-            .expect("a duplicate task must be refused");
+        let Err(e) = compare_pretexts(&Scenario::default(), &tasks, &out, false, false).await
+        else {
+            panic!("a duplicate task must be refused");
+        };
         assert!(e.to_string().contains("`jigsaw` is listed twice"), "{e}");
         assert!(!out.exists(), "nothing may be written before the check");
     }
