@@ -276,17 +276,23 @@ async fn handle_round(
         ServerMessage::Round { round, config } => (round, config),
         other => bail!("protocol error: expected Round, got {other:?}"),
     };
+    // `round` is 0-based on the wire; logs and progress count from 1, as the coordinator does.
+    let shown = round + 1;
     let (global, _) = read_weights(&mut recv, opts.max_weights_bytes)
         .await
         .context("bad global weights")?;
     match opts.fault {
         Some((r, FaultKind::Disconnect)) if r == round => {
-            warn!(client_id, round, "simulated fault: disconnecting mid-round");
+            warn!(
+                client_id,
+                round = shown,
+                "simulated fault: disconnecting mid-round"
+            );
             conn.close(0u32.into(), b"simulated failure");
-            bail!("simulated disconnect in round {round}");
+            bail!("simulated disconnect in round {shown}");
         }
         Some((r, FaultKind::Stall)) if r == round => {
-            warn!(client_id, round, "simulated fault: stalling");
+            warn!(client_id, round = shown, "simulated fault: stalling");
             std::future::pending::<()>().await;
         }
         _ => {}
@@ -303,7 +309,7 @@ async fn handle_round(
                 .progress_chars("=> "),
         );
         b.set_prefix(client_id.to_string());
-        b.set_message(format!("{round}"));
+        b.set_message(format!("{shown}"));
         b
     });
     let job = {
@@ -338,7 +344,7 @@ async fn handle_round(
             write_weights_bytes(&mut send, &bytes).await?;
         }
         Err(e) => {
-            warn!(client_id, round, "local training failed: {e:#}");
+            warn!(client_id, round = shown, "local training failed: {e:#}");
             write_message(
                 &mut send,
                 &ClientMessage::Failed {

@@ -223,9 +223,11 @@ pub fn linear_probe_host(
 /// Top-k accuracy: the fraction of rows of `logits (N, K)` whose true label is
 /// among the `k` largest logits.
 ///
-/// Ties favour the true class: a row counts as a hit when strictly fewer than
-/// `k` classes have a logit larger than the true class's. Hence `k >= K`
-/// always gives 1.0. Errors on an empty or non-2-D `logits`, a row/label count
+/// Ties are broken at random, in expectation: with `g` classes whose logit is larger than the
+/// true class's and `e` others equal to it, the true class lands uniformly among positions
+/// `g + 1 ..= g + e + 1`, so the row scores `min(1, (k − g) / (e + 1))` when `g < k`, else 0
+/// (a backbone whose features are constant scores chance, `k / K`, not 1). Without ties this
+/// is the usual hit or miss, and `k >= K` always gives 1.0. Errors on an empty or non-2-D `logits`, a row/label count
 /// mismatch, a label `>= K`, `k = 0`, or a NaN logit.
 pub fn top_k_accuracy(logits: &Tensor, labels: &[u32], k: usize) -> Result<f64> {
     let (n, num_classes) = logits
@@ -257,16 +259,19 @@ fn top_k_from_slice(logits: &[f32], num_classes: usize, labels: &[u32], k: usize
     );
     debug_assert_eq!(logits.len(), labels.len() * num_classes);
     check_labels(labels, num_classes, "labels")?;
-    let mut hits = 0usize;
+    let mut hits = 0.0f64;
     for (row, (z, &y)) in logits.chunks_exact(num_classes).zip(labels).enumerate() {
         if let Some(c) = z.iter().position(|v| v.is_nan()) {
             bail!("top-k accuracy: logit ({row}, {c}) is NaN");
         }
         let target = z[y as usize];
         let larger = z.iter().filter(|&&v| v > target).count();
-        hits += usize::from(larger < k);
+        if larger < k {
+            let others_equal = z.iter().filter(|&&v| v == target).count() - 1;
+            hits += ((k - larger) as f64 / (others_equal + 1) as f64).min(1.0);
+        }
     }
-    Ok(hits as f64 / labels.len() as f64)
+    Ok(hits / labels.len() as f64)
 }
 
 fn check_labels(labels: &[u32], num_classes: usize, what: &str) -> Result<()> {
@@ -860,7 +865,9 @@ mod tests {
             vec![
                 0.1f32, 2.0, 0.3, -1.0, // label 1: largest → top-1 hit
                 1.0, 0.5, 3.0, 0.0, // label 0: one larger (class 2) → top-2 hit only
-                0.0, 0.0, 5.0, 1.0, // label 1: two larger (2, 3) → miss at k = 1, 2
+                0.0, 0.0, 5.0,
+                1.0, // label 1: two larger (2, 3), one equal (0) → miss at
+                     // k = 1, 2, half a hit at k = 3
             ],
             (3, 4),
             &Device::Cpu,
@@ -874,7 +881,8 @@ mod tests {
         let labels = [1, 0, 1];
         assert_eq!(top_k_accuracy(&logits, &labels, 1).unwrap(), 1.0 / 3.0);
         assert_eq!(top_k_accuracy(&logits, &labels, 2).unwrap(), 2.0 / 3.0);
-        assert_eq!(top_k_accuracy(&logits, &labels, 3).unwrap(), 1.0);
+        assert_eq!(top_k_accuracy(&logits, &labels, 3).unwrap(), 2.5 / 3.0);
+        assert_eq!(top_k_accuracy(&logits, &labels, 4).unwrap(), 1.0);
         // k >= K: every row is a hit, as for top-5 with 4 classes.
         assert_eq!(top_k_accuracy(&logits, &labels, 5).unwrap(), 1.0);
         // Other labels: row 0 label 3 has three larger → miss even at k = 3.
@@ -883,15 +891,25 @@ mod tests {
     }
 
     #[test]
-    fn top_k_ties_count_for_the_true_class() {
+    fn top_k_ties_are_broken_at_random_in_expectation() {
         let logits =
             Tensor::from_vec(vec![1f32, 1.0, 0.0, 1.0, 1.0, 1.0], (2, 3), &Device::Cpu).unwrap();
-        // Row 0: classes 0 and 1 tie at the top; either label is a top-1 hit.
-        assert_eq!(top_k_accuracy(&logits, &[0, 2], 1).unwrap(), 1.0);
-        assert_eq!(top_k_accuracy(&logits, &[1, 0], 1).unwrap(), 1.0);
+        // Row 0: classes 0 and 1 tie at the top: a top-1 hit half the time, a top-2 hit always.
+        // Row 1: all three tie: top-1 a third of the time, top-2 two thirds, top-3 always.
+        assert_eq!(
+            top_k_accuracy(&logits, &[0, 2], 1).unwrap(),
+            (0.5 + 1.0 / 3.0) / 2.0
+        );
+        assert_eq!(
+            top_k_accuracy(&logits, &[1, 0], 2).unwrap(),
+            (1.0 + 2.0 / 3.0) / 2.0
+        );
         // Class 2 of row 0 has two larger logits: a miss at k = 2, a hit at k = 3.
-        assert_eq!(top_k_accuracy(&logits, &[2, 0], 2).unwrap(), 0.5);
+        assert_eq!(top_k_accuracy(&logits, &[2, 0], 2).unwrap(), 1.0 / 3.0);
         assert_eq!(top_k_accuracy(&logits, &[2, 0], 3).unwrap(), 1.0);
+        // Constant logits score chance, k / K, not 1.
+        let flat = Tensor::zeros((4, 10), DType::F32, &Device::Cpu).unwrap();
+        assert!((top_k_accuracy(&flat, &[0, 3, 7, 9], 5).unwrap() - 0.5).abs() < 1e-12);
     }
 
     #[test]

@@ -474,6 +474,15 @@ fn evaluate_backbone(
             n.push(idx.len() as f64);
         }
         let ((m1, s1), (m5, s5)) = (mean_std(&t1), mean_std(&t5));
+        if let PerClass::Count(want) = take {
+            let got = mean_std(&n).0 / k as f64;
+            if got < want as f64 {
+                tracing::warn!(
+                    "eval.labels_per_class {want}: some classes of the {} labelled images (eval.train_labels) hold fewer, so the point `{label}` used {got:.1} per class on average (its per_class in eval.json)",
+                    labelled.labels.len()
+                );
+            }
+        }
         tracing::info!(%label, top1 = m1, std = s1, "few-label probe");
         few.push(FewLabelResult {
             label,
@@ -613,12 +622,22 @@ pub fn run_scenario_of(checkpoint: &Path) -> Result<std::path::PathBuf> {
 
 /// `fedssl-coordinator eval`: the suite on the backbone saved in `checkpoint` (a
 /// `final.safetensors` or `checkpoints/round-*.safetensors`; `head.*` ignored), with the
-/// scenario's data and `[eval]`; writes `<out>/eval.json`. Errors name the file.
+/// scenario's data and `[eval]`; writes `<out>/eval.json`. Errors name the file: one that
+/// cannot be read, does not hold the scenario's backbone, or holds a NaN or infinite backbone
+/// weight (refused as a run refuses such an update: its probe numbers would mean nothing);
+/// `out` is created before the evaluation starts.
 pub fn eval_checkpoint(sc: &Scenario, checkpoint: &Path, out: &Path) -> Result<EvalSummary> {
     let weights = WeightSet::load(checkpoint)
         .with_context(|| format!("cannot read checkpoint {}", checkpoint.display()))?;
     load_backbone(&weights, &sc.model)
         .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
+    weights
+        .split_prefix("head.")
+        .1
+        .check_finite()
+        .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let train = fedssl_shared::scenario::load_train_set(
         sc.data.dataset,
         sc.data.path.as_deref(),
@@ -633,7 +652,6 @@ pub fn eval_checkpoint(sc: &Scenario, checkpoint: &Path, out: &Path) -> Result<E
     )?;
     let initial = initial_backbone(sc)?;
     let eval = evaluate_run(sc, &weights, &initial, &train, &test)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_eval_json(out, sc, weights.split_prefix("head.").1.num_values(), &eval)?;
     Ok(eval)
 }

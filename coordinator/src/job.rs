@@ -173,8 +173,20 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         }
     };
     let addr = endpoint.local_addr()?;
-    // Only now, with the data loaded and the socket bound, can the run start: a run that fails
-    // before this point leaves the previous results in `out` untouched.
+    // The simulated clients' shards: computed before the previous run is cleared, so that a
+    // partition the data cannot satisfy fails with the previous results still in `out`.
+    let parts = match &job.mode {
+        Mode::Simulate => Some(fedssl_shared::partition::partition(
+            &train.labels,
+            train.num_classes,
+            sc.federation.clients,
+            &sc.partition,
+            fedssl_shared::seed::derive(sc.seed, "partition", 0),
+        )?),
+        Mode::Serve { .. } => None,
+    };
+    // Only now, with the data loaded, the shards drawn and the socket bound, can the run start:
+    // a run that fails before this point leaves the previous results in `out` untouched.
     if !job.resume {
         clear_previous_run(&job.out)?;
         crate::resume::write_scenario(&job.out, &sc)?;
@@ -188,15 +200,9 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     };
 
     let mut clients = Vec::new();
-    match &job.mode {
-        Mode::Simulate => {
-            let parts = fedssl_shared::partition::partition(
-                &train.labels,
-                train.num_classes,
-                sc.federation.clients,
-                &sc.partition,
-                fedssl_shared::seed::derive(sc.seed, "partition", 0),
-            )?;
+    match parts {
+        // Simulate: one in-process client per shard.
+        Some(parts) => {
             let slots_n = if sc.simulation.concurrent_training == 0 {
                 (num_cpus::get() / 2).max(1)
             } else {
@@ -237,7 +243,8 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             }
             info!(clients = parts.len(), %addr, "simulation: clients started over loopback QUIC");
         }
-        Mode::Serve { .. } => {
+        // Serve: clients join over the network.
+        None => {
             let cert_hint = job.out.join("cert.pem");
             eprintln!(
                 "fedssl coordinator listening on {addr} (QUIC); waiting for {} client(s) (at least {}).\n  join with: fedssl-client --coordinator <HOST>:{} --ca {} --shard K/{}",
@@ -381,9 +388,14 @@ pub fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
 
 /// The one-line result printed at the end of a run.
 pub fn result_line(s: &Summary, out: &Path) -> String {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut line = format!(
-        "{}: {} rounds, {} clients, {:.1} s",
-        s.scenario, s.rounds_completed, s.clients_contributed, s.wall_seconds
+        "{}: {}, {}, {:.1} s",
+        s.scenario,
+        plural(s.rounds_completed, "round", "rounds"),
+        plural(s.clients_contributed, "client", "clients"),
+        s.wall_seconds
     );
     if let Some(e) = &s.eval {
         line += &format!(" | {}", eval_line(e));

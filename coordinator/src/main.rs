@@ -176,7 +176,11 @@ async fn real_main(cli: Cli) -> Result<()> {
         } => {
             let scenario = match scenario {
                 Some(s) => s,
-                None => fedssl_coordinator::evaluate::run_scenario_of(&checkpoint)?,
+                None => {
+                    let s = fedssl_coordinator::evaluate::run_scenario_of(&checkpoint)?;
+                    eprintln!("scenario: {} (the checkpoint's run)", s.display());
+                    s
+                }
             };
             let mut sc = Scenario::load(&scenario, &set)?;
             if let Some(d) = data_dir {
@@ -188,6 +192,12 @@ async fn real_main(cli: Cli) -> Result<()> {
                     .map(|p| p.to_path_buf())
                     .unwrap_or_else(|| PathBuf::from("."))
             });
+            if out.join("eval.json").is_file() {
+                eprintln!(
+                    "note: {} will be replaced (a run's summary.json keeps the evaluation made at its end; --out writes elsewhere)",
+                    out.join("eval.json").display()
+                );
+            }
             let e = tokio::task::spawn_blocking({
                 let out = out.clone();
                 move || fedssl_coordinator::evaluate::eval_checkpoint(&sc, &checkpoint, &out)

@@ -293,7 +293,8 @@ async fn refuse(
 pub struct RoundRecord {
     /// 1-based round number.
     pub round: usize,
-    /// Ids whose updates were aggregated, sorted.
+    /// Ids whose updates were aggregated, sorted. In a round that `failed`, the ids whose
+    /// valid updates arrived; none of them was aggregated.
     pub clients: Vec<u32>,
     /// Ids sampled for the round whose update was not aggregated, sorted.
     pub dropped: Vec<u32>,
@@ -319,6 +320,11 @@ pub struct RoundRecord {
     /// k-NN top-1 of the round's aggregated global backbone (`eval.knn_every` rounds only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub knn_top1: Option<f64>,
+    /// Why the round failed (fewer than `federation.min_clients` valid updates): nothing was
+    /// aggregated, the global backbone is the previous round's, and the run stops. Absent for
+    /// a completed round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 struct Arrived {
@@ -533,6 +539,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             bytes_sent: 0,
             bytes_received: 0,
             knn_top1: None,
+            failed: None,
         };
         let mut loss_sum = 0.0;
         loop {
@@ -592,18 +599,25 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         rec.dropped_reasons = dropped_reasons;
         rec.seconds = started.elapsed().as_secs_f64();
         let contributed = agg.contributions();
+        if agg.total_samples() > 0 {
+            rec.mean_loss = loss_sum / agg.total_samples() as f64;
+        }
         if contributed < fed.min_clients {
+            let reason = format!(
+                "only {contributed} valid update(s) arrived, federation.min_clients is {}",
+                fed.min_clients
+            );
+            rec.failed = Some(format!("{reason}; nothing was aggregated"));
             let line = serde_json::to_string(&rec)?;
             use std::io::Write;
             writeln!(rounds_file, "{line}")?;
+            rounds_file.flush()?;
             bail!(
-                "round {}: only {contributed} valid update(s) arrived, federation.min_clients is {} (dropped: {:?})",
+                "round {}: {reason} (dropped: {:?})",
                 round + 1,
-                fed.min_clients,
                 rec.dropped_reasons
             );
         }
-        rec.mean_loss = loss_sum / agg.total_samples() as f64;
         global = agg.finish()?;
         global.save(&ckpt_dir.join(format!("round-{:04}.safetensors", round + 1)))?;
         if let Some(m) = ctx

@@ -223,6 +223,27 @@ async fn too_few_survivors_fail_the_run_but_keep_completed_checkpoints() {
     assert!(out.join("checkpoints/round-0001.safetensors").exists());
     assert!(!out.join("checkpoints/round-0002.safetensors").exists());
     assert!(!out.join("final.safetensors").exists());
+    // the failed round's line says so: its two valid updates, their loss, nothing aggregated
+    let rounds = read_rounds(&out);
+    assert_eq!(rounds.len(), 2);
+    assert!(rounds[0].get("failed").is_none());
+    assert_eq!(rounds[1]["clients"], serde_json::json!([0, 1]));
+    assert_eq!(rounds[1]["dropped"], serde_json::json!([2]));
+    let failed = rounds[1]["failed"].as_str().unwrap();
+    assert!(failed.contains("only 2 valid update(s)"), "{failed}");
+    let ln = |c: &str| {
+        (
+            rounds[1]["loss"][c].as_f64().unwrap(),
+            rounds[1]["samples"][c].as_f64().unwrap(),
+        )
+    };
+    let ((l0, n0), (l1, n1)) = (ln("0"), ln("1"));
+    let mean = rounds[1]["mean_loss"].as_f64().unwrap();
+    assert!(l0 > 0.0 && l1 > 0.0);
+    assert!(
+        (mean - (l0 * n0 + l1 * n1) / (n0 + n1)).abs() < 1e-9,
+        "{mean}"
+    );
 }
 
 /// With shared heads the whole client state lives in the checkpoint, so stopping after round 1
@@ -282,6 +303,22 @@ async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupte
     assert!(format!("{e:#}").contains("data-dir"), "{e:#}");
     assert_eq!(w(&part, "final.safetensors"), before);
     assert_eq!(read_rounds(&part).len(), 2);
+    // ... and so does one whose partition the data cannot satisfy (more clients than images)
+    let e = simulate(
+        scenario(&[
+            base[0],
+            base[1],
+            "federation.clients=300",
+            "federation.min_clients=2",
+        ]),
+        &part,
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("300 clients"), "{e:#}");
+    assert_eq!(w(&part, "final.safetensors"), before);
+    assert_eq!(read_rounds(&part).len(), 2);
+    assert!(part.join("summary.json").is_file());
 
     // a folder without a run cannot be resumed
     let e = run(scenario(&base), &dir.path().join("empty"), true)
@@ -379,6 +416,26 @@ async fn eval_on_the_final_checkpoint_repeats_the_end_of_run_evaluation() {
     )
     .unwrap_err();
     assert!(format!("{err:#}").contains("final.safetensors"), "{err:#}");
+
+    // one NaN in a backbone weight: refused, naming the file and the tensor, nothing written
+    let mut w = WeightSet::load(&out.join("final.safetensors")).unwrap();
+    let name = w
+        .tensors
+        .keys()
+        .find(|k| !k.starts_with("head."))
+        .unwrap()
+        .clone();
+    w.tensors.get_mut(&name).unwrap().data[0] = f32::NAN;
+    let nan = dir.path().join("nan.safetensors");
+    w.save(&nan).unwrap();
+    let nan_out = dir.path().join("nan-eval");
+    let err = fedssl_coordinator::evaluate::eval_checkpoint(&sc, &nan, &nan_out).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("nan.safetensors") && msg.contains(&name) && msg.contains("non-finite"),
+        "{msg}"
+    );
+    assert!(!nan_out.join("eval.json").exists());
 }
 
 /// One federated round of every pretext task on tiny synthetic data, through the real

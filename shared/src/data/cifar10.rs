@@ -76,7 +76,17 @@ pub fn resolve_dir(dir: &Path) -> PathBuf {
 fn load(dir: &Path, files: &[&str], limit: Option<usize>) -> Result<ImageDataset> {
     let root = resolve_dir(dir);
     if !root.is_dir() {
-        bail!("CIFAR-10 folder {} does not exist", root.display());
+        let what = if root.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        };
+        bail!(
+            "CIFAR-10 folder {} {what}: pass the folder holding cifar-10-batches-bin with --data-dir \
+             (coordinator) or --data (client); get it from \
+             https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (the binary version)",
+            root.display()
+        );
     }
     let want = limit.unwrap_or(usize::MAX);
     let mut images = Vec::new();
@@ -269,6 +279,18 @@ mod tests {
 
         let e = format!("{:#}", load_train(tmp.path(), None).unwrap_err());
         assert!(e.contains("data_batch_1.bin"), "{e}");
+
+        // a missing folder and a file given as the folder: each says which, and how to fix it
+        let e = format!(
+            "{:#}",
+            load_test(&tmp.path().join("nope"), None).unwrap_err()
+        );
+        assert!(
+            e.contains("nope does not exist") && e.contains("--data-dir"),
+            "{e}"
+        );
+        let e = format!("{:#}", load_test(&path, None).unwrap_err());
+        assert!(e.contains("test_batch.bin is not a folder"), "{e}");
     }
 
     #[test]
