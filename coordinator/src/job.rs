@@ -96,8 +96,16 @@ pub struct Summary {
 pub async fn run_job(job: Job) -> Result<Summary> {
     let t0 = Instant::now();
     let sc = job.scenario.clone();
-    std::fs::create_dir_all(&job.out)
-        .with_context(|| format!("cannot create output folder {}", job.out.display()))?;
+    // The output folder is created only once the run can start (below), so that a run refused
+    // early (no data, port in use) leaves no empty folder behind; a file in its place is
+    // refused now.
+    if job.out.exists() && !job.out.is_dir() {
+        anyhow::bail!("output folder {} is a file", job.out.display());
+    }
+    let create_out = || {
+        std::fs::create_dir_all(&job.out)
+            .with_context(|| format!("cannot create output folder {}", job.out.display()))
+    };
 
     let (train, test) = {
         let sc = sc.clone();
@@ -167,6 +175,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             let ep = quinn::Endpoint::server(tls::server_config(&id, idle)?, *listen)
                 .with_context(|| format!("cannot listen on {listen} (UDP)"))?;
             if identity.is_none() {
+                create_out()?;
                 tls::write_identity(&id, &job.out)?;
             }
             (ep, id.cert_pem)
@@ -187,6 +196,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     };
     // Only now, with the data loaded, the shards drawn and the socket bound, can the run start:
     // a run that fails before this point leaves the previous results in `out` untouched.
+    create_out()?;
     if !job.resume {
         clear_previous_run(&job.out)?;
         crate::resume::write_scenario(&job.out, &sc)?;

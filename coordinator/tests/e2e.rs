@@ -319,6 +319,19 @@ async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupte
     assert_eq!(w(&part, "final.safetensors"), before);
     assert_eq!(read_rounds(&part).len(), 2);
     assert!(part.join("summary.json").is_file());
+    // a run refused before it starts creates no folder; a file in the folder's place is refused
+    let fresh = dir.path().join("never");
+    simulate(
+        scenario(&[base[0], base[1], "data.dataset=\"cifar10\""]),
+        &fresh,
+    )
+    .await
+    .unwrap_err();
+    assert!(!fresh.exists());
+    let file = part.join("final.safetensors");
+    let e = simulate(scenario(&base), &file).await.unwrap_err();
+    assert!(format!("{e:#}").contains("is a file"), "{e:#}");
+    assert_eq!(w(&part, "final.safetensors"), before);
 
     // a folder without a run cannot be resumed
     let e = run(scenario(&base), &dir.path().join("empty"), true)

@@ -412,7 +412,20 @@ impl Scenario {
             Err(e) if overrides.is_empty() || parse(&[]).is_err() => {
                 return Err(e.context(format!("in scenario {}", path.display())))
             }
-            Err(e) => return Err(e.context(format!("in --set {}", overrides.join(" --set ")))),
+            Err(e) => {
+                // Name the one override that breaks it when there is one: the first whose
+                // prefix of the overrides fails with the same error.
+                let full = format!("{e:#}");
+                let culprit = (0..overrides.len()).find_map(|i| match parse(&overrides[..=i]) {
+                    Err(p) if format!("{p:#}") == full => Some(&overrides[i]),
+                    _ => None,
+                });
+                let context = match culprit {
+                    Some(o) => format!("in --set {o}"),
+                    None => format!("in --set {}", overrides.join(" --set ")),
+                };
+                return Err(e.context(context));
+            }
         };
         if let Some(p) = &sc.data.path {
             if p.is_relative() && !json {
@@ -744,6 +757,21 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("good.toml"), "{e}");
+        // among several overrides, the one that breaks it is named, not all of them
+        let sets: Vec<String> = ["seed=4", "federation.roundz=3", "eval.epochs=2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = format!("{:#}", Scenario::load(&p, &sets).unwrap_err());
+        assert!(e.starts_with("in --set federation.roundz=3:"), "{e}");
+        assert!(!e.contains("seed=4") && !e.contains("eval.epochs"), "{e}");
+        // overrides that are only wrong together: the later one, which made it invalid
+        let sets: Vec<String> = ["federation.clients=2", "federation.min_clients=3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = format!("{:#}", Scenario::load(&p, &sets).unwrap_err());
+        assert!(e.starts_with("in --set federation.min_clients=3:"), "{e}");
         std::fs::write(&p, "[federation]\nroundz = 2\n").unwrap();
         let e = format!("{:#}", Scenario::load(&p, &["name=x".into()]).unwrap_err());
         assert!(e.contains("good.toml"), "{e}");
