@@ -108,6 +108,17 @@ pub async fn connect(
     server_name: &str,
     client_cfg: quinn::ClientConfig,
 ) -> Result<quinn::Connection> {
+    Ok(open(addr, server_name, client_cfg).await?.1)
+}
+
+/// [`connect`], also returning the client's endpoint. A process that exits after its session
+/// awaits [`quinn::Endpoint::wait_idle`] first: otherwise its close frame (the reason it
+/// leaves) may never be sent, and the coordinator holds its shard until the idle timeout.
+pub async fn open(
+    addr: SocketAddr,
+    server_name: &str,
+    client_cfg: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse()?
     } else {
@@ -120,7 +131,7 @@ pub async fn connect(
         .with_context(|| format!("cannot connect to {addr}"))?
         .await
         .with_context(|| format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?)"))?;
-    Ok(conn)
+    Ok((endpoint, conn))
 }
 
 /// Loads the training images this client owns, given the run described by the coordinator.
@@ -165,7 +176,21 @@ pub fn resolve_data(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDatas
 }
 
 /// Runs one client session on an open connection until the coordinator says the run is over.
+/// A session that fails closes the connection with its error as the reason (at most 1,000
+/// bytes), so the coordinator logs why the client left and frees its shard at once.
 pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
+    let res = session(&conn, opts).await;
+    if let Err(e) = &res {
+        if conn.close_reason().is_none() {
+            let mut bytes = format!("{e:#}").into_bytes();
+            bytes.truncate(1000);
+            conn.close(2u32.into(), &bytes);
+        }
+    }
+    res
+}
+
+async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
     let (mut ctrl_send, mut ctrl_recv) = conn
         .open_bi()
         .await
@@ -200,14 +225,7 @@ pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result
         let run = run.clone();
         match tokio::task::spawn_blocking(move || resolve_data(&source, &run)).await? {
             Ok(d) => d,
-            Err(e) => {
-                // Say why in the close frame, so the coordinator's log shows the cause.
-                let reason = format!("client {client_id} cannot load its data: {e:#}");
-                let mut bytes = reason.clone().into_bytes();
-                bytes.truncate(1000);
-                conn.close(2u32.into(), &bytes);
-                return Err(anyhow::anyhow!(reason));
-            }
+            Err(e) => bail!("client {client_id} cannot load its data: {e:#}"),
         }
     };
     if data.is_empty() {
@@ -247,7 +265,7 @@ pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result
                     Ok(s) => s,
                     Err(e) => bail!("lost the coordinator: {e}"),
                 };
-                match handle_round(&conn, send, recv, client_id, &run, &data, &opts, &model).await {
+                match handle_round(conn, send, recv, client_id, &run, &data, &opts, &model).await {
                     Ok(()) => rounds_trained += 1,
                     // The connection is gone: the session is over.
                     Err(e) if conn.close_reason().is_some() => bail!("lost the coordinator: {e:#}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fedssl_client::{connect, run_session, ClientOptions, DataSource};
+use fedssl_client::{open, run_session, ClientOptions, DataSource};
 
 #[derive(Parser)]
 #[command(
@@ -96,13 +96,17 @@ async fn real_main(cli: Cli) -> Result<()> {
             .to_string()
     });
     let ccfg = fedssl_client::tls::client_config_from_file(&cli.ca, Duration::from_secs(20))?;
-    let conn = connect(addr, &server_name, ccfg).await?;
+    let (endpoint, conn) = open(addr, &server_name, ccfg).await?;
     let mut opts = ClientOptions::new(cli.name.clone(), data);
     opts.device = device;
     if !cli.quiet {
         opts.progress = Some(indicatif::MultiProgress::new());
     }
-    let report = run_session(conn, opts).await?;
+    let report = run_session(conn, opts).await;
+    // Let the close frame (done, or why this client gives up) reach the coordinator before
+    // the process exits; a few seconds at most.
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+    let report = report?;
     println!(
         "client {}: trained {} round(s); {}",
         report.client_id, report.rounds_trained, report.message

@@ -201,6 +201,9 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         clear_previous_run(&job.out)?;
         crate::resume::write_scenario(&job.out, &sc)?;
     }
+    if let Some(parts) = &parts {
+        write_partition_json(&job.out, &train.labels, train.num_classes, parts)?;
+    }
     let registry = Registry::new(run.clone());
     tokio::spawn(accept_loop(endpoint.clone(), registry.clone()));
     let mp = if job.progress {
@@ -304,8 +307,9 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     outcome.global.save(&job.out.join("final.safetensors"))?;
     registry
         .finish_all(&format!(
-            "run `{}` finished after {} rounds",
-            sc.name, outcome.rounds_completed
+            "run `{}` finished after {}",
+            sc.name,
+            plural(outcome.rounds_completed, "round", "rounds")
         ))
         .await;
     let wait_clients = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -367,6 +371,7 @@ pub fn clear_previous_run(out: &Path) -> Result<()> {
         "summary.json",
         "rounds.jsonl",
         "final.safetensors",
+        PARTITION_FILE,
         crate::resume::SCENARIO_FILE,
         "eval.json",
     ] {
@@ -390,16 +395,46 @@ pub fn clear_previous_run(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The file of a simulated run's shards, per client: images and images per class.
+pub const PARTITION_FILE: &str = "partition.json";
+
+/// Writes `<out>/partition.json` atomically: for every simulated client `k` (the shards of
+/// `parts`, indices into `labels`), its number of images and its images per class (a
+/// `num_classes`-long list), so a non-IID split (Dirichlet α, ...) can be inspected.
+pub fn write_partition_json(
+    out: &Path,
+    labels: &[u32],
+    num_classes: usize,
+    parts: &[Vec<usize>],
+) -> Result<()> {
+    let clients: Vec<serde_json::Value> = parts
+        .iter()
+        .enumerate()
+        .map(|(k, idx)| {
+            let mut per_class = vec![0usize; num_classes];
+            for &i in idx {
+                per_class[labels[i] as usize] += 1;
+            }
+            serde_json::json!({ "client": k, "images": idx.len(), "class_counts": per_class })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "clients": clients }))?;
+    write_atomic(&out.join(PARTITION_FILE), text.as_bytes())
+}
+
 /// Writes `summary.json` atomically.
 pub fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
     let text = serde_json::to_string_pretty(summary)?;
     write_atomic(&out.join("summary.json"), text.as_bytes())
 }
 
+/// `n` with the singular or plural noun: `1 round`, `3 rounds`.
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The one-line result printed at the end of a run.
 pub fn result_line(s: &Summary, out: &Path) -> String {
-    let plural =
-        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut line = format!(
         "{}: {}, {}, {:.1} s",
         s.scenario,
@@ -445,6 +480,7 @@ mod tests {
             "summary.json",
             "rounds.jsonl",
             "final.safetensors",
+            PARTITION_FILE,
             "notes.txt",
         ] {
             std::fs::write(out.join(f), "x").unwrap();
@@ -456,6 +492,7 @@ mod tests {
             "summary.json",
             "rounds.jsonl",
             "final.safetensors",
+            PARTITION_FILE,
             "checkpoints",
         ] {
             assert!(!out.join(f).exists(), "{f} survived");
@@ -464,5 +501,37 @@ mod tests {
             out.join("notes.txt").exists(),
             "a file that is not a run output was removed"
         );
+    }
+
+    #[test]
+    fn partition_json_counts_each_clients_images_per_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = [0u32, 2, 2, 1, 0, 2];
+        write_partition_json(
+            dir.path(),
+            &labels,
+            3,
+            &[vec![0, 1, 2], vec![3, 4, 5], vec![]],
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(PARTITION_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({ "clients": [
+                { "client": 0, "images": 3, "class_counts": [1, 0, 2] },
+                { "client": 1, "images": 3, "class_counts": [1, 1, 1] },
+                { "client": 2, "images": 0, "class_counts": [0, 0, 0] },
+            ]})
+        );
+    }
+
+    #[test]
+    fn plural_agrees_with_the_count() {
+        assert_eq!(plural(1, "round", "rounds"), "1 round");
+        assert_eq!(plural(0, "round", "rounds"), "0 rounds");
+        assert_eq!(plural(3, "client", "clients"), "3 clients");
     }
 }

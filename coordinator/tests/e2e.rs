@@ -176,6 +176,20 @@ async fn a_client_that_disconnects_mid_round_is_dropped_and_the_run_goes_on() {
     ]);
     let summary = simulate(sc, &out).await.unwrap();
     assert_eq!(summary.rounds_completed, 2);
+    // partition.json: every client's shard, whose class counts add up to its images
+    let p: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("partition.json")).unwrap())
+            .unwrap();
+    let clients = p["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 3);
+    let mut total = 0;
+    for (k, c) in clients.iter().enumerate() {
+        assert_eq!(c["client"].as_u64().unwrap(), k as u64);
+        let counts: Vec<u64> = serde_json::from_value(c["class_counts"].clone()).unwrap();
+        assert_eq!(counts.iter().sum::<u64>(), c["images"].as_u64().unwrap());
+        total += c["images"].as_u64().unwrap();
+    }
+    assert_eq!(total, 240);
     let rounds = read_rounds(&out);
     assert_eq!(rounds[0]["clients"], serde_json::json!([0, 1, 2]));
     assert_eq!(rounds[1]["clients"], serde_json::json!([0, 2]));

@@ -156,3 +156,45 @@ async fn a_client_with_an_untrusted_certificate_cannot_connect() {
         .await
         .is_err());
 }
+
+/// A client whose session fails after it was welcomed (here: an empty shard) closes its
+/// connection with the reason, so the coordinator frees its shard at once (not after the 5 s
+/// idle timeout) and another client can take it.
+#[tokio::test]
+async fn a_client_that_fails_after_its_welcome_frees_its_shard_at_once() {
+    let (addr, pem, reg) = server().await;
+    let cfg = fedssl_client::tls::client_config(pem.as_bytes(), Duration::from_secs(5)).unwrap();
+    let (endpoint, conn) = fedssl_client::open(addr, "localhost", cfg).await.unwrap();
+    let empty = fedssl_shared::data::synthetic::generate(4, 1).subset(&[]);
+    let opts = fedssl_client::ClientOptions::new(
+        "empty",
+        fedssl_client::DataSource::InMemory {
+            data: std::sync::Arc::new(empty),
+            shard: Some((0, 3)),
+        },
+    );
+    let watch = conn.clone();
+    let e = fedssl_client::run_session(conn, opts).await.unwrap_err();
+    assert!(e.to_string().contains("no training images"), "{e}");
+    match watch.close_reason() {
+        Some(quinn::ConnectionError::LocallyClosed) => {}
+        other => panic!("the session must close its connection itself, got {other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle())
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !reg.ids().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(2), "shard still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = ClientMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "next".into(),
+        shard: Some((0, 3)),
+    };
+    match hello(addr, &pem, &h).await.unwrap() {
+        ServerMessage::Welcome { client_id, .. } => assert_eq!(client_id, 0),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}

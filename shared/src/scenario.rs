@@ -420,6 +420,10 @@ impl Scenario {
                     Err(p) if format!("{p:#}") == full => Some(&overrides[i]),
                     _ => None,
                 });
+                // An error about the override's own syntax already names it.
+                if full.starts_with("--set `") {
+                    return Err(e);
+                }
                 let context = match culprit {
                     Some(o) => format!("in --set {o}"),
                     None => format!("in --set {}", overrides.join(" --set ")),
@@ -765,6 +769,13 @@ mod tests {
         let e = format!("{:#}", Scenario::load(&p, &sets).unwrap_err());
         assert!(e.starts_with("in --set federation.roundz=3:"), "{e}");
         assert!(!e.contains("seed=4") && !e.contains("eval.epochs"), "{e}");
+        // a malformed override is named once, by its own error
+        let e = format!(
+            "{:#}",
+            Scenario::load(&p, &["federation.rounds".into()]).unwrap_err()
+        );
+        assert!(e.starts_with("--set `federation.rounds`: expected"), "{e}");
+        assert_eq!(e.matches("--set").count(), 1, "{e}");
         // overrides that are only wrong together: the later one, which made it invalid
         let sets: Vec<String> = ["federation.clients=2", "federation.min_clients=3"]
             .iter()
