@@ -307,8 +307,9 @@ pub struct RoundRecord {
     pub accuracy: BTreeMap<u32, f64>,
     /// Training images behind each contributing update (FedAvg weights).
     pub samples: BTreeMap<u32, u64>,
-    /// Sample-weighted mean pretext loss of the round.
-    pub mean_loss: f64,
+    /// Sample-weighted mean pretext loss of the round's valid updates; `None` (`null`) only
+    /// in a `failed` round where none arrived.
+    pub mean_loss: Option<f64>,
     /// Learning rate of the round.
     pub lr: f64,
     /// Wall seconds of the round.
@@ -533,7 +534,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             loss: BTreeMap::new(),
             accuracy: BTreeMap::new(),
             samples: BTreeMap::new(),
-            mean_loss: 0.0,
+            mean_loss: None,
             lr,
             seconds: 0.0,
             bytes_sent: 0,
@@ -600,7 +601,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         rec.seconds = started.elapsed().as_secs_f64();
         let contributed = agg.contributions();
         if agg.total_samples() > 0 {
-            rec.mean_loss = loss_sum / agg.total_samples() as f64;
+            rec.mean_loss = Some(loss_sum / agg.total_samples() as f64);
         }
         if contributed < fed.min_clients {
             let reason = format!(
@@ -641,7 +642,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         out.clients_seen.extend(rec.clients.iter().copied());
         let mut msg = format!(
             "loss {:.3} | {} clients, {} dropped | {:.1} s",
-            rec.mean_loss,
+            rec.mean_loss.unwrap_or(f64::NAN),
             rec.clients.len(),
             rec.dropped.len(),
             rec.seconds
