@@ -227,8 +227,8 @@ pub fn linear_probe_host(
 /// true class's and `e` others equal to it, the true class lands uniformly among positions
 /// `g + 1 ..= g + e + 1`, so the row scores `min(1, (k − g) / (e + 1))` when `g < k`, else 0
 /// (a backbone whose features are constant scores chance, `k / K`, not 1). Without ties this
-/// is the usual hit or miss, and `k >= K` always gives 1.0. Errors on an empty or non-2-D `logits`, a row/label count
-/// mismatch, a label `>= K`, `k = 0`, or a NaN logit.
+/// is the usual hit or miss, and `k >= K` always gives 1.0. Errors on an empty or non-2-D
+/// `logits`, a row/label count mismatch, a label `>= K`, `k = 0`, or a NaN logit.
 pub fn top_k_accuracy(logits: &Tensor, labels: &[u32], k: usize) -> Result<f64> {
     let (n, num_classes) = logits
         .dims2()
@@ -865,9 +865,8 @@ mod tests {
             vec![
                 0.1f32, 2.0, 0.3, -1.0, // label 1: largest → top-1 hit
                 1.0, 0.5, 3.0, 0.0, // label 0: one larger (class 2) → top-2 hit only
-                0.0, 0.0, 5.0,
-                1.0, // label 1: two larger (2, 3), one equal (0) → miss at
-                     // k = 1, 2, half a hit at k = 3
+                // label 1: two larger (2, 3), one equal (0) → miss at k = 1, 2, half at k = 3
+                0.0, 0.0, 5.0, 1.0,
             ],
             (3, 4),
             &Device::Cpu,

@@ -474,11 +474,12 @@ fn evaluate_backbone(
             n.push(idx.len() as f64);
         }
         let ((m1, s1), (m5, s5)) = (mean_std(&t1), mean_std(&t5));
+        let train_labels = mean_std(&n).0;
+        let per_class = train_labels / k as f64;
         if let PerClass::Count(want) = take {
-            let got = mean_std(&n).0 / k as f64;
-            if got < want as f64 {
+            if per_class < want as f64 {
                 tracing::warn!(
-                    "eval.labels_per_class {want}: some classes of the {} labelled images (eval.train_labels) hold fewer, so the point `{label}` used {got:.1} per class on average (its per_class in eval.json)",
+                    "eval.labels_per_class {want}: some classes of the {} labelled images (eval.train_labels) hold fewer, so the point `{label}` used {per_class:.1} per class on average (its per_class in eval.json)",
                     labelled.labels.len()
                 );
             }
@@ -494,8 +495,8 @@ fn evaluate_backbone(
                 PerClass::Fraction(f) => Some(f),
                 _ => None,
             },
-            train_labels: mean_std(&n).0,
-            per_class: mean_std(&n).0 / k as f64,
+            train_labels,
+            per_class,
             seeds: e.label_seeds,
             top1_mean: m1,
             top1_std: s1,
@@ -631,9 +632,8 @@ pub fn eval_checkpoint(sc: &Scenario, checkpoint: &Path, out: &Path) -> Result<E
         .with_context(|| format!("cannot read checkpoint {}", checkpoint.display()))?;
     load_backbone(&weights, &sc.model)
         .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
-    weights
-        .split_prefix("head.")
-        .1
+    let backbone = weights.split_prefix("head.").1;
+    backbone
         .check_finite()
         .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
     std::fs::create_dir_all(out)
@@ -652,7 +652,7 @@ pub fn eval_checkpoint(sc: &Scenario, checkpoint: &Path, out: &Path) -> Result<E
     )?;
     let initial = initial_backbone(sc)?;
     let eval = evaluate_run(sc, &weights, &initial, &train, &test)?;
-    write_eval_json(out, sc, weights.split_prefix("head.").1.num_values(), &eval)?;
+    write_eval_json(out, sc, backbone.num_values(), &eval)?;
     Ok(eval)
 }
 

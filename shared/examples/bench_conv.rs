@@ -63,18 +63,6 @@ impl ConvKind {
             _ => bn.forward_t(x, train),
         }
     }
-    fn relu(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            ConvKind::All => fedssl_shared::ops::relu(x),
-            _ => x.relu(),
-        }
-    }
-    fn add_relu(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        match self {
-            ConvKind::All => fedssl_shared::ops::add_relu(a, b),
-            _ => (a + b)?.relu(),
-        }
-    }
 }
 
 struct ConvBn {
@@ -129,13 +117,13 @@ impl Block {
         })
     }
     fn forward(&self, x: &Tensor, kind: ConvKind, train: bool) -> Result<Tensor> {
-        let y = kind.relu(&self.a.forward(x, kind, train)?)?;
+        let y = self.a.forward(x, kind, train)?.relu()?;
         let y = self.b.forward(&y, kind, train)?;
         let s = match &self.shortcut {
             Some(s) => s.forward(x, kind, train)?,
             None => x.clone(),
         };
-        kind.add_relu(&y, &s)
+        (y + s)?.relu()
     }
 }
 
@@ -161,7 +149,7 @@ impl Net {
         Ok(Self { stem, blocks, fc })
     }
     fn forward(&self, x: &Tensor, kind: ConvKind, train: bool) -> Result<Tensor> {
-        let mut y = kind.relu(&self.stem.forward(x, kind, train)?)?;
+        let mut y = self.stem.forward(x, kind, train)?.relu()?;
         for b in &self.blocks {
             y = b.forward(&y, kind, train)?;
         }
@@ -458,9 +446,7 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
             }
         }
         rows.push((format!("conv2d ({label})"), f, fb));
-        // BatchNorm (training mode) after every conv; a ReLU (or the residual add + ReLU)
-        // after every 3×3 conv.
-        // candle: BatchNorm, then a separate ReLU after every 3×3 conv. fedssl: the fused
+        // BatchNorm (training mode) after every conv. candle: BatchNorm, then a separate ReLU after every 3×3 conv. fedssl: the fused
         // BatchNorm + ReLU after every 3×3 conv (the residual add + ReLU is timed as the same
         // fused op without the add), the plain fused BatchNorm after 1×1 shortcut convs.
         let (mut bn_f, mut bn_fb, mut relu_f, mut relu_fb) = (0.0, 0.0, 0.0, 0.0);
@@ -478,7 +464,7 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
             bn_f += t1;
             bn_fb += t2;
             if k == 3 && kind != ConvKind::All {
-                let (t1, t2) = fwd_bwd(&x, &|x| kind.relu(x))?;
+                let (t1, t2) = fwd_bwd(&x, &|x| x.relu())?;
                 relu_f += t1;
                 relu_fb += t2;
             }

@@ -413,17 +413,17 @@ impl Scenario {
                 return Err(e.context(format!("in scenario {}", path.display())))
             }
             Err(e) => {
-                // Name the one override that breaks it when there is one: the first whose
-                // prefix of the overrides fails with the same error.
                 let full = format!("{e:#}");
-                let culprit = (0..overrides.len()).find_map(|i| match parse(&overrides[..=i]) {
-                    Err(p) if format!("{p:#}") == full => Some(&overrides[i]),
-                    _ => None,
-                });
                 // An error about the override's own syntax already names it.
                 if full.starts_with("--set `") {
                     return Err(e);
                 }
+                // Name the one override that breaks it when there is one: the first whose
+                // prefix of the overrides fails with the same error.
+                let culprit = (0..overrides.len()).find_map(|i| match parse(&overrides[..=i]) {
+                    Err(p) if format!("{p:#}") == full => Some(&overrides[i]),
+                    _ => None,
+                });
                 let context = match culprit {
                     Some(o) => format!("in --set {o}"),
                     None => format!("in --set {}", overrides.join(" --set ")),
