@@ -237,8 +237,8 @@ pub async fn read_weights<R: AsyncRead + Unpin>(
     r.read_exact(&mut h)
         .await
         .context("connection lost while reading weights")?;
-    let len = u64::from_le_bytes(h[..8].try_into().unwrap());
-    let crc = u32::from_le_bytes(h[8..].try_into().unwrap());
+    let len = u64::from_le_bytes(std::array::from_fn(|i| h[i]));
+    let crc = u32::from_le_bytes(std::array::from_fn(|i| h[8 + i]));
     if len > max_bytes {
         bail!("peer announced {len} bytes of weights; the limit is {max_bytes}");
     }

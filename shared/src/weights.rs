@@ -197,7 +197,7 @@ impl WeightSet {
                     .collect(),
                 safetensors::Dtype::F64 => raw
                     .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .map(|b| f64::from_le_bytes(std::array::from_fn(|i| b[i])) as f32)
                     .collect(),
                 safetensors::Dtype::F16 | safetensors::Dtype::BF16 => {
                     let dt = if view.dtype() == safetensors::Dtype::F16 {

@@ -25,7 +25,7 @@ use candle_core::{
 use super::f32_slice;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// `bn.forward_t(x, train)` for `x` of shape `(N, C, …)`, fused on the CPU.
 ///
@@ -123,7 +123,7 @@ fn fused(
         }
     };
     if train {
-        let guard = saved.lock().unwrap();
+        let guard = saved.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(stats) = guard.as_ref() else {
             candle_core::bail!("fedssl batch_norm: forward kept no statistics")
         };
@@ -166,7 +166,8 @@ struct BnOp {
     /// Apply `max(·, 0)` to the output (after the residual, if any).
     relu: bool,
     /// Filled by the forward pass: the wrapper reads the batch statistics from it, and the
-    /// backward pass the mean and inverse standard deviation.
+    /// backward pass the mean and inverse standard deviation. A poisoned lock is read
+    /// through: the statistics are written in one assignment, so they are never half-made.
     saved: Arc<Mutex<Option<Stats>>>,
 }
 
@@ -369,7 +370,7 @@ impl BnOp {
                 }
             })
         };
-        *self.saved.lock().unwrap() = Some(Stats { mean, var, invstd });
+        *self.saved.lock().unwrap_or_else(PoisonError::into_inner) = Some(Stats { mean, var, invstd });
         out
     }
 
@@ -389,7 +390,7 @@ impl BnOp {
         let (n, c, s) = ncs(x.dims());
         let m = (n * s).max(1) as f64;
         let (mean, invstd) = {
-            let saved = self.saved.lock().unwrap();
+            let saved = self.saved.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(st) = saved.as_ref() else {
                 candle_core::bail!("fedssl batch_norm: backward before forward")
             };
