@@ -1,4 +1,6 @@
-//! Image augmentations for the augmentation-based pretext tasks (SimCLR, Exemplar).
+//! Random image augmentations for the augmentation-based pretext tasks (SimCLR, Exemplar):
+//! the random resized crop, colour jitter, grayscale, and the [`Pipeline`] that chains them
+//! with the geometric operations of [`crate::image`].
 //!
 //! Every function works on one `(H, W, C)` `u8` image (row-major, channels last, the layout of
 //! [`crate::data::ImageDataset::image`]) and returns a new `(H', W', C)` `u8` image, so the
@@ -18,29 +20,10 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use crate::image::{check, crop_resize, hflip, rotate, to_u8, CropBox};
+
 /// ITU-R BT.601 luma weights for R, G, B.
 pub const BT601: [f32; 3] = [0.299, 0.587, 0.114];
-
-fn check(img: &[u8], h: usize, w: usize, c: usize) {
-    assert_eq!(img.len(), h * w * c, "image is not {h}x{w}x{c}");
-}
-
-fn to_u8(v: f32) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
-}
-
-/// A crop box inside an image: rows `top..top+height`, columns `left..left+width`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CropBox {
-    /// First row.
-    pub top: usize,
-    /// First column.
-    pub left: usize,
-    /// Rows (≥ 1).
-    pub height: usize,
-    /// Columns (≥ 1).
-    pub width: usize,
-}
 
 /// Draws the box of torchvision's `RandomResizedCrop.get_params` (the Inception crop SimCLR
 /// uses) for an `h × w` image.
@@ -100,103 +83,6 @@ fn uniform(rng: &mut impl Rng, lo: f64, hi: f64) -> f64 {
     } else {
         lo
     }
-}
-
-/// Crops `b` out of the `(h, w, c)` image and resizes it bilinearly to `(oh, ow, c)`.
-///
-/// Sampling follows PyTorch's `interpolate(mode="bilinear", align_corners=False)` without
-/// antialiasing: output pixel `y` reads source row `(y + 0.5)·b.height/oh − 0.5` (clamped
-/// below at 0, neighbours clamped to the box), likewise for columns. A box the size of the
-/// output is copied unchanged. Panics if the box does not lie inside the image.
-pub fn crop_resize(
-    img: &[u8],
-    h: usize,
-    w: usize,
-    c: usize,
-    b: CropBox,
-    oh: usize,
-    ow: usize,
-) -> Vec<u8> {
-    check(img, h, w, c);
-    assert!(
-        b.height >= 1 && b.width >= 1 && b.top + b.height <= h && b.left + b.width <= w,
-        "crop box {b:?} outside a {h}x{w} image"
-    );
-    let taps = |n_out: usize, n_in: usize| -> Vec<(usize, usize, f32)> {
-        let s = n_in as f32 / n_out as f32;
-        (0..n_out)
-            .map(|o| {
-                let src = ((o as f32 + 0.5) * s - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let ys = taps(oh, b.height);
-    let xs = taps(ow, b.width);
-    let mut out = vec![0u8; oh * ow * c];
-    for (oy, &(y0, y1, fy)) in ys.iter().enumerate() {
-        for (ox, &(x0, x1, fx)) in xs.iter().enumerate() {
-            let at =
-                |y: usize, x: usize, ch: usize| img[((b.top + y) * w + b.left + x) * c + ch] as f32;
-            for ch in 0..c {
-                let top = at(y0, x0, ch) * (1.0 - fx) + at(y0, x1, ch) * fx;
-                let bot = at(y1, x0, ch) * (1.0 - fx) + at(y1, x1, ch) * fx;
-                out[(oy * ow + ox) * c + ch] = to_u8(top * (1.0 - fy) + bot * fy);
-            }
-        }
-    }
-    out
-}
-
-/// Mirrors the image left–right.
-pub fn hflip(img: &[u8], h: usize, w: usize, c: usize) -> Vec<u8> {
-    check(img, h, w, c);
-    crate::pretext::rotation::hflip_hwc(img, h, w, c)
-}
-
-/// Rotates by `k·90°` counter-clockwise (see [`crate::pretext::rotate_hwc`]).
-pub fn rotate90(img: &[u8], h: usize, w: usize, c: usize, k: u8) -> Vec<u8> {
-    crate::pretext::rotate_hwc(img, h, w, c, k)
-}
-
-/// Rotates by `degrees` counter-clockwise about the image centre, same size, bilinear
-/// sampling; pixels whose source lies outside the image are 0 (torchvision's default fill).
-/// Output pixel centre `(y, x)` reads the source at the inverse rotation of its offset from
-/// the centre `((h−1)/2, (w−1)/2)`. 0° is the identity.
-pub fn rotate(img: &[u8], h: usize, w: usize, c: usize, degrees: f64) -> Vec<u8> {
-    check(img, h, w, c);
-    if degrees == 0.0 {
-        return img.to_vec();
-    }
-    let (s, co) = degrees.to_radians().sin_cos();
-    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
-    let mut out = vec![0u8; img.len()];
-    let get = |y: i64, x: i64, ch: usize| -> f64 {
-        if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
-            0.0
-        } else {
-            img[(y as usize * w + x as usize) * c + ch] as f64
-        }
-    };
-    for y in 0..h {
-        for x in 0..w {
-            // image rows grow downwards: a CCW turn on screen maps (dx, −dy) by the rotation
-            let (dy, dx) = (y as f64 - cy, x as f64 - cx);
-            let sx = co * dx - s * dy + cx;
-            let sy = s * dx + co * dy + cy;
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = (sx - x0, sy - y0);
-            let (x0, y0) = (x0 as i64, y0 as i64);
-            for ch in 0..c {
-                let v = (get(y0, x0, ch) * (1.0 - fx) + get(y0, x0 + 1, ch) * fx) * (1.0 - fy)
-                    + (get(y0 + 1, x0, ch) * (1.0 - fx) + get(y0 + 1, x0 + 1, ch) * fx) * fy;
-                out[(y * w + x) * c + ch] = to_u8(v as f32);
-            }
-        }
-    }
-    out
 }
 
 /// Per-pixel `f32` working copy used by the colour operations.
@@ -277,44 +163,6 @@ fn hue_f(px: &mut [f32], c: usize, shift: f32) {
         p[1] = (g2 * 255.0).clamp(0.0, 255.0);
         p[2] = (b2 * 255.0).clamp(0.0, 255.0);
     }
-}
-
-/// Multiplies every value by `factor` (torchvision `adjust_brightness`), clamped to
-/// `[0, 255]`. `factor = 1` is the identity; 0 gives black.
-pub fn adjust_brightness(img: &[u8], h: usize, w: usize, c: usize, factor: f32) -> Vec<u8> {
-    check(img, h, w, c);
-    let mut px = to_f32(img);
-    brightness_f(&mut px, factor);
-    from_f32(&px)
-}
-
-/// Blends every value with the image's mean BT.601 grey `m`: `factor·v + (1−factor)·m`,
-/// clamped (torchvision `adjust_contrast`). `factor = 1` is the identity; 0 gives a flat
-/// grey image.
-pub fn adjust_contrast(img: &[u8], h: usize, w: usize, c: usize, factor: f32) -> Vec<u8> {
-    check(img, h, w, c);
-    let mut px = to_f32(img);
-    contrast_f(&mut px, c, factor);
-    from_f32(&px)
-}
-
-/// Blends every pixel with its own BT.601 grey: `factor·v + (1−factor)·grey`, clamped
-/// (torchvision `adjust_saturation`). `factor = 1` is the identity; 0 is [`to_grayscale`]
-/// (up to rounding).
-pub fn adjust_saturation(img: &[u8], h: usize, w: usize, c: usize, factor: f32) -> Vec<u8> {
-    check(img, h, w, c);
-    let mut px = to_f32(img);
-    saturation_f(&mut px, c, factor);
-    from_f32(&px)
-}
-
-/// Shifts every pixel's hue by `shift` turns (in `[−0.5, 0.5]`; torchvision `adjust_hue`),
-/// through HSV. `shift = 0` is the identity.
-pub fn adjust_hue(img: &[u8], h: usize, w: usize, c: usize, shift: f32) -> Vec<u8> {
-    check(img, h, w, c);
-    let mut px = to_f32(img);
-    hue_f(&mut px, c, shift);
-    from_f32(&px)
 }
 
 /// Replaces every pixel by its ITU-R BT.601 grey `round(0.299·R + 0.587·G + 0.114·B)` in all
@@ -453,6 +301,45 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
+    // The single colour operations of [`color_jitter`], one at a time.
+    /// Multiplies every value by `factor` (torchvision `adjust_brightness`), clamped to
+    /// `[0, 255]`. `factor = 1` is the identity; 0 gives black.
+    fn adjust_brightness(img: &[u8], h: usize, w: usize, c: usize, factor: f32) -> Vec<u8> {
+        check(img, h, w, c);
+        let mut px = to_f32(img);
+        brightness_f(&mut px, factor);
+        from_f32(&px)
+    }
+
+    /// Blends every value with the image's mean BT.601 grey `m`: `factor·v + (1−factor)·m`,
+    /// clamped (torchvision `adjust_contrast`). `factor = 1` is the identity; 0 gives a flat
+    /// grey image.
+    fn adjust_contrast(img: &[u8], h: usize, w: usize, c: usize, factor: f32) -> Vec<u8> {
+        check(img, h, w, c);
+        let mut px = to_f32(img);
+        contrast_f(&mut px, c, factor);
+        from_f32(&px)
+    }
+
+    /// Blends every pixel with its own BT.601 grey: `factor·v + (1−factor)·grey`, clamped
+    /// (torchvision `adjust_saturation`). `factor = 1` is the identity; 0 is `to_grayscale`
+    /// (up to rounding).
+    fn adjust_saturation(img: &[u8], h: usize, w: usize, c: usize, factor: f32) -> Vec<u8> {
+        check(img, h, w, c);
+        let mut px = to_f32(img);
+        saturation_f(&mut px, c, factor);
+        from_f32(&px)
+    }
+
+    /// Shifts every pixel's hue by `shift` turns (in `[−0.5, 0.5]`; torchvision `adjust_hue`),
+    /// through HSV. `shift = 0` is the identity.
+    fn adjust_hue(img: &[u8], h: usize, w: usize, c: usize, shift: f32) -> Vec<u8> {
+        check(img, h, w, c);
+        let mut px = to_f32(img);
+        hue_f(&mut px, c, shift);
+        from_f32(&px)
+    }
+
     fn img(seed: u64) -> Vec<u8> {
         crate::data::synthetic::generate(1, seed).image(0).to_vec()
     }
@@ -471,33 +358,6 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let b = random_resized_crop_box(32, 32, (1.0, 1.0), (1.0, 1.0), &mut rng);
         assert_eq!(b, full);
-    }
-
-    #[test]
-    fn crop_resize_known_values() {
-        // 2x2 one-channel [[0, 100], [200, 40]] upsampled to 4x4: row 0 reads source row
-        // max(0, 0.5·0.5 − 0.5) = 0, row 1 reads 0.25; column 1 reads 0.25 → row 0 is
-        // [0, 25, 75, 100]; pixel (1, 1) = 0.75·(0.75·0 + 0.25·100) + 0.25·(0.75·200 + 0.25·40)
-        // = 18.75 + 40 = 58.75 → 59.
-        let x = [0u8, 100, 200, 40];
-        let b = CropBox {
-            top: 0,
-            left: 0,
-            height: 2,
-            width: 2,
-        };
-        let y = crop_resize(&x, 2, 2, 1, b, 4, 4);
-        assert_eq!(&y[0..4], &[0, 25, 75, 100]);
-        assert_eq!(y[5], 59);
-        // a 1x1 box of a 3x3 image resized to 2x2 repeats that pixel
-        let z: Vec<u8> = (0..9).collect();
-        let b = CropBox {
-            top: 1,
-            left: 2,
-            height: 1,
-            width: 1,
-        };
-        assert_eq!(crop_resize(&z, 3, 3, 1, b, 2, 2), vec![5, 5, 5, 5]);
     }
 
     #[test]
@@ -532,15 +392,6 @@ mod tests {
                 width: 10
             }
         );
-    }
-
-    #[test]
-    fn flip_twice_is_identity() {
-        let x = img(2);
-        let f = hflip(&x, 32, 32, 3);
-        assert_ne!(f, x);
-        assert_eq!(hflip(&f, 32, 32, 3), x);
-        assert_eq!(hflip(&[1, 2, 3, 4, 5, 6], 2, 3, 1), vec![3, 2, 1, 6, 5, 4]);
     }
 
     #[test]
@@ -593,21 +444,6 @@ mod tests {
             adjust_hue(&[200, 100, 50], 1, 1, 3, 0.5),
             vec![50, 150, 200]
         );
-    }
-
-    #[test]
-    fn rotations() {
-        let x = img(4);
-        // four quarter turns, and a 90° angle equals one quarter turn on a square image
-        let q = rotate90(&x, 32, 32, 3, 1);
-        assert_eq!(rotate(&x, 32, 32, 3, 90.0), q);
-        assert_eq!(rotate90(&rotate90(&q, 32, 32, 3, 2), 32, 32, 3, 1), x);
-        // a small angle keeps the centre pixel of an odd-sized image and blackens a corner
-        let z: Vec<u8> = (0..25).map(|v| 10 + v as u8).collect();
-        let r = rotate(&z, 5, 5, 1, 30.0);
-        assert_eq!(r[12], z[12]);
-        assert_ne!(r, z);
-        assert!(r[0] < z[0], "{r:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod data;
 pub mod device;
+pub mod image;
 pub mod model;
 pub mod ops;
 pub mod optim;

@@ -370,7 +370,8 @@ impl BnOp {
                 }
             })
         };
-        *self.saved.lock().unwrap_or_else(PoisonError::into_inner) = Some(Stats { mean, var, invstd });
+        *self.saved.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Stats { mean, var, invstd });
         out
     }
 

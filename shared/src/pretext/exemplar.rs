@@ -17,7 +17,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::simclr::l2_normalize;
+use super::losses::{l2_normalize, pairwise_sq_dist, semihard_triplet_loss};
 use super::{PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::augment::{validate_ranges, Pipeline};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
@@ -215,158 +215,10 @@ pub fn exemplar_batch(
     Ok((x, labels))
 }
 
-/// Squared Euclidean distances `(N, N)` between the rows of `e` `(N, E)`:
-/// `‖e_i‖² + ‖e_j‖² − 2 e_iᵀe_j`, clamped at 0, diagonal exactly 0 (as TensorFlow's
-/// `pairwise_distance(squared=True)`).
-pub fn pairwise_sq_dist(e: &Tensor) -> Result<Tensor> {
-    let n = e.dim(0)?;
-    let sq = e.sqr()?.sum_keepdim(1)?;
-    let gram = e.matmul(&e.t()?)?;
-    let d = sq
-        .broadcast_add(&sq.t()?)?
-        .sub(&gram.affine(2.0, 0.0)?)?
-        .maximum(0.0)?;
-    let off = Tensor::eye(n, e.dtype(), e.device())?.affine(-1.0, 1.0)?;
-    Ok(d.mul(&off)?)
-}
-
-/// Triplet loss with semi-hard negative mining, exactly as TensorFlow's
-/// `tf.contrib.losses.metric_learning.triplet_semihard_loss` (the one Revisiting used),
-/// which works on squared Euclidean distances `d` ([`pairwise_sq_dist`]):
-///
-/// for every ordered positive pair `(a, p)`, `a ≠ p`, `labels[a] = labels[p]`, the negative
-/// distance is
-/// * the smallest `d(a, n)` over negatives (`labels[n] ≠ labels[a]`) with
-///   `d(a, n) > d(a, p)` (semi-hard: the closest negative still farther than the positive);
-/// * if there is none, the largest `d(a, n)` over all negatives (the easiest one);
-/// * if `a` has no negative at all, 0 (TensorFlow's masked maximum of an empty row is the
-///   row minimum, the zero diagonal);
-///
-/// and the loss is `Σ_(a,p) max(margin + d(a, p) − d(a, n*), 0) / #positive pairs`
-/// (pairs with zero loss count in the denominator).
-///
-/// `embeddings`: `(N, E)` (normalise them first for a margin on unit vectors); `labels`: `N`
-/// class ids. Returns a 0-d tensor, differentiable in `embeddings` (the choice of negative
-/// is not). Errors if `labels.len() != N` or no two rows share a label.
-pub fn semihard_triplet_loss(embeddings: &Tensor, labels: &[u32], margin: f64) -> Result<Tensor> {
-    let n = embeddings.dim(0)?;
-    if labels.len() != n {
-        bail!("triplet loss: {} labels for {n} embeddings", labels.len());
-    }
-    let d = pairwise_sq_dist(embeddings)?;
-    let dv: Vec<f32> = d.detach().flatten_all()?.to_vec1()?;
-    let (mut ap, mut an) = (Vec::new(), Vec::new());
-    for a in 0..n {
-        let row = &dv[a * n..(a + 1) * n];
-        let negs: Vec<usize> = (0..n).filter(|&j| labels[j] != labels[a]).collect();
-        for p in (0..n).filter(|&p| p != a && labels[p] == labels[a]) {
-            let dap = row[p];
-            let semi = negs
-                .iter()
-                .copied()
-                .filter(|&j| row[j] > dap)
-                .min_by(|&i, &j| row[i].total_cmp(&row[j]));
-            let easiest = || {
-                negs.iter()
-                    .copied()
-                    .max_by(|&i, &j| row[i].total_cmp(&row[j]))
-            };
-            // no negative at all: the diagonal, whose distance is 0
-            let neg = semi.or_else(easiest).unwrap_or(a);
-            ap.push((a * n + p) as u32);
-            an.push((a * n + neg) as u32);
-        }
-    }
-    if ap.is_empty() {
-        bail!("triplet loss: no two embeddings share a label, so there is no positive pair");
-    }
-    let m = ap.len();
-    let dev = embeddings.device();
-    let flat = d.flatten_all()?;
-    let dap = flat.index_select(&Tensor::from_vec(ap, m, dev)?, 0)?;
-    let dan = flat.index_select(&Tensor::from_vec(an, m, dev)?, 0)?;
-    let l = (dap - dan)?.affine(1.0, margin)?.relu()?;
-    Ok(l.sum_all()?.affine(1.0 / m as f64, 0.0)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
     use rand::SeedableRng;
-
-    fn t(v: &[f32], n: usize, e: usize) -> Tensor {
-        Tensor::from_vec(v.to_vec(), (n, e), &Device::Cpu).unwrap()
-    }
-
-    fn scalar(x: &Tensor) -> f64 {
-        x.to_scalar::<f32>().unwrap() as f64
-    }
-
-    #[test]
-    fn semihard_hand_computed() {
-        // 1-D embeddings x = [0, 1, 0.75, 2.5], labels [0, 0, 1, 1], margin 1.5 (all values
-        // dyadic, exact in f32). Squared distances: d01 = 1, d02 = 0.5625, d03 = 6.25,
-        // d12 = 0.0625, d13 = 2.25, d23 = 3.0625.
-        // (0,1): d_ap = 1, negatives of 0: {2: 0.5625, 3: 6.25}; farther than 1: {6.25}
-        //        → semi-hard 6.25 (the hardest negative is 0.5625): max(1.5 + 1 − 6.25, 0) = 0
-        // (1,0): d_ap = 1, negatives {2: 0.0625, 3: 2.25} → semi-hard 2.25 (hardest 0.0625):
-        //        max(1.5 + 1 − 2.25, 0) = 0.25
-        // (2,3): d_ap = 3.0625, negatives {0: 0.5625, 1: 0.0625}, none farther → the easiest,
-        //        0.5625: max(1.5 + 3.0625 − 0.5625, 0) = 4
-        // (3,2): d_ap = 3.0625, negatives {0: 6.25, 1: 2.25} → semi-hard 6.25 (hardest 2.25):
-        //        max(1.5 + 3.0625 − 6.25, 0) = 0
-        // loss = (0 + 0.25 + 4 + 0) / 4 = 1.0625.
-        // Hardest-negative mining would give (1.9375 + 2.4375 + 4.5 + 2.3125) / 4 = 2.796875.
-        let e = t(&[0.0, 1.0, 0.75, 2.5], 4, 1);
-        let labels = [0, 0, 1, 1];
-        let l = semihard_triplet_loss(&e, &labels, 1.5).unwrap();
-        assert!((scalar(&l) - 1.0625).abs() < 1e-6, "{}", scalar(&l));
-        // margin 0.5: only (2,3) is active, 0.5 + 3.0625 − 0.5625 = 3 → 3 / 4
-        let l = semihard_triplet_loss(&e, &labels, 0.5).unwrap();
-        assert!((scalar(&l) - 0.75).abs() < 1e-6, "{}", scalar(&l));
-        // the same points in 2-D (second coordinate 0) give the same loss
-        let e2 = t(&[0.0, 0.0, 1.0, 0.0, 0.75, 0.0, 2.5, 0.0], 4, 2);
-        let l2 = semihard_triplet_loss(&e2, &labels, 1.5).unwrap();
-        assert!((scalar(&l2) - 1.0625).abs() < 1e-6);
-
-        // gradient at margin 1.5: loss = (d10 − d13 + d23 − d20 + const) / 4, so
-        // ∂/∂x0 = (−2(x1−x0) + 2(x2−x0)) / 4 = (−2 + 1.5) / 4 = −0.125
-        // ∂/∂x1 = (2(x1−x0) − 2(x1−x3)) / 4 = (2 + 3) / 4 = 1.25
-        // ∂/∂x2 = (2(x2−x3) − 2(x2−x0)) / 4 = (−3.5 − 1.5) / 4 = −1.25
-        // ∂/∂x3 = (2(x1−x3) − 2(x2−x3)) / 4 = (−3 + 3.5) / 4 = 0.125
-        let v = Var::from_tensor(&e).unwrap();
-        let l = semihard_triplet_loss(v.as_tensor(), &labels, 1.5).unwrap();
-        let g = l.backward().unwrap().get(v.as_tensor()).unwrap().clone();
-        let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
-        for (got, want) in g.iter().zip([-0.125f32, 1.25, -1.25, 0.125]) {
-            assert!((got - want).abs() < 1e-5, "{g:?}");
-        }
-    }
-
-    #[test]
-    fn semihard_zero_when_classes_are_far_apart() {
-        // two tight classes 10 apart: d_ap ≤ 0.02, every negative ≈ 100 > margin + d_ap
-        let e = t(
-            &[
-                0.0, 0.0, 0.1, 0.0, 0.0, 0.1, 10.0, 0.0, 10.1, 0.0, 10.0, 0.1,
-            ],
-            6,
-            2,
-        );
-        let labels = [0, 0, 0, 1, 1, 1];
-        assert_eq!(
-            scalar(&semihard_triplet_loss(&e, &labels, 0.5).unwrap()),
-            0.0
-        );
-        // a huge margin makes it positive again: margin + d_ap − d_an*
-        assert!(scalar(&semihard_triplet_loss(&e, &labels, 200.0).unwrap()) > 90.0);
-        // a single class: no negatives, loss = margin + mean d_ap
-        let one = semihard_triplet_loss(&t(&[0.0, 1.0], 2, 1), &[3, 3], 0.5).unwrap();
-        assert!((scalar(&one) - 1.5).abs() < 1e-6);
-        assert!(semihard_triplet_loss(&e, &[0, 1, 2, 3, 4, 5], 0.5).is_err());
-        assert!(semihard_triplet_loss(&e, &[0, 1], 0.5).is_err());
-    }
 
     #[test]
     fn batch_layout_and_config() {

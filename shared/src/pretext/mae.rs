@@ -19,9 +19,9 @@ use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::rotation::hflip_hwc;
 use super::{PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
+use crate::image::hflip;
 use crate::model::vit::{patchify, pos_embed_tensor, Block, LayerNorm};
 use crate::model::{Backbone, Vit};
 
@@ -243,7 +243,7 @@ impl MaeTask {
         for &i in idx {
             let img = ds.try_image(i)?;
             if self.cfg.flip && rng.random_bool(0.5) {
-                bytes.extend_from_slice(&hflip_hwc(img, h, w, c));
+                bytes.extend_from_slice(&hflip(img, h, w, c));
             } else {
                 bytes.extend_from_slice(img);
             }

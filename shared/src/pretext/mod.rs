@@ -12,17 +12,18 @@
 pub mod exemplar;
 pub mod grid;
 pub mod jigsaw;
+pub mod losses;
 pub mod mae;
 pub mod relative_patch;
 pub mod rotation;
 pub mod simclr;
 
-pub use exemplar::{semihard_triplet_loss, ExemplarConfig, ExemplarTask};
+pub use exemplar::{ExemplarConfig, ExemplarTask};
 pub use jigsaw::{JigsawConfig, JigsawTask, PermutationDraw};
 pub use mae::{MaeConfig, MaeTask};
 pub use relative_patch::{RelativePatchConfig, RelativePatchTask};
-pub use rotation::{rotate_hwc, rotation_batch, RotationConfig, RotationMode, RotationTask};
-pub use simclr::{nt_xent, SimclrConfig, SimclrTask};
+pub use rotation::{rotation_batch, RotationConfig, RotationMode, RotationTask};
+pub use simclr::{SimclrConfig, SimclrTask};
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};

@@ -10,6 +10,7 @@ use rand::Rng;
 
 use super::{classification_step, PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
+use crate::image::{hflip, rotate90};
 use crate::model::Backbone;
 
 /// `[pretext.rotation]`: how rotation batches are built.
@@ -79,47 +80,6 @@ impl PretextTask for RotationTask {
     }
 }
 
-/// Rotates one `(H, W, C)` `u8` image by `k·90°` counter-clockwise (`k` taken mod 4).
-///
-/// The result is `(H, W, C)` for even `k` and `(W, H, C)` for odd `k` (identical shapes for
-/// the square images this is meant for). For `k = 1`, `out[i][j] = img[j][W−1−i]`, so the
-/// 2×2 pattern `[[1,2],[3,4]]` becomes `[[2,4],[1,3]]`. Panics if `img.len() != h*w*c`.
-pub fn rotate_hwc(img: &[u8], h: usize, w: usize, c: usize, k: u8) -> Vec<u8> {
-    assert_eq!(img.len(), h * w * c, "image is not {h}x{w}x{c}");
-    let k = k % 4;
-    if k == 0 {
-        return img.to_vec();
-    }
-    let mut out = vec![0u8; img.len()];
-    let (oh, ow) = if k % 2 == 1 { (w, h) } else { (h, w) };
-    for i in 0..oh {
-        for j in 0..ow {
-            let (sy, sx) = match k {
-                1 => (j, w - 1 - i),
-                2 => (h - 1 - i, w - 1 - j),
-                _ => (h - 1 - j, i),
-            };
-            let s = (sy * w + sx) * c;
-            let d = (i * ow + j) * c;
-            out[d..d + c].copy_from_slice(&img[s..s + c]);
-        }
-    }
-    out
-}
-
-/// Mirrors one `(H, W, C)` image left–right.
-pub fn hflip_hwc(img: &[u8], h: usize, w: usize, c: usize) -> Vec<u8> {
-    let mut out = vec![0u8; img.len()];
-    for y in 0..h {
-        for x in 0..w {
-            let s = (y * w + x) * c;
-            let d = (y * w + (w - 1 - x)) * c;
-            out[d..d + c].copy_from_slice(&img[s..s + c]);
-        }
-    }
-    out
-}
-
 /// Which rotations a batch holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -163,7 +123,7 @@ pub fn rotation_batch(
         let src = ds.try_image(i)?;
         let flipped;
         let img: &[u8] = if flip && rng.random_bool(0.5) {
-            flipped = hflip_hwc(src, h, w, c);
+            flipped = hflip(src, h, w, c);
             &flipped
         } else {
             src
@@ -171,13 +131,13 @@ pub fn rotation_batch(
         match mode {
             RotationMode::AllFour => {
                 for k in 0..4u8 {
-                    bytes.extend_from_slice(&rotate_hwc(img, h, w, c, k));
+                    bytes.extend_from_slice(&rotate90(img, h, w, c, k));
                     labels.push(k as u32);
                 }
             }
             RotationMode::RandomOne => {
                 let k: u8 = rng.random_range(0..4);
-                bytes.extend_from_slice(&rotate_hwc(img, h, w, c, k));
+                bytes.extend_from_slice(&rotate90(img, h, w, c, k));
                 labels.push(k as u32);
             }
         }
@@ -195,43 +155,6 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn known_2x2_rotations() {
-        let img = [1u8, 2, 3, 4];
-        assert_eq!(rotate_hwc(&img, 2, 2, 1, 1), vec![2, 4, 1, 3]);
-        assert_eq!(rotate_hwc(&img, 2, 2, 1, 2), vec![4, 3, 2, 1]);
-        assert_eq!(rotate_hwc(&img, 2, 2, 1, 3), vec![3, 1, 4, 2]);
-        assert_eq!(rotate_hwc(&img, 2, 2, 1, 4), img.to_vec());
-        assert_eq!(hflip_hwc(&img, 2, 2, 1), vec![2, 1, 4, 3]);
-    }
-
-    #[test]
-    fn non_square_and_multichannel() {
-        // 2x3 RGB-ish with channel pairs (v, v+100): [[1,2,3],[4,5,6]] CCW -> [[3,6],[2,5],[1,4]]
-        let img: Vec<u8> = (1..=6u8).flat_map(|v| [v, v + 100]).collect();
-        let r = rotate_hwc(&img, 2, 3, 2, 1);
-        let want: Vec<u8> = [3u8, 6, 2, 5, 1, 4]
-            .iter()
-            .flat_map(|&v| [v, v + 100])
-            .collect();
-        assert_eq!(r, want);
-    }
-
-    #[test]
-    fn four_quarter_turns_are_identity() {
-        let ds = crate::data::synthetic::generate(3, 0);
-        let img = ds.image(1);
-        let mut r = img.to_vec();
-        for _ in 0..4 {
-            r = rotate_hwc(&r, 32, 32, 3, 1);
-        }
-        assert_eq!(r, img);
-        assert_ne!(rotate_hwc(img, 32, 32, 3, 1), img);
-        // two single turns equal one half turn
-        let twice = rotate_hwc(&rotate_hwc(img, 32, 32, 3, 1), 32, 32, 3, 1);
-        assert_eq!(twice, rotate_hwc(img, 32, 32, 3, 2));
-    }
-
-    #[test]
     fn all_four_batch_layout_and_labels() {
         let ds = crate::data::synthetic::generate(4, 1);
         let mut rng = StdRng::seed_from_u64(0);
@@ -242,7 +165,7 @@ mod tests {
         assert_eq!(y.to_vec1::<u32>().unwrap(), vec![0, 1, 2, 3, 0, 1, 2, 3]);
         // row 5 is image 0 rotated by 90°
         let want = hwc_u8_to_tensor(
-            &rotate_hwc(ds.image(0), 32, 32, 3, 1),
+            &rotate90(ds.image(0), 32, 32, 3, 1),
             1,
             32,
             32,

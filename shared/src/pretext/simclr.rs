@@ -18,6 +18,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::losses::nt_xent_logits;
 use super::{classification_step, PreparedBatch, PretextKind, PretextTask, StepOutput};
 use crate::augment::{validate_ranges, Pipeline};
 use crate::data::{hwc_u8_to_tensor, ImageDataset};
@@ -192,151 +193,10 @@ pub fn simclr_batch(
     hwc_u8_to_tensor(&bytes, 2 * n, h, w, c, ds.mean, ds.std, device)
 }
 
-/// Rows of `z` `(M, E)` divided by their L2 norm (floored at 1e-12).
-pub fn l2_normalize(z: &Tensor) -> Result<Tensor> {
-    let norm = z.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
-    Ok(z.broadcast_div(&norm)?)
-}
-
-/// The NT-Xent logits and targets of SimCLR's eq. (1) for views `z1`, `z2` `(N, E)` (row `k`
-/// of both is image `k`), temperature `tau`.
-///
-/// With `z = [z1; z2]` `(2N, E)` and `sim(u, v) = uᵀv / (‖u‖‖v‖)`, row `i` of the logits
-/// `(2N, 2N)` is `sim(z_i, z_k) / τ` for `k ≠ i` and `−10⁹` on the diagonal (so the softmax
-/// runs over the `2N − 1` other samples); the target of anchor `i` is its positive, `i + N`
-/// for `i < N` and `i − N` otherwise (`(2N)` `u32`). Errors on mismatched shapes or `τ ≤ 0`.
-pub fn nt_xent_logits(z1: &Tensor, z2: &Tensor, tau: f64) -> Result<(Tensor, Tensor)> {
-    let (n, e) = z1.dims2()?;
-    if z2.dims2()? != (n, e) {
-        bail!(
-            "NT-Xent views have different shapes: {:?} and {:?}",
-            z1.dims(),
-            z2.dims()
-        );
-    }
-    if tau.is_nan() || tau <= 0.0 {
-        bail!("NT-Xent temperature must be positive, got {tau}");
-    }
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
-    let sim = z.matmul(&z.t()?)?.affine(1.0 / tau, 0.0)?;
-    let eye = Tensor::eye(2 * n, sim.dtype(), sim.device())?.affine(1e9, 0.0)?;
-    let logits = (sim - eye)?;
-    let targets: Vec<u32> = (0..2 * n)
-        .map(|i| {
-            if i < n {
-                (i + n) as u32
-            } else {
-                (i - n) as u32
-            }
-        })
-        .collect();
-    let targets = Tensor::from_vec(targets, 2 * n, z1.device())?;
-    Ok((logits, targets))
-}
-
-/// SimCLR's NT-Xent loss (Chen et al. 2020, eq. (1)), averaged over all `2N` anchors:
-///
-/// `L = 1/(2N) Σ_i −log( exp(sim(z_i, z_j(i))/τ) / Σ_{k≠i} exp(sim(z_i, z_k)/τ) )`
-///
-/// over `z = [z1; z2]`, `j(i)` the other view of the same image (see [`nt_xent_logits`]).
-/// `z1`, `z2`: `(N, E)` views of the same `N` images in the same order; returns a 0-d
-/// differentiable tensor (nats). Swapping `z1` and `z2` gives the same loss.
-pub fn nt_xent(z1: &Tensor, z2: &Tensor, tau: f64) -> Result<Tensor> {
-    let (logits, targets) = nt_xent_logits(z1, z2, tau)?;
-    Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
     use rand::SeedableRng;
-
-    fn t(v: &[f32], n: usize, e: usize) -> Tensor {
-        Tensor::from_vec(v.to_vec(), (n, e), &Device::Cpu).unwrap()
-    }
-
-    /// Eq. (1) in plain f64 loops.
-    fn reference(z1: &[f64], z2: &[f64], n: usize, e: usize, tau: f64) -> f64 {
-        let z: Vec<Vec<f64>> = z1
-            .chunks(e)
-            .chain(z2.chunks(e))
-            .map(|r| {
-                let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
-                r.iter().map(|v| v / norm).collect()
-            })
-            .collect();
-        let sim = |a: usize, b: usize| -> f64 {
-            z[a].iter().zip(&z[b]).map(|(x, y)| x * y).sum::<f64>() / tau
-        };
-        let mut total = 0.0;
-        for i in 0..2 * n {
-            let j = if i < n { i + n } else { i - n };
-            let denom: f64 = (0..2 * n)
-                .filter(|&k| k != i)
-                .map(|k| sim(i, k).exp())
-                .sum();
-            total += -(sim(i, j).exp() / denom).ln();
-        }
-        total / (2 * n) as f64
-    }
-
-    fn scalar(x: &Tensor) -> f64 {
-        x.to_scalar::<f32>().unwrap() as f64
-    }
-
-    #[test]
-    fn nt_xent_hand_computed_two_pairs() {
-        // z1 = [e1, e2], z2 = [2·e1, 3·e2]: after normalisation every anchor has similarity 1
-        // with its positive and 0 with the two others, so with τ = 0.5 each of the 4 terms is
-        // −log(e² / (e² + e⁰ + e⁰)) = log(1 + 2e⁻²) = 0.2395448…
-        let z1 = t(&[1.0, 0.0, 0.0, 1.0], 2, 2);
-        let z2 = t(&[2.0, 0.0, 0.0, 3.0], 2, 2);
-        let want = (1.0 + 2.0 * (-2.0f64).exp()).ln();
-        assert!((want - 0.2395448).abs() < 1e-6);
-        let got = scalar(&nt_xent(&z1, &z2, 0.5).unwrap());
-        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-
-        // a generic pair, against the f64 loops
-        let a = [0.3, -1.2, 0.7, 0.5, 0.9, -0.4];
-        let b = [1.1, 0.2, -0.3, -0.6, 0.8, 0.25];
-        let want = reference(&a, &b, 2, 3, 0.2);
-        let (af, bf): (Vec<f32>, Vec<f32>) = (
-            a.iter().map(|&v| v as f32).collect(),
-            b.iter().map(|&v| v as f32).collect(),
-        );
-        let got = scalar(&nt_xent(&t(&af, 2, 3), &t(&bf, 2, 3), 0.2).unwrap());
-        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-    }
-
-    #[test]
-    fn nt_xent_is_symmetric_and_has_finite_gradients() {
-        let mut rng = StdRng::seed_from_u64(5);
-        let v: Vec<f32> = (0..5 * 8).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let w: Vec<f32> = (0..5 * 8).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let (z1, z2) = (t(&v, 5, 8), t(&w, 5, 8));
-        let l12 = scalar(&nt_xent(&z1, &z2, 0.5).unwrap());
-        let l21 = scalar(&nt_xent(&z2, &z1, 0.5).unwrap());
-        assert!((l12 - l21).abs() < 1e-6, "{l12} vs {l21}");
-        let vd: Vec<f64> = v.iter().map(|&x| x as f64).collect();
-        let wd: Vec<f64> = w.iter().map(|&x| x as f64).collect();
-        assert!((l12 - reference(&vd, &wd, 5, 8, 0.5)).abs() < 1e-5);
-
-        let var = Var::from_tensor(&z1).unwrap();
-        let loss = nt_xent(var.as_tensor(), &z2, 0.5).unwrap();
-        let g = loss
-            .backward()
-            .unwrap()
-            .get(var.as_tensor())
-            .unwrap()
-            .clone();
-        let g: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
-        assert!(g.iter().all(|x| x.is_finite()) && g.iter().any(|&x| x != 0.0));
-        // identical views: the positive is the most similar sample and the loss is lower
-        let same = scalar(&nt_xent(&z1, &z1, 0.5).unwrap());
-        assert!(same < l12);
-        assert!(nt_xent(&z1, &t(&v[..8], 1, 8), 0.5).is_err());
-    }
 
     #[test]
     fn batch_layout_task_and_config() {
