@@ -5,7 +5,6 @@
 //! candle's CPU thread pool. The local pretext head stays on the client across rounds; only
 //! the backbone travels.
 
-pub mod cli;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -15,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use fedssl_shared::config::FaultKind;
 use fedssl_shared::data::ImageDataset;
 use fedssl_shared::protocol::{
     read_message, read_weights, write_message, write_weights_bytes, ClientMessage, RoundConfig,
     RunInfo, ServerMessage, PROTOCOL_VERSION,
 };
-use fedssl_shared::scenario::FaultKind;
-use fedssl_shared::train::{train_local, LocalModel, LocalTrainConfig};
+use fedssl_shared::train::{train_local, LocalModel};
 use fedssl_shared::weights::WeightSet;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tracing::{info, warn};
@@ -72,7 +71,7 @@ pub struct ClientOptions {
     pub max_weights_bytes: u64,
     /// Simulated failure (dropout studies and tests): at the start of this 0-based round the
     /// client disconnects or stalls.
-    pub fault: Option<(u32, fedssl_shared::scenario::FaultKind)>,
+    pub fault: Option<(u32, fedssl_shared::config::FaultKind)>,
 }
 
 impl ClientOptions {
@@ -139,7 +138,7 @@ pub fn resolve_data(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDatas
     match source {
         DataSource::InMemory { data, .. } => Ok(data.clone()),
         DataSource::Whole { dir } => Ok(Arc::new(
-            fedssl_shared::scenario::load_train_set(
+            fedssl_shared::data::load_train_set(
                 run.dataset,
                 dir.as_deref(),
                 run.train_images,
@@ -157,7 +156,7 @@ pub fn resolve_data(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDatas
             if k >= n {
                 bail!("--shard {k}/{n}: K must be below N (shards are 0-based)");
             }
-            let full = fedssl_shared::scenario::load_train_set(
+            let full = fedssl_shared::data::load_train_set(
                 run.dataset,
                 dir.as_deref(),
                 run.train_images,
@@ -405,15 +404,6 @@ fn train_round(
     let m = guard.as_mut().unwrap();
     m.load_federated(&global)
         .context("global weights do not fit this client's model")?;
-    let cfg = LocalTrainConfig {
-        local_epochs: config.local_epochs as usize,
-        batch_size: config.batch_size as usize,
-        lr: config.lr,
-        momentum: config.momentum,
-        weight_decay: config.weight_decay,
-        schedule: fedssl_shared::optim::LrSchedule::Constant,
-        seed: config.seed,
-    };
     let started = Instant::now();
     let mut progress = |step: usize, total: usize, loss: f64| {
         if let Some(b) = &bar {
@@ -422,7 +412,7 @@ fn train_round(
             b.set_message(format!("{loss:.3}"));
         }
     };
-    let mut stats = train_local(m, data, &cfg, &mut progress)?;
+    let mut stats = train_local(m, data, &config.train, config.seed, &mut progress)?;
     stats.seconds = started.elapsed().as_secs_f64();
     let trained = m.federated_weights()?;
     trained.check_finite().context("local training diverged")?;

@@ -117,5 +117,5 @@ async fn real_main(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let log = if cli.quiet { "warn" } else { "info" };
-    fedssl_client::cli::run_main(log, real_main(cli))
+    fedssl_shared::cli::run_main(log, real_main(cli))
 }

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fedssl_coordinator::job::{run_job, Job, Mode};
-use fedssl_shared::scenario::Scenario;
+use fedssl_shared::config::Scenario;
 
 const SCENARIO: &str = r#"
 name = "procs"

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use fedssl_shared::scenario::Scenario;
+use fedssl_shared::config::Scenario;
 
 use crate::evaluate::{EvalFile, FewLabelResult};
 use crate::job::{result_line, run_job, Job, Mode};

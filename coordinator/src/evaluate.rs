@@ -20,10 +20,10 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
+use fedssl_shared::config::{EvalConfig, Pooling, ProbeKind, Scenario};
 use fedssl_shared::data::ImageDataset;
 use fedssl_shared::model::{build_backbone, Backbone, BackboneKind, ModelConfig};
 use fedssl_shared::pretext::{view_batch, EvalView};
-use fedssl_shared::scenario::{EvalConfig, Pooling, ProbeKind, Scenario};
 use fedssl_shared::weights::WeightSet;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
@@ -638,13 +638,13 @@ pub fn eval_checkpoint(sc: &Scenario, checkpoint: &Path, out: &Path) -> Result<E
         .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
-    let train = fedssl_shared::scenario::load_train_set(
+    let train = fedssl_shared::data::load_train_set(
         sc.data.dataset,
         sc.data.path.as_deref(),
         sc.data.train_images,
         sc.seed,
     )?;
-    let test = fedssl_shared::scenario::load_test_set(
+    let test = fedssl_shared::data::load_test_set(
         sc.data.dataset,
         sc.data.path.as_deref(),
         sc.data.test_images,

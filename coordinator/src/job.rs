@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use fedssl_shared::config::Scenario;
 use fedssl_shared::data::ImageDataset;
+use fedssl_shared::data::{load_test_set, load_train_set};
 use fedssl_shared::protocol::RunInfo;
-use fedssl_shared::scenario::{load_test_set, load_train_set, Scenario};
 use fedssl_shared::train::LocalModel;
 use fedssl_shared::weights::write_atomic;
 use indicatif::MultiProgress;
@@ -348,7 +349,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         clients_contributed: outcome.clients_seen.len(),
         pretext: sc.pretext.task.name().to_string(),
         backbone: sc.model.backbone.name().to_string(),
-        strategy: sc.federation.strategy.clone(),
+        strategy: sc.federation.strategy.name().to_string(),
         dataset: format!("{:?}", sc.data.dataset).to_lowercase(),
         train_images,
         backbone_values,

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use fedssl_coordinator::job::{result_line, run_job, Job, Mode};
 use fedssl_coordinator::pretext_compare::{compare_pretexts, markdown};
+use fedssl_shared::config::Scenario;
 use fedssl_shared::pretext::PretextKind;
-use fedssl_shared::scenario::Scenario;
 
 #[derive(Parser)]
 #[command(
@@ -261,5 +261,5 @@ async fn real_main(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    fedssl_client::cli::run_main("warn", real_main(cli))
+    fedssl_shared::cli::run_main("warn", real_main(cli))
 }

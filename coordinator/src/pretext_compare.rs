@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use fedssl_shared::config::Scenario;
 use fedssl_shared::pretext::PretextKind;
-use fedssl_shared::scenario::Scenario;
 use fedssl_shared::weights::write_atomic;
 use serde::Serialize;
 

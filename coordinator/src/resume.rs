@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use fedssl_shared::scenario::Scenario;
+use fedssl_shared::config::Scenario;
 use fedssl_shared::weights::{write_atomic, WeightSet};
 
 /// Name of the resolved scenario a run writes into its output folder.
@@ -185,7 +185,7 @@ mod tests {
             serde_json::to_value(&b).unwrap(),
         );
         assert_eq!(first_difference(&va, &vb, ""), None);
-        b.train.lr = 0.5;
+        b.train.local.lr = 0.5;
         b.pretext.rotation.flip = false;
         let vb = serde_json::to_value(&b).unwrap();
         assert_eq!(

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use fedssl_shared::config::Scenario;
 use fedssl_shared::protocol::{
     encode_frame, read_message, read_weights, write_message, write_weights_bytes, ClientMessage,
     RoundConfig, RunInfo, ServerMessage, PROTOCOL_VERSION,
 };
-use fedssl_shared::scenario::Scenario;
+use fedssl_shared::train::LocalTrainConfig;
 use fedssl_shared::weights::WeightSet;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use rand::seq::IndexedRandom;
@@ -501,11 +502,10 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
                 continue;
             };
             let config = RoundConfig {
-                local_epochs: sc.train.local_epochs as u32,
-                batch_size: sc.train.batch_size as u32,
-                lr,
-                momentum: sc.train.momentum,
-                weight_decay: sc.train.weight_decay,
+                train: LocalTrainConfig {
+                    lr,
+                    ..sc.train.local.clone()
+                },
                 seed: fedssl_shared::seed::derive(
                     sc.seed,
                     "client-train",

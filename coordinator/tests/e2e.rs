@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use fedssl_coordinator::job::{run_job, Job, Mode};
-use fedssl_shared::scenario::Scenario;
+use fedssl_shared::config::Scenario;
 use fedssl_shared::weights::WeightSet;
 use serde_json::Value;
 

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use fedssl_coordinator::server::{accept_loop, Registry};
 use fedssl_coordinator::tls;
+use fedssl_shared::config::Scenario;
 use fedssl_shared::protocol::{
     read_message, write_message, ClientMessage, RunInfo, ServerMessage, PROTOCOL_VERSION,
 };
-use fedssl_shared::scenario::Scenario;
 
 async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
     let sc = Scenario::default();

@@ -18,9 +18,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use fedssl_shared::config::Scenario;
+use fedssl_shared::data::load_train_set;
+use fedssl_shared::device::on_device;
 use fedssl_shared::optim::{lr_at, SgdMomentum};
-use fedssl_shared::scenario::{load_train_set, Scenario};
-use fedssl_shared::train::{on_device, LocalModel};
+use fedssl_shared::train::LocalModel;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -54,9 +56,9 @@ fn main() -> Result<()> {
     )?
     .unlabelled();
     let device = Device::Cpu;
-    let init_seed = fedssl_shared::seed::derive(sc.seed, "init", 0);
+    let init_seed = fedssl_shared::seed::derive(sc.seed, fedssl_shared::seed::INIT, 0);
     let model = LocalModel::new(&sc.model, &sc.pretext, init_seed, sc.seed + 1, &device)?;
-    let t = &sc.train;
+    let (t, schedule) = (&sc.train.local, sc.train.schedule);
     let mut opt = SgdMomentum::new(model.named_vars(), t.lr, t.momentum, t.weight_decay);
     let mut rng = StdRng::seed_from_u64(sc.seed + 2);
     let mut order: Vec<usize> = Vec::new();
@@ -68,7 +70,7 @@ fn main() -> Result<()> {
         ds.len(),
         t.batch_size,
         t.lr,
-        t.schedule
+        schedule
     );
     for step in 0..steps {
         if order.len() < t.batch_size {
@@ -76,7 +78,7 @@ fn main() -> Result<()> {
             order.shuffle(&mut rng);
         }
         let idx: Vec<usize> = order.split_off(order.len() - t.batch_size.min(order.len()));
-        opt.set_lr(lr_at(t.lr, &t.schedule, step, steps));
+        opt.set_lr(lr_at(t.lr, &schedule, step, steps));
         let (loss, ok, n) = on_device(&device, || -> Result<(f64, Option<usize>, usize)> {
             let out = model
                 .task

@@ -3,6 +3,8 @@
 //! protocol and the scenario schema. No networking loops live here.
 
 pub mod augment;
+pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod image;
@@ -12,7 +14,6 @@ pub mod optim;
 pub mod partition;
 pub mod pretext;
 pub mod protocol;
-pub mod scenario;
 pub mod seed;
 pub mod train;
 pub mod weights;

@@ -22,14 +22,16 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::data::DatasetKind;
 use crate::model::ModelConfig;
-use crate::partition::PartitionScheme;
+use crate::partition::PartitionConfig;
 use crate::pretext::PretextConfig;
-use crate::scenario::DatasetKind;
+use crate::train::LocalTrainConfig;
 use crate::weights::WeightSet;
 
-/// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
+/// travels as its kind and that kind's settings).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -85,8 +87,8 @@ pub struct RunInfo {
     pub dataset: DatasetKind,
     /// Training images in the run's dataset (synthetic: how many to generate; CIFAR-10: the limit).
     pub train_images: Option<usize>,
-    /// Partition scheme for `--shard K/N` clients.
-    pub partition: PartitionScheme,
+    /// Partition for `--shard K/N` clients.
+    pub partition: PartitionConfig,
     /// Number of shards (clients) in the scenario.
     pub num_clients: u32,
     /// Backbone family and layout; the client builds the same one.
@@ -98,16 +100,9 @@ pub struct RunInfo {
 /// Per-round local training settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoundConfig {
-    /// Local epochs over the shard.
-    pub local_epochs: u32,
-    /// Images per batch (before the pretext task multiplies them).
-    pub batch_size: u32,
-    /// Learning rate for this round.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// L2 weight decay.
-    pub weight_decay: f64,
+    /// The scenario's `[train]` with this round's learning rate (the schedule over the rounds
+    /// already applied); constant over the round's steps.
+    pub train: LocalTrainConfig,
     /// Seed of this client's augmentation and shuffling stream for this round.
     pub seed: u64,
 }
@@ -300,10 +295,10 @@ mod tests {
     }
 
     #[test]
-    fn welcome_with_every_partition_scheme_round_trips() {
+    fn welcome_with_every_partition_round_trips() {
         for partition in [
-            PartitionScheme::Iid,
-            PartitionScheme::Dirichlet { alpha: 0.3 },
+            PartitionConfig::Iid(crate::partition::IidConfig {}),
+            PartitionConfig::Dirichlet(crate::partition::DirichletConfig { alpha: 0.3 }),
         ] {
             let m = ServerMessage::Welcome {
                 client_id: 2,
@@ -324,11 +319,13 @@ mod tests {
         let r = ServerMessage::Round {
             round: 1,
             config: RoundConfig {
-                local_epochs: 2,
-                batch_size: 32,
-                lr: 0.1,
-                momentum: 0.9,
-                weight_decay: 5e-4,
+                train: LocalTrainConfig {
+                    local_epochs: 2,
+                    batch_size: 32,
+                    lr: 0.1,
+                    momentum: 0.9,
+                    weight_decay: 5e-4,
+                },
                 seed: 77,
             },
         };

@@ -1,14 +1,23 @@
 //! Image datasets held in memory as `u8` `(N, H, W, C)` bytes, decoded once at load, and
 //! their conversion to normalised `f32` `(B, C, H, W)` batches.
 //!
-//! Loaders: [`cifar10`] (the binary release of Krizhevsky 2009) and [`synthetic`]
-//! (procedural shapes and textures, for tests and offline demos).
+//! Datasets: [`cifar10`] (the binary release of Krizhevsky 2009) and [`synthetic`]
+//! (procedural shapes and textures, for tests and offline demos); [`load`] picks a run's
+//! dataset and loads its splits. A new dataset is one new file here, one variant of
+//! [`DatasetKind`] and one arm in [`load`].
 
 pub mod cifar10;
+pub mod load;
 pub mod synthetic;
+
+pub use load::{load_test_set, load_train_set, DatasetKind};
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+
+/// Side in pixels of the (square) images of every dataset fedssl reads (CIFAR-10 and the
+/// synthetic set); the scenario refuses layouts (patch grids, ViT patches) that do not fit it.
+pub const IMAGE_SIDE: usize = 32;
 
 /// An in-memory labelled image dataset.
 ///
@@ -47,11 +56,6 @@ impl ImageDataset {
     /// True when the dataset holds no image.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// True when every image has a label.
-    pub fn is_labelled(&self) -> bool {
-        self.labels.len() == self.len() && !self.is_empty()
     }
 
     /// The same images without their labels: what a federated client may hold (clients never
@@ -269,13 +273,18 @@ mod tests {
 
 #[cfg(test)]
 mod unlabelled_tests {
+    /// True when every image has a label.
+    fn is_labelled(ds: &super::ImageDataset) -> bool {
+        ds.labels.len() == ds.len() && !ds.is_empty()
+    }
+
     #[test]
     fn unlabelled_keeps_images_and_drops_labels() {
         let ds = super::synthetic::generate(12, 1);
-        assert!(ds.is_labelled());
+        assert!(is_labelled(&ds));
         let sub = ds.subset(&[3, 5, 7]).unlabelled();
         assert_eq!(sub.len(), 3);
-        assert!(sub.labels.is_empty() && !sub.is_labelled());
+        assert!(sub.labels.is_empty() && !is_labelled(&sub));
         assert_eq!(sub.image(1), ds.image(5));
         assert_eq!(sub.subset(&[2]).image(0), ds.image(7));
     }

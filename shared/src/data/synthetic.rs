@@ -15,10 +15,15 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::ImageDataset;
-use crate::seed::derive;
+use crate::seed::{derive, SYNTHETIC_DATA};
 
 /// Side of the square images, in pixels.
 pub const SIZE: usize = 32;
+
+/// Synthetic training images of a run whose `data.train_images` is unset.
+pub const DEFAULT_TRAIN_IMAGES: usize = 10_000;
+/// Synthetic test images of a run whose `data.test_images` is unset.
+pub const DEFAULT_TEST_IMAGES: usize = 2_000;
 
 /// Class names, index = label.
 pub const CLASS_NAMES: [&str; 10] = [
@@ -38,18 +43,7 @@ pub const CLASS_NAMES: [&str; 10] = [
 /// `n % 10` classes one more), in a seed-shuffled order. Mean and std are computed from the
 /// generated pixels. Deterministic: the same `(n, seed)` gives identical bytes.
 pub fn generate(n: usize, seed: u64) -> ImageDataset {
-    generate_stream(n, derive(seed, "synthetic-data", 0))
-}
-
-/// A train and a test set from disjoint RNG streams of `seed`. `generate_split(a, b, s).0`
-/// equals `generate(a, s)`. The test set carries the train set's mean and std, so both are
-/// normalised identically.
-pub fn generate_split(n_train: usize, n_test: usize, seed: u64) -> (ImageDataset, ImageDataset) {
-    let train = generate(n_train, seed);
-    let mut test = generate_stream(n_test, derive(seed, "synthetic-data", 1));
-    test.mean = train.mean;
-    test.std = train.std;
-    (train, test)
+    generate_stream(n, derive(seed, SYNTHETIC_DATA, 0))
 }
 
 fn generate_stream(n: usize, stream_seed: u64) -> ImageDataset {
@@ -176,15 +170,6 @@ mod tests {
             assert!(a.mean[c] > 0.1 && a.mean[c] < 0.9, "{:?}", a.mean);
             assert!(a.std[c] > 0.05 && a.std[c] < 0.5, "{:?}", a.std);
         }
-    }
-
-    #[test]
-    fn split_streams_are_disjoint() {
-        let (tr, te) = generate_split(50, 50, 9);
-        assert_eq!(tr, generate(50, 9));
-        assert_ne!(tr.images, te.images);
-        assert_eq!(te.mean, tr.mean);
-        assert_eq!(te.class_counts(), vec![5; 10]);
     }
 
     #[test]

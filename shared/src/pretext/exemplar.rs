@@ -265,7 +265,7 @@ mod tests {
 
     #[test]
     fn scenario_table_parses_and_is_checked() {
-        use crate::scenario::Scenario;
+        use crate::config::Scenario;
         let text = "[pretext]\ntask = \"exemplar\"\n[pretext.exemplar]\nviews = 4\n";
         let sc = Scenario::from_toml_str(text, &[]).unwrap();
         assert_eq!(sc.pretext.task, PretextKind::Exemplar);

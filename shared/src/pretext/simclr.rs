@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn scenario_table_parses_and_is_checked() {
-        use crate::scenario::Scenario;
+        use crate::config::Scenario;
         let text = "[pretext]\ntask = \"simclr\"\n[pretext.simclr]\ntemperature = 0.2\n";
         let sc = Scenario::from_toml_str(text, &[]).unwrap();
         assert_eq!(sc.pretext.task, PretextKind::Simclr);

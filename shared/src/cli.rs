@@ -1,5 +1,5 @@
 //! What both binaries (`fedssl-client`, `fedssl-coordinator`) do around their command: the
-//! allocator tuning of [`fedssl_shared::ops::tune_allocator`], logs on stderr filtered by
+//! allocator tuning of [`crate::ops::tune_allocator`], logs on stderr filtered by
 //! `FEDSSL_LOG`, a multi-threaded tokio runtime, and a failure printed as one line `error: …`
 //! with a non-zero exit status.
 
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 /// `default_log` is the tracing filter used when `FEDSSL_LOG` is unset (e.g. `"warn"`).
 pub fn run_main(default_log: &str, command: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     // Before any tensor exists: keep freed heap memory for the next training step.
-    fedssl_shared::ops::tune_allocator();
+    crate::ops::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG")
@@ -39,6 +39,17 @@ pub fn run_main(default_log: &str, command: impl Future<Output = anyhow::Result<
 }
 
 /// The error and its causes on one line (`outer: inner: …`).
-pub fn one_line(e: &anyhow::Error) -> String {
+fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_and_its_causes_fit_one_line() {
+        let e = anyhow::anyhow!("inner\nsecond line").context("outer");
+        assert_eq!(one_line(&e), "outer: inner second line");
+    }
 }

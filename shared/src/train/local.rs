@@ -1,59 +1,22 @@
-//! The local training loop a client runs each round: the scenario's pretext task
-//! ([`crate::pretext`]) on its shard with SGD + momentum, and feature extraction for probes.
+//! The local training loop a client runs each round: the pretext task on its shard with SGD
+//! + momentum, the batches prepared ahead on their own thread.
 //!
-//! On the CPU every step runs inside `Device::Cpu.with_context(..)`, i.e. on candle's warm
-//! rayon pool (1.4–1.7× faster here than dispatching each op from a foreign thread); the
-//! progress callback is called on the calling thread between steps, so it need not be `Send`.
+//! On the CPU every step runs inside `Device::Cpu.with_context(..)` ([`on_device`]), i.e. on
+//! candle's warm rayon pool; the progress callback is called on the calling thread between
+//! steps, so it need not be `Send`.
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use anyhow::{bail, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use super::{LocalModel, LocalTrainConfig};
 use crate::data::ImageDataset;
-use crate::model::{build_backbone, seeded_init, Backbone, ModelConfig};
-use crate::optim::{lr_at, LrSchedule, SgdMomentum};
-use crate::pretext::{build_task, PreparedBatch, PretextConfig, PretextTask};
-use crate::weights::WeightSet;
-
-/// Hyper-parameters of one round of local training (the task's own parameters live in the
-/// task, see [`crate::pretext::PretextConfig`]).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LocalTrainConfig {
-    /// Passes over the shard per round.
-    pub local_epochs: usize,
-    /// Images per step, before the task multiplies them (e.g. ×4 rotations).
-    pub batch_size: usize,
-    /// Base learning rate.
-    pub lr: f64,
-    /// SGD momentum μ.
-    pub momentum: f64,
-    /// L2 weight decay (not applied to 1-D variables).
-    pub weight_decay: f64,
-    /// Schedule of the learning rate over this round's steps.
-    pub schedule: LrSchedule,
-    /// Seed of this round's shuffling and augmentation stream.
-    pub seed: u64,
-}
-
-impl Default for LocalTrainConfig {
-    /// 1 epoch, batch 64, lr 0.05, momentum 0.9, wd 5e-4, constant lr, seed 0.
-    fn default() -> Self {
-        Self {
-            local_epochs: 1,
-            batch_size: 64,
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            schedule: LrSchedule::Constant,
-            seed: 0,
-        }
-    }
-}
+use crate::device::on_device;
+use crate::optim::SgdMomentum;
+use crate::pretext::{PreparedBatch, PretextTask};
 
 /// What one call of [`train_local`] reports.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -72,115 +35,13 @@ pub struct TrainStats {
     pub seconds: f64,
 }
 
-/// A client's persistent local state: the backbone (federated), and the pretext task with
-/// its heads (`head.*` variables, local unless `pretext.share_heads`).
-pub struct LocalModel {
-    /// The backbone.
-    pub backbone: Backbone,
-    /// The backbone's variables, including BatchNorm running statistics.
-    pub backbone_vars: VarMap,
-    /// The pretext task and its heads.
-    pub task: Box<dyn PretextTask>,
-    /// The heads' variables, all named `head.*`.
-    pub head_vars: VarMap,
-    /// Whether the heads travel with the backbone (`pretext.share_heads`).
-    pub share_heads: bool,
-    /// Where the variables live.
-    pub device: Device,
-}
-
-impl LocalModel {
-    /// A backbone from [`build_backbone`]`(model, backbone_seed)` and the task's heads
-    /// initialised by [`seeded_init`] from `seed::derive(head_seed, "rotation-head", 0)`.
-    /// Errors on an invalid config.
-    pub fn new(
-        model: &ModelConfig,
-        pretext: &PretextConfig,
-        backbone_seed: u64,
-        head_seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
-        let (backbone, backbone_vars) = build_backbone(model, backbone_seed, device)?;
-        let head_vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&head_vars, DType::F32, device);
-        let task = build_task(pretext, &backbone, vb)?;
-        // the stream keeps the name it had when rotation was the only task, so that the
-        // rotation runs of earlier versions are reproduced bit for bit
-        seeded_init(
-            &head_vars,
-            crate::seed::derive(head_seed, "rotation-head", 0),
-        )?;
-        Ok(Self {
-            backbone,
-            backbone_vars,
-            task,
-            head_vars,
-            share_heads: pretext.share_heads,
-            device: device.clone(),
-        })
-    }
-
-    /// Every trainable variable, backbone then heads, names sorted within each.
-    pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let mut out = sorted_vars(&self.backbone_vars);
-        out.extend(sorted_vars(&self.head_vars));
-        out
-    }
-
-    /// The weights that travel to the coordinator: the backbone, plus the `head.*`
-    /// variables when the heads are shared.
-    pub fn federated_weights(&self) -> Result<WeightSet> {
-        let mut w = WeightSet::from_varmap(&self.backbone_vars)?;
-        if self.share_heads {
-            w.tensors
-                .extend(WeightSet::from_varmap(&self.head_vars)?.tensors);
-        }
-        Ok(w)
-    }
-
-    /// Loads global weights as [`Self::federated_weights`] lays them out. All or nothing:
-    /// errors (changing nothing) if a name is missing, unexpected or mis-shaped.
-    pub fn load_federated(&self, global: &WeightSet) -> Result<()> {
-        let (heads, backbone) = global.split_prefix("head.");
-        if self.share_heads {
-            // check both before writing either
-            backbone.check_fits_varmap(&self.backbone_vars)?;
-            heads
-                .check_fits_varmap(&self.head_vars)
-                .context("the shared pretext heads do not fit")?;
-            heads.load_into_varmap(&self.head_vars)?;
-        } else if !heads.tensors.is_empty() {
-            bail!(
-                "the global weights carry pretext heads (`head.*`) but pretext.share_heads is false"
-            );
-        }
-        backbone.load_into_varmap(&self.backbone_vars)
-    }
-}
-
-fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
-    let data = vm.data().lock().expect("VarMap lock poisoned");
-    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Runs `f` on candle's CPU thread pool when `device` is the CPU, directly otherwise.
-pub fn on_device<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
-    if device.is_cpu() {
-        Device::Cpu.with_context(f)
-    } else {
-        f()
-    }
-}
-
 /// Trains `model` (backbone and heads) for `cfg.local_epochs` epochs over `shard`.
 ///
-/// Each epoch shuffles the shard from `StdRng::seed_from_u64(cfg.seed)` (one stream for
+/// Each epoch shuffles the shard from `StdRng::seed_from_u64(seed)` (one stream for
 /// shuffling and augmentation, so the result is deterministic), cuts it into batches of
 /// `cfg.batch_size` images (the last may be smaller), asks the pretext task for the batch's
-/// loss ([`PretextTask::batch_loss`], BatchNorm in training mode) and minimises it with
-/// [`SgdMomentum`]; the learning rate follows `cfg.schedule` over the
+/// loss ([`PretextTask::step`], BatchNorm in training mode) and minimises it with
+/// [`SgdMomentum`] at the constant learning rate `cfg.lr` over the
 /// `local_epochs · ceil(N / batch_size)` steps. After each step
 /// `progress(step, total_steps, running_loss)` is called, `step` counting from 1 and
 /// `running_loss` the mean loss of the current epoch so far.
@@ -197,9 +58,10 @@ pub fn train_local(
     model: &mut LocalModel,
     shard: &ImageDataset,
     cfg: &LocalTrainConfig,
+    seed: u64,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<TrainStats> {
-    train_loop(model, shard, cfg, progress, PREFETCH_BATCHES)
+    train_loop(model, shard, cfg, seed, progress, PREFETCH_BATCHES)
 }
 
 /// Batches [`train_local`] prepares ahead of the step that runs (on its own thread).
@@ -214,6 +76,7 @@ fn train_loop(
     model: &mut LocalModel,
     shard: &ImageDataset,
     cfg: &LocalTrainConfig,
+    seed: u64,
     progress: &mut dyn FnMut(usize, usize, f64),
     prefetch: usize,
 ) -> Result<TrainStats> {
@@ -235,7 +98,7 @@ fn train_loop(
     // round's random stream is drawn from.
     let batches = {
         let device = device.clone();
-        let (epochs, batch_size, seed) = (cfg.local_epochs, cfg.batch_size, cfg.seed);
+        let (epochs, batch_size) = (cfg.local_epochs, cfg.batch_size);
         move |emit: &mut dyn FnMut(Result<(usize, PreparedBatch)>) -> bool| {
             let mut rng = StdRng::seed_from_u64(seed);
             for epoch in 0..epochs {
@@ -260,7 +123,6 @@ fn train_loop(
             epoch_seen = epoch;
             (loss_sum, correct, seen) = (0.0, None, 0);
         }
-        opt.set_lr(lr_at(cfg.lr, &cfg.schedule, step, total));
         let (loss, ok, count) = on_device(&device, || -> Result<(f64, Option<usize>, usize)> {
             let out = task.step(&model_ref.backbone, batch)?;
             let grads = out.loss.backward()?;
@@ -310,65 +172,17 @@ fn train_loop(
     })
 }
 
-/// Pre-logits features `(N, D)` `f32` on `device` of every image of `ds` in order, the
-/// backbone in eval mode (BatchNorm running statistics, no update) applied to whole images,
-/// `batch_size` images per forward pass. An empty dataset gives a `(0, D)` tensor. Errors if
-/// `batch_size == 0`.
-pub fn extract_features(
-    backbone: &Backbone,
-    ds: &ImageDataset,
-    batch_size: usize,
-    device: &Device,
-) -> Result<Tensor> {
-    if batch_size == 0 {
-        bail!("batch_size must be positive");
-    }
-    if ds.is_empty() {
-        return Ok(Tensor::zeros(
-            (0, backbone.feature_dim()),
-            DType::F32,
-            device,
-        )?);
-    }
-    let idx: Vec<usize> = (0..ds.len()).collect();
-    let mut parts = Vec::with_capacity(ds.len().div_ceil(batch_size));
-    for chunk in idx.chunks(batch_size) {
-        let f = on_device(device, || -> Result<Tensor> {
-            let x = ds.batch_tensor(chunk, device)?;
-            Ok(backbone.forward_t(&x, false)?.pre_logits.detach())
-        })?;
-        parts.push(f);
-    }
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::synthetic;
-    use crate::model::ResNetConfig;
-    use crate::pretext::{rotation_batch, RotationMode, RotationTask, StepOutput};
+    use crate::model::{Backbone, ModelConfig};
+    use crate::pretext::{rotation_batch, PretextConfig, RotationMode, RotationTask, StepOutput};
+    use crate::train::fixtures::{rotation, small};
     use crate::weights::WeightSet;
-
-    /// A narrow two-stage ResNet keeps the test fast on 2 CPU cores.
-    fn small() -> ModelConfig {
-        ModelConfig {
-            resnet: ResNetConfig {
-                stem_width: 8,
-                widths: vec![8, 16],
-                blocks: vec![1, 1],
-                widen: 1,
-            },
-            ..ModelConfig::default()
-        }
-    }
-
-    /// Rotation, all four angles, no flips.
-    fn rotation() -> PretextConfig {
-        let mut p = PretextConfig::default();
-        p.rotation.flip = false;
-        p
-    }
+    use anyhow::Result;
+    use candle_core::{DType, Device};
+    use candle_nn::VarBuilder;
 
     fn model(cfg: &ModelConfig, seed: u64) -> LocalModel {
         LocalModel::new(cfg, &rotation(), seed, seed + 100, &Device::Cpu).unwrap()
@@ -381,10 +195,11 @@ mod tests {
             lr: 0.05,
             momentum: 0.9,
             weight_decay: 5e-4,
-            schedule: LrSchedule::Constant,
-            seed: 11,
         }
     }
+
+    /// The seed of the training stream in these tests.
+    const SEED: u64 = 11;
 
     /// Loss on all images x 4 rotations, no optimiser step. BN in train mode (batch
     /// statistics): the untrained running statistics would make an eval-mode loss
@@ -410,13 +225,29 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_shard_is_an_error() {
+        let ds = synthetic::generate(10, 4);
+        assert!(train_local(
+            &mut model(&ModelConfig::default(), 0),
+            &ds.subset(&[]),
+            &cfg(),
+            SEED,
+            &mut |_, _, _| {}
+        )
+        .is_err());
+    }
+
+    #[test]
     fn local_training_lowers_the_loss_and_is_deterministic() {
         let ds = synthetic::generate(64, 2);
         let mut m = model(&small(), 3);
         let before = fixed_batch_loss(&m, &ds);
         let stats0 = WeightSet::from_varmap(&m.backbone_vars).unwrap();
         let mut calls = vec![];
-        let stats = train_local(&mut m, &ds, &cfg(), &mut |s, t, l| calls.push((s, t, l))).unwrap();
+        let stats = train_local(&mut m, &ds, &cfg(), SEED, &mut |s, t, l| {
+            calls.push((s, t, l))
+        })
+        .unwrap();
         let after = fixed_batch_loss(&m, &ds);
         assert!(after < before, "loss before {before}, after {after}");
         assert_eq!(stats.steps, 8);
@@ -440,7 +271,7 @@ mod tests {
         let mut m2 = model(&small(), 3);
         let before2 = fixed_batch_loss(&m2, &ds);
         assert_eq!(before, before2);
-        let stats2 = train_local(&mut m2, &ds, &cfg(), &mut |_, _, _| {}).unwrap();
+        let stats2 = train_local(&mut m2, &ds, &cfg(), SEED, &mut |_, _, _| {}).unwrap();
         fixed_batch_loss(&m2, &ds);
         assert_eq!(stats.loss, stats2.loss);
         assert_eq!(
@@ -469,8 +300,15 @@ mod tests {
         let run = |prefetch: usize| {
             let mut m = LocalModel::new(&small(), &pretext, 4, 104, &Device::Cpu).unwrap();
             let mut losses = vec![];
-            let stats =
-                train_loop(&mut m, &ds, &c, &mut |_, _, l| losses.push(l), prefetch).unwrap();
+            let stats = train_loop(
+                &mut m,
+                &ds,
+                &c,
+                SEED,
+                &mut |_, _, l| losses.push(l),
+                prefetch,
+            )
+            .unwrap();
             let w = WeightSet::from_varmap(&m.backbone_vars).unwrap();
             let h = WeightSet::from_varmap(&m.head_vars).unwrap();
             (stats.loss, stats.accuracy, stats.steps, losses, w, h)
@@ -521,7 +359,8 @@ mod tests {
             let mut m = model(&small(), 4);
             let inner = std::mem::replace(&mut m.task, Box::new(NoTask));
             m.task = Box::new(Broken(inner));
-            let err = train_loop(&mut m, &ds, &cfg(), &mut |_, _, _| {}, prefetch).unwrap_err();
+            let err =
+                train_loop(&mut m, &ds, &cfg(), SEED, &mut |_, _, _| {}, prefetch).unwrap_err();
             let msg = format!("{err:#}");
             assert!(
                 msg.contains("out of range (dataset has 16 images)"),
@@ -548,64 +387,5 @@ mod tests {
         fn step(&self, _: &Backbone, _: PreparedBatch) -> Result<StepOutput> {
             bail!("no task")
         }
-    }
-
-    #[test]
-    fn features_have_shape_and_ignore_batching() {
-        let ds = synthetic::generate(10, 4);
-        let dev = Device::Cpu;
-        let m = model(&ModelConfig::default(), 0);
-        let a = extract_features(&m.backbone, &ds, 4, &dev).unwrap();
-        let b = extract_features(&m.backbone, &ds, 10, &dev).unwrap();
-        assert_eq!(a.dims(), &[10, 64]);
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-4, "{d}");
-        let e = extract_features(&m.backbone, &ds.subset(&[]), 4, &dev).unwrap();
-        assert_eq!(e.dims(), &[0, 64]);
-        assert!(train_local(
-            &mut model(&ModelConfig::default(), 0),
-            &ds.subset(&[]),
-            &cfg(),
-            &mut |_, _, _| {}
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn heads_travel_only_when_shared_and_loading_is_all_or_nothing() {
-        let dev = Device::Cpu;
-        let local = model(&small(), 1);
-        let w = local.federated_weights().unwrap();
-        assert!(w.tensors.keys().all(|k| !k.starts_with("head.")));
-        assert_eq!(w, WeightSet::from_varmap(&local.backbone_vars).unwrap());
-
-        let mut p = rotation();
-        p.share_heads = true;
-        let shared = LocalModel::new(&small(), &p, 2, 3, &dev).unwrap();
-        let ws = shared.federated_weights().unwrap();
-        assert_eq!(ws.tensors["head.weight"].shape, vec![4, 16]);
-        assert_eq!(ws.tensors["head.bias"].shape, vec![4]);
-        assert_eq!(ws.tensors.len(), w.tensors.len() + 2);
-        // the shared model takes the other's weights, heads included
-        let other = LocalModel::new(&small(), &p, 5, 6, &dev).unwrap();
-        other.load_federated(&ws).unwrap();
-        assert_eq!(other.federated_weights().unwrap(), ws);
-        // heads offered to a model that keeps them local: refused, nothing written
-        let before = local.federated_weights().unwrap();
-        let e = local.load_federated(&ws).unwrap_err().to_string();
-        assert!(e.contains("share_heads"), "{e}");
-        assert_eq!(local.federated_weights().unwrap(), before);
-        // a shared model missing its heads in the global set: refused, backbone untouched
-        let fresh = LocalModel::new(&small(), &p, 7, 8, &dev).unwrap();
-        let before = fresh.federated_weights().unwrap();
-        assert!(fresh.load_federated(&w).is_err());
-        assert_eq!(fresh.federated_weights().unwrap(), before);
     }
 }

@@ -1,0 +1,81 @@
+//! `[federation]`: clients, rounds, sampling, deadlines and the aggregation strategy.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use super::strategy::StrategyConfig;
+
+/// Federation section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Number of clients (shards) in the run.
+    pub clients: usize,
+    /// A round starts only with this many connected clients, and the run fails if fewer survive a round.
+    pub min_clients: usize,
+    /// Number of rounds.
+    pub rounds: usize,
+    /// Fraction of connected clients sampled each round (at least `min_clients`).
+    pub participation: f64,
+    /// Aggregation strategy: `"fedavg"` (McMahan et al. 2017, the default), or a
+    /// `{ kind = "…", … }` table ([`StrategyConfig`]).
+    pub strategy: StrategyConfig,
+    /// A client that has not returned its update this many seconds after the round started is dropped from the round.
+    pub round_deadline_seconds: f64,
+    /// Seconds `serve` waits for `min_clients` to connect before it gives up.
+    pub join_timeout_seconds: f64,
+    /// Largest accepted weights payload, in bytes.
+    pub max_weights_bytes: u64,
+    /// A connection silent for this many seconds is considered dead (QUIC idle timeout;
+    /// keep-alives are sent at a quarter of it).
+    pub idle_timeout_seconds: f64,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            clients: 3,
+            min_clients: 2,
+            rounds: 2,
+            participation: 1.0,
+            strategy: StrategyConfig::default(),
+            round_deadline_seconds: 1800.0,
+            join_timeout_seconds: 600.0,
+            max_weights_bytes: 1 << 30,
+            idle_timeout_seconds: 20.0,
+        }
+    }
+}
+
+impl FederationConfig {
+    /// Checks ranges and that `min_clients` fits `clients`; the message names the
+    /// `federation.*` key.
+    pub fn validate(&self) -> Result<()> {
+        if self.clients == 0 {
+            bail!("federation.clients must be at least 1");
+        }
+        if self.min_clients == 0 || self.min_clients > self.clients {
+            bail!(
+                "federation.min_clients must be in 1..={} (federation.clients), got {}",
+                self.clients,
+                self.min_clients
+            );
+        }
+        if self.rounds == 0 {
+            bail!("federation.rounds must be at least 1");
+        }
+        if !(self.participation > 0.0 && self.participation <= 1.0) {
+            bail!(
+                "federation.participation must be in (0, 1], got {}",
+                self.participation
+            );
+        }
+        if self.round_deadline_seconds.is_nan() || self.round_deadline_seconds <= 0.0 {
+            bail!("federation.round_deadline_seconds must be positive");
+        }
+        if !(self.idle_timeout_seconds >= 1.0 && self.idle_timeout_seconds <= 3600.0) {
+            bail!("federation.idle_timeout_seconds must be in [1, 3600]");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! The scenario schema: one TOML file describes one run (data, partition, model, pretext task,
+//! local training, federation, evaluation). Every key has a default; unknown keys are an
+//! error that names the key and the file. `--set key.path=value` overrides any key.
+//!
+//! ```toml
+//! name = "quickstart"
+//! seed = 0
+//! [data]
+//! dataset = "synthetic"
+//! [federation]
+//! clients = 3
+//! rounds = 2
+//! ```
+//!
+//! [`Scenario`] holds one section per file here ([`data`], [`train`], [`federation`] with
+//! its [`strategy`], [`eval`], [`simulation`]); the sections of the parts that own their
+//! settings live with them: `[partition]` ([`crate::partition::PartitionConfig`]), `[model]`
+//! ([`crate::model::ModelConfig`]) and `[pretext]` ([`crate::pretext::PretextConfig`]).
+//! [`load`] reads a file and validates it, [`overrides`] applies `--set`, [`name`] checks the
+//! run's name, and [`tagged`] is how every pluggable part's `kind = "…"` table is read.
+
+pub mod data;
+pub mod eval;
+pub mod federation;
+pub mod load;
+pub mod name;
+pub mod overrides;
+pub mod simulation;
+pub mod strategy;
+pub mod tagged;
+pub mod train;
+
+pub use data::DataConfig;
+pub use eval::{EvalConfig, Pooling, ProbeKind};
+pub use federation::FederationConfig;
+pub use name::{check_name, MAX_NAME_CHARS};
+pub use simulation::{Fault, FaultKind, SimulationConfig};
+pub use strategy::{FedAvgConfig, StrategyConfig};
+pub use train::TrainConfig;
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::IMAGE_SIDE;
+use crate::model::{BackboneKind, ModelConfig};
+use crate::partition::PartitionConfig;
+use crate::pretext::PretextConfig;
+
+/// A whole run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// Name written into `summary.json`; also the run's folder name (`runs/<name>`, and
+    /// `<out>/<name>` under `compare`), so it must be a plain folder name: not empty, not `.`
+    /// or `..`, at most 100 characters, no path separators (`/`, `\\`), no control characters
+    /// and none of `<>:"|?*`, no leading or trailing spaces ([`check_name`]).
+    pub name: String,
+    /// Master seed: every RNG of the run (data, partition, init, sampling, augmentation) derives from it.
+    pub seed: u64,
+    /// Which images and how many.
+    pub data: DataConfig,
+    /// How the training images are split across clients (a `kind = "…"` table).
+    pub partition: PartitionConfig,
+    /// The backbone that is federated.
+    pub model: ModelConfig,
+    /// The self-supervised pretext task.
+    pub pretext: PretextConfig,
+    /// Local training on each client per round.
+    pub train: TrainConfig,
+    /// Rounds, clients, deadlines, aggregation.
+    pub federation: FederationConfig,
+    /// Central evaluation after the last round.
+    pub eval: EvalConfig,
+    /// Settings that only matter for `simulate` (all clients in one process).
+    pub simulation: SimulationConfig,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            name: "unnamed".into(),
+            seed: 0,
+            data: DataConfig::default(),
+            partition: PartitionConfig::default(),
+            model: ModelConfig::default(),
+            pretext: PretextConfig::default(),
+            train: TrainConfig::default(),
+            federation: FederationConfig::default(),
+            eval: EvalConfig::default(),
+            simulation: SimulationConfig::default(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Checks value ranges and cross-field constraints; the message names the key.
+    pub fn validate(&self) -> Result<()> {
+        check_name(&self.name)?;
+        self.federation.validate()?;
+        self.simulation
+            .validate(self.federation.clients, self.federation.rounds)?;
+        self.model.validate()?;
+        self.pretext.validate(self.model.backbone)?;
+        self.pretext.eval_view(self.eval.view)?;
+        // every dataset fedssl reads has 32×32 images: refuse layouts that cannot fit them
+        // now rather than in every client's first step
+        self.pretext
+            .check_image_size(IMAGE_SIDE, self.model.vit.patch_size)?;
+        if self.model.backbone == BackboneKind::Vit
+            && !IMAGE_SIDE.is_multiple_of(self.model.vit.patch_size)
+        {
+            bail!(
+                "model.vit.patch_size ({}) must divide the {IMAGE_SIDE}-pixel side of the images",
+                self.model.vit.patch_size
+            );
+        }
+        self.data.validate()?;
+        self.train.validate()?;
+        self.partition.validate()?;
+        self.eval.validate()?;
+        Ok(())
+    }
+
+    /// The learning rate of round `round` (0-based): `train.lr` on `train.schedule` over the
+    /// run's `federation.rounds`.
+    pub fn round_lr(&self, round: usize) -> f64 {
+        crate::optim::lr_at(
+            self.train.local.lr,
+            &self.train.schedule,
+            round,
+            self.federation.rounds,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let s = Scenario::from_toml_str("", &[]).unwrap();
+        assert_eq!(s, Scenario::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Scenario::from_toml_str("[federation]\nrounds = 2\nroundz = 3\n", &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("roundz"), "{e:#}");
+    }
+
+    #[test]
+    fn overrides_apply_with_types() {
+        let s = Scenario::from_toml_str(
+            "[federation]\nrounds = 2\n",
+            &[
+                "federation.rounds=7".into(),
+                "name=abc".into(),
+                "partition.kind=dirichlet".into(),
+                "partition.alpha=0.5".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.federation.rounds, 7);
+        assert_eq!(s.name, "abc");
+        assert_eq!(
+            s.partition,
+            PartitionConfig::Dirichlet(crate::partition::DirichletConfig { alpha: 0.5 })
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_key() {
+        let e = Scenario::from_toml_str("[federation]\nclients = 2\nmin_clients = 3\n", &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("federation.min_clients"), "{e}");
+        let e = Scenario::from_toml_str("[partition]\nkind = \"dirichlet\"\nalpha = -1.0\n", &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("alpha"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_override_is_blamed_on_set_not_on_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("good.toml");
+        std::fs::write(&p, "[federation]\nrounds = 2\n").unwrap();
+        let e = format!(
+            "{:#}",
+            Scenario::load(&p, &["federation.roundz=3".into()]).unwrap_err()
+        );
+        assert!(
+            e.contains("--set federation.roundz=3") && e.contains("roundz"),
+            "{e}"
+        );
+        assert!(!e.contains("good.toml"), "{e}");
+        // among several overrides, the one that breaks it is named, not all of them
+        let sets: Vec<String> = ["seed=4", "federation.roundz=3", "eval.epochs=2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = format!("{:#}", Scenario::load(&p, &sets).unwrap_err());
+        assert!(e.starts_with("in --set federation.roundz=3:"), "{e}");
+        assert!(!e.contains("seed=4") && !e.contains("eval.epochs"), "{e}");
+        // a malformed override is named once, by its own error
+        let e = format!(
+            "{:#}",
+            Scenario::load(&p, &["federation.rounds".into()]).unwrap_err()
+        );
+        assert!(e.starts_with("--set `federation.rounds`: expected"), "{e}");
+        assert_eq!(e.matches("--set").count(), 1, "{e}");
+        // overrides that are only wrong together: the later one, which made it invalid
+        let sets: Vec<String> = ["federation.clients=2", "federation.min_clients=3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = format!("{:#}", Scenario::load(&p, &sets).unwrap_err());
+        assert!(e.starts_with("in --set federation.min_clients=3:"), "{e}");
+        std::fs::write(&p, "[federation]\nroundz = 2\n").unwrap();
+        let e = format!("{:#}", Scenario::load(&p, &["name=x".into()]).unwrap_err());
+        assert!(e.contains("good.toml"), "{e}");
+    }
+
+    #[test]
+    fn relative_data_path_is_resolved_against_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "[data]\ndataset = \"cifar10\"\npath = \"c10\"\n").unwrap();
+        let s = Scenario::load(&p, &[]).unwrap();
+        assert_eq!(s.data.path.unwrap(), dir.path().join("c10"));
+    }
+
+    #[test]
+    fn layouts_that_cannot_fit_32x32_images_are_refused_up_front() {
+        for (set, key) in [
+            (
+                vec![
+                    "pretext.task=\"relative_patch\"",
+                    "pretext.relative_patch.patch_size=12",
+                ],
+                "pretext.relative_patch",
+            ),
+            (
+                vec!["pretext.task=\"jigsaw\"", "pretext.jigsaw.tile_size=10"],
+                "pretext.jigsaw",
+            ),
+            (
+                vec!["model.backbone=\"vit\"", "model.vit.patch_size=5"],
+                "model.vit.patch_size",
+            ),
+            (
+                vec![
+                    "model.backbone=\"vit\"",
+                    "pretext.task=\"mae\"",
+                    "pretext.mae.mask_ratio=0.999",
+                ],
+                "pretext.mae.mask_ratio",
+            ),
+            (vec!["eval.train_labels=0"], "eval.train_labels"),
+            (vec!["data.test_images=0"], "data.test_images"),
+        ] {
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let e = format!("{:#}", Scenario::from_toml_str("", &set).unwrap_err());
+            assert!(e.contains(key), "{set:?}: {e}");
+        }
+        // the defaults of every task fit
+        for t in ["relative_patch", "jigsaw"] {
+            Scenario::from_toml_str("", &[format!("pretext.task=\"{t}\"")]).unwrap();
+        }
+        Scenario::from_toml_str(
+            "",
+            &[
+                "model.backbone=\"vit\"".into(),
+                "pretext.task=\"mae\"".into(),
+            ],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn names_that_are_not_plain_folder_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../up",
+            "/abs",
+            "a\\b",
+            "tab\tname",
+            "line\nbreak",
+            "c:drive",
+            "what?",
+            "star*",
+            " lead",
+            "trail ",
+        ] {
+            let e = format!(
+                "{:#}",
+                Scenario::from_toml_str("", &[format!("name={}", toml::Value::from(bad))])
+                    .unwrap_err()
+            );
+            assert!(e.contains("name") && e.contains("folder"), "{bad:?}: {e}");
+        }
+        let long = "x".repeat(MAX_NAME_CHARS + 1);
+        assert!(check_name(&long).is_err());
+        for good in [
+            "quickstart",
+            "compare-pretexts-relative_patch",
+            "run.v2",
+            "Versuch ä",
+            &"x".repeat(100),
+        ] {
+            check_name(good).unwrap();
+        }
+        // the file is blamed, and the message names the key
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "name = \"../escape\"\n").unwrap();
+        let e = format!("{:#}", Scenario::load(&p, &[]).unwrap_err());
+        assert!(
+            e.contains("s.toml") && e.contains("name \"../escape\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_runs_scenario_json_loads_back_to_the_same_scenario() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sc = Scenario::from_toml_str(
+            "name = \"j\"\n[data]\ndataset = \"cifar10\"\npath = \"rel/c10\"\ntrain_images = 300\n[partition]\nkind = \"dirichlet\"\nalpha = 0.5\n[pretext]\ntask = \"jigsaw\"\n[eval]\nweight_decays = [0.0, 1e-3]\n",
+            &[],
+        )
+        .unwrap();
+        sc.simulation.faults = vec![Fault {
+            client: 1,
+            round: 1,
+            kind: FaultKind::Stall,
+        }];
+        assert_eq!(sc.eval.test_images, None);
+        let p = dir.path().join("scenario.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&sc).unwrap()).unwrap();
+        // data.path is taken as the run resolved it, not against the file's folder
+        assert_eq!(Scenario::load(&p, &[]).unwrap(), sc);
+        let s = Scenario::load(&p, &["eval.epochs=3".into()]).unwrap();
+        assert_eq!(s.eval.epochs, 3);
+        let e = format!(
+            "{:#}",
+            Scenario::load(&p, &["eval.epochz=3".into()]).unwrap_err()
+        );
+        assert!(e.contains("--set") && e.contains("epochz"), "{e}");
+        std::fs::write(&p, "[1, 2]").unwrap();
+        let e = format!("{:#}", Scenario::load(&p, &[]).unwrap_err());
+        assert!(e.contains("scenario.json") && e.contains("object"), "{e}");
+    }
+}

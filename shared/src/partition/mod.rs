@@ -1,0 +1,280 @@
+//! Splitting a labelled dataset among federated clients: the [`Partitioner`] seam.
+//!
+//! * [`iid`]: a seeded shuffle cut into near-equal shards (`kind = "iid"`, the default).
+//! * [`dirichlet`]: per-class Dirichlet label skew of Hsu, Qi & Brown 2019
+//!   (`kind = "dirichlet"`, `alpha = …`).
+//!
+//! The scenario's `[partition]` table is a [`PartitionConfig`]: its `kind` picks the
+//! partitioner and the rest of the table is that partitioner's own config struct (see
+//! [`crate::config::tagged`]). A new partitioner is one new file here: its config struct,
+//! implementing [`Partitioner`], and one variant of [`PartitionConfig`].
+
+pub mod dirichlet;
+pub mod iid;
+
+pub use dirichlet::DirichletConfig;
+pub use iid::IidConfig;
+
+use anyhow::{bail, Result};
+
+use crate::config::tagged::{tagged_serde, Tagged};
+
+/// A way of splitting images among clients; implemented by each partitioner's config struct.
+pub trait Partitioner {
+    /// Checks the settings; the message names the `partition.*` key. Default: nothing to
+    /// check.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Splits the image indices `0..labels.len()` among `clients` clients, deterministically
+    /// from `seed`. Called by [`partition`] with valid settings, `1 <= clients <= labels.len()`
+    /// and every label `< num_classes`; must return `clients` non-empty shards in which every
+    /// index appears exactly once (in any order: [`partition`] sorts them).
+    fn split(
+        &self,
+        labels: &[u32],
+        num_classes: usize,
+        clients: usize,
+        seed: u64,
+    ) -> Result<Vec<Vec<usize>>>;
+}
+
+/// The scenario's `[partition]`: how images are distributed among clients. Written
+/// `{ kind = "iid" }` (or just `"iid"`) or `{ kind = "dirichlet", alpha = 0.5 }`; unknown keys
+/// are refused, including `alpha` with `kind = "iid"`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PartitionConfig {
+    /// Uniformly random, equal-size shards (sizes differ by at most one).
+    Iid(IidConfig),
+    /// Per-class Dirichlet label skew with concentration `alpha > 0` (Hsu et al. 2019).
+    Dirichlet(DirichletConfig),
+}
+
+tagged_serde!(PartitionConfig {
+    "iid" => Iid(IidConfig),
+    "dirichlet" => Dirichlet(DirichletConfig),
+});
+
+impl Default for PartitionConfig {
+    /// IID.
+    fn default() -> Self {
+        PartitionConfig::Iid(IidConfig {})
+    }
+}
+
+impl PartitionConfig {
+    /// The partitioner this config chooses.
+    pub fn partitioner(&self) -> &dyn Partitioner {
+        match self {
+            PartitionConfig::Iid(c) => c,
+            PartitionConfig::Dirichlet(c) => c,
+        }
+    }
+
+    /// Checks the chosen partitioner's settings; the message names the `partition.*` key.
+    pub fn validate(&self) -> Result<()> {
+        self.partitioner().validate()
+    }
+}
+
+/// Splits the images with labels `labels` among `num_clients` clients with the partitioner
+/// `config` chooses.
+///
+/// Returns, per client, the sorted indices into `labels` of its images: every index belongs
+/// to exactly one client and no client is empty. Deterministic from `seed`.
+///
+/// Errors when `num_clients` is 0 or exceeds `labels.len()`, when a label is
+/// `>= num_classes`, when the settings are invalid (e.g. `alpha` not a finite positive
+/// number), or when a partitioner breaks its contract (a bug, named).
+pub fn partition(
+    labels: &[u32],
+    num_classes: usize,
+    num_clients: usize,
+    config: &PartitionConfig,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    if num_clients == 0 {
+        bail!("cannot partition among 0 clients");
+    }
+    if num_clients > labels.len() {
+        bail!(
+            "cannot give each of {num_clients} clients at least one image: only {} images",
+            labels.len()
+        );
+    }
+    if let Some((i, l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= num_classes)
+    {
+        bail!("label {l} of image {i} is not below num_classes = {num_classes}");
+    }
+    config.validate()?;
+    let mut parts = config
+        .partitioner()
+        .split(labels, num_classes, num_clients, seed)?;
+    for p in parts.iter_mut() {
+        p.sort_unstable();
+    }
+    check_shards(&parts, labels.len(), num_clients)
+        .map_err(|e| e.context(format!("partitioner `{}` is broken", config.kind())))?;
+    Ok(parts)
+}
+
+/// Errors unless `parts` are `clients` non-empty shards holding each of `0..n` once.
+fn check_shards(parts: &[Vec<usize>], n: usize, clients: usize) -> Result<()> {
+    if parts.len() != clients {
+        bail!("it returned {} shards for {clients} clients", parts.len());
+    }
+    if let Some(k) = parts.iter().position(Vec::is_empty) {
+        bail!("it left client {k} without images");
+    }
+    let mut seen = vec![false; n];
+    for &i in parts.iter().flatten() {
+        match seen.get_mut(i) {
+            Some(s) if !*s => *s = true,
+            Some(_) => bail!("it gave image {i} to two clients"),
+            None => bail!("it returned image {i} of {n}"),
+        }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        bail!("it gave image {i} to no client");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(n: usize, classes: u32) -> Vec<u32> {
+        (0..n).map(|i| (i as u32 * 7 + 3) % classes).collect()
+    }
+
+    fn check_disjoint_complete(parts: &[Vec<usize>], n: usize) {
+        let mut seen = vec![0u8; n];
+        for p in parts {
+            assert!(!p.is_empty());
+            assert!(p.windows(2).all(|w| w[0] < w[1]), "not sorted");
+            for &i in p {
+                seen[i] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1));
+    }
+
+    fn class_shares(part: &[usize], labels: &[u32], classes: usize) -> Vec<f64> {
+        let mut h = vec![0usize; classes];
+        for &i in part {
+            h[labels[i] as usize] += 1;
+        }
+        h.iter().map(|&c| c as f64 / part.len() as f64).collect()
+    }
+
+    #[test]
+    fn iid_is_disjoint_complete_and_balanced() {
+        let l = labels(1003, 10);
+        let parts = partition(&l, 10, 7, &PartitionConfig::Iid(IidConfig {}), 1).unwrap();
+        check_disjoint_complete(&parts, 1003);
+        let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![144, 144, 143, 143, 143, 143, 143]);
+    }
+
+    #[test]
+    fn dirichlet_large_alpha_is_near_uniform() {
+        let l = crate::data::synthetic::generate(50_000, 0).labels;
+        let scheme = PartitionConfig::Dirichlet(DirichletConfig { alpha: 1000.0 });
+        let parts = partition(&l, 10, 10, &scheme, 3).unwrap();
+        check_disjoint_complete(&parts, 50_000);
+        for p in &parts {
+            for s in class_shares(p, &l, 10) {
+                assert!((s - 0.1).abs() < 0.05, "share {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn dirichlet_small_alpha_is_skewed_and_deterministic() {
+        let l = labels(50_000, 10);
+        let scheme = PartitionConfig::Dirichlet(DirichletConfig { alpha: 0.1 });
+        let parts = partition(&l, 10, 10, &scheme, 4).unwrap();
+        check_disjoint_complete(&parts, 50_000);
+        let mean_max: f64 = parts
+            .iter()
+            .map(|p| class_shares(p, &l, 10).into_iter().fold(0.0, f64::max))
+            .sum::<f64>()
+            / 10.0;
+        assert!(mean_max > 0.5, "mean max share {mean_max}");
+        assert_eq!(parts, partition(&l, 10, 10, &scheme, 4).unwrap());
+        assert_ne!(parts, partition(&l, 10, 10, &scheme, 5).unwrap());
+    }
+
+    #[test]
+    fn many_clients_and_tiny_alpha_leave_no_client_empty() {
+        let l = labels(40, 2);
+        let scheme = PartitionConfig::Dirichlet(DirichletConfig { alpha: 0.01 });
+        let parts = partition(&l, 2, 40, &scheme, 0).unwrap();
+        check_disjoint_complete(&parts, 40);
+        assert!(parts.iter().all(|p| p.len() == 1));
+    }
+
+    #[test]
+    fn invalid_arguments_are_errors() {
+        let l = labels(10, 2);
+        assert!(partition(&l, 2, 11, &PartitionConfig::Iid(IidConfig {}), 0).is_err());
+        assert!(partition(&l, 2, 0, &PartitionConfig::Iid(IidConfig {}), 0).is_err());
+        for alpha in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = partition(
+                &l,
+                2,
+                2,
+                &PartitionConfig::Dirichlet(DirichletConfig { alpha }),
+                0,
+            );
+            assert!(e.is_err(), "alpha {alpha}");
+        }
+        assert!(partition(&l, 1, 2, &PartitionConfig::Iid(IidConfig {}), 0).is_err());
+    }
+
+    #[test]
+    fn scheme_serde_shape() {
+        let dirichlet = |alpha| PartitionConfig::Dirichlet(DirichletConfig { alpha });
+        let iid = PartitionConfig::Iid(IidConfig {});
+        let s: PartitionConfig = toml::from_str("kind = \"dirichlet\"\nalpha = 0.5").unwrap();
+        assert_eq!(s, dirichlet(0.5));
+        let s: PartitionConfig = toml::from_str("kind = \"iid\"").unwrap();
+        assert_eq!(s, iid);
+        assert!(toml::from_str::<PartitionConfig>("kind = \"iid\"\nalpha = 1.0").is_err());
+        assert!(toml::from_str::<PartitionConfig>("kind = \"dirichlet\"").is_err());
+        let e = toml::from_str::<PartitionConfig>("kind = \"iid\"\nbeta = 1").unwrap_err();
+        assert!(e.to_string().contains("beta"), "{e}");
+        crate::config::tagged::assert_unknown_keys_are_refused::<PartitionConfig>();
+        let j = serde_json::to_string(&dirichlet(0.5)).unwrap();
+        assert_eq!(j, r#"{"kind":"dirichlet","alpha":0.5}"#);
+        // IID has no settings: it is written as its bare name (before the tagged configs,
+        // the hand-written raw form wrote `{"kind":"iid","alpha":null}` so that bincode,
+        // which cannot skip fields, could carry it; bincode now carries (kind, settings)).
+        assert_eq!(serde_json::to_string(&iid).unwrap(), r#""iid""#);
+        // the form of earlier `scenario.json` files still reads back
+        let back: PartitionConfig = serde_json::from_str(r#"{"kind":"iid","alpha":null}"#).unwrap();
+        assert_eq!(back, iid);
+        let back: PartitionConfig = serde_json::from_str(r#""iid""#).unwrap();
+        assert_eq!(back, iid);
+    }
+
+    #[test]
+    fn a_partitioner_that_breaks_its_contract_is_named() {
+        assert!(check_shards(&[vec![0, 1], vec![2]], 3, 2).is_ok());
+        for (parts, why) in [
+            (vec![vec![0, 1, 2]], "1 shards for 2 clients"),
+            (vec![vec![0, 1, 2], vec![]], "client 1 without images"),
+            (vec![vec![0, 1], vec![1, 2]], "image 1 to two clients"),
+            (vec![vec![0], vec![1]], "image 2 to no client"),
+            (vec![vec![0, 1], vec![2, 3]], "image 3 of 3"),
+        ] {
+            let e = check_shards(&parts, 3, 2).unwrap_err().to_string();
+            assert!(e.contains(why), "{parts:?}: {e}");
+        }
+    }
+}
