@@ -479,7 +479,12 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
     Ok(rows)
 }
 
-fn pytorch(a: &Args, model: &str) -> std::result::Result<serde_json::Value, String> {
+/// PyTorch's measurement of a model (the script's JSON), or why there is none.
+type Torch = std::result::Result<serde_json::Value, String>;
+
+/// Runs `bench/pytorch_bench.py` on `model` (`resnet` or `vgg11`) with this run's threads,
+/// batch and iterations.
+fn pytorch(a: &Args, model: &str) -> Torch {
     let ok = std::process::Command::new("python3")
         .args(["-c", "import torch"])
         .output()
@@ -513,6 +518,162 @@ fn pytorch(a: &Args, model: &str) -> std::result::Result<serde_json::Value, Stri
 fn mib(b: Option<u64>) -> String {
     b.map_or("-".into(), |b| {
         format!("{:.0}", b as f64 / (1024.0 * 1024.0))
+    })
+}
+
+/// fedssl's VGG-11-BN measured (with `--vgg`) and PyTorch's (also with PyTorch), printed as
+/// table rows.
+fn vgg_rows(a: &Args) -> anyhow::Result<(Option<Measured>, Option<Torch>)> {
+    let vgg = if a.vgg {
+        let m = Device::Cpu.with_context(|| measure_backbone(&vgg_config(), a))?;
+        println!(
+            "  {:<14} {:>12.1} {:>16.1} {:>10}   VGG-11-BN (fedssl's vgg_bn, base width 32, hidden 256)",
+            "fedssl-vgg11",
+            m.train.0,
+            m.infer.0,
+            mib(m.peak_rss)
+        );
+        Some(m)
+    } else {
+        None
+    };
+    let torch_vgg = match (&vgg, a.pytorch) {
+        (Some(_), true) => Some(pytorch(a, "vgg11")),
+        _ => None,
+    };
+    if let Some(t) = &torch_vgg {
+        match t {
+            Ok(t) => println!(
+                "  {:<14} {:>12.1} {:>16.1} {:>10}",
+                "pytorch-vgg11",
+                t["train_ips"].as_f64().unwrap_or(f64::NAN),
+                t["infer_ips"].as_f64().unwrap_or(f64::NAN),
+                mib(t["peak_rss_bytes"].as_u64()),
+            ),
+            Err(e) => println!("  PyTorch VGG: {e}"),
+        }
+    }
+    if let (Some(m), Some(Ok(t))) = (&vgg, &torch_vgg) {
+        println!(
+            "  fedssl-vgg11 / PyTorch: train {:.2}, inference {:.2}",
+            m.train.0 / t["train_ips"].as_f64().unwrap_or(f64::NAN),
+            m.infer.0 / t["infer_ips"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    Ok((vgg, torch_vgg))
+}
+
+/// PyTorch's ResNet measured (unless `--no-pytorch`) and printed as a table row, with its
+/// train and inference images per second.
+fn pytorch_row(a: &Args) -> (Torch, Option<f64>, Option<f64>) {
+    let torch = if a.pytorch {
+        pytorch(a, "resnet")
+    } else {
+        Err("skipped (--no-pytorch)".into())
+    };
+    let (tt, ti) = match &torch {
+        Ok(t) => {
+            let (tt, ti) = (
+                t["train_ips"].as_f64().unwrap_or(f64::NAN),
+                t["infer_ips"].as_f64().unwrap_or(f64::NAN),
+            );
+            println!(
+                "  {:<14} {:>12.1} {:>16.1} {:>10}   (torch {})",
+                "pytorch",
+                tt,
+                ti,
+                mib(t["peak_rss_bytes"].as_u64()),
+                t["torch_version"].as_str().unwrap_or("?")
+            );
+            (Some(tt), Some(ti))
+        }
+        Err(e) => {
+            println!("  PyTorch: {e}");
+            (None, None)
+        }
+    };
+    (torch, tt, ti)
+}
+
+/// The speed-ups over candle's stock ops and over PyTorch (`torch`: its train and inference
+/// images per second), and the per-op breakdown `rows`.
+fn print_ratios(results: &[Measured], torch: Option<(f64, f64)>, rows: &[(String, f64, f64)]) {
+    if let Some(s) = results.iter().find(|m| m.kind == ConvKind::Stock) {
+        for m in results.iter().filter(|m| m.kind != ConvKind::Stock) {
+            println!(
+                "  {} vs candle-stock: train {:.2}x, inference {:.2}x",
+                m.kind.name(),
+                m.train.0 / s.train.0,
+                m.infer.0 / s.infer.0
+            );
+        }
+    }
+    if let Some((tt, ti)) = torch {
+        for m in results {
+            println!(
+                "  {} / PyTorch: train {:.2}, inference {:.2}",
+                m.kind.name(),
+                m.train.0 / tt,
+                m.infer.0 / ti
+            );
+        }
+    }
+    if !rows.is_empty() {
+        println!("per-step time by op kind (each op timed alone at the model's shapes):");
+        println!("  {:<28} {:>10} {:>12}", "op", "fwd ms", "fwd+bwd ms");
+        for (name, f, fb) in rows {
+            println!("  {:<28} {:>10.1} {:>12.1}", name, f, fb);
+        }
+    }
+}
+
+/// The `--out` report: every measurement of the run.
+fn report_json(
+    a: &Args,
+    tuned: bool,
+    results: &[Measured],
+    rows: &[(String, f64, f64)],
+    torch: &Torch,
+    vgg: &Option<Measured>,
+    torch_vgg: &Option<Torch>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "model": "resnet-small (stem 32, stages 32/64/128 x 2 BasicBlocks)",
+        "batch": a.batch,
+        "image": [3, 32, 32],
+        "threads": a.threads,
+        "iters": a.iters,
+        "allocator_tuned": tuned,
+        "statistic": "images per second over the best step; *_median over the median step",
+        "results": results.iter().map(|m| serde_json::json!({
+            "ops": m.kind.name(),
+            "train_images_per_s": m.train.0,
+            "inference_images_per_s": m.infer.0,
+            "train_images_per_s_median": m.train.1,
+            "inference_images_per_s_median": m.infer.1,
+            "peak_rss_bytes": m.peak_rss,
+        })).collect::<Vec<_>>(),
+        "peak_rss": "peak resident memory of the process while the variant ran (Linux VmHWM, reset before each variant), model, data and allocator included",
+        "breakdown_ms_per_step": rows.iter().map(|(n, f, fb)| serde_json::json!({
+            "op": n, "fwd": f, "fwd_bwd": fb,
+        })).collect::<Vec<_>>(),
+        "pytorch": match torch {
+            Ok(t) => t.clone(),
+            Err(e) => serde_json::json!({ "unavailable": e }),
+        },
+        "vgg11_bn": vgg.as_ref().map(|m| serde_json::json!({
+            "model": "fedssl vgg_bn: VGG-11-BN, base width 32 (32/64/128/256/256), hidden 256, linear 256->10",
+            "train_images_per_s": m.train.0,
+            "inference_images_per_s": m.infer.0,
+            "train_images_per_s_median": m.train.1,
+            "inference_images_per_s_median": m.infer.1,
+            "peak_rss_bytes": m.peak_rss,
+            "pytorch": match torch_vgg {
+                Some(Ok(t)) => t.clone(),
+                Some(Err(e)) => serde_json::json!({ "unavailable": e }),
+                None => serde_json::json!({ "unavailable": "skipped (--no-pytorch)" }),
+            },
+        })),
     })
 }
 
@@ -557,134 +718,11 @@ fn main() -> anyhow::Result<()> {
         };
         Ok((results, rows))
     })?;
-    let vgg = if a.vgg {
-        let m = Device::Cpu.with_context(|| measure_backbone(&vgg_config(), &a))?;
-        println!(
-            "  {:<14} {:>12.1} {:>16.1} {:>10}   VGG-11-BN (fedssl's vgg_bn, base width 32, hidden 256)",
-            "fedssl-vgg11",
-            m.train.0,
-            m.infer.0,
-            mib(m.peak_rss)
-        );
-        Some(m)
-    } else {
-        None
-    };
-    let torch_vgg = match (&vgg, a.pytorch) {
-        (Some(_), true) => Some(pytorch(&a, "vgg11")),
-        _ => None,
-    };
-    if let Some(t) = &torch_vgg {
-        match t {
-            Ok(t) => println!(
-                "  {:<14} {:>12.1} {:>16.1} {:>10}",
-                "pytorch-vgg11",
-                t["train_ips"].as_f64().unwrap_or(f64::NAN),
-                t["infer_ips"].as_f64().unwrap_or(f64::NAN),
-                mib(t["peak_rss_bytes"].as_u64()),
-            ),
-            Err(e) => println!("  PyTorch VGG: {e}"),
-        }
-    }
-    if let (Some(m), Some(Ok(t))) = (&vgg, &torch_vgg) {
-        println!(
-            "  fedssl-vgg11 / PyTorch: train {:.2}, inference {:.2}",
-            m.train.0 / t["train_ips"].as_f64().unwrap_or(f64::NAN),
-            m.infer.0 / t["infer_ips"].as_f64().unwrap_or(f64::NAN)
-        );
-    }
-    let torch = if a.pytorch {
-        pytorch(&a, "resnet")
-    } else {
-        Err("skipped (--no-pytorch)".into())
-    };
-    let (tt, ti) = match &torch {
-        Ok(t) => {
-            let (tt, ti) = (
-                t["train_ips"].as_f64().unwrap_or(f64::NAN),
-                t["infer_ips"].as_f64().unwrap_or(f64::NAN),
-            );
-            println!(
-                "  {:<14} {:>12.1} {:>16.1} {:>10}   (torch {})",
-                "pytorch",
-                tt,
-                ti,
-                mib(t["peak_rss_bytes"].as_u64()),
-                t["torch_version"].as_str().unwrap_or("?")
-            );
-            (Some(tt), Some(ti))
-        }
-        Err(e) => {
-            println!("  PyTorch: {e}");
-            (None, None)
-        }
-    };
-    if let Some(s) = results.iter().find(|m| m.kind == ConvKind::Stock) {
-        for m in results.iter().filter(|m| m.kind != ConvKind::Stock) {
-            println!(
-                "  {} vs candle-stock: train {:.2}x, inference {:.2}x",
-                m.kind.name(),
-                m.train.0 / s.train.0,
-                m.infer.0 / s.infer.0
-            );
-        }
-    }
-    if let (Some(tt), Some(ti)) = (tt, ti) {
-        for m in &results {
-            println!(
-                "  {} / PyTorch: train {:.2}, inference {:.2}",
-                m.kind.name(),
-                m.train.0 / tt,
-                m.infer.0 / ti
-            );
-        }
-    }
-    if !rows.is_empty() {
-        println!("per-step time by op kind (each op timed alone at the model's shapes):");
-        println!("  {:<28} {:>10} {:>12}", "op", "fwd ms", "fwd+bwd ms");
-        for (name, f, fb) in &rows {
-            println!("  {:<28} {:>10.1} {:>12.1}", name, f, fb);
-        }
-    }
+    let (vgg, torch_vgg) = vgg_rows(&a)?;
+    let (torch, tt, ti) = pytorch_row(&a);
+    print_ratios(&results, tt.zip(ti), &rows);
     if let Some(path) = &a.out {
-        let json = serde_json::json!({
-            "model": "resnet-small (stem 32, stages 32/64/128 x 2 BasicBlocks)",
-            "batch": a.batch,
-            "image": [3, 32, 32],
-            "threads": a.threads,
-            "iters": a.iters,
-            "allocator_tuned": tuned,
-            "statistic": "images per second over the best step; *_median over the median step",
-            "results": results.iter().map(|m| serde_json::json!({
-                "ops": m.kind.name(),
-                "train_images_per_s": m.train.0,
-                "inference_images_per_s": m.infer.0,
-                "train_images_per_s_median": m.train.1,
-                "inference_images_per_s_median": m.infer.1,
-                "peak_rss_bytes": m.peak_rss,
-            })).collect::<Vec<_>>(),
-            "peak_rss": "peak resident memory of the process while the variant ran (Linux VmHWM, reset before each variant), model, data and allocator included",
-            "breakdown_ms_per_step": rows.iter().map(|(n, f, fb)| serde_json::json!({
-                "op": n, "fwd": f, "fwd_bwd": fb,
-            })).collect::<Vec<_>>(),
-            "pytorch": match &torch {
-                Ok(t) => t.clone(),
-                Err(e) => serde_json::json!({ "unavailable": e }),
-            },
-            "vgg11_bn": vgg.as_ref().map(|m| serde_json::json!({
-                "model": "fedssl vgg_bn: VGG-11-BN, base width 32 (32/64/128/256/256), hidden 256, linear 256->10",
-                "train_images_per_s": m.train.0,
-                "inference_images_per_s": m.infer.0,
-                "train_images_per_s_median": m.train.1,
-                "inference_images_per_s_median": m.infer.1,
-                "peak_rss_bytes": m.peak_rss,
-                "pytorch": match &torch_vgg {
-                    Some(Ok(t)) => t.clone(),
-                    Some(Err(e)) => serde_json::json!({ "unavailable": e }),
-                    None => serde_json::json!({ "unavailable": "skipped (--no-pytorch)" }),
-                },
-            })),
-        });
+        let json = report_json(&a, tuned, &results, &rows, &torch, &vgg, &torch_vgg);
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
         println!("wrote {path}");
     }

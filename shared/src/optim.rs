@@ -33,13 +33,12 @@ pub fn lr_at(base: f64, schedule: &LrSchedule, step: usize, total_steps: usize) 
 /// Stochastic gradient descent with heavy-ball momentum and L2 weight decay, as PyTorch's
 /// `torch.optim.SGD` (dampening 0):
 ///
-/// `g' = g + wd·w;  v = μ·v + g'  (v = g' at the first step);  w ← w − lr·v`
-/// (Nesterov: `w ← w − lr·(g' + μ·v)`).
+/// `g' = g + wd·w;  v = μ·v + g'  (v = g' at the first step);  w ← w − lr·v`.
 ///
 /// Only variables that received a gradient in the `GradStore` are stepped: BatchNorm running
-/// statistics are `Var`s too but never get gradients, and must not be touched. With
-/// `no_decay_1d` (default true) weight decay is not applied to 1-D variables (BatchNorm γ/β,
-/// biases); 0-D scalars and ≥2-D weights are decayed.
+/// statistics are `Var`s too but never get gradients, and must not be touched. Weight decay
+/// is not applied to 1-D variables (BatchNorm γ/β, biases); 0-D scalars and ≥2-D weights are
+/// decayed.
 #[derive(Debug)]
 pub struct SgdMomentum {
     vars: Vec<(String, Var)>,
@@ -47,13 +46,11 @@ pub struct SgdMomentum {
     lr: f64,
     momentum: f64,
     weight_decay: f64,
-    nesterov: bool,
-    no_decay_1d: bool,
 }
 
 impl SgdMomentum {
     /// An optimiser over the named `vars` with learning rate `lr`, momentum `μ = momentum`
-    /// and L2 coefficient `weight_decay`; Nesterov off, `no_decay_1d` on.
+    /// and L2 coefficient `weight_decay`.
     pub fn new(vars: Vec<(String, Var)>, lr: f64, momentum: f64, weight_decay: f64) -> Self {
         let velocity = vec![None; vars.len()];
         Self {
@@ -62,21 +59,7 @@ impl SgdMomentum {
             lr,
             momentum,
             weight_decay,
-            nesterov: false,
-            no_decay_1d: true,
         }
-    }
-
-    /// Turns Nesterov momentum on or off.
-    pub fn with_nesterov(mut self, nesterov: bool) -> Self {
-        self.nesterov = nesterov;
-        self
-    }
-
-    /// Chooses whether 1-D variables are exempt from weight decay.
-    pub fn with_no_decay_1d(mut self, no_decay_1d: bool) -> Self {
-        self.no_decay_1d = no_decay_1d;
-        self
     }
 
     /// Sets the learning rate used by the next [`SgdMomentum::step`].
@@ -89,11 +72,6 @@ impl SgdMomentum {
         self.lr
     }
 
-    /// The variables this optimiser steps, with their names.
-    pub fn vars(&self) -> &[(String, Var)] {
-        &self.vars
-    }
-
     /// One update of every variable that has a gradient in `grads`; others (and their
     /// momentum buffers) are left unchanged. Errors only on a tensor operation failure.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
@@ -104,7 +82,7 @@ impl SgdMomentum {
             // detached so that no autograd graph accumulates across steps
             let w = var.as_detached_tensor();
             let mut g = g.detach();
-            let decay = self.weight_decay != 0.0 && !(self.no_decay_1d && w.rank() == 1);
+            let decay = self.weight_decay != 0.0 && w.rank() != 1;
             if decay {
                 g = (g + (&w * self.weight_decay)?)?;
             }
@@ -113,13 +91,8 @@ impl SgdMomentum {
                     Some(v) => ((v * self.momentum)? + &g)?,
                     None => g.clone(),
                 };
-                let u = if self.nesterov {
-                    (&g + (&v * self.momentum)?)?
-                } else {
-                    v.clone()
-                };
-                *vel = Some(v);
-                u
+                *vel = Some(v.clone());
+                v
             } else {
                 g
             };
@@ -161,15 +134,14 @@ mod tests {
     }
 
     #[test]
-    fn nesterov_and_1d_decay_exemption() {
-        // 1-D var, wd ignored: g = 1 (loss = sum w); nesterov: v = 1, u = 1 + 0.9 = 1.9
+    fn one_d_variables_are_not_decayed() {
+        // 1-D var, wd ignored: g = 1 (loss = sum w), v = 1, w = 1 − 0.1·1
         let w = Var::new(&[1.0f32], &Device::Cpu).unwrap();
-        let mut opt =
-            SgdMomentum::new(vec![("b".into(), w.clone())], 0.1, 0.9, 0.5).with_nesterov(true);
+        let mut opt = SgdMomentum::new(vec![("b".into(), w.clone())], 0.1, 0.9, 0.5);
         let grads = w.as_tensor().sum_all().unwrap().backward().unwrap();
         opt.step(&grads).unwrap();
         let v = w.as_tensor().to_vec1::<f32>().unwrap()[0];
-        assert!((v - (1.0 - 0.19)).abs() < 1e-6, "{v}");
+        assert!((v - (1.0 - 0.1)).abs() < 1e-6, "{v}");
     }
 
     #[test]

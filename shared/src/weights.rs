@@ -120,11 +120,6 @@ impl WeightSet {
         self.tensors.values().map(|t| t.data.len()).sum()
     }
 
-    /// Size of the raw values in bytes (4 per value).
-    pub fn num_bytes(&self) -> usize {
-        self.num_values() * 4
-    }
-
     /// Errors unless `self` has exactly the names and shapes of `reference`.
     /// The message names the first offending tensor.
     pub fn check_same_layout(&self, reference: &WeightSet) -> Result<()> {

@@ -77,9 +77,14 @@ fn load(dir: &Path, files: &[&str], limit: Option<usize>) -> Result<ImageDataset
     let root = resolve_dir(dir);
     if !root.is_dir() {
         let what = if root.exists() {
-            "is not a folder"
+            "is not a folder".to_string()
+        } else if let Some(target) = dangling_link_target(&root) {
+            format!(
+                "is a dangling symbolic link (its target {} does not exist)",
+                target.display()
+            )
         } else {
-            "does not exist"
+            "does not exist".to_string()
         };
         bail!(
             "CIFAR-10 folder {} {what}: pass the folder holding cifar-10-batches-bin with --data-dir \
@@ -120,8 +125,16 @@ fn read_batch_file(
     images: &mut Vec<u8>,
     labels: &mut Vec<u32>,
 ) -> Result<()> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read CIFAR-10 file {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| match dangling_link_target(path) {
+        Some(target) => anyhow::anyhow!(
+            "CIFAR-10 file {} is a dangling symbolic link: its target {} does not exist",
+            path.display(),
+            target.display()
+        ),
+        None => {
+            anyhow::Error::new(e).context(format!("cannot read CIFAR-10 file {}", path.display()))
+        }
+    })?;
     if bytes.len() % RECORD_BYTES != 0 {
         bail!(
             "CIFAR-10 file {} is truncated or corrupt: {} bytes is not a multiple of the \
@@ -158,6 +171,16 @@ fn read_batch_file(
         }
     }
     Ok(())
+}
+
+/// The target of `path` when `path` is a symbolic link whose target does not exist (the
+/// target as the link holds it, relative to the link's folder if relative).
+fn dangling_link_target(path: &Path) -> Option<PathBuf> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link || path.exists() {
+        return None;
+    }
+    std::fs::read_link(path).ok()
 }
 
 fn read_class_names(root: &Path) -> Result<Vec<String>> {
@@ -291,6 +314,35 @@ mod tests {
         );
         let e = format!("{:#}", load_test(&path, None).unwrap_err());
         assert!(e.contains("test_batch.bin is not a folder"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_dangling_symbolic_link_is_named_with_its_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("test_batch.bin");
+        let gone = tmp.path().join("elsewhere").join("test_batch.bin");
+        std::os::unix::fs::symlink(&gone, &file).unwrap();
+        let e = format!("{:#}", load_test(tmp.path(), None).unwrap_err());
+        assert!(
+            e.contains(&format!(
+                "CIFAR-10 file {} is a dangling symbolic link: its target {} does not exist",
+                file.display(),
+                gone.display()
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("No such file"), "{e}");
+        // the folder itself
+        let dir = tmp.path().join("cifar");
+        std::os::unix::fs::symlink(tmp.path().join("unmounted"), &dir).unwrap();
+        let e = format!("{:#}", load_test(&dir, None).unwrap_err());
+        assert!(
+            e.contains("cifar is a dangling symbolic link (its target")
+                && e.contains("unmounted does not exist)")
+                && e.contains("--data-dir"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -55,11 +55,6 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     }
 }
 
-/// Candle's own convolution, for comparisons (`x.conv2d(w, padding, stride, 1, 1)`).
-pub fn conv2d_candle(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.conv2d(w, padding, stride, 1, 1)
-}
-
 fn forced_candle() -> bool {
     static FORCED: OnceLock<bool> = OnceLock::new();
     *FORCED.get_or_init(|| {
@@ -753,6 +748,11 @@ mod tests {
     //! different order).
     use super::*;
     use candle_core::{Device, Var};
+
+    /// Candle's own convolution, the reference of these tests.
+    fn conv2d_candle(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {
         // Deterministic values in [-1, 1) without depending on candle's RNG.

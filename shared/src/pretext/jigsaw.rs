@@ -27,8 +27,7 @@
 //!   steps; see the README's jigsaw section).
 //!
 //! Convention: a permutation `σ` (`[u8; 9]`) puts tile `σ[i]` (raster index of the grid cell
-//! it was cut from) at position `i` of the shuffled puzzle ([`apply_permutation`]; inverse
-//! [`undo_permutation`]).
+//! it was cut from) at position `i` of the shuffled puzzle.
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -224,40 +223,6 @@ pub fn permutation_set(size: usize, seed: u64) -> Vec<[u8; 9]> {
         }
         k = best.1;
     }
-}
-
-/// The smallest Hamming distance between two permutations of `set`; `None` with fewer than
-/// two.
-pub fn min_hamming(set: &[[u8; 9]]) -> Option<usize> {
-    let mut best = None;
-    for (i, a) in set.iter().enumerate() {
-        for b in &set[i + 1..] {
-            let d = hamming(a, b);
-            best = Some(best.map_or(d, |m: usize| m.min(d)));
-        }
-    }
-    best
-}
-
-/// Shuffles 9 tiles by `perm`: `out[i] = tiles[perm[i]]`. Panics unless `tiles.len() == 9`
-/// and `perm` is a permutation of `0..9`.
-pub fn apply_permutation<T: Clone>(tiles: &[T], perm: &[u8; 9]) -> Vec<T> {
-    assert_eq!(tiles.len(), 9, "a jigsaw puzzle has 9 tiles");
-    perm.iter().map(|&p| tiles[p as usize].clone()).collect()
-}
-
-/// Restores the grid order of tiles shuffled by [`apply_permutation`] with `perm`:
-/// `out[perm[i]] = shuffled[i]`. Panics unless `shuffled.len() == 9` and `perm` is a
-/// permutation of `0..9`.
-pub fn undo_permutation<T: Clone>(shuffled: &[T], perm: &[u8; 9]) -> Vec<T> {
-    assert_eq!(shuffled.len(), 9, "a jigsaw puzzle has 9 tiles");
-    let mut out: Vec<Option<T>> = vec![None; 9];
-    for (i, &p) in perm.iter().enumerate() {
-        out[p as usize] = Some(shuffled[i].clone());
-    }
-    out.into_iter()
-        .map(|t| t.expect("perm is a permutation of 0..9"))
-        .collect()
 }
 
 /// Standardises `n` tiles of `(t, t, C)` `u8` bytes each by their own statistics into an
@@ -471,6 +436,40 @@ impl PretextTask for JigsawTask {
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
+
+    /// The smallest Hamming distance between two permutations of `set`; `None` with fewer than
+    /// two.
+    fn min_hamming(set: &[[u8; 9]]) -> Option<usize> {
+        let mut best = None;
+        for (i, a) in set.iter().enumerate() {
+            for b in &set[i + 1..] {
+                let d = hamming(a, b);
+                best = Some(best.map_or(d, |m: usize| m.min(d)));
+            }
+        }
+        best
+    }
+
+    /// Shuffles 9 tiles by `perm`: `out[i] = tiles[perm[i]]`. Panics unless `tiles.len() == 9`
+    /// and `perm` is a permutation of `0..9`.
+    fn apply_permutation<T: Clone>(tiles: &[T], perm: &[u8; 9]) -> Vec<T> {
+        assert_eq!(tiles.len(), 9, "a jigsaw puzzle has 9 tiles");
+        perm.iter().map(|&p| tiles[p as usize].clone()).collect()
+    }
+
+    /// Restores the grid order of tiles shuffled by [`apply_permutation`] with `perm`:
+    /// `out[perm[i]] = shuffled[i]`. Panics unless `shuffled.len() == 9` and `perm` is a
+    /// permutation of `0..9`.
+    fn undo_permutation<T: Clone>(shuffled: &[T], perm: &[u8; 9]) -> Vec<T> {
+        assert_eq!(shuffled.len(), 9, "a jigsaw puzzle has 9 tiles");
+        let mut out: Vec<Option<T>> = vec![None; 9];
+        for (i, &p) in perm.iter().enumerate() {
+            out[p as usize] = Some(shuffled[i].clone());
+        }
+        out.into_iter()
+            .map(|t| t.expect("perm is a permutation of 0..9"))
+            .collect()
+    }
 
     #[test]
     fn all_permutations_are_the_9_factorial() {

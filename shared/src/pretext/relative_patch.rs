@@ -10,7 +10,7 @@
 //! |---|---|---|---|---|---|---|---|---|
 //! | offset | (−1,−1) up-left | (−1,0) up | (−1,+1) up-right | (0,−1) left | (0,+1) right | (+1,−1) down-left | (+1,0) down | (+1,+1) down-right |
 //!
-//! ([`neighbour_offset`], inverse [`neighbour_label`]). The shortcuts the paper names are
+//! ([`neighbour_offset`]). The shortcuts the paper names are
 //! countered as it does: a gap between the cells and a random jitter of every patch inside
 //! its cell (no continuous edges or textures across patches; [`super::grid`]), and per-patch
 //! colour removal against chromatic aberration (with probability `grayscale_prob` the patch is
@@ -139,16 +139,6 @@ pub fn neighbour_offset(label: u32) -> (i32, i32) {
     assert!(label < 8, "neighbour label {label} is not in 0..8");
     let cell = if label < 4 { label } else { label + 1 } as i32;
     (cell / 3 - 1, cell % 3 - 1)
-}
-
-/// The label of the neighbour at `(row, col)` offset `(dr, dc)` from the centre, the inverse
-/// of [`neighbour_offset`]; `None` for `(0, 0)` or an offset outside `{−1, 0, 1}²`.
-pub fn neighbour_label(dr: i32, dc: i32) -> Option<u32> {
-    if !(-1..=1).contains(&dr) || !(-1..=1).contains(&dc) || (dr, dc) == (0, 0) {
-        return None;
-    }
-    let cell = ((dr + 1) * 3 + (dc + 1)) as u32;
-    Some(if cell < 4 { cell } else { cell - 1 })
 }
 
 /// Removes colour from one `(p, p, C)` patch in place against the chromatic-aberration
@@ -378,6 +368,16 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    /// The label of the neighbour at `(row, col)` offset `(dr, dc)` from the centre, the inverse
+    /// of [`neighbour_offset`]; `None` for `(0, 0)` or an offset outside `{−1, 0, 1}²`.
+    fn neighbour_label(dr: i32, dc: i32) -> Option<u32> {
+        if !(-1..=1).contains(&dr) || !(-1..=1).contains(&dc) || (dr, dc) == (0, 0) {
+            return None;
+        }
+        let cell = ((dr + 1) * 3 + (dc + 1)) as u32;
+        Some(if cell < 4 { cell } else { cell - 1 })
+    }
 
     #[test]
     fn label_offset_table_and_round_trip() {
