@@ -1,6 +1,18 @@
-//! fedssl-shared: everything the coordinator and the clients both need — datasets and
-//! partitioners, backbones and pretext tasks, the optimiser, named weights, the wire
-//! protocol and the scenario schema. No networking loops live here.
+//! fedssl-shared: everything the coordinator and the clients both need. No networking loops
+//! live here.
+//!
+//! - [`config`]: the scenario schema (one file per section), loading, validation and `--set`;
+//!   [`tagged`]: how a pluggable part's `kind = "…"` table is read, written and sent.
+//! - [`data`]: datasets and their loaders; [`partition`]: the [`partition::Partitioner`]s that
+//!   split a dataset among clients.
+//! - [`image`]: geometric operations on one image; [`augment`]: random augmentations.
+//! - [`model`]: backbones; [`ops`]: their CPU kernels; [`pretext`]: the self-supervised tasks
+//!   and their losses.
+//! - [`train`]: local training (its hyper-parameters, the client's model, the loop);
+//!   [`optim`]: SGD with momentum and the learning-rate schedules.
+//! - [`weights`]: named weights and safetensors; [`protocol`]: the wire messages and framing.
+//! - [`seed`]: every random stream of a run; [`device`]: device choice; [`cli`]: what both
+//!   binaries do around their command.
 
 pub mod augment;
 pub mod cli;
@@ -15,5 +27,6 @@ pub mod partition;
 pub mod pretext;
 pub mod protocol;
 pub mod seed;
+pub mod tagged;
 pub mod train;
 pub mod weights;

@@ -17,7 +17,7 @@
 //! settings live with them: `[partition]` ([`crate::partition::PartitionConfig`]), `[model]`
 //! ([`crate::model::ModelConfig`]) and `[pretext]` ([`crate::pretext::PretextConfig`]).
 //! [`load`] reads a file and validates it, [`overrides`] applies `--set`, [`name`] checks the
-//! run's name, and [`tagged`] is how every pluggable part's `kind = "…"` table is read.
+//! run's name; every pluggable part's `kind = "…"` table is read by [`crate::tagged`].
 
 pub mod data;
 pub mod eval;
@@ -27,7 +27,6 @@ pub mod name;
 pub mod overrides;
 pub mod simulation;
 pub mod strategy;
-pub mod tagged;
 pub mod train;
 
 pub use data::DataConfig;

@@ -1,5 +1,5 @@
 //! `federation.strategy`: which aggregation strategy the coordinator runs, as a
-//! [`kind` table](crate::config::tagged) whose settings are the strategy's own config struct.
+//! [`kind` table](crate::tagged) whose settings are the strategy's own config struct.
 //!
 //! `strategy = "fedavg"` (the form every scenario uses) and `strategy = { kind = "fedavg" }`
 //! are the same. A new strategy is one variant and its config struct here, and its
@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::tagged::{tagged_serde, Tagged};
+use crate::tagged::{tagged_serde, Tagged};
 
 /// The scenario's `federation.strategy`.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +69,6 @@ mod tests {
         );
         let e = toml::from_str::<Federation>("strategy = \"fedprox\"").unwrap_err();
         assert!(e.to_string().contains("`fedprox`") && e.to_string().contains("`fedavg`"));
-        crate::config::tagged::assert_unknown_keys_are_refused::<StrategyConfig>();
+        crate::tagged::assert_unknown_keys_are_refused::<StrategyConfig>();
     }
 }

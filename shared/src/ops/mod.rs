@@ -5,7 +5,7 @@
 //! | op | replaces | forward | backward |
 //! |---|---|---|---|
 //! | [`conv2d`]`(x, w, stride, padding)` | `x.conv2d(w, padding, stride, 1, 1)` | im2col + GEMM | stride 1: a forward conv with the flipped kernel; else GEMM + col2im; GEMM for the kernel |
-//! | [`batch_norm`]`(&bn, x, train)` | `bn.forward_t(x, train)` (a `candle_nn::BatchNorm`) | 2 passes | 2 passes |
+//! | [`batch_norm()`]`(&bn, x, train)` | `bn.forward_t(x, train)` (a `candle_nn::BatchNorm`) | 2 passes | 2 passes |
 //! | [`batch_norm_relu`]`(&bn, x, train)` | `bn.forward_t(x, train)?.relu()` | 2 passes | 2 passes |
 //! | [`batch_norm_add_relu`]`(&bn, x, r, train)` | `(bn.forward_t(x, train)? + r)?.relu()` | 2 passes | 2 passes |
 //! | [`relu`]`(x)` | `x.relu()` | 1 pass | 1 pass |

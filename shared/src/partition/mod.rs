@@ -6,7 +6,7 @@
 //!
 //! The scenario's `[partition]` table is a [`PartitionConfig`]: its `kind` picks the
 //! partitioner and the rest of the table is that partitioner's own config struct (see
-//! [`crate::config::tagged`]). A new partitioner is one new file here: its config struct,
+//! [`crate::tagged`]). A new partitioner is one new file here: its config struct,
 //! implementing [`Partitioner`], and one variant of [`PartitionConfig`].
 
 pub mod dirichlet;
@@ -17,7 +17,7 @@ pub use iid::IidConfig;
 
 use anyhow::{bail, Result};
 
-use crate::config::tagged::{tagged_serde, Tagged};
+use crate::tagged::{tagged_serde, Tagged};
 
 /// A way of splitting images among clients; implemented by each partitioner's config struct.
 pub trait Partitioner {
@@ -249,7 +249,7 @@ mod tests {
         assert!(toml::from_str::<PartitionConfig>("kind = \"dirichlet\"").is_err());
         let e = toml::from_str::<PartitionConfig>("kind = \"iid\"\nbeta = 1").unwrap_err();
         assert!(e.to_string().contains("beta"), "{e}");
-        crate::config::tagged::assert_unknown_keys_are_refused::<PartitionConfig>();
+        crate::tagged::assert_unknown_keys_are_refused::<PartitionConfig>();
         let j = serde_json::to_string(&dirichlet(0.5)).unwrap();
         assert_eq!(j, r#"{"kind":"dirichlet","alpha":0.5}"#);
         // IID has no settings: it is written as its bare name (before the tagged configs,

@@ -10,7 +10,7 @@
 //! alpha = 0.5
 //! ```
 //!
-//! is `PartitionConfig::Dirichlet(DirichletConfig { alpha: 0.5 })`. [`tagged_serde!`] writes
+//! is `PartitionConfig::Dirichlet(DirichletConfig { alpha: 0.5 })`. `tagged_serde!` writes
 //! the serde impls of such an enum from its list of kinds; serde's own `#[serde(tag = "kind")]`
 //! is not used because it lets unknown keys through for kinds without settings and needs a
 //! self-describing format (bincode, the wire format, is not one).
@@ -34,7 +34,7 @@ use serde::Serialize;
 pub const KIND_KEY: &str = "kind";
 
 /// A config enum whose variants are the kinds of one pluggable part, each holding that kind's
-/// config struct. Implemented by [`tagged_serde!`], which also implements `Serialize` and
+/// config struct. Implemented by `tagged_serde!`, which also implements `Serialize` and
 /// `Deserialize` through [`serialize`] and [`deserialize`].
 pub trait Tagged: Sized {
     /// Every kind, as written after `kind =`, in the variants' order.
@@ -192,7 +192,7 @@ impl<'de, T: Tagged> DeserializeSeed<'de> for KindSeed<T> {
 /// Every variant is a newtype of its kind's config struct; adding a kind is one line here.
 macro_rules! tagged_serde {
     ($enum:ident { $($kind:literal => $variant:ident($config:ty)),+ $(,)? }) => {
-        impl $crate::config::tagged::Tagged for $enum {
+        impl $crate::tagged::Tagged for $enum {
             const KINDS: &'static [&'static str] = &[$($kind),+];
 
             fn kind(&self) -> &'static str {
@@ -208,7 +208,7 @@ macro_rules! tagged_serde {
                 match kind {
                     $($kind => <$config as ::serde::Deserialize>::deserialize(settings)
                         .map(Self::$variant),)+
-                    _ => Err($crate::config::tagged::unknown_kind(kind, Self::KINDS)),
+                    _ => Err($crate::tagged::unknown_kind(kind, Self::KINDS)),
                 }
             }
 
@@ -221,13 +221,13 @@ macro_rules! tagged_serde {
 
         impl ::serde::Serialize for $enum {
             fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                $crate::config::tagged::serialize(self, s)
+                $crate::tagged::serialize(self, s)
             }
         }
 
         impl<'de> ::serde::Deserialize<'de> for $enum {
             fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                $crate::config::tagged::deserialize(d)
+                $crate::tagged::deserialize(d)
             }
         }
     };
