@@ -236,12 +236,8 @@ pub async fn run_job(job: Job) -> Result<Summary> {
                 opts.training_slots = Some(slots.clone());
                 opts.progress = mp.clone();
                 opts.max_weights_bytes = sc.federation.max_weights_bytes;
-                opts.fault = sc
-                    .simulation
-                    .faults
-                    .iter()
-                    .find(|f| f.client == k as u32)
-                    .map(|f| (f.round - 1, f.kind));
+                opts.behaviour =
+                    fedssl_client::Behaviour::simulated(&sc.simulation.faults, k as u32);
                 let ccfg = fedssl_client::tls::client_config(ca_pem.as_bytes(), idle)?;
                 clients.push(tokio::spawn(async move {
                     let res = async {

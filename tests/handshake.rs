@@ -1,26 +1,18 @@
 //! The handshake over real QUIC on loopback: version refusal, garbage, duplicate shards.
 
+// A test file: a failed unwrap is a failed test, in helpers as in `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use fedssl_coordinator::server::{accept_loop, Registry};
 use fedssl_coordinator::tls;
-use fedssl_shared::config::Scenario;
 use fedssl_shared::protocol::{
-    read_message, write_message, ClientMessage, RunInfo, ServerMessage, PROTOCOL_VERSION,
+    read_message, write_message, ClientMessage, ServerMessage, PROTOCOL_VERSION,
 };
 
 async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
-    let sc = Scenario::default();
-    let run = RunInfo {
-        scenario: sc.name.clone(),
-        seed: sc.seed,
-        dataset: sc.data.dataset,
-        train_images: Some(100),
-        partition: sc.partition.clone(),
-        num_clients: 3,
-        model: sc.model.clone(),
-        pretext: sc.pretext.clone(),
-    };
+    let run = fedssl_tests::run_info(&fedssl_tests::tiny(&[]));
     let id = tls::self_signed(&[]).unwrap();
     let ep = quinn::Endpoint::server(
         tls::server_config(&id, Duration::from_secs(5)).unwrap(),

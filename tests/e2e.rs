@@ -1,49 +1,15 @@
 //! End-to-end: the real coordinator and clients over loopback QUIC, on tiny synthetic data.
 
+// A test file: a failed unwrap is a failed test, in helpers as in `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use fedssl_coordinator::job::{run_job, Job, Mode};
 use fedssl_shared::config::Scenario;
 use fedssl_shared::weights::WeightSet;
+use fedssl_tests::{tiny as scenario, TINY};
 use serde_json::Value;
-
-const TINY: &str = r#"
-name = "tiny"
-seed = 3
-[data]
-dataset = "synthetic"
-train_images = 240
-test_images = 120
-[partition]
-kind = "dirichlet"
-alpha = 1.0
-[model.resnet]
-stem_width = 4
-widths = [4, 8]
-blocks = [1, 1]
-[train]
-batch_size = 16
-[federation]
-clients = 3
-min_clients = 2
-rounds = 2
-round_deadline_seconds = 120
-idle_timeout_seconds = 5
-[eval]
-epochs = 20
-"#;
-
-fn scenario(extra: &[&str]) -> Scenario {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FEDSSL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    Scenario::from_toml_str(TINY, &overrides).unwrap()
-}
 
 /// Runs `sc` as `fedssl-coordinator simulate` would, into `out`, without progress bars.
 async fn simulate(sc: Scenario, out: &Path) -> anyhow::Result<fedssl_coordinator::job::Summary> {

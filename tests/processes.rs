@@ -1,36 +1,31 @@
 //! Real processes: `serve` on loopback and three `fedssl-client` processes, as a user would
 //! run them by hand; one client is killed (SIGKILL) mid-round and the run still completes.
 
+// A test file: a failed unwrap is a failed test, in helpers as in `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fedssl_coordinator::job::{run_job, Job, Mode};
-use fedssl_shared::config::Scenario;
 
-const SCENARIO: &str = r#"
-name = "procs"
-seed = 5
-[data]
-dataset = "synthetic"
-train_images = 300
-test_images = 100
-[model.resnet]
-stem_width = 4
-widths = [4, 8]
-blocks = [1, 1]
-[train]
-batch_size = 8
-[federation]
-clients = 3
-min_clients = 2
-rounds = 3
-round_deadline_seconds = 300
-idle_timeout_seconds = 4
-join_timeout_seconds = 120
-[eval]
-enabled = false
-"#;
+/// The tiny scenario as this test needs it: 300 images in IID shards over 3 clients (at least
+/// 2), 3 rounds, batches of 8, a 4 s idle timeout, no evaluation.
+const PROCS: &[&str] = &[
+    "name=\"procs\"",
+    "seed=5",
+    "data.train_images=300",
+    "data.test_images=100",
+    "partition={kind = \"iid\"}",
+    "train.batch_size=8",
+    "federation.rounds=3",
+    "federation.round_deadline_seconds=300",
+    "federation.idle_timeout_seconds=4",
+    "federation.join_timeout_seconds=120",
+    "eval.enabled=false",
+    "eval.epochs=100",
+];
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -40,8 +35,8 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-fn spawn_client(port: u16, cert: &Path, k: u32) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
+fn spawn_client(bin: &Path, port: u16, cert: &Path, k: u32) -> Child {
+    Command::new(bin)
         .args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca"])
         .arg(cert)
         .args([
@@ -72,10 +67,12 @@ fn wait_for(path: &Path, what: impl Fn(&str) -> bool, limit: Duration) -> bool {
 
 #[test]
 fn serve_with_three_client_processes_survives_a_killed_client() {
+    // The client binary is found (built if need be) before the coordinator's clocks start.
+    let client = fedssl_tests::binary("fedssl-client");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("serve");
     let port = free_udp_port();
-    let sc = Scenario::from_toml_str(SCENARIO, &[]).unwrap();
+    let sc = fedssl_tests::tiny(PROCS);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let job = Job {
         scenario: sc,
@@ -98,7 +95,9 @@ fn serve_with_three_client_processes_survives_a_killed_client() {
         ),
         "serve wrote no cert.pem"
     );
-    let mut clients: Vec<Child> = (0..3).map(|k| spawn_client(port, &cert, k)).collect();
+    let mut clients: Vec<Child> = (0..3)
+        .map(|k| spawn_client(&client, port, &cert, k))
+        .collect();
 
     // Kill client 1 as soon as round 1 is aggregated: it is then inside round 2.
     let rounds = out.join("rounds.jsonl");
@@ -144,10 +143,7 @@ fn serve_with_three_client_processes_survives_a_killed_client() {
 
 /// Runs `fedssl-client` with `args`, asserts that it fails, and returns its stderr.
 fn failing_client(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fedssl-client"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = fedssl_tests::client_command().args(args).output().unwrap();
     assert!(!out.status.success(), "fedssl-client {args:?} succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

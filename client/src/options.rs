@@ -1,0 +1,57 @@
+//! How a client session runs ([`ClientOptions`]: name, data, device, behaviour, progress,
+//! limits) and what it did ([`SessionReport`]).
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use indicatif::MultiProgress;
+
+use crate::behaviour::Behaviour;
+use crate::data::DataSource;
+
+/// How a client runs.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Name sent in the hello (for the coordinator's logs).
+    pub name: String,
+    /// Training data.
+    pub data: DataSource,
+    /// Device to train on.
+    pub device: Device,
+    /// In simulation, a semaphore shared by all in-process clients so that they split the
+    /// cores instead of oversubscribing them.
+    pub training_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Progress bars (local epochs) are drawn here when set.
+    pub progress: Option<MultiProgress>,
+    /// Largest accepted weights payload (bytes).
+    pub max_weights_bytes: u64,
+    /// Honest, or a simulated failure (dropout studies and tests).
+    pub behaviour: Behaviour,
+}
+
+impl ClientOptions {
+    /// Options with defaults: CPU, no shared slots, no progress bars, 1 GiB payload limit,
+    /// honest.
+    pub fn new(name: impl Into<String>, data: DataSource) -> Self {
+        Self {
+            name: name.into(),
+            data,
+            device: Device::Cpu,
+            training_slots: None,
+            progress: None,
+            max_weights_bytes: 1 << 30,
+            behaviour: Behaviour::Honest,
+        }
+    }
+}
+
+/// What a finished session did.
+#[derive(Clone, Debug)]
+pub struct SessionReport {
+    /// Id the coordinator gave this client.
+    pub client_id: u32,
+    /// Rounds this client trained and returned.
+    pub rounds_trained: usize,
+    /// The coordinator's closing message.
+    pub message: String,
+}

@@ -1,0 +1,151 @@
+//! One local round on its own QUIC stream: read the round's configuration and the global
+//! backbone, ask the client's [`Behaviour`](crate::Behaviour), train on tokio's blocking pool
+//! (never on the workers that drive QUIC), and reply with the update (or why training failed).
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use fedssl_shared::data::ImageDataset;
+use fedssl_shared::protocol::{
+    read_message, read_weights, write_message, write_weights_bytes, ClientMessage, RoundConfig,
+    RunInfo, ServerMessage,
+};
+use fedssl_shared::seed;
+use fedssl_shared::train::{train_local, LocalModel, TrainStats};
+use fedssl_shared::weights::WeightSet;
+use indicatif::ProgressBar;
+use tracing::warn;
+
+use crate::options::ClientOptions;
+use crate::progress::{round_bar, show_step};
+
+/// What every round of one session shares: the client's id and run, its images, its device,
+/// and its local model (backbone and pretext head), built in the first round and kept across
+/// rounds (only the backbone travels). Cloning shares the data and the model.
+#[derive(Clone)]
+pub(crate) struct Learner {
+    /// Id the coordinator gave this client.
+    pub client_id: u32,
+    /// The run, as the coordinator described it in its welcome.
+    pub run: RunInfo,
+    /// This client's training images.
+    pub data: Arc<ImageDataset>,
+    /// Device to train on.
+    pub device: Device,
+    /// The local model, `None` until the first round.
+    pub model: Arc<Mutex<Option<LocalModel>>>,
+}
+
+/// Runs the round that the coordinator opened as the stream (`send`, `recv`) on `conn`.
+/// An error means this round's stream failed (or, if `conn` is closed, the session is over).
+pub(crate) async fn handle_round(
+    conn: &quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    learner: &Learner,
+    opts: &ClientOptions,
+) -> Result<()> {
+    let client_id = learner.client_id;
+    let msg: ServerMessage = read_message(&mut recv).await?;
+    let (round, config) = match msg {
+        ServerMessage::Round { round, config } => (round, config),
+        other => bail!("protocol error: expected Round, got {other:?}"),
+    };
+    // `round` is 0-based on the wire; logs and progress count from 1, as the coordinator does.
+    let shown = round + 1;
+    let (global, _) = read_weights(&mut recv, opts.max_weights_bytes)
+        .await
+        .context("bad global weights")?;
+    opts.behaviour
+        .before_training(conn, client_id, round)
+        .await?;
+    let _permit = match &opts.training_slots {
+        Some(s) => Some(s.clone().acquire_owned().await?),
+        None => None,
+    };
+    let bar = opts
+        .progress
+        .as_ref()
+        .map(|mp| round_bar(mp, client_id, shown));
+    let job = {
+        let learner = learner.clone();
+        let bar = bar.clone();
+        tokio::task::spawn_blocking(move || learner.train(&config, global, bar.as_ref()))
+    };
+    let outcome = job.await.context("training thread panicked")?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match outcome {
+        Ok((stats, bytes)) => {
+            write_message(
+                &mut send,
+                &ClientMessage::Update {
+                    round,
+                    num_samples: stats.samples as u64,
+                    loss: stats.loss,
+                    accuracy: stats.accuracy,
+                    train_seconds: stats.seconds,
+                },
+            )
+            .await?;
+            write_weights_bytes(&mut send, &bytes).await?;
+        }
+        Err(e) => {
+            warn!(client_id, round = shown, "local training failed: {e:#}");
+            write_message(
+                &mut send,
+                &ClientMessage::Failed {
+                    round,
+                    reason: format!("{e:#}"),
+                },
+            )
+            .await?;
+        }
+    }
+    send.finish().ok();
+    Ok(())
+}
+
+impl Learner {
+    /// Trains the local model from the `global` backbone with the round's `config` (on the
+    /// calling thread: the caller puts it on the blocking pool) and returns the statistics
+    /// and the trained backbone as safetensors bytes. Errors: the weights do not fit the
+    /// model, training fails, or it diverged (non-finite weights).
+    fn train(
+        &self,
+        config: &RoundConfig,
+        global: WeightSet,
+        bar: Option<&ProgressBar>,
+    ) -> Result<(TrainStats, Vec<u8>)> {
+        let run = &self.run;
+        let mut guard = self
+            .model
+            .lock()
+            .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
+        let model = match guard.take() {
+            Some(m) => m,
+            None => {
+                let head_seed = seed::derive(run.seed, seed::CLIENT_HEAD, self.client_id as u64);
+                let init_seed = seed::derive(run.seed, seed::INIT, 0);
+                LocalModel::new(&run.model, &run.pretext, init_seed, head_seed, &self.device)?
+            }
+        };
+        let m = guard.insert(model);
+        m.load_federated(&global)
+            .context("global weights do not fit this client's model")?;
+        let started = Instant::now();
+        let mut progress = |step: usize, total: usize, loss: f64| {
+            if let Some(b) = bar {
+                show_step(b, step, total, loss);
+            }
+        };
+        let mut stats = train_local(m, &self.data, &config.train, config.seed, &mut progress)?;
+        stats.seconds = started.elapsed().as_secs_f64();
+        let trained = m.federated_weights()?;
+        trained.check_finite().context("local training diverged")?;
+        Ok((stats, trained.to_safetensors()?))
+    }
+}

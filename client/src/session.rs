@@ -1,0 +1,183 @@
+//! A client's session with the coordinator: open the QUIC connection ([`connect`], [`open`]),
+//! say hello and receive the welcome (or the refusal), load this client's data, then serve
+//! rounds until the coordinator says the run is over ([`run_session`]). The coordinator
+//! opens one stream per round (see [`crate::round`]); the control stream carries the hello,
+//! the welcome and the closing message.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fedssl_shared::data::ImageDataset;
+use fedssl_shared::protocol::{
+    read_message, write_message, ClientMessage, RunInfo, ServerMessage, PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::data::resolve_data;
+use crate::options::{ClientOptions, SessionReport};
+use crate::round::{handle_round, Learner};
+
+/// Connects to the coordinator at `addr` whose certificate must be valid for `server_name`
+/// and signed by (or equal to) a certificate of `client_cfg`.
+pub async fn connect(
+    addr: SocketAddr,
+    server_name: &str,
+    client_cfg: quinn::ClientConfig,
+) -> Result<quinn::Connection> {
+    Ok(open(addr, server_name, client_cfg).await?.1)
+}
+
+/// [`connect`], also returning the client's endpoint. A process that exits after its session
+/// awaits [`quinn::Endpoint::wait_idle`] first: otherwise its close frame (the reason it
+/// leaves) may never be sent, and the coordinator holds its shard until the idle timeout.
+pub async fn open(
+    addr: SocketAddr,
+    server_name: &str,
+    client_cfg: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
+    endpoint.set_default_client_config(client_cfg);
+    let conn = endpoint
+        .connect(addr, server_name)
+        .with_context(|| format!("cannot connect to {addr}"))?
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?)"))?;
+    Ok((endpoint, conn))
+}
+
+/// Runs one client session on an open connection until the coordinator says the run is over.
+/// A session that fails closes the connection with its error as the reason (at most 1,000
+/// bytes), so the coordinator logs why the client left and frees its shard at once.
+pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
+    let res = session(&conn, opts).await;
+    if let Err(e) = &res {
+        if conn.close_reason().is_none() {
+            let mut bytes = format!("{e:#}").into_bytes();
+            bytes.truncate(1000);
+            conn.close(2u32.into(), &bytes);
+        }
+    }
+    res
+}
+
+async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
+    // `ctrl_send` lives as long as the session: dropping it would end the control stream.
+    let (mut ctrl_send, mut ctrl_recv) = conn
+        .open_bi()
+        .await
+        .context("cannot open the control stream")?;
+    let (client_id, run) = join(&mut ctrl_send, &mut ctrl_recv, &opts).await?;
+    info!(client_id, scenario = %run.scenario, "joined");
+    let data = load_data(&opts, &run, client_id).await?;
+    let mut ctrl_rx = read_control(ctrl_recv);
+
+    let learner = Learner {
+        client_id,
+        run,
+        data,
+        device: opts.device.clone(),
+        model: Arc::new(Mutex::new(None)),
+    };
+    let mut rounds_trained = 0usize;
+    loop {
+        tokio::select! {
+            msg = ctrl_rx.recv() => {
+                match msg {
+                    Some(Ok(ServerMessage::Finished { message })) => {
+                        info!(client_id, %message, "run finished");
+                        conn.close(0u32.into(), b"done");
+                        return Ok(SessionReport { client_id, rounds_trained, message });
+                    }
+                    Some(Ok(other)) => bail!("protocol error: unexpected {other:?} on the control stream"),
+                    Some(Err(e)) => bail!("lost the coordinator: {e:#}"),
+                    None => bail!("lost the coordinator"),
+                }
+            }
+            stream = conn.accept_bi() => {
+                let (send, recv) = match stream {
+                    Ok(s) => s,
+                    Err(e) => bail!("lost the coordinator: {e}"),
+                };
+                match handle_round(conn, send, recv, &learner, &opts).await {
+                    Ok(()) => rounds_trained += 1,
+                    // The connection is gone: the session is over.
+                    Err(e) if conn.close_reason().is_some() => bail!("lost the coordinator: {e:#}"),
+                    // Only this round's stream failed (e.g. the coordinator dropped this client
+                    // from a round it was too slow for): stay for the next round.
+                    Err(e) => warn!(client_id, "round abandoned: {e:#}"),
+                }
+            }
+        }
+    }
+}
+
+/// Sends the hello on the control stream and waits (60 s at most) for the welcome: the
+/// client's id and the run. A refusal or any other answer is an error.
+async fn join(
+    ctrl_send: &mut quinn::SendStream,
+    ctrl_recv: &mut quinn::RecvStream,
+    opts: &ClientOptions,
+) -> Result<(u32, RunInfo)> {
+    write_message(
+        ctrl_send,
+        &ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: opts.name.clone(),
+            shard: opts.data.shard(),
+        },
+    )
+    .await?;
+    let first: ServerMessage =
+        tokio::time::timeout(Duration::from_secs(60), read_message(ctrl_recv))
+            .await
+            .context("the coordinator did not answer the hello within 60 s")??;
+    match first {
+        ServerMessage::Welcome { client_id, run } => Ok((client_id, run)),
+        ServerMessage::Refused { reason } => bail!("the coordinator refused this client: {reason}"),
+        other => bail!("protocol error: expected Welcome, got {other:?}"),
+    }
+}
+
+/// Loads this client's training images on the blocking pool; none is an error.
+async fn load_data(
+    opts: &ClientOptions,
+    run: &RunInfo,
+    client_id: u32,
+) -> Result<Arc<ImageDataset>> {
+    let data = {
+        let source = opts.data.clone();
+        let run = run.clone();
+        match tokio::task::spawn_blocking(move || resolve_data(&source, &run)).await? {
+            Ok(d) => d,
+            Err(e) => bail!("client {client_id} cannot load its data: {e:#}"),
+        }
+    };
+    if data.is_empty() {
+        bail!("client {client_id} has no training images");
+    }
+    Ok(data)
+}
+
+/// Reads the control stream on its own task, so that no read is ever cancelled halfway; the
+/// channel ends after the first error.
+fn read_control(mut ctrl_recv: quinn::RecvStream) -> mpsc::Receiver<Result<ServerMessage>> {
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Result<ServerMessage>>(4);
+    tokio::spawn(async move {
+        loop {
+            let m = read_message::<_, ServerMessage>(&mut ctrl_recv).await;
+            let stop = m.is_err();
+            if ctrl_tx.send(m).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    ctrl_rx
+}

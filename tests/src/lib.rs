@@ -1,0 +1,9 @@
+//! Fixtures of fedssl's end-to-end tests (`e2e`, `handshake`, `processes` next to this
+//! crate's manifest): the one tiny scenario every test starts from, and the workspace's
+//! binaries, built if need be, for the tests that run them as a user would.
+
+mod binaries;
+mod scenario;
+
+pub use binaries::{binary, client_command};
+pub use scenario::{run_info, tiny, TINY};
