@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use fedssl_coordinator::experiments::pretext_compare::{compare_pretexts, markdown};
 use fedssl_coordinator::job::{result_line, run_job, Job, Mode};
-use fedssl_coordinator::pretext_compare::{compare_pretexts, markdown};
 use fedssl_shared::pretext::PretextKind;
 use fedssl_shared::scenario::Scenario;
 
@@ -215,7 +215,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             reuse,
             quiet,
         } => {
-            fedssl_coordinator::compare::run_compare(
+            fedssl_coordinator::experiments::compare::run_compare(
                 &scenarios,
                 &out,
                 data_dir.as_deref(),
