@@ -17,7 +17,8 @@ use indicatif::MultiProgress;
 use serde::Serialize;
 use tracing::info;
 
-pub use crate::evaluate::{EvalSummary, RandomInit};
+use crate::eval::knn::KnnMonitor;
+use crate::eval::suite::{eval_line, evaluate_run, write_eval_json, EvalSummary};
 use crate::server::{accept_loop, run_rounds, Registry, RoundsContext};
 use crate::tls;
 
@@ -283,7 +284,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             start_grace,
             progress: mp.clone(),
             start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
-            monitor: crate::evaluate::KnnMonitor::new(&sc, &train, &test).map(Arc::new),
+            monitor: KnnMonitor::new(&sc, &train, &test).map(Arc::new),
         },
         resumed
             .as_ref()
@@ -330,7 +331,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         let (sc2, global) = (sc.clone(), outcome.global.clone());
         Some(
             tokio::task::spawn_blocking(move || {
-                crate::evaluate::evaluate_run(&sc2, &global, &initial, &train, &test)
+                evaluate_run(&sc2, &global, &initial, &train, &test)
             })
             .await??,
         )
@@ -338,7 +339,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         None
     };
     if let Some(e) = &eval {
-        crate::evaluate::write_eval_json(&job.out, &sc, backbone_values, e)?;
+        write_eval_json(&job.out, &sc, backbone_values, e)?;
     }
     let summary = Summary {
         scenario: sc.name.clone(),
@@ -446,26 +447,6 @@ pub fn result_line(s: &Summary, out: &Path) -> String {
         line += &format!(" | {}", eval_line(e));
     }
     line + &format!(" | {}", out.join("summary.json").display())
-}
-
-/// The evaluation's one-line summary: linear (and MLP) probe top-1/top-5, random-init gap.
-pub fn eval_line(e: &EvalSummary) -> String {
-    let mut line = format!(
-        "linear probe top-1 {:.1}% top-5 {:.1}%",
-        100.0 * e.linear.top1,
-        100.0 * e.linear.top5
-    );
-    if let Some(r) = &e.random_init {
-        line += &format!(
-            " (random init {:.1}%, {:+.1} points)",
-            100.0 * r.linear.top1,
-            100.0 * (e.linear.top1 - r.linear.top1)
-        );
-    }
-    if let Some(m) = &e.mlp {
-        line += &format!(" | MLP probe top-1 {:.1}%", 100.0 * m.top1);
-    }
-    line
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@
 
 pub mod aggregate;
 pub mod eval;
-pub mod evaluate;
 pub mod experiments;
 pub mod job;
 pub mod resume;
+pub mod run;
 pub mod server;
 pub mod tls;
 
@@ -17,4 +17,9 @@ pub mod tls;
 #[doc(hidden)]
 pub mod pretext_compare {
     pub use crate::experiments::pretext_compare::*;
+}
+
+#[doc(hidden)]
+pub mod evaluate {
+    pub use crate::run::checkpoint_eval::{eval_checkpoint, run_scenario_of};
 }

@@ -177,7 +177,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             let scenario = match scenario {
                 Some(s) => s,
                 None => {
-                    let s = fedssl_coordinator::evaluate::run_scenario_of(&checkpoint)?;
+                    let s = fedssl_coordinator::run::checkpoint_eval::run_scenario_of(&checkpoint)?;
                     eprintln!("scenario: {} (the checkpoint's run)", s.display());
                     s
                 }
@@ -200,10 +200,16 @@ async fn real_main(cli: Cli) -> Result<()> {
             }
             let e = tokio::task::spawn_blocking({
                 let out = out.clone();
-                move || fedssl_coordinator::evaluate::eval_checkpoint(&sc, &checkpoint, &out)
+                move || {
+                    fedssl_coordinator::run::checkpoint_eval::eval_checkpoint(
+                        &sc,
+                        &checkpoint,
+                        &out,
+                    )
+                }
             })
             .await??;
-            println!("{}", fedssl_coordinator::job::eval_line(&e));
+            println!("{}", fedssl_coordinator::eval::suite::eval_line(&e));
             println!("{}", out.join("eval.json").display());
             return Ok(());
         }

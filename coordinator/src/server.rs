@@ -418,7 +418,7 @@ pub struct RoundsContext<'a> {
     /// round run is `start_round + 1` (1-based), and `rounds.jsonl` is appended to.
     pub start_round: usize,
     /// The k-NN monitor of `eval.knn_every` (`None`: off).
-    pub monitor: Option<Arc<crate::evaluate::KnnMonitor>>,
+    pub monitor: Option<Arc<crate::eval::knn::KnnMonitor>>,
 }
 
 /// Totals of a finished federation.

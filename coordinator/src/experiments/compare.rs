@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use fedssl_shared::scenario::Scenario;
 
-use crate::eval::ProbeResult;
-use crate::evaluate::{EvalFile, FewLabelResult};
+use crate::eval::few_labels::FewLabelResult;
+use crate::eval::probe::scoring::ProbeResult;
+use crate::eval::suite::EvalFile;
 use crate::experiments::plot::{self, Series};
 use crate::experiments::tables::{csv_row, markdown_header, markdown_row, pct};
 use crate::job::{result_line, run_job, Job, Mode};
