@@ -19,8 +19,10 @@ use tracing::info;
 
 use crate::eval::knn::KnnMonitor;
 use crate::eval::suite::{eval_line, evaluate_run, write_eval_json, EvalSummary};
-use crate::server::{accept_loop, run_rounds, Registry, RoundsContext};
-use crate::tls;
+use crate::server::handshake::{accept_loop, OpenAdmission};
+use crate::server::registry::Registry;
+use crate::server::rounds::{run_rounds, RoundsContext};
+use crate::server::tls;
 
 /// How the clients of a run are provided.
 pub enum Mode {
@@ -159,9 +161,11 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let (endpoint, ca_pem) = match &job.mode {
         Mode::Simulate => {
             let id = tls::self_signed(&[])?;
-            let ep =
-                quinn::Endpoint::server(tls::server_config(&id, idle)?, "127.0.0.1:0".parse()?)
-                    .context("cannot open a loopback UDP socket")?;
+            let ep = quinn::Endpoint::server(
+                tls::server_config(&id, idle, None)?,
+                "127.0.0.1:0".parse()?,
+            )
+            .context("cannot open a loopback UDP socket")?;
             (ep, id.cert_pem)
         }
         Mode::Serve {
@@ -173,7 +177,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
                 Some((c, k)) => tls::load_identity(c, k)?,
                 None => tls::self_signed(names)?,
             };
-            let ep = quinn::Endpoint::server(tls::server_config(&id, idle)?, *listen)
+            let ep = quinn::Endpoint::server(tls::server_config(&id, idle, None)?, *listen)
                 .with_context(|| format!("cannot listen on {listen} (UDP)"))?;
             if identity.is_none() {
                 create_out()?;
@@ -206,7 +210,11 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         write_partition_json(&job.out, &train.labels, train.num_classes, parts)?;
     }
     let registry = Registry::new(run.clone());
-    tokio::spawn(accept_loop(endpoint.clone(), registry.clone()));
+    tokio::spawn(accept_loop(
+        endpoint.clone(),
+        registry.clone(),
+        Arc::new(OpenAdmission),
+    ));
     let mp = if job.progress {
         Some(MultiProgress::new())
     } else {
@@ -285,6 +293,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             progress: mp.clone(),
             start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
             monitor: KnnMonitor::new(&sc, &train, &test).map(Arc::new),
+            strategy: crate::strategy::from_scenario(&sc)?,
         },
         resumed
             .as_ref()
