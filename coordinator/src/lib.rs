@@ -5,8 +5,6 @@
 
 pub mod eval;
 pub mod experiments;
-pub mod job;
-pub mod resume;
 pub mod run;
 pub mod server;
 pub mod strategy;
@@ -35,4 +33,10 @@ pub mod tls {
     ) -> anyhow::Result<quinn::ServerConfig> {
         crate::server::tls::server_config(id, idle_timeout, None)
     }
+}
+
+#[doc(hidden)]
+pub mod job {
+    pub use crate::run::job::{run_job, Job, Mode};
+    pub use crate::run::outputs::Summary;
 }

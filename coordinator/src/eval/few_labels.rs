@@ -90,8 +90,14 @@ pub fn few_label_curve(
     full: &ProbeResult,
     fit: impl Fn(&HostFeatures, &[u32]) -> Result<ProbeResult>,
 ) -> Result<Vec<FewLabelResult>> {
-    let k = num_classes;
-    let mut few = Vec::new();
+    let curve = Curve {
+        e,
+        seed,
+        features,
+        labels,
+        num_classes,
+        fit: &fit,
+    };
     let points = e
         .labels_per_class
         .iter()
@@ -101,17 +107,50 @@ pub fn few_label_curve(
                 .iter()
                 .map(|&f| (format!("{}%", 100.0 * f), PerClass::Fraction(f))),
         );
-    for (label, take) in points {
+    let mut few = points
+        .map(|(label, take)| curve.point(label, take))
+        .collect::<Result<Vec<_>>>()?;
+    if !few.is_empty() {
+        few.push(FewLabelResult {
+            label: "all".into(),
+            labels_per_class: None,
+            fraction: Some(1.0),
+            train_labels: full.train_labels as f64,
+            per_class: full.train_labels as f64 / num_classes as f64,
+            seeds: 1,
+            top1_mean: full.top1,
+            top1_std: 0.0,
+            top5_mean: full.top5,
+            top5_std: 0.0,
+        });
+    }
+    Ok(few)
+}
+
+/// What every point of [`few_label_curve`] is drawn from and fitted with.
+struct Curve<'a> {
+    e: &'a EvalConfig,
+    seed: u64,
+    features: &'a HostFeatures,
+    labels: &'a [u32],
+    num_classes: usize,
+    fit: &'a dyn Fn(&HostFeatures, &[u32]) -> Result<ProbeResult>,
+}
+
+impl Curve<'_> {
+    /// The point `label`: `take` images per class, over `eval.label_seeds` draws.
+    fn point(&self, label: String, take: PerClass) -> Result<FewLabelResult> {
+        let (e, k, labels) = (self.e, self.num_classes, self.labels);
         let (mut t1, mut t5, mut n) = (vec![], vec![], vec![]);
         for s in 0..e.label_seeds {
             let idx = few_label_subset(
                 labels,
                 k,
                 take,
-                fedssl_shared::seed::derive(seed, "few-labels", s as u64),
+                fedssl_shared::seed::derive(self.seed, "few-labels", s as u64),
             );
             let y: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
-            let r = fit(&features.select(&idx), &y)?;
+            let r = (self.fit)(&self.features.select(&idx), &y)?;
             t1.push(r.top1);
             t5.push(r.top5);
             n.push(idx.len() as f64);
@@ -128,7 +167,7 @@ pub fn few_label_curve(
             }
         }
         tracing::info!(%label, top1 = m1, std = s1, "few-label probe");
-        few.push(FewLabelResult {
+        Ok(FewLabelResult {
             label,
             labels_per_class: match take {
                 PerClass::Count(k) => Some(k),
@@ -145,23 +184,8 @@ pub fn few_label_curve(
             top1_std: s1,
             top5_mean: m5,
             top5_std: s5,
-        });
+        })
     }
-    if !few.is_empty() {
-        few.push(FewLabelResult {
-            label: "all".into(),
-            labels_per_class: None,
-            fraction: Some(1.0),
-            train_labels: full.train_labels as f64,
-            per_class: full.train_labels as f64 / k as f64,
-            seeds: 1,
-            top1_mean: full.top1,
-            top1_std: 0.0,
-            top5_mean: full.top5,
-            top5_std: 0.0,
-        });
-    }
-    Ok(few)
 }
 
 /// Mean and population standard deviation of `v`.

@@ -21,7 +21,8 @@ use crate::eval::probe::scoring::ProbeResult;
 use crate::eval::suite::EvalFile;
 use crate::experiments::plot::{self, Series};
 use crate::experiments::tables::{csv_row, markdown_header, markdown_row, pct};
-use crate::job::{result_line, run_job, Job, Mode};
+use crate::run::job::{run_job, Job, Mode};
+use crate::run::outputs::result_line;
 
 /// One finished run of the comparison.
 pub struct RunResult {

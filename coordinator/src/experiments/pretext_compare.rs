@@ -18,7 +18,8 @@ use fedssl_shared::weights::write_atomic;
 use serde::Serialize;
 
 use crate::experiments::tables::{csv_row, markdown_header, markdown_row};
-use crate::job::{run_job, Job, Mode, Summary};
+use crate::run::job::{run_job, Job, Mode};
+use crate::run::outputs::Summary;
 
 /// One task's line of the comparison.
 #[derive(Clone, Debug, Serialize)]
@@ -142,7 +143,7 @@ fn view_name(sc: &Scenario) -> String {
 /// `scenario.json` equals `sc` (keys missing from an older file take their defaults) and it has
 /// a `summary.json` with an evaluation. `None` otherwise.
 fn reusable(dir: &Path, sc: &Scenario) -> Option<CompareRow> {
-    let text = std::fs::read_to_string(dir.join(crate::resume::SCENARIO_FILE)).ok()?;
+    let text = std::fs::read_to_string(dir.join(crate::run::resume::SCENARIO_FILE)).ok()?;
     let before: Scenario = serde_json::from_str(&text).ok()?;
     if &before != sc {
         return None;

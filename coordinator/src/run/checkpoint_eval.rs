@@ -12,7 +12,8 @@ use fedssl_shared::weights::WeightSet;
 
 use crate::eval::features::load_backbone;
 use crate::eval::suite::{evaluate_run, write_eval_json, EvalSummary};
-use crate::resume::SCENARIO_FILE;
+use crate::run::data::load_sets;
+use crate::run::resume::SCENARIO_FILE;
 
 /// The `scenario.json` of the run a checkpoint belongs to: next to it (`<run>/final.safetensors`)
 /// or one folder up (`<run>/checkpoints/round-NNNN.safetensors`). Errors, naming the places
@@ -50,18 +51,7 @@ pub fn eval_checkpoint(sc: &Scenario, checkpoint: &Path, out: &Path) -> Result<E
         .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
-    let train = fedssl_shared::scenario::load_train_set(
-        sc.data.dataset,
-        sc.data.path.as_deref(),
-        sc.data.train_images,
-        sc.seed,
-    )?;
-    let test = fedssl_shared::scenario::load_test_set(
-        sc.data.dataset,
-        sc.data.path.as_deref(),
-        sc.data.test_images,
-        sc.seed,
-    )?;
+    let (train, test) = load_sets(sc)?;
     let initial = initial_backbone(sc)?;
     let eval = evaluate_run(sc, &weights, &initial, &train, &test)?;
     write_eval_json(out, sc, backbone.num_values(), &eval)?;

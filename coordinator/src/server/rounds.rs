@@ -147,13 +147,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         );
         let mut agg = strategy.begin_round(&global);
         let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec).await;
-        rec.bytes_sent = shared.sent.total();
-        rec.clients.sort_unstable();
-        rec.dropped = rec.dropped_reasons.keys().copied().collect();
-        rec.seconds = started.elapsed().as_secs_f64();
-        if agg.total_samples() > 0 {
-            rec.mean_loss = Some(loss_sum / agg.total_samples() as f64);
-        }
+        close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
         if agg.contributions() < fed.min_clients {
             return Err(fail_round(
                 &mut log,
@@ -294,6 +288,25 @@ async fn collect(
         }
     }
     loss_sum
+}
+
+/// Completes `rec` once the round's updates are in: bytes sent, contributors and dropped
+/// clients sorted, the round's wall seconds since `started`, and the sample-weighted mean
+/// loss of the accepted updates (`loss_sum / Σ n_k`; none without an accepted update).
+fn close_record(
+    rec: &mut RoundRecord,
+    shared: &RoundShared,
+    started: Instant,
+    agg: &dyn RoundAggregator,
+    loss_sum: f64,
+) {
+    rec.bytes_sent = shared.sent.total();
+    rec.clients.sort_unstable();
+    rec.dropped = rec.dropped_reasons.keys().copied().collect();
+    rec.seconds = started.elapsed().as_secs_f64();
+    if agg.total_samples() > 0 {
+        rec.mean_loss = Some(loss_sum / agg.total_samples() as f64);
+    }
 }
 
 /// A round with fewer than `min_clients` valid updates: writes its record (`failed`, nothing
