@@ -3,7 +3,6 @@
 //! slot in the [`Registry`]. A peer is refused — with a `Refused` message saying why, before
 //! any model byte is sent — at the first of these it fails.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,20 +17,14 @@ use crate::server::registry::Registry;
 /// What an [`Authenticator`] knows of a peer: it completed the TLS handshake and sent a
 /// `Hello` of this protocol version.
 pub struct Peer<'a> {
-    /// The peer's connection: its address, and its certificates where the server asks for
-    /// client certificates ([`crate::server::tls::server_config`]).
+    /// The peer's connection: its address (`remote_address`), and its certificates
+    /// (`peer_identity`) where the server asks for client certificates
+    /// ([`crate::server::tls::server_config`]).
     pub connection: &'a quinn::Connection,
     /// The name in its hello (for logs; not an identity).
     pub client_name: &'a str,
     /// The shard it asks for: `(k, n)`, shard `k` of `n`.
     pub shard: Option<(u32, u32)>,
-}
-
-impl Peer<'_> {
-    /// The peer's UDP address.
-    pub fn remote(&self) -> SocketAddr {
-        self.connection.remote_address()
-    }
 }
 
 /// Decides whether a peer may join the run, after its hello and before the registry gives it
@@ -191,7 +184,7 @@ mod tests {
     impl Authenticator for NoTicket {
         fn admit(&self, peer: &Peer<'_>) -> Result<(), String> {
             assert_eq!(peer.shard, Some((0, 2)));
-            assert!(peer.remote().ip().is_loopback());
+            assert!(peer.connection.remote_address().ip().is_loopback());
             Err(format!("`{}` has no ticket", peer.client_name))
         }
     }

@@ -11,8 +11,8 @@ pub mod registry;
 pub mod rounds;
 pub mod tls;
 
-// The paths `coordinator/tests` use, as they were before the restructure of issue 11; the
-// lead re-points the tests crate and deletes these.
+// Old paths (before issue 11's restructure) that `coordinator/tests` still uses: hidden shims,
+// to be deleted once the lead has re-pointed the top-level tests crate.
 #[doc(hidden)]
 pub use registry::Registry;
 
