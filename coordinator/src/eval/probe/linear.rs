@@ -31,7 +31,7 @@
 //! summation order is fixed, so the result is bit-for-bit reproducible for a
 //! given seed regardless of the number of cores.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
@@ -125,7 +125,7 @@ pub fn linear_probe(
     let started = std::time::Instant::now();
     standardise(&mut train, &mut test, d);
     let mut probe = Probe::new(d, num_classes);
-    let loss = probe.fit(&train, train_y, cfg);
+    let loss = probe.fit(&train, train_y, cfg)?;
     let logits = probe.logits(&test);
     let top1 = top_k_accuracy(&logits, num_classes, test_y, 1)?;
     let top5 = top_k_accuracy(&logits, num_classes, test_y, 5)?;
@@ -268,7 +268,7 @@ impl Probe {
         idx: &[usize],
         grad_w: &mut [f32],
         grad_b: &mut [f32],
-    ) -> f64 {
+    ) -> Result<f64> {
         let (d, k, b) = (self.d, self.k, idx.len());
         let mut xb = Vec::with_capacity(b * d);
         for &i in idx {
@@ -305,14 +305,14 @@ impl Probe {
             let gw = g.t()?.matmul(&xb)?.flatten_all()?.to_vec1::<f32>()?;
             Ok((loss, gw))
         };
-        let (loss, gw) = run().expect("linear probe: CPU matmul of checked shapes failed");
+        let (loss, gw) = run().context("linear probe: CPU matmul")?;
         grad_w.copy_from_slice(&gw);
-        loss
+        Ok(loss)
     }
 
     /// Minibatch SGD with momentum and a cosine schedule peaking at `cfg.lr`.
     /// Returns the mean cross-entropy of the last epoch (before the L2 term).
-    fn fit(&mut self, x: &[f32], y: &[u32], cfg: &ProbeConfig) -> f64 {
+    fn fit(&mut self, x: &[f32], y: &[u32], cfg: &ProbeConfig) -> Result<f64> {
         let (d, k) = (self.d, self.k);
         let n = y.len();
         let batch = cfg.batch_size.min(n);
@@ -337,7 +337,7 @@ impl Probe {
                 grad_w.iter_mut().for_each(|g| *g = 0.0);
                 grad_b.iter_mut().for_each(|g| *g = 0.0);
                 if d >= GEMM_MIN_DIM {
-                    epoch_loss += self.batch_grad_gemm(x, y, idx, &mut grad_w, &mut grad_b);
+                    epoch_loss += self.batch_grad_gemm(x, y, idx, &mut grad_w, &mut grad_b)?;
                 }
                 for &i in idx.iter().filter(|_| d < GEMM_MIN_DIM) {
                     let row = &x[i * d..(i + 1) * d];
@@ -375,7 +375,7 @@ impl Probe {
                 step += 1;
             }
         }
-        epoch_loss / n as f64
+        Ok(epoch_loss / n as f64)
     }
 }
 
@@ -565,7 +565,7 @@ mod tests {
         p.w.iter_mut().for_each(|w| *w = 0.01 * gaussian(&mut rng));
         let idx: Vec<usize> = (0..64).collect();
         let (mut gw, mut gb) = (vec![0f32; 5500], vec![0f32; 5]);
-        let loss = p.batch_grad_gemm(&x, &y, &idx, &mut gw, &mut gb);
+        let loss = p.batch_grad_gemm(&x, &y, &idx, &mut gw, &mut gb).unwrap();
         let (mut rw, mut rb, mut rl) = (vec![0f32; 5500], vec![0f32; 5], 0f64);
         let mut z = vec![0f32; 5];
         for &i in &idx {
