@@ -1,11 +1,11 @@
 //! The QUIC server of a run: the [`registry`] of connected clients, their admission
 //! ([`handshake`], with its [`handshake::Authenticator`] seam), the [`rounds`] loop with each
-//! client's part of a round ([`client_round`]), what the rounds write ([`records`]), their
-//! [`progress`] on the terminal, and the server's [`tls`].
+//! client's part of a round (`client_round.rs`), what the rounds write ([`records`]), their
+//! progress on the terminal (`progress.rs`), and the server's [`tls`].
 
-pub mod client_round;
+mod client_round;
 pub mod handshake;
-pub mod progress;
+mod progress;
 pub mod records;
 pub mod registry;
 pub mod rounds;

@@ -2,7 +2,7 @@
 //!
 //! A round: wait for enough clients, sample the participation fraction with the round's
 //! seed, send every sampled client the global backbone and its round config (from the
-//! [`Strategy`]) on a fresh stream ([`crate::server::client_round`]), and hand updates to the
+//! [`Strategy`]) on a fresh stream (`client_round.rs`), and hand updates to the
 //! strategy's aggregator as they arrive. A client that errors, vanishes, sends a bad update or
 //! misses the round deadline is dropped from the round (recorded in `rounds.jsonl`); the run
 //! goes on while at least `min_clients` contribute. At most [`DECODE_SLOTS`] received updates
