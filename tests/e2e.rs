@@ -5,14 +5,17 @@
 
 use std::path::Path;
 
-use fedssl_coordinator::job::{run_job, Job, Mode};
+use fedssl_coordinator::run::job::{run_job, Job, Mode};
 use fedssl_shared::config::Scenario;
 use fedssl_shared::weights::WeightSet;
 use fedssl_tests::{tiny as scenario, TINY};
 use serde_json::Value;
 
 /// Runs `sc` as `fedssl-coordinator simulate` would, into `out`, without progress bars.
-async fn simulate(sc: Scenario, out: &Path) -> anyhow::Result<fedssl_coordinator::job::Summary> {
+async fn simulate(
+    sc: Scenario,
+    out: &Path,
+) -> anyhow::Result<fedssl_coordinator::run::outputs::Summary> {
     run(sc, out, false).await
 }
 
@@ -21,7 +24,7 @@ async fn run(
     sc: Scenario,
     out: &Path,
     resume: bool,
-) -> anyhow::Result<fedssl_coordinator::job::Summary> {
+) -> anyhow::Result<fedssl_coordinator::run::outputs::Summary> {
     run_job(Job {
         scenario: sc,
         out: out.to_path_buf(),
@@ -372,7 +375,7 @@ async fn eval_on_the_final_checkpoint_repeats_the_end_of_run_evaluation() {
     let again_dir = dir.path().join("again");
     let again = tokio::task::spawn_blocking({
         let (sc, ck, o) = (sc.clone(), out.join("final.safetensors"), again_dir.clone());
-        move || fedssl_coordinator::evaluate::eval_checkpoint(&sc, &ck, &o)
+        move || fedssl_coordinator::run::checkpoint_eval::eval_checkpoint(&sc, &ck, &o)
     })
     .await
     .unwrap()
@@ -393,16 +396,18 @@ async fn eval_on_the_final_checkpoint_repeats_the_end_of_run_evaluation() {
         out.join("final.safetensors"),
         out.join("checkpoints").join("round-0001.safetensors"),
     ] {
-        let found = fedssl_coordinator::evaluate::run_scenario_of(&ck).unwrap();
+        let found = fedssl_coordinator::run::checkpoint_eval::run_scenario_of(&ck).unwrap();
         assert_eq!(Scenario::load(&found, &[]).unwrap(), sc);
     }
-    let e = fedssl_coordinator::evaluate::run_scenario_of(&dir.path().join("x.safetensors"))
-        .unwrap_err();
+    let e = fedssl_coordinator::run::checkpoint_eval::run_scenario_of(
+        &dir.path().join("x.safetensors"),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("no --scenario"), "{e}");
 
     // a checkpoint that does not fit the scenario's backbone is refused with the file named
     let vgg = scenario(&["model.backbone=\"vgg_bn\""]);
-    let err = fedssl_coordinator::evaluate::eval_checkpoint(
+    let err = fedssl_coordinator::run::checkpoint_eval::eval_checkpoint(
         &vgg,
         &out.join("final.safetensors"),
         &dir.path().join("bad"),
@@ -422,7 +427,8 @@ async fn eval_on_the_final_checkpoint_repeats_the_end_of_run_evaluation() {
     let nan = dir.path().join("nan.safetensors");
     w.save(&nan).unwrap();
     let nan_out = dir.path().join("nan-eval");
-    let err = fedssl_coordinator::evaluate::eval_checkpoint(&sc, &nan, &nan_out).unwrap_err();
+    let err =
+        fedssl_coordinator::run::checkpoint_eval::eval_checkpoint(&sc, &nan, &nan_out).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("nan.safetensors") && msg.contains(&name) && msg.contains("non-finite"),
@@ -515,7 +521,7 @@ fn mae_without_the_vit_backbone_is_refused_naming_both_keys() {
 /// and `--reuse` keeps finished runs of the same scenario (same numbers, no new run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_pretexts_writes_the_table_and_reuses_finished_runs() {
-    use fedssl_coordinator::pretext_compare::compare_pretexts;
+    use fedssl_coordinator::experiments::pretext_compare::compare_pretexts;
     use fedssl_shared::pretext::PretextKind;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");

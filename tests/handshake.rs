@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use fedssl_coordinator::server::{accept_loop, Registry};
-use fedssl_coordinator::tls;
+use fedssl_coordinator::server::handshake::{accept_loop, OpenAdmission};
+use fedssl_coordinator::server::registry::Registry;
+use fedssl_coordinator::server::tls;
 use fedssl_shared::protocol::{
     read_message, write_message, ClientMessage, ServerMessage, PROTOCOL_VERSION,
 };
@@ -15,13 +16,17 @@ async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
     let run = fedssl_tests::run_info(&fedssl_tests::tiny(&[]));
     let id = tls::self_signed(&[]).unwrap();
     let ep = quinn::Endpoint::server(
-        tls::server_config(&id, Duration::from_secs(5)).unwrap(),
+        tls::server_config(&id, Duration::from_secs(5), None).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
     let addr = ep.local_addr().unwrap();
     let reg = Registry::new(run);
-    tokio::spawn(accept_loop(ep, reg.clone()));
+    tokio::spawn(accept_loop(
+        ep,
+        reg.clone(),
+        std::sync::Arc::new(OpenAdmission),
+    ));
     (addr, id.cert_pem, reg)
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fedssl_coordinator::job::{run_job, Job, Mode};
+use fedssl_coordinator::run::job::{run_job, Job, Mode};
 
 /// The tiny scenario as this test needs it: 300 images in IID shards over 3 clients (at least
 /// 2), 3 rounds, batches of 8, a 4 s idle timeout, no evaluation.

@@ -1,15 +1,18 @@
-//! fedssl coordinator: holds the global backbone, runs the rounds over QUIC, aggregates
-//! client updates (FedAvg), checkpoints, and evaluates the backbone centrally (linear probe).
-//! `simulate` runs the coordinator and N clients in one process over loopback QUIC — the same
-//! code path as a multi-machine deployment.
+//! fedssl coordinator: holds the global backbone, runs the rounds over QUIC, aggregates the
+//! clients' updates, checkpoints, and evaluates the backbone centrally. `simulate` runs the
+//! coordinator and N clients in one process over loopback QUIC — the same code path as a
+//! multi-machine deployment.
+//!
+//! Rooms, from the top: [`run`] (the run modes: a `simulate`/`serve` job, the `eval`
+//! subcommand, resume, the run folder's files), [`experiments`] (compare, compare-pretexts,
+//! tables, charts), [`server`] (registry, handshake and its `Authenticator`, the round loop,
+//! records, TLS), [`strategy`] (the `Strategy` trait and FedAvg), [`eval`] (features, probes,
+//! the evaluation suite, the k-NN monitor). A new aggregation strategy is a file in
+//! `strategy/`; a new way to admit clients an `Authenticator` in `server/handshake.rs`'s
+//! terms; a new evaluation a file in `eval/`.
 
-pub mod aggregate;
-pub mod compare;
 pub mod eval;
-pub mod evaluate;
-pub mod job;
-pub mod plot;
-pub mod pretext_compare;
-pub mod resume;
+pub mod experiments;
+pub mod run;
 pub mod server;
-pub mod tls;
+pub mod strategy;

@@ -6,8 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use fedssl_coordinator::job::{result_line, run_job, Job, Mode};
-use fedssl_coordinator::pretext_compare::{compare_pretexts, markdown};
+use fedssl_coordinator::eval::suite::eval_line;
+use fedssl_coordinator::experiments::compare::run_compare;
+use fedssl_coordinator::experiments::pretext_compare::{compare_pretexts, markdown};
+use fedssl_coordinator::run::checkpoint_eval::{eval_checkpoint, run_scenario_of};
+use fedssl_coordinator::run::job::{run_job, Job, Mode};
+use fedssl_coordinator::run::outputs::result_line;
 use fedssl_shared::config::Scenario;
 use fedssl_shared::pretext::PretextKind;
 
@@ -130,6 +134,7 @@ fn resolve_listen(spec: &str) -> Result<SocketAddr> {
         .with_context(|| format!("--listen `{spec}`: the host name resolves to no address"))
 }
 
+/// The scenario of `common` with its overrides and `--data-dir`, and the output folder.
 fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
     let mut sc = Scenario::load(&common.scenario, &common.set)?;
     if let Some(d) = &common.data_dir {
@@ -143,70 +148,19 @@ fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
 }
 
 async fn real_main(cli: Cli) -> Result<()> {
-    let (common, mode) = match cli.cmd {
+    match cli.cmd {
         Cmd::ComparePretexts {
             common,
             tasks,
             reuse,
-        } => {
-            let tasks: Vec<PretextKind> = if tasks.is_empty() {
-                PretextKind::all().to_vec()
-            } else {
-                tasks
-                    .iter()
-                    .map(|t| PretextKind::from_name(t.trim()))
-                    .collect::<Result<_>>()
-                    .context("in --tasks")?
-            };
-            if common.resume {
-                anyhow::bail!("--resume is not supported by compare-pretexts; resume a task's run with `simulate <scenario> --out <out>/<task> --resume --set pretext.task=<task>`");
-            }
-            let (scenario, out) = load(&common)?;
-            let rows = compare_pretexts(&scenario, &tasks, &out, !common.quiet, reuse).await?;
-            print!("{}", markdown(&rows));
-            println!("table: {}", out.join("compare.md").display());
-            return Ok(());
-        }
+        } => compare_pretexts_cmd(common, tasks, reuse).await,
         Cmd::Eval {
             checkpoint,
             scenario,
             data_dir,
             out,
             set,
-        } => {
-            let scenario = match scenario {
-                Some(s) => s,
-                None => {
-                    let s = fedssl_coordinator::evaluate::run_scenario_of(&checkpoint)?;
-                    eprintln!("scenario: {} (the checkpoint's run)", s.display());
-                    s
-                }
-            };
-            let mut sc = Scenario::load(&scenario, &set)?;
-            if let Some(d) = data_dir {
-                sc.data.path = Some(d);
-            }
-            let out = out.unwrap_or_else(|| {
-                checkpoint
-                    .parent()
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_else(|| PathBuf::from("."))
-            });
-            if out.join("eval.json").is_file() {
-                eprintln!(
-                    "note: {} will be replaced (a run's summary.json keeps the evaluation made at its end; --out writes elsewhere)",
-                    out.join("eval.json").display()
-                );
-            }
-            let e = tokio::task::spawn_blocking({
-                let out = out.clone();
-                move || fedssl_coordinator::evaluate::eval_checkpoint(&sc, &checkpoint, &out)
-            })
-            .await??;
-            println!("{}", fedssl_coordinator::job::eval_line(&e));
-            println!("{}", out.join("eval.json").display());
-            return Ok(());
-        }
+        } => eval_cmd(checkpoint, scenario, data_dir, out, set).await,
         Cmd::Compare {
             scenarios,
             out,
@@ -215,18 +169,10 @@ async fn real_main(cli: Cli) -> Result<()> {
             reuse,
             quiet,
         } => {
-            fedssl_coordinator::compare::run_compare(
-                &scenarios,
-                &out,
-                data_dir.as_deref(),
-                &set,
-                reuse,
-                !quiet,
-            )
-            .await?;
-            return Ok(());
+            run_compare(&scenarios, &out, data_dir.as_deref(), &set, reuse, !quiet).await?;
+            Ok(())
         }
-        Cmd::Simulate(c) => (c, Mode::Simulate),
+        Cmd::Simulate(c) => run_cmd(c, Mode::Simulate).await,
         Cmd::Serve {
             common,
             listen,
@@ -236,16 +182,18 @@ async fn real_main(cli: Cli) -> Result<()> {
         } => {
             let identity = cert.zip(key);
             let listen = resolve_listen(&listen)?;
-            (
-                common,
-                Mode::Serve {
-                    listen,
-                    identity,
-                    names,
-                },
-            )
+            let mode = Mode::Serve {
+                listen,
+                identity,
+                names,
+            };
+            run_cmd(common, mode).await
         }
-    };
+    }
+}
+
+/// `simulate` and `serve`: one run of the scenario; prints the result line.
+async fn run_cmd(common: Common, mode: Mode) -> Result<()> {
     let (scenario, out) = load(&common)?;
     let job = Job {
         scenario,
@@ -256,6 +204,71 @@ async fn real_main(cli: Cli) -> Result<()> {
     };
     let summary = run_job(job).await.context("run failed")?;
     println!("{}", result_line(&summary, &out));
+    Ok(())
+}
+
+/// `compare-pretexts`: every task of `tasks` (all when empty) under the scenario's budget;
+/// prints the table.
+async fn compare_pretexts_cmd(common: Common, tasks: Vec<String>, reuse: bool) -> Result<()> {
+    let tasks: Vec<PretextKind> = if tasks.is_empty() {
+        PretextKind::all().to_vec()
+    } else {
+        tasks
+            .iter()
+            .map(|t| PretextKind::from_name(t.trim()))
+            .collect::<Result<_>>()
+            .context("in --tasks")?
+    };
+    if common.resume {
+        anyhow::bail!("--resume is not supported by compare-pretexts; resume a task's run with `simulate <scenario> --out <out>/<task> --resume --set pretext.task=<task>`");
+    }
+    let (scenario, out) = load(&common)?;
+    let rows = compare_pretexts(&scenario, &tasks, &out, !common.quiet, reuse).await?;
+    print!("{}", markdown(&rows));
+    println!("table: {}", out.join("compare.md").display());
+    Ok(())
+}
+
+/// `eval`: the suite on `checkpoint` with its run's scenario (or `--scenario`); writes and
+/// names `eval.json`.
+async fn eval_cmd(
+    checkpoint: PathBuf,
+    scenario: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    set: Vec<String>,
+) -> Result<()> {
+    let scenario = match scenario {
+        Some(s) => s,
+        None => {
+            let s = run_scenario_of(&checkpoint)?;
+            eprintln!("scenario: {} (the checkpoint's run)", s.display());
+            s
+        }
+    };
+    let mut sc = Scenario::load(&scenario, &set)?;
+    if let Some(d) = data_dir {
+        sc.data.path = Some(d);
+    }
+    let out = out.unwrap_or_else(|| {
+        checkpoint
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| PathBuf::from("."))
+    });
+    if out.join("eval.json").is_file() {
+        eprintln!(
+            "note: {} will be replaced (a run's summary.json keeps the evaluation made at its end; --out writes elsewhere)",
+            out.join("eval.json").display()
+        );
+    }
+    let e = tokio::task::spawn_blocking({
+        let out = out.clone();
+        move || eval_checkpoint(&sc, &checkpoint, &out)
+    })
+    .await??;
+    println!("{}", eval_line(&e));
+    println!("{}", out.join("eval.json").display());
     Ok(())
 }
 

@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{anyhow, ensure, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Pixels of every chart.
 pub const SIZE: (u32, u32) = (900, 560);
 
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
 static INIT: Once = Once::new();
 
 fn init_font() {
@@ -61,9 +62,73 @@ pub enum XAxis {
     Linear,
     /// Logarithmic (base 10); all x must be positive.
     Log,
-    /// Integer positions `0..n` labelled by these names.
-    Categories(Vec<String>),
 }
+
+impl XAxis {
+    /// The drawn x range (in axis coordinates) for data spanning `x0..=x1`. Errors on a
+    /// non-positive x on a log axis.
+    fn range(&self, title: &str, x0: f64, x1: f64) -> Result<(f64, f64)> {
+        Ok(match self {
+            XAxis::Log => {
+                ensure!(x0 > 0.0, "plot {title}: log axis needs positive x");
+                (x0.log10() - 0.1, x1.log10() + 0.1)
+            }
+            XAxis::Linear => {
+                let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
+                (x0 - pad, x1 + pad)
+            }
+        })
+    }
+
+    /// Where a data x is drawn, in axis coordinates.
+    fn position(&self, x: f64) -> f64 {
+        match self {
+            XAxis::Log => x.log10(),
+            XAxis::Linear => x,
+        }
+    }
+
+    /// Tick marks asked of plotters.
+    fn ticks(&self) -> usize {
+        match self {
+            XAxis::Log => 60,
+            XAxis::Linear => 10,
+        }
+    }
+
+    /// The label of the tick at axis coordinate `v` (log axis: only 1, 2 and 5 × 10^k).
+    fn label(&self, v: f64) -> String {
+        match self {
+            XAxis::Log => {
+                let x = 10f64.powf(v);
+                let e = x.log10().floor();
+                let m = x / 10f64.powf(e);
+                let nice = [1.0, 2.0, 5.0, 10.0]
+                    .iter()
+                    .any(|n| (m - n).abs() < 0.02 * n);
+                if !nice {
+                    String::new()
+                } else if x >= 1.0 {
+                    format!("{:.0}", x)
+                } else {
+                    format!("{x:.2}")
+                }
+            }
+            XAxis::Linear => {
+                let v = if v.abs() < 1e-9 { 0.0 } else { v };
+                if (v - v.round()).abs() < 1e-9 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                }
+            }
+        }
+    }
+}
+
+/// A chart on `f64 × f64` axes drawn into a bitmap.
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// A line chart of accuracies: `series` over `x`, y in % (0 to the largest value plus a
 /// margin), legend in the lower right. Writes a `SIZE` PNG at `path`. Errors on an empty
@@ -88,24 +153,7 @@ pub fn line_chart(
     let ymax = 100.0 * (y1 * 1.15).clamp(0.05, 1.0);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let (xa, xb) = match &x_axis {
-        XAxis::Log => {
-            ensure!(x0 > 0.0, "plot {title}: log axis needs positive x");
-            (x0.log10() - 0.1, x1.log10() + 0.1)
-        }
-        XAxis::Categories(c) => (-0.5, c.len() as f64 - 0.5),
-        XAxis::Linear => {
-            let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
-            (x0 - pad, x1 + pad)
-        }
-    };
-    let tx = |x: f64| {
-        if matches!(x_axis, XAxis::Log) {
-            x.log10()
-        } else {
-            x
-        }
-    };
+    let (xa, xb) = x_axis.range(title, x0, x1)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(15)
@@ -113,90 +161,18 @@ pub fn line_chart(
         .y_label_area_size(60)
         .build_cartesian_2d(xa..xb, 0.0..ymax)
         .map_err(err)?;
-    let xfmt = |v: &f64| -> String {
-        match &x_axis {
-            XAxis::Log => {
-                // label only 1, 2 and 5 × 10^k
-                let x = 10f64.powf(*v);
-                let e = x.log10().floor();
-                let m = x / 10f64.powf(e);
-                let nice = [1.0, 2.0, 5.0, 10.0]
-                    .iter()
-                    .any(|n| (m - n).abs() < 0.02 * n);
-                if !nice {
-                    String::new()
-                } else if x >= 1.0 {
-                    format!("{:.0}", x)
-                } else {
-                    format!("{x:.2}")
-                }
-            }
-            XAxis::Categories(c) => {
-                let i = v.round();
-                if (v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < c.len() {
-                    c[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            }
-            XAxis::Linear => {
-                let v = if v.abs() < 1e-9 { 0.0 } else { *v };
-                if (v - v.round()).abs() < 1e-9 {
-                    format!("{v:.0}")
-                } else {
-                    format!("{v:.2}")
-                }
-            }
-        }
-    };
-    let n_labels = match &x_axis {
-        XAxis::Categories(c) => c.len() * 4 + 1,
-        XAxis::Log => 60,
-        XAxis::Linear => 10,
-    };
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
-        .x_labels(n_labels)
-        .x_label_formatter(&xfmt)
+        .x_labels(x_axis.ticks())
+        .x_label_formatter(&|v: &f64| x_axis.label(*v))
         .y_label_formatter(&|v| format!("{v:.0}%"))
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(err)?;
     for (i, s) in series.iter().enumerate() {
-        let c = COLOURS[i % COLOURS.len()];
-        let data: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (tx(x), 100.0 * y)).collect();
-        let width = if s.baseline { 1 } else { 2 };
-        chart
-            .draw_series(LineSeries::new(data.clone(), c.stroke_width(width)))
-            .map_err(err)?
-            .label(s.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        let filled = !s.baseline;
-        chart
-            .draw_series(data.iter().map(|&p| {
-                Circle::new(
-                    p,
-                    4,
-                    if filled {
-                        c.filled()
-                    } else {
-                        c.stroke_width(2)
-                    },
-                )
-            }))
-            .map_err(err)?;
-        for (&(x, y), &e) in data.iter().zip(&s.err) {
-            if e > 0.0 {
-                chart
-                    .draw_series(std::iter::once(PathElement::new(
-                        vec![(x, y - 100.0 * e), (x, y + 100.0 * e)],
-                        c.stroke_width(1),
-                    )))
-                    .map_err(err)?;
-            }
-        }
+        draw_line(&mut chart, s, COLOURS[i % COLOURS.len()], &x_axis)?;
     }
     chart
         .configure_series_labels()
@@ -210,13 +186,45 @@ pub fn line_chart(
     Ok(())
 }
 
-/// A bar chart of fractions (drawn as %), one bar per `(label, value)`, the value written
-/// above each bar; x labels laid out by [`x_label_rows`] so that long labels never overlap.
-/// Writes a `SIZE` PNG at `path`. Errors on no bars, a non-finite value or an unwritable
-/// path.
-pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)]) -> Result<()> {
-    let groups: Vec<(String, Vec<f64>)> = bars.iter().map(|(l, v)| (l.clone(), vec![*v])).collect();
-    grouped_bar_chart(path, title, y_label, &[], &groups)
+/// One series of a [`line_chart`] in colour `c`: its line (with a legend entry), its
+/// markers (hollow for a baseline) and its error bars.
+fn draw_line(chart: &mut Chart<'_, '_>, s: &Series, c: RGBColor, x_axis: &XAxis) -> Result<()> {
+    let data: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .map(|&(x, y)| (x_axis.position(x), 100.0 * y))
+        .collect();
+    let width = if s.baseline { 1 } else { 2 };
+    chart
+        .draw_series(LineSeries::new(data.clone(), c.stroke_width(width)))
+        .map_err(err)?
+        .label(s.name.clone())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    let filled = !s.baseline;
+    chart
+        .draw_series(data.iter().map(|&p| {
+            Circle::new(
+                p,
+                4,
+                if filled {
+                    c.filled()
+                } else {
+                    c.stroke_width(2)
+                },
+            )
+        }))
+        .map_err(err)?;
+    for (&(x, y), &e) in data.iter().zip(&s.err) {
+        if e > 0.0 {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, y - 100.0 * e), (x, y + 100.0 * e)],
+                    c.stroke_width(1),
+                )))
+                .map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Font size of bar charts' axis labels, in pixels.
@@ -293,24 +301,7 @@ pub fn grouped_bar_chart(
     groups: &[(String, Vec<f64>)],
 ) -> Result<()> {
     init_font();
-    ensure!(
-        !groups.is_empty() && groups.iter().all(|g| !g.1.is_empty()),
-        "bar chart {title}: no bars"
-    );
-    let per = groups[0].1.len();
-    ensure!(
-        groups.iter().all(|g| g.1.len() == per),
-        "bar chart {title}: every group needs the same number of bars"
-    );
-    ensure!(
-        series.is_empty() || series.len() == per,
-        "bar chart {title}: {} series names for {per} bars per group",
-        series.len()
-    );
-    ensure!(
-        groups.iter().flat_map(|g| &g.1).all(|v| v.is_finite()),
-        "bar chart {title}: a value is not finite"
-    );
+    check_groups(title, series, groups)?;
     let max = groups
         .iter()
         .flat_map(|g| &g.1)
@@ -340,15 +331,69 @@ pub fn grouped_bar_chart(
         .label_style(("sans-serif", BAR_LABEL_PX))
         .draw()
         .map_err(err)?;
+    draw_bars(&mut chart, groups, !series.is_empty(), ymax)?;
+    // group labels under the axis, staggered rows where they would overlap
+    let (_, axis_y) = chart.backend_coord(&(0.0, 0.0));
+    let label_style = TextStyle::from(("sans-serif", BAR_LABEL_PX).into_font())
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, (label, (_, _, row))) in labels.iter().zip(&layout).enumerate() {
+        let (x, _) = chart.backend_coord(&(i as f64, 0.0));
+        root.draw_text(
+            label,
+            &label_style,
+            (x, axis_y + 6 + (*row as u32 * LABEL_ROW_PX) as i32),
+        )
+        .map_err(err)?;
+    }
+    if !series.is_empty() {
+        draw_bar_legend(&mut chart, series)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Refuses what [`grouped_bar_chart`] cannot draw: no bars, groups of different sizes, a
+/// number of series names that is not the group size, a non-finite value.
+fn check_groups(title: &str, series: &[String], groups: &[(String, Vec<f64>)]) -> Result<()> {
+    ensure!(
+        !groups.is_empty() && groups.iter().all(|g| !g.1.is_empty()),
+        "bar chart {title}: no bars"
+    );
+    let per = groups[0].1.len();
+    ensure!(
+        groups.iter().all(|g| g.1.len() == per),
+        "bar chart {title}: every group needs the same number of bars"
+    );
+    ensure!(
+        series.is_empty() || series.len() == per,
+        "bar chart {title}: {} series names for {per} bars per group",
+        series.len()
+    );
+    ensure!(
+        groups.iter().flat_map(|g| &g.1).all(|v| v.is_finite()),
+        "bar chart {title}: a value is not finite"
+    );
+    Ok(())
+}
+
+/// The bars of [`grouped_bar_chart`], each with its value written above it: coloured by
+/// position in the group when `by_series`, else every bar by its group.
+fn draw_bars(
+    chart: &mut Chart<'_, '_>,
+    groups: &[(String, Vec<f64>)],
+    by_series: bool,
+    ymax: f64,
+) -> Result<()> {
+    let per = groups[0].1.len();
     // bars of a group share 80 % of its slot
     let width = 0.8 / per as f64;
     let value_px = if per > 2 { 11.0 } else { 13.0 };
     for (i, (_, values)) in groups.iter().enumerate() {
         for (j, v) in values.iter().enumerate() {
-            let c = if series.is_empty() {
-                COLOURS[i % COLOURS.len()]
-            } else {
+            let c = if by_series {
                 COLOURS[j % COLOURS.len()]
+            } else {
+                COLOURS[i % COLOURS.len()]
             };
             let x0 = i as f64 - 0.4 + j as f64 * width;
             chart
@@ -369,41 +414,30 @@ pub fn grouped_bar_chart(
                 .map_err(err)?;
         }
     }
-    // group labels under the axis, staggered rows where they would overlap
-    let (_, axis_y) = chart.backend_coord(&(0.0, 0.0));
-    let label_style = TextStyle::from(("sans-serif", BAR_LABEL_PX).into_font())
-        .pos(Pos::new(HPos::Center, VPos::Top));
-    for (i, (label, (_, _, row))) in labels.iter().zip(&layout).enumerate() {
-        let (x, _) = chart.backend_coord(&(i as f64, 0.0));
-        root.draw_text(
-            label,
-            &label_style,
-            (x, axis_y + 6 + (*row as u32 * LABEL_ROW_PX) as i32),
-        )
-        .map_err(err)?;
-    }
-    if !series.is_empty() {
-        for (j, name) in series.iter().enumerate() {
-            let c = COLOURS[j % COLOURS.len()];
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(-0.5, 0.0), (-0.5, 0.0)],
-                    c.filled(),
-                )))
-                .map_err(err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
-        }
+    Ok(())
+}
+
+/// The legend of [`grouped_bar_chart`]: one swatch per series name, upper right.
+fn draw_bar_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, series: &[String]) -> Result<()> {
+    for (j, name) in series.iter().enumerate() {
+        let c = COLOURS[j % COLOURS.len()];
         chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.3))
-            .label_font(("sans-serif", BAR_LABEL_PX))
-            .draw()
-            .map_err(err)?;
+            .draw_series(std::iter::once(Rectangle::new(
+                [(-0.5, 0.0), (-0.5, 0.0)],
+                c.filled(),
+            )))
+            .map_err(err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
     }
-    root.present().map_err(err)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .label_font(("sans-serif", BAR_LABEL_PX))
+        .draw()
+        .map_err(err)?;
     Ok(())
 }
 
@@ -495,11 +529,15 @@ mod tests {
     fn charts_are_pngs_of_the_chart_size() {
         let dir = tempfile::tempdir().unwrap();
         let bar = dir.path().join("bars.png");
-        bar_chart(
+        grouped_bar_chart(
             &bar,
             "Pretext tasks",
             "top-1",
-            &[("rotation".into(), 0.42), ("jigsaw".into(), 0.371)],
+            &[],
+            &[
+                ("rotation".into(), vec![0.42]),
+                ("jigsaw".into(), vec![0.371]),
+            ],
         )
         .unwrap();
         assert_eq!(png_size(&bar), SIZE);
@@ -546,7 +584,7 @@ mod tests {
         assert_eq!(png_size(&knn), SIZE);
         // text is drawn: a chart with a title has more non-white pixels than an empty frame
         assert!(std::fs::metadata(&bar).unwrap().len() > 2000);
-        assert!(bar_chart(&bar, "x", "y", &[]).is_err());
+        assert!(grouped_bar_chart(&bar, "x", "y", &[], &[]).is_err());
         assert!(few_labels(
             &few,
             &[Series {

@@ -4,8 +4,9 @@
 //! and refuses to continue under a scenario that differs in anything but `federation.rounds`
 //! (which may grow), `eval` and `simulation`, naming the first differing key. It then takes the
 //! newest checkpoint `checkpoints/round-NNNN.safetensors` that loads, has the backbone's
-//! layout and holds only finite values, keeps the lines of `rounds.jsonl` up to round `N`
-//! (dropping those of a round that failed after it), and continues with round `N + 1`.
+//! layout and holds only finite values (with the strategy's server state saved next to it,
+//! if any), keeps the lines of `rounds.jsonl` up to round `N` (dropping those of a round
+//! that failed after it), and continues with round `N + 1`.
 //!
 //! What is not restored: a client's local pretext heads (they stay local, so clients that
 //! restart begin them afresh) — the backbone, the round schedule, the sampling and every
@@ -17,6 +18,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use fedssl_shared::config::Scenario;
 use fedssl_shared::weights::{write_atomic, WeightSet};
+
+use crate::server::records::{round_of_weights_file, state_file};
 
 /// Name of the resolved scenario a run writes into its output folder.
 pub const SCENARIO_FILE: &str = "scenario.json";
@@ -34,6 +37,9 @@ pub struct ResumePoint {
     pub bytes_received: u64,
     /// Clients that contributed in rounds `1..=N`.
     pub clients_seen: BTreeSet<u32>,
+    /// The strategy's server state after round `N`, when the checkpoint holds one
+    /// (`checkpoints/round-NNNN.state.safetensors`).
+    pub strategy_state: Option<WeightSet>,
 }
 
 /// Writes `sc` as `<out>/scenario.json` (atomically).
@@ -47,6 +53,39 @@ pub fn write_scenario(out: &Path, sc: &Scenario) -> Result<()> {
 /// run, the scenario differs, or no checkpoint is usable; truncates `rounds.jsonl` to the
 /// rounds it keeps.
 pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePoint> {
+    check_same_scenario(out, sc)?;
+    let ckpt_dir = out.join("checkpoints");
+    let (rounds_done, global) = newest_usable_checkpoint(&ckpt_dir, layout)?;
+    if rounds_done > sc.federation.rounds {
+        bail!(
+            "cannot resume: the run already completed {rounds_done} rounds, more than federation.rounds = {}",
+            sc.federation.rounds
+        );
+    }
+    let state = ckpt_dir.join(state_file(rounds_done));
+    let strategy_state = if state.exists() {
+        Some(
+            WeightSet::load(&state)
+                .with_context(|| format!("cannot resume: cannot read {}", state.display()))?,
+        )
+    } else {
+        None
+    };
+    let mut point = ResumePoint {
+        rounds_done,
+        global,
+        bytes_sent: 0,
+        bytes_received: 0,
+        clients_seen: BTreeSet::new(),
+        strategy_state,
+    };
+    keep_completed_rounds(&out.join("rounds.jsonl"), &mut point)?;
+    Ok(point)
+}
+
+/// Refuses to resume under a scenario that differs from `<out>/scenario.json` in anything a
+/// resumed run may not change, naming the first differing key.
+fn check_same_scenario(out: &Path, sc: &Scenario) -> Result<()> {
     let path = out.join(SCENARIO_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -63,22 +102,21 @@ pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePo
             out.display()
         );
     }
-    let ckpt_dir = out.join("checkpoints");
-    let mut found: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(&ckpt_dir)
+    Ok(())
+}
+
+/// The newest checkpoint in `ckpt_dir` that loads, has `layout`'s names and shapes and holds
+/// only finite values, with its round; a checkpoint that fails is skipped with a note.
+fn newest_usable_checkpoint(ckpt_dir: &Path, layout: &WeightSet) -> Result<(usize, WeightSet)> {
+    let mut found: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(ckpt_dir)
         .with_context(|| format!("cannot resume: cannot read {}", ckpt_dir.display()))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let n = name
-                .strip_prefix("round-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()?;
+            let n = round_of_weights_file(&e.file_name().to_string_lossy())?;
             Some((n, e.path()))
         })
         .collect();
     found.sort();
-    let mut chosen = None;
     for (n, p) in found.into_iter().rev() {
         let ok = WeightSet::load(&p).and_then(|w| {
             w.check_same_layout(layout)?;
@@ -86,36 +124,22 @@ pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePo
             Ok(w)
         });
         match ok {
-            Ok(w) => {
-                chosen = Some((n, w));
-                break;
-            }
+            Ok(w) => return Ok((n, w)),
             Err(e) => eprintln!("note: skipping checkpoint {}: {e:#}", p.display()),
         }
     }
-    let Some((rounds_done, global)) = chosen else {
-        bail!(
-            "cannot resume: {} holds no usable checkpoint",
-            ckpt_dir.display()
-        );
-    };
-    if rounds_done > sc.federation.rounds {
-        bail!(
-            "cannot resume: the run already completed {rounds_done} rounds, more than federation.rounds = {}",
-            sc.federation.rounds
-        );
-    }
-    let rounds_path = out.join("rounds.jsonl");
-    let text = std::fs::read_to_string(&rounds_path)
+    bail!(
+        "cannot resume: {} holds no usable checkpoint",
+        ckpt_dir.display()
+    )
+}
+
+/// Keeps the lines of `rounds.jsonl` up to round `point.rounds_done` (dropping those of a
+/// round that failed after it) and adds their bytes and clients to `point`.
+fn keep_completed_rounds(rounds_path: &Path, point: &mut ResumePoint) -> Result<()> {
+    let text = std::fs::read_to_string(rounds_path)
         .with_context(|| format!("cannot resume: cannot read {}", rounds_path.display()))?;
     let mut kept = String::new();
-    let mut point = ResumePoint {
-        rounds_done,
-        global,
-        bytes_sent: 0,
-        bytes_received: 0,
-        clients_seen: BTreeSet::new(),
-    };
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -126,7 +150,7 @@ pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePo
             .as_u64()
             .with_context(|| format!("{} line {}: no `round`", rounds_path.display(), i + 1))?
             as usize;
-        if round > rounds_done {
+        if round > point.rounds_done {
             continue;
         }
         point.bytes_sent += v["bytes_sent"].as_u64().unwrap_or(0);
@@ -139,8 +163,7 @@ pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePo
         kept += line;
         kept.push('\n');
     }
-    write_atomic(&rounds_path, kept.as_bytes())?;
-    Ok(point)
+    write_atomic(rounds_path, kept.as_bytes())
 }
 
 /// The dotted path of the first difference between two scenario trees, ignoring the keys a
@@ -192,5 +215,55 @@ mod tests {
             first_difference(&va, &vb, "").as_deref(),
             Some("pretext.rotation.flip")
         );
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::server::records::{weights_file, Checkpoints};
+    use fedssl_shared::weights::TensorData;
+
+    fn ws(v: f32) -> WeightSet {
+        let mut w = WeightSet::default();
+        w.tensors.insert(
+            "layer.weight".into(),
+            TensorData {
+                shape: vec![2],
+                data: vec![v, v],
+            },
+        );
+        w
+    }
+
+    #[test]
+    fn the_newest_checkpoint_comes_back_with_its_strategy_state_and_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let mut sc = Scenario::default();
+        sc.federation.rounds = 3;
+        write_scenario(out, &sc).unwrap();
+        let ck = Checkpoints::create(out).unwrap();
+        ck.save(1, &ws(1.0), None).unwrap();
+        ck.save(2, &ws(2.0), Some(&ws(-2.0))).unwrap();
+        // a checkpoint that does not load is skipped
+        std::fs::write(out.join("checkpoints").join(weights_file(3)), "x").unwrap();
+        let line = |r: usize| {
+            format!("{{\"round\":{r},\"clients\":[{r}],\"bytes_sent\":10,\"bytes_received\":5}}\n")
+        };
+        std::fs::write(out.join("rounds.jsonl"), line(1) + &line(2) + &line(3)).unwrap();
+        let p = prepare(out, &sc, &ws(0.0)).unwrap();
+        assert_eq!(p.rounds_done, 2);
+        assert_eq!(p.global, ws(2.0));
+        assert_eq!(p.strategy_state, Some(ws(-2.0)));
+        assert_eq!((p.bytes_sent, p.bytes_received), (20, 10));
+        assert_eq!(p.clients_seen, BTreeSet::from([1, 2]));
+        assert_eq!(
+            std::fs::read_to_string(out.join("rounds.jsonl")).unwrap(),
+            line(1) + &line(2)
+        );
+        // without a state file there is no state
+        std::fs::remove_file(out.join("checkpoints").join(state_file(2))).unwrap();
+        assert_eq!(prepare(out, &sc, &ws(0.0)).unwrap().strategy_state, None);
     }
 }

@@ -1,23 +1,47 @@
-//! Aggregation strategies. FedAvg (McMahan et al. 2017, Algorithm 1): the new global model is
-//! the sample-weighted mean of the client models, w = Σ_k (n_k / n) w_k, n = Σ_k n_k.
+//! FedAvg (McMahan et al. 2017, Algorithm 1): the new global model is the sample-weighted
+//! mean of the client models, w = Σ_k (n_k / n) w_k, n = Σ_k n_k; no server state.
 //!
-//! [`FedAvg`] is *streaming*: each update is folded into an `f64` running sum as it arrives and
-//! then dropped, so memory holds one accumulator and the update being added, whatever the
-//! number of clients. Summing in `f64` makes the result independent of arrival order to within
-//! `f32` rounding (in practice bit-identical after the final cast).
+//! Its aggregator, [`WeightedMean`], is *streaming*: each update is folded into an `f64`
+//! running sum as it arrives and then dropped, so memory holds one accumulator and the update
+//! being added, whatever the number of clients. Summing in `f64` makes the result independent
+//! of arrival order to within `f32` rounding (in practice bit-identical after the final cast).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use fedssl_shared::weights::{TensorData, WeightSet};
 
+use crate::strategy::validate::{Refusal, UpdateLayout};
+use crate::strategy::{Buffering, RoundAggregator, Strategy};
+
+/// FedAvg: the round's weighted mean is the next global model.
+pub struct FedAvg;
+
+impl Strategy for FedAvg {
+    fn name(&self) -> &'static str {
+        "fedavg"
+    }
+
+    fn buffering(&self) -> Buffering {
+        Buffering::Streaming
+    }
+
+    fn begin_round(&self, global: &WeightSet) -> Box<dyn RoundAggregator> {
+        Box::new(WeightedMean::new(global))
+    }
+
+    fn apply(&mut self, _global: &WeightSet, round: Box<dyn RoundAggregator>) -> Result<WeightSet> {
+        round.finish()
+    }
+}
+
 /// Streaming sample-weighted average of client weight sets.
-pub struct FedAvg {
-    reference: WeightSet,
+pub struct WeightedMean {
+    layout: UpdateLayout,
     sums: Vec<(String, Vec<usize>, Vec<f64>)>,
     total_samples: u64,
     contributions: usize,
 }
 
-impl FedAvg {
+impl WeightedMean {
     /// Starts an average whose updates must have the names and shapes of `global`
     /// (the weights the round started from).
     pub fn new(global: &WeightSet) -> Self {
@@ -26,58 +50,18 @@ impl FedAvg {
             .iter()
             .map(|(n, t)| (n.clone(), t.shape.clone(), vec![0.0f64; t.data.len()]))
             .collect();
-        let mut reference = global.clone();
-        for t in reference.tensors.values_mut() {
-            t.data = Vec::new(); // only names and shapes are kept
-        }
         Self {
-            reference,
+            layout: UpdateLayout::of(global),
             sums,
             total_samples: 0,
             contributions: 0,
         }
     }
 
-    /// Checks an update without adding it: same names and shapes as the global model, every
-    /// value finite, `num_samples > 0`. The error says which tensor is wrong.
-    pub fn validate(&self, update: &WeightSet, num_samples: u64) -> Result<()> {
-        if num_samples == 0 {
-            bail!("update reports 0 training samples");
-        }
-        for (name, r) in &self.reference.tensors {
-            match update.tensors.get(name) {
-                None => bail!("update lacks tensor `{name}`"),
-                Some(t) if t.shape != r.shape => {
-                    bail!(
-                        "tensor `{name}` has shape {:?}, expected {:?}",
-                        t.shape,
-                        r.shape
-                    )
-                }
-                Some(t) if t.data.len() != t.shape.iter().product::<usize>() => {
-                    bail!(
-                        "tensor `{name}` holds {} values for shape {:?}",
-                        t.data.len(),
-                        t.shape
-                    )
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(extra) = update
-            .tensors
-            .keys()
-            .find(|k| !self.reference.tensors.contains_key(*k))
-        {
-            bail!("update holds unexpected tensor `{extra}`");
-        }
-        update.check_finite()
-    }
-
-    /// Validates `update` and, only if it is valid, adds it with weight `num_samples`.
-    pub fn add(&mut self, update: &WeightSet, num_samples: u64) -> Result<()> {
-        self.validate(update, num_samples)
-            .context("update refused")?;
+    /// Validates `update` ([`UpdateLayout::check`]) and, only if it is valid, adds it with
+    /// weight `num_samples`.
+    pub fn add(&mut self, update: &WeightSet, num_samples: u64) -> Result<(), Refusal> {
+        self.layout.check(update, num_samples)?;
         let w = num_samples as f64;
         for (name, _, sum) in &mut self.sums {
             let src = &update.tensors[name.as_str()].data;
@@ -115,6 +99,24 @@ impl FedAvg {
     }
 }
 
+impl RoundAggregator for WeightedMean {
+    fn add(&mut self, update: &WeightSet, num_samples: u64) -> Result<(), Refusal> {
+        WeightedMean::add(self, update, num_samples)
+    }
+
+    fn contributions(&self) -> usize {
+        self.contributions
+    }
+
+    fn total_samples(&self) -> u64 {
+        self.total_samples
+    }
+
+    fn finish(self: Box<Self>) -> Result<WeightSet> {
+        WeightedMean::finish(*self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +148,7 @@ mod tests {
             (ws([3.0, -2.0], 0.0), 3),
             (ws([5.0, 4.0], 2.0), 4),
         ];
-        let mut agg = FedAvg::new(&ws([0.0, 0.0], 0.0));
+        let mut agg = WeightedMean::new(&ws([0.0, 0.0], 0.0));
         for (w, n) in &u {
             agg.add(w, *n).unwrap();
         }
@@ -167,7 +169,7 @@ mod tests {
         let orders = [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]];
         let mut results = Vec::new();
         for o in orders {
-            let mut agg = FedAvg::new(&ws([0.0, 0.0], 0.0));
+            let mut agg = WeightedMean::new(&ws([0.0, 0.0], 0.0));
             for i in o {
                 agg.add(&u[i].0, u[i].1).unwrap();
             }
@@ -182,7 +184,7 @@ mod tests {
 
     #[test]
     fn bad_updates_are_refused_and_never_aggregated() {
-        let mut agg = FedAvg::new(&ws([0.0, 0.0], 0.0));
+        let mut agg = WeightedMean::new(&ws([0.0, 0.0], 0.0));
         agg.add(&ws([2.0, 2.0], 1.0), 2).unwrap();
         let mut nan = ws([f32::NAN, 0.0], 1.0);
         assert!(agg.add(&nan, 5).is_err());
@@ -204,6 +206,6 @@ mod tests {
 
     #[test]
     fn empty_round_is_an_error() {
-        assert!(FedAvg::new(&ws([0.0, 0.0], 0.0)).finish().is_err());
+        assert!(WeightedMean::new(&ws([0.0, 0.0], 0.0)).finish().is_err());
     }
 }

@@ -17,7 +17,9 @@ use fedssl_shared::pretext::PretextKind;
 use fedssl_shared::weights::write_atomic;
 use serde::Serialize;
 
-use crate::job::{run_job, Job, Mode, Summary};
+use crate::experiments::tables::{csv_row, markdown_header, markdown_row};
+use crate::run::job::{run_job, Job, Mode};
+use crate::run::outputs::Summary;
 
 /// One task's line of the comparison.
 #[derive(Clone, Debug, Serialize)]
@@ -141,7 +143,7 @@ fn view_name(sc: &Scenario) -> String {
 /// `scenario.json` equals `sc` (keys missing from an older file take their defaults) and it has
 /// a `summary.json` with an evaluation. `None` otherwise.
 fn reusable(dir: &Path, sc: &Scenario) -> Option<CompareRow> {
-    let text = std::fs::read_to_string(dir.join(crate::resume::SCENARIO_FILE)).ok()?;
+    let text = std::fs::read_to_string(dir.join(crate::run::resume::SCENARIO_FILE)).ok()?;
     let before: Scenario = serde_json::from_str(&text).ok()?;
     if &before != sc {
         return None;
@@ -164,17 +166,7 @@ pub async fn compare_pretexts(
     progress: bool,
     reuse: bool,
 ) -> Result<Vec<CompareRow>> {
-    if let Some(t) = tasks
-        .iter()
-        .enumerate()
-        .find_map(|(i, t)| tasks[..i].contains(t).then_some(t))
-    {
-        anyhow::bail!(
-            "pretext task `{}` is listed twice: each task runs once, into <out>/{}/",
-            t.name(),
-            t.name()
-        );
-    }
+    refuse_a_task_listed_twice(tasks)?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output folder {}", out.display()))?;
     let scenarios: Vec<(PretextKind, Scenario)> = tasks
@@ -193,39 +185,8 @@ pub async fn compare_pretexts(
             sc.model.backbone.name(),
             dir.display()
         );
-        let view = view_name(&sc);
-        if let Some(mut row) = reuse.then(|| reusable(&dir, &sc)).flatten() {
-            row.view = view;
-            eprintln!(
-                "      reused: top-1 {:.1}% (random init {:.1}%)",
-                100.0 * row.top1,
-                100.0 * row.random_init_top1
-            );
-            rows.push(row);
-            continue;
-        }
-        let job = Job {
-            scenario: sc,
-            out: dir.clone(),
-            mode: Mode::Simulate,
-            progress,
-            resume: false,
-        };
-        match run_job(job)
-            .await
-            .and_then(|s| CompareRow::from_summary(&s, dir))
-        {
-            Ok(mut row) => {
-                row.view = view;
-                eprintln!(
-                    "      top-1 {:.1}% (random init {:.1}%, {:+.1} points) in {:.0} s",
-                    100.0 * row.top1,
-                    100.0 * row.random_init_top1,
-                    row.gain_points(),
-                    row.wall_seconds
-                );
-                rows.push(row);
-            }
+        match task_row(sc, &dir, progress, reuse).await {
+            Ok(row) => rows.push(row),
             Err(e) => {
                 eprintln!("      failed: {e:#}");
                 failed.push(format!("{}: {e:#}", task.name()));
@@ -247,6 +208,56 @@ pub async fn compare_pretexts(
     Ok(rows)
 }
 
+/// Refuses a task that `tasks` lists twice: each task runs once, into `<out>/<task>/`.
+fn refuse_a_task_listed_twice(tasks: &[PretextKind]) -> Result<()> {
+    if let Some(t) = tasks
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| tasks[..i].contains(t).then_some(t))
+    {
+        anyhow::bail!(
+            "pretext task `{}` is listed twice: each task runs once, into <out>/{}/",
+            t.name(),
+            t.name()
+        );
+    }
+    Ok(())
+}
+
+/// One task's row: reused from `dir` (with `reuse`, when it holds a finished run of `sc`)
+/// or from a fresh `simulate` run of `sc` into `dir`; says which on stderr.
+async fn task_row(sc: Scenario, dir: &Path, progress: bool, reuse: bool) -> Result<CompareRow> {
+    let view = view_name(&sc);
+    if let Some(mut row) = reuse.then(|| reusable(dir, &sc)).flatten() {
+        row.view = view;
+        eprintln!(
+            "      reused: top-1 {:.1}% (random init {:.1}%)",
+            100.0 * row.top1,
+            100.0 * row.random_init_top1
+        );
+        return Ok(row);
+    }
+    let job = Job {
+        scenario: sc,
+        out: dir.to_path_buf(),
+        mode: Mode::Simulate,
+        progress,
+        resume: false,
+    };
+    let mut row = run_job(job)
+        .await
+        .and_then(|s| CompareRow::from_summary(&s, dir.to_path_buf()))?;
+    row.view = view;
+    eprintln!(
+        "      top-1 {:.1}% (random init {:.1}%, {:+.1} points) in {:.0} s",
+        100.0 * row.top1,
+        100.0 * row.random_init_top1,
+        row.gain_points(),
+        row.wall_seconds
+    );
+    Ok(row)
+}
+
 /// Writes `compare.md` (Markdown table), `compare.csv` and `compare.png` into `out`: the
 /// chart has one group per task, its linear-probe top-1 beside the top-1 of its own
 /// random-init baseline (same backbone, same eval view); tasks on a backbone other than the
@@ -254,7 +265,7 @@ pub async fn compare_pretexts(
 pub fn write_reports(rows: &[CompareRow], out: &Path) -> Result<()> {
     write_atomic(&out.join("compare.md"), markdown(rows).as_bytes())?;
     write_atomic(&out.join("compare.csv"), csv(rows).as_bytes())?;
-    crate::plot::grouped_bar_chart(
+    crate::experiments::plot::grouped_bar_chart(
         &out.join("compare.png"),
         "Linear probe top-1 per pretext task",
         "top-1 accuracy",
@@ -290,49 +301,67 @@ fn chart_groups(rows: &[CompareRow]) -> Vec<(String, Vec<f64>)> {
 /// scenario ran no MLP probe).
 pub fn markdown(rows: &[CompareRow]) -> String {
     let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.1} %", 100.0 * v));
-    let mut s = String::from(
-        "| pretext | backbone | eval view | linear top-1 | top-5 | random init top-1 | gain (points) | MLP top-1 | random init MLP | wall s |\n|---|---|---|---|---|---|---|---|---|---|\n",
-    );
+    let mut s = markdown_header(&[
+        "pretext",
+        "backbone",
+        "eval view",
+        "linear top-1",
+        "top-5",
+        "random init top-1",
+        "gain (points)",
+        "MLP top-1",
+        "random init MLP",
+        "wall s",
+    ]);
     for r in rows {
-        s += &format!(
-            "| {} | {} | {} | {:.1} % | {:.1} % | {:.1} % | {:+.1} | {} | {} | {:.0} |\n",
-            r.task,
-            r.backbone,
-            r.view,
-            100.0 * r.top1,
-            100.0 * r.top5,
-            100.0 * r.random_init_top1,
-            r.gain_points(),
+        s += &markdown_row(&[
+            r.task.clone(),
+            r.backbone.clone(),
+            r.view.clone(),
+            pct(Some(r.top1)),
+            pct(Some(r.top5)),
+            pct(Some(r.random_init_top1)),
+            format!("{:+.1}", r.gain_points()),
             pct(r.mlp_top1),
             pct(r.random_init_mlp_top1),
-            r.wall_seconds
-        );
+            format!("{:.0}", r.wall_seconds),
+        ]);
     }
     s
 }
 
 /// The comparison as CSV, accuracies as fractions in [0, 1].
 pub fn csv(rows: &[CompareRow]) -> String {
-    let mut s = String::from(
-        "task,backbone,view,top1,top5,random_init_top1,random_init_top5,gain_points,mlp_top1,random_init_mlp_top1,rounds_completed,wall_seconds\n",
-    );
+    let mut s = csv_row(&[
+        "task",
+        "backbone",
+        "view",
+        "top1",
+        "top5",
+        "random_init_top1",
+        "random_init_top5",
+        "gain_points",
+        "mlp_top1",
+        "random_init_mlp_top1",
+        "rounds_completed",
+        "wall_seconds",
+    ]);
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for r in rows {
-        s += &format!(
-            "{},{},{},{:.6},{:.6},{:.6},{:.6},{:.3},{},{},{},{:.3}\n",
-            r.task,
-            r.backbone,
-            r.view,
-            r.top1,
-            r.top5,
-            r.random_init_top1,
-            r.random_init_top5,
-            r.gain_points(),
+        s += &csv_row(&[
+            r.task.clone(),
+            r.backbone.clone(),
+            r.view.clone(),
+            format!("{:.6}", r.top1),
+            format!("{:.6}", r.top5),
+            format!("{:.6}", r.random_init_top1),
+            format!("{:.6}", r.random_init_top5),
+            format!("{:.3}", r.gain_points()),
             opt(r.mlp_top1),
             opt(r.random_init_mlp_top1),
-            r.rounds_completed,
-            r.wall_seconds
-        );
+            r.rounds_completed.to_string(),
+            format!("{:.3}", r.wall_seconds),
+        ]);
     }
     s
 }

@@ -1,5 +1,6 @@
 //! TLS for the QUIC server: a self-signed certificate written next to the run (or a
-//! user-supplied certificate and key), and the quinn server configuration.
+//! user-supplied certificate and key), and the quinn server configuration — with the place
+//! where client certificates would be asked for and verified.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::danger::ClientCertVerifier;
 
 /// A certificate chain and its private key, DER-encoded, with the PEM of the leaf (what a
 /// client passes as `--ca`).
@@ -58,6 +60,7 @@ pub fn write_identity(id: &ServerIdentity, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `der` as PEM text under `label` (`-----BEGIN {label}-----`, base64 in lines of 64).
 fn pem_encode(label: &str, der: &[u8]) -> String {
     const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::new();
@@ -76,7 +79,8 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
+        // base64 is ASCII: one char per byte
+        out.extend(line.iter().map(|&b| b as char));
         out.push('\n');
     }
     out.push_str(&format!("-----END {label}-----\n"));
@@ -106,12 +110,23 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<ServerIdentity> {
 }
 
 /// The quinn server configuration: TLS 1.3 (ring), ALPN `fedssl/1`, keep-alives so that a
-/// vanished client is noticed within `idle_timeout`.
-pub fn server_config(id: &ServerIdentity, idle_timeout: Duration) -> Result<quinn::ServerConfig> {
+/// vanished client is noticed within `idle_timeout`. `client_auth` verifies client
+/// certificates (mutual TLS; e.g. `rustls::server::WebPkiClientVerifier` over the CA of the
+/// clients' certificates), which an [`crate::server::handshake::Authenticator`] can then read
+/// from the connection; `None` — what every run does today — asks clients for none.
+pub fn server_config(
+    id: &ServerIdentity,
+    idle_timeout: Duration,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+    };
+    let mut tls = builder
         .with_single_cert(id.chain.clone(), id.key.clone_key())
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![fedssl_shared::protocol::ALPN.to_vec()];
@@ -138,7 +153,7 @@ mod tests {
             load_identity(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
         assert_eq!(back.chain, id.chain);
         assert_eq!(back.key.secret_der(), id.key.secret_der());
-        assert!(server_config(&back, Duration::from_secs(5)).is_ok());
+        assert!(server_config(&back, Duration::from_secs(5), None).is_ok());
     }
 
     #[test]

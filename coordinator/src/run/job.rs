@@ -1,0 +1,303 @@
+//! One whole run of `simulate` or `serve`, step by step: the data, the initial backbone, the
+//! resume point, the strategy, the server endpoint, the simulated clients' shards, the run
+//! folder, the clients, the rounds, the end of the federation, the central evaluation and
+//! `summary.json`. Each step lives in the room its name says; this is the order they run in.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use candle_core::Device;
+use fedssl_shared::config::Scenario;
+use fedssl_shared::data::ImageDataset;
+use fedssl_shared::protocol::RunInfo;
+use fedssl_shared::train::LocalModel;
+use fedssl_shared::weights::WeightSet;
+use indicatif::MultiProgress;
+use tracing::info;
+
+use crate::eval::knn::KnnMonitor;
+use crate::eval::suite::{evaluate_run, write_eval_json, EvalSummary};
+use crate::run::outputs::{self, plural, Summary};
+use crate::run::resume::{self, ResumePoint};
+use crate::run::simulate::{self, SimulatedClients};
+use crate::run::{data, serve};
+use crate::server::handshake::{accept_loop, OpenAdmission};
+use crate::server::registry::Registry;
+use crate::server::rounds::{run_rounds, RoundsContext, RoundsOutcome};
+
+/// How the clients of a run are provided.
+pub enum Mode {
+    /// All clients in this process, over loopback QUIC.
+    Simulate,
+    /// Clients connect from elsewhere.
+    Serve {
+        /// UDP address to listen on.
+        listen: SocketAddr,
+        /// `--cert` and `--key` PEM files; `None` writes a self-signed pair into the output folder.
+        identity: Option<(PathBuf, PathBuf)>,
+        /// Extra DNS names / IP addresses for the self-signed certificate.
+        names: Vec<String>,
+    },
+}
+
+impl Mode {
+    /// How long the first round waits for more than `federation.min_clients` to connect.
+    fn start_grace(&self) -> Duration {
+        match self {
+            Mode::Simulate => Duration::from_secs(60),
+            Mode::Serve { .. } => Duration::from_secs(5),
+        }
+    }
+}
+
+/// A run's inputs.
+pub struct Job {
+    /// The scenario, overrides applied.
+    pub scenario: Scenario,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Simulate or serve.
+    pub mode: Mode,
+    /// Draw progress bars.
+    pub progress: bool,
+    /// Continue the run in `out` from its newest usable checkpoint ([`crate::run::resume`])
+    /// instead of starting afresh.
+    pub resume: bool,
+}
+
+/// Runs the job; returns the summary also written to `<out>/summary.json`.
+pub async fn run_job(job: Job) -> Result<Summary> {
+    let t0 = Instant::now();
+    let sc = job.scenario.clone();
+    outputs::refuse_a_file_in_place(&job.out)?;
+    let (train, test) = load_data(&sc).await?;
+    let initial = initial_weights(&sc)?;
+    let backbone_values = initial.split_prefix("head.").1.num_values();
+    let mut resumed = resume_point(&job, &initial)?;
+    let mut strategy = crate::strategy::from_scenario(&sc)?;
+    strategy.load_state(resumed.as_mut().and_then(|p| p.strategy_state.take()))?;
+    let strategy_name = strategy.name();
+    let federation = Federation::start(&job, &train)?;
+    let t_rounds = Instant::now();
+    let outcome = run_rounds(
+        RoundsContext {
+            scenario: &sc,
+            registry: federation.registry.clone(),
+            out: &job.out,
+            start_grace: job.mode.start_grace(),
+            progress: federation.progress.clone(),
+            start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
+            monitor: KnnMonitor::new(&sc, &train, &test).map(Arc::new),
+            strategy,
+        },
+        resumed
+            .as_ref()
+            .map_or_else(|| initial.clone(), |p| p.global.clone()),
+    )
+    .await;
+    let train_seconds = t_rounds.elapsed().as_secs_f64();
+    let outcome = federation
+        .end(outcome, resumed.as_ref(), &sc, &job.out)
+        .await?;
+    let train_images = train.len();
+    let eval = evaluate(&sc, &outcome.global, initial, train, test).await?;
+    if let Some(e) = &eval {
+        write_eval_json(&job.out, &sc, backbone_values, e)?;
+    }
+    let summary = Summary {
+        scenario: sc.name.clone(),
+        seed: sc.seed,
+        rounds_completed: outcome.rounds_completed,
+        clients: sc.federation.clients,
+        clients_contributed: outcome.clients_seen.len(),
+        pretext: sc.pretext.task.name().to_string(),
+        backbone: sc.model.backbone.name().to_string(),
+        strategy: strategy_name.to_string(),
+        dataset: format!("{:?}", sc.data.dataset).to_lowercase(),
+        train_images,
+        backbone_values,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        train_seconds,
+        bytes_sent: outcome.bytes_sent,
+        bytes_received: outcome.bytes_received,
+        resumed_after_round: resumed.as_ref().map(|p| p.rounds_done),
+        eval,
+    };
+    outputs::write_summary(&job.out, &summary)?;
+    Ok(summary)
+}
+
+/// The scenario's training and test sets, loaded off the async workers.
+async fn load_data(sc: &Scenario) -> Result<(ImageDataset, ImageDataset)> {
+    let sc = sc.clone();
+    let (train, test) = tokio::task::spawn_blocking(move || data::load_sets(&sc)).await??;
+    info!(train = train.len(), test = test.len(), "data loaded");
+    Ok((train, test))
+}
+
+/// The federated weights of round 0: the backbone (and, with `pretext.share_heads`, the
+/// heads) initialised from the scenario's `init` and `head-init` seed streams.
+fn initial_weights(sc: &Scenario) -> Result<WeightSet> {
+    let init_seed = fedssl_shared::seed::derive(sc.seed, fedssl_shared::seed::INIT, 0);
+    let head_seed = fedssl_shared::seed::derive(sc.seed, fedssl_shared::seed::HEAD_INIT, 0);
+    LocalModel::new(&sc.model, &sc.pretext, init_seed, head_seed, &Device::Cpu)?.federated_weights()
+}
+
+/// With `--resume`, the point the run in `job.out` continues from (said on stderr);
+/// `initial` gives the layout its checkpoint must have.
+fn resume_point(job: &Job, initial: &WeightSet) -> Result<Option<ResumePoint>> {
+    if !job.resume {
+        return Ok(None);
+    }
+    let p = resume::prepare(&job.out, &job.scenario, initial)?;
+    eprintln!(
+        "resuming {} after round {} of {}",
+        job.out.display(),
+        p.rounds_done,
+        job.scenario.federation.rounds
+    );
+    Ok(Some(p))
+}
+
+/// What a client learns of the run in its welcome.
+fn run_info(sc: &Scenario) -> RunInfo {
+    RunInfo {
+        scenario: sc.name.clone(),
+        seed: sc.seed,
+        dataset: sc.data.dataset,
+        train_images: sc.data.train_images,
+        partition: sc.partition.clone(),
+        num_clients: sc.federation.clients as u32,
+        model: sc.model.clone(),
+        pretext: sc.pretext.clone(),
+    }
+}
+
+/// The central evaluation after the last round, off the async workers (`None` when
+/// `eval.enabled = false`).
+async fn evaluate(
+    sc: &Scenario,
+    global: &WeightSet,
+    initial: WeightSet,
+    train: ImageDataset,
+    test: ImageDataset,
+) -> Result<Option<EvalSummary>> {
+    if !sc.eval.enabled {
+        return Ok(None);
+    }
+    let (sc, global) = (sc.clone(), global.clone());
+    let e =
+        tokio::task::spawn_blocking(move || evaluate_run(&sc, &global, &initial, &train, &test))
+            .await??;
+    Ok(Some(e))
+}
+
+/// The server side of a run while its rounds go: the endpoint, its registry, the simulated
+/// clients (none when serving) and the progress bars.
+struct Federation {
+    endpoint: quinn::Endpoint,
+    registry: Arc<Registry>,
+    clients: Option<SimulatedClients>,
+    progress: Option<MultiProgress>,
+}
+
+impl Federation {
+    /// Binds the endpoint of `job`'s mode, readies the run folder and lets the clients in:
+    /// the simulated ones are started on their shards of `train`; for `serve`, how to join
+    /// is said on stderr.
+    fn start(job: &Job, train: &ImageDataset) -> Result<Self> {
+        let sc = &job.scenario;
+        let idle = Duration::from_secs_f64(sc.federation.idle_timeout_seconds);
+        let (endpoint, ca_pem) = match &job.mode {
+            Mode::Simulate => simulate::loopback_endpoint(idle)?,
+            Mode::Serve {
+                listen,
+                identity,
+                names,
+            } => serve::bind(*listen, identity.as_ref(), names, idle, &job.out)?,
+        };
+        let addr = endpoint.local_addr()?;
+        // The simulated clients' shards: computed before the previous run is cleared, so that
+        // a partition the data cannot satisfy fails with the previous results still in `out`.
+        let shards = match job.mode {
+            Mode::Simulate => Some(simulate::shards(sc, train)?),
+            Mode::Serve { .. } => None,
+        };
+        // Only now, with the data loaded, the shards drawn and the socket bound, can the run
+        // start: a run that fails before this point leaves the previous results untouched.
+        outputs::start_run(&job.out, sc, job.resume, shards.as_deref(), train)?;
+        let registry = Registry::new(run_info(sc));
+        let authenticator = Arc::new(OpenAdmission);
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            registry.clone(),
+            authenticator,
+        ));
+        let progress = job.progress.then(MultiProgress::new);
+        let clients = match &shards {
+            Some(shards) => Some(simulate::spawn_clients(
+                sc,
+                train,
+                shards,
+                addr,
+                &ca_pem,
+                idle,
+                progress.clone(),
+            )?),
+            None => {
+                serve::announce(addr, sc, &job.out);
+                None
+            }
+        };
+        Ok(Self {
+            endpoint,
+            registry,
+            clients,
+            progress,
+        })
+    }
+
+    /// Ends the federation after the rounds. On failure every client is told why and the
+    /// error is returned; on success the totals of a `resumed` run's earlier rounds are
+    /// added, `final.safetensors` is written into `out`, every client is told the run is
+    /// over, the simulated clients end, and the endpoint closes.
+    async fn end(
+        self,
+        outcome: Result<RoundsOutcome>,
+        resumed: Option<&ResumePoint>,
+        sc: &Scenario,
+        out: &Path,
+    ) -> Result<RoundsOutcome> {
+        let mut outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.registry
+                    .finish_all(&format!("run failed: {e:#}"))
+                    .await;
+                self.endpoint.close(0u32.into(), b"failed");
+                return Err(e);
+            }
+        };
+        if let Some(p) = resumed {
+            outcome.bytes_sent += p.bytes_sent;
+            outcome.bytes_received += p.bytes_received;
+            outcome.clients_seen.extend(p.clients_seen.iter().copied());
+        }
+        outcome.global.save(&out.join("final.safetensors"))?;
+        self.registry
+            .finish_all(&format!(
+                "run `{}` finished after {}",
+                sc.name,
+                plural(outcome.rounds_completed, "round", "rounds")
+            ))
+            .await;
+        if let Some(clients) = self.clients {
+            clients.wait().await;
+        }
+        self.endpoint.close(0u32.into(), b"done");
+        Ok(outcome)
+    }
+}

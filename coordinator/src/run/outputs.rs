@@ -1,0 +1,246 @@
+//! The files of a run's folder that are not the rounds' (DESIGN.md's contract):
+//! `summary.json` ([`Summary`]), `partition.json` of a simulation, `scenario.json` (written
+//! with [`crate::run::resume`]), clearing what a previous run left, and the one-line result
+//! printed at the end.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use fedssl_shared::config::Scenario;
+use fedssl_shared::data::ImageDataset;
+use fedssl_shared::weights::write_atomic;
+use serde::Serialize;
+
+use crate::eval::suite::{eval_line, EvalSummary};
+use crate::run::resume;
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Scenario seed.
+    pub seed: u64,
+    /// Rounds completed.
+    pub rounds_completed: usize,
+    /// Clients in the scenario.
+    pub clients: usize,
+    /// Distinct clients whose updates were aggregated at least once.
+    pub clients_contributed: usize,
+    /// Pretext task.
+    pub pretext: String,
+    /// Backbone family.
+    pub backbone: String,
+    /// Aggregation strategy.
+    pub strategy: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Training images in the run (all shards).
+    pub train_images: usize,
+    /// Scalar values of the backbone (parameters and BatchNorm statistics).
+    pub backbone_values: usize,
+    /// Wall seconds of the whole run, data loading and evaluation included.
+    pub wall_seconds: f64,
+    /// Wall seconds of the federated rounds alone.
+    pub train_seconds: f64,
+    /// Application bytes the coordinator sent (messages and weights).
+    pub bytes_sent: u64,
+    /// Application bytes the coordinator received.
+    pub bytes_received: u64,
+    /// Rounds the run had completed before this process resumed it (`--resume`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_after_round: Option<usize>,
+    /// Central evaluation; absent when `eval.enabled = false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSummary>,
+}
+
+/// Refuses an output folder whose place a file takes. Nothing is created: the folder is made
+/// only once the run can start ([`start_run`]), so that a run refused early (no data, port in
+/// use) leaves no empty folder behind.
+pub fn refuse_a_file_in_place(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("output folder {} is a file", out.display());
+    }
+    Ok(())
+}
+
+/// Creates the output folder `out` (and its parents) if missing.
+pub fn create_out_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output folder {}", out.display()))
+}
+
+/// Readies `out` for a run that can start: creates it; for a fresh run (not `resuming`)
+/// clears a previous run's files and writes `scenario.json`; for a simulation writes the
+/// clients' `shards` of `train` into `partition.json`.
+pub fn start_run(
+    out: &Path,
+    sc: &Scenario,
+    resuming: bool,
+    shards: Option<&[Vec<usize>]>,
+    train: &ImageDataset,
+) -> Result<()> {
+    create_out_dir(out)?;
+    if !resuming {
+        clear_previous_run(out)?;
+        resume::write_scenario(out, sc)?;
+    }
+    if let Some(parts) = shards {
+        write_partition_json(out, &train.labels, train.num_classes, parts)?;
+    }
+    Ok(())
+}
+
+/// Removes the files a previous run left in `out` (summary, rounds, checkpoints, final
+/// weights), so a folder never mixes two runs; says so on stderr.
+pub fn clear_previous_run(out: &Path) -> Result<()> {
+    let mut removed = false;
+    for f in [
+        "summary.json",
+        "rounds.jsonl",
+        "final.safetensors",
+        PARTITION_FILE,
+        resume::SCENARIO_FILE,
+        "eval.json",
+    ] {
+        let p = out.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            removed = true;
+        }
+    }
+    let ck = out.join("checkpoints");
+    if ck.is_dir() {
+        std::fs::remove_dir_all(&ck).with_context(|| format!("cannot remove {}", ck.display()))?;
+        removed = true;
+    }
+    if removed {
+        eprintln!(
+            "note: {} held a previous run; its results were replaced",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The file of a simulated run's shards, per client: images and images per class.
+pub const PARTITION_FILE: &str = "partition.json";
+
+/// Writes `<out>/partition.json` atomically: for every simulated client `k` (the shards of
+/// `parts`, indices into `labels`), its number of images and its images per class (a
+/// `num_classes`-long list), so a non-IID split (Dirichlet α, ...) can be inspected.
+pub fn write_partition_json(
+    out: &Path,
+    labels: &[u32],
+    num_classes: usize,
+    parts: &[Vec<usize>],
+) -> Result<()> {
+    let clients: Vec<serde_json::Value> = parts
+        .iter()
+        .enumerate()
+        .map(|(k, idx)| {
+            let mut per_class = vec![0usize; num_classes];
+            for &i in idx {
+                per_class[labels[i] as usize] += 1;
+            }
+            serde_json::json!({ "client": k, "images": idx.len(), "class_counts": per_class })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "clients": clients }))?;
+    write_atomic(&out.join(PARTITION_FILE), text.as_bytes())
+}
+
+/// Writes `summary.json` atomically.
+pub fn write_summary(out: &Path, summary: &Summary) -> Result<()> {
+    let text = serde_json::to_string_pretty(summary)?;
+    write_atomic(&out.join("summary.json"), text.as_bytes())
+}
+
+/// `n` with the singular or plural noun: `1 round`, `3 rounds`.
+pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The one-line result printed at the end of a run.
+pub fn result_line(s: &Summary, out: &Path) -> String {
+    let mut line = format!(
+        "{}: {}, {}, {:.1} s",
+        s.scenario,
+        plural(s.rounds_completed, "round", "rounds"),
+        plural(s.clients_contributed, "client", "clients"),
+        s.wall_seconds
+    );
+    if let Some(e) = &s.eval {
+        line += &format!(" | {}", eval_line(e));
+    }
+    line + &format!(" | {}", out.join("summary.json").display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_previous_run_is_cleared_and_other_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        for f in [
+            "summary.json",
+            "rounds.jsonl",
+            "final.safetensors",
+            PARTITION_FILE,
+            "notes.txt",
+        ] {
+            std::fs::write(out.join(f), "x").unwrap();
+        }
+        std::fs::create_dir_all(out.join("checkpoints")).unwrap();
+        std::fs::write(out.join("checkpoints/round-0001.safetensors"), "x").unwrap();
+        clear_previous_run(out).unwrap();
+        for f in [
+            "summary.json",
+            "rounds.jsonl",
+            "final.safetensors",
+            PARTITION_FILE,
+            "checkpoints",
+        ] {
+            assert!(!out.join(f).exists(), "{f} survived");
+        }
+        assert!(
+            out.join("notes.txt").exists(),
+            "a file that is not a run output was removed"
+        );
+    }
+
+    #[test]
+    fn partition_json_counts_each_clients_images_per_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = [0u32, 2, 2, 1, 0, 2];
+        write_partition_json(
+            dir.path(),
+            &labels,
+            3,
+            &[vec![0, 1, 2], vec![3, 4, 5], vec![]],
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(PARTITION_FILE)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({ "clients": [
+                { "client": 0, "images": 3, "class_counts": [1, 0, 2] },
+                { "client": 1, "images": 3, "class_counts": [1, 1, 1] },
+                { "client": 2, "images": 0, "class_counts": [0, 0, 0] },
+            ]})
+        );
+    }
+
+    #[test]
+    fn plural_agrees_with_the_count() {
+        assert_eq!(plural(1, "round", "rounds"), "1 round");
+        assert_eq!(plural(0, "round", "rounds"), "0 rounds");
+        assert_eq!(plural(3, "client", "clients"), "3 clients");
+    }
+}

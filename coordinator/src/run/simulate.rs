@@ -1,0 +1,112 @@
+//! The `simulate` run mode's side of a run: a loopback endpoint with a fresh self-signed
+//! certificate, the clients' shards, and one in-process client per shard speaking the real
+//! protocol over loopback QUIC. The only room of the coordinator that uses `fedssl-client`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fedssl_shared::config::Scenario;
+use fedssl_shared::data::ImageDataset;
+use indicatif::MultiProgress;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::server::tls;
+
+/// A server endpoint on `127.0.0.1` (any free port) with a self-signed certificate, and that
+/// certificate's PEM (what the clients trust); `idle` is the QUIC idle timeout.
+pub(crate) fn loopback_endpoint(idle: Duration) -> Result<(quinn::Endpoint, String)> {
+    let id = tls::self_signed(&[])?;
+    let ep = quinn::Endpoint::server(tls::server_config(&id, idle, None)?, "127.0.0.1:0".parse()?)
+        .context("cannot open a loopback UDP socket")?;
+    Ok((ep, id.cert_pem))
+}
+
+/// The simulated clients' shards of `train`: `federation.clients` disjoint index lists drawn
+/// by `[partition]` with the scenario's `partition` seed stream. Errors when the data cannot
+/// satisfy the partition.
+pub(crate) fn shards(sc: &Scenario, train: &ImageDataset) -> Result<Vec<Vec<usize>>> {
+    fedssl_shared::partition::partition(
+        &train.labels,
+        train.num_classes,
+        sc.federation.clients,
+        &sc.partition,
+        fedssl_shared::seed::derive(sc.seed, fedssl_shared::seed::PARTITION, 0),
+    )
+}
+
+/// The in-process clients of a simulation, running.
+pub(crate) struct SimulatedClients {
+    handles: Vec<JoinHandle<Result<fedssl_client::SessionReport>>>,
+}
+
+/// Starts one client per shard of `train` (`sim-K`, holding shard `K`), connecting to
+/// `addr` and trusting `ca_pem`; they share `simulation.concurrent_training` training slots
+/// (0: half the cores) and draw their bars in `progress`. A client's `simulation.faults`
+/// entry is injected in its round.
+pub(crate) fn spawn_clients(
+    sc: &Scenario,
+    train: &ImageDataset,
+    shards: &[Vec<usize>],
+    addr: SocketAddr,
+    ca_pem: &str,
+    idle: Duration,
+    progress: Option<MultiProgress>,
+) -> Result<SimulatedClients> {
+    let slots_n = if sc.simulation.concurrent_training == 0 {
+        (num_cpus::get() / 2).max(1)
+    } else {
+        sc.simulation.concurrent_training
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(slots_n));
+    let n = shards.len() as u32;
+    let mut handles = Vec::new();
+    for (k, idx) in shards.iter().enumerate() {
+        let shard = Arc::new(train.subset(idx).unlabelled());
+        let mut opts = fedssl_client::ClientOptions::new(
+            format!("sim-{k}"),
+            fedssl_client::DataSource::InMemory {
+                data: shard,
+                shard: Some((k as u32, n)),
+            },
+        );
+        opts.training_slots = Some(slots.clone());
+        opts.progress = progress.clone();
+        opts.max_weights_bytes = sc.federation.max_weights_bytes;
+        opts.behaviour = fedssl_client::Behaviour::simulated(&sc.simulation.faults, k as u32);
+        let ccfg = fedssl_client::tls::client_config(ca_pem.as_bytes(), idle)?;
+        handles.push(tokio::spawn(async move {
+            let res = async {
+                let conn = fedssl_client::connect(addr, "localhost", ccfg).await?;
+                fedssl_client::run_session(conn, opts).await
+            }
+            .await;
+            if let Err(e) = &res {
+                tracing::info!(client = k, "simulated client stopped: {e:#}");
+            }
+            res
+        }));
+    }
+    info!(clients = shards.len(), %addr, "simulation: clients started over loopback QUIC");
+    Ok(SimulatedClients { handles })
+}
+
+impl SimulatedClients {
+    /// Waits up to 10 s for the clients to end (after the coordinator said goodbye), logging
+    /// how each ended; a client still running then is aborted.
+    pub(crate) async fn wait(self) {
+        let wait_clients = tokio::time::Instant::now() + Duration::from_secs(10);
+        for c in self.handles {
+            let abort = c.abort_handle();
+            match tokio::time::timeout_at(wait_clients, c).await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(e))) => tracing::info!("a simulated client ended with: {e:#}"),
+                Ok(Err(e)) if e.is_cancelled() => {}
+                Ok(Err(e)) => tracing::warn!("a simulated client panicked: {e}"),
+                Err(_) => abort.abort(),
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! One sampled client's part of a round, on a fresh stream of its connection: the round
+//! message and the global weights out, the client's update (or its failure) back. The bytes
+//! sent are counted as soon as they are sent, so a client that is dropped still counts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use anyhow::{bail, Context, Result};
+use fedssl_shared::protocol::{
+    encode_frame, read_message, read_weights, write_message, write_weights_bytes, ClientMessage,
+    RoundConfig, ServerMessage,
+};
+use fedssl_shared::weights::WeightSet;
+
+use crate::server::records::DropReason;
+
+/// What every client of a round shares.
+pub struct RoundShared {
+    /// 0-based round number, as sent.
+    pub round: u32,
+    /// The global weights the round starts from, as safetensors bytes.
+    pub payload: Vec<u8>,
+    /// Largest accepted weights payload (`federation.max_weights_bytes`).
+    pub max_weights_bytes: u64,
+    /// Permits to hold a decoded update ([`crate::server::rounds::DECODE_SLOTS`]).
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Bytes sent to each client this round.
+    pub sent: SentBytes,
+}
+
+/// An update that arrived, decoded; it holds one of the round's decode slots until dropped.
+pub struct Arrived {
+    /// The client.
+    pub id: u32,
+    /// Its weights.
+    pub weights: WeightSet,
+    /// Training images behind them.
+    pub num_samples: u64,
+    /// Mean pretext loss of its last local epoch.
+    pub loss: f64,
+    /// Pretext accuracy of its last local epoch, when the task has one.
+    pub accuracy: Option<f64>,
+    /// Application bytes received from it (message and weights).
+    pub bytes_received: u64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The answer of a client that did not fail at the transport level.
+enum Answer {
+    Update(Arrived),
+    Failed(String),
+}
+
+/// Client `id`'s round on `conn` with `config`: its decoded update, or why it is dropped.
+pub async fn client_round(
+    id: u32,
+    conn: quinn::Connection,
+    config: RoundConfig,
+    shared: Arc<RoundShared>,
+) -> Result<Arrived, DropReason> {
+    match exchange(id, conn, config, &shared).await {
+        Ok(Answer::Update(a)) => Ok(a),
+        Ok(Answer::Failed(reason)) => Err(DropReason::ClientFailed(reason)),
+        Err(e) => Err(DropReason::Exchange(format!("{e:#}"))),
+    }
+}
+
+/// Sends the round and the weights, reads the reply; a decode slot is taken before the
+/// update's weights are read.
+async fn exchange(
+    id: u32,
+    conn: quinn::Connection,
+    config: RoundConfig,
+    shared: &RoundShared,
+) -> Result<Answer> {
+    let round = shared.round;
+    let (mut send, mut recv) = conn.open_bi().await.context("connection lost")?;
+    let msg = ServerMessage::Round { round, config };
+    let frame_len = encode_frame(&msg)?.len() as u64;
+    write_message(&mut send, &msg).await?;
+    let n = write_weights_bytes(&mut send, &shared.payload).await?;
+    send.finish().ok();
+    shared.sent.add(id, frame_len + n);
+    let reply: ClientMessage = read_message(&mut recv).await?;
+    let reply_len = encode_frame(&reply)?.len() as u64;
+    match reply {
+        ClientMessage::Update {
+            round: r,
+            num_samples,
+            loss,
+            accuracy,
+            ..
+        } => {
+            if r != round {
+                bail!("answered round {r} during round {round}");
+            }
+            let permit = shared.slots.clone().acquire_owned().await?;
+            let (weights, wbytes) = read_weights(&mut recv, shared.max_weights_bytes).await?;
+            Ok(Answer::Update(Arrived {
+                id,
+                weights,
+                num_samples,
+                loss,
+                accuracy,
+                bytes_received: reply_len + wbytes,
+                _permit: permit,
+            }))
+        }
+        ClientMessage::Failed { reason, .. } => Ok(Answer::Failed(reason)),
+        other => bail!("protocol error: expected Update, got {other:?}"),
+    }
+}
+
+/// Bytes sent per client, recorded as soon as they are sent (so a dropped client's
+/// traffic is still counted).
+#[derive(Default)]
+pub struct SentBytes {
+    sent: Mutex<BTreeMap<u32, u64>>,
+}
+
+impl SentBytes {
+    /// The counts. Each critical section is one map update, so a lock poisoned by a panic
+    /// elsewhere still guards consistent counts and is taken as it is.
+    fn counts(&self) -> MutexGuard<'_, BTreeMap<u32, u64>> {
+        self.sent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts `n` more bytes sent to client `id`.
+    pub fn add(&self, id: u32, n: u64) {
+        *self.counts().entry(id).or_default() += n;
+    }
+
+    /// Bytes sent to all clients.
+    pub fn total(&self) -> u64 {
+        self.counts().values().sum()
+    }
+}

@@ -1,0 +1,60 @@
+//! The rounds' progress on the terminal: a bar of rounds with the last round's line
+//! (`loss … | N clients, M dropped | s | k-NN %`), or that line on stderr when there is no
+//! bar to draw (`--quiet`, or not a terminal).
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::server::records::RoundRecord;
+
+/// The progress of rounds `1..=rounds`.
+pub struct RoundsProgress {
+    bar: Option<ProgressBar>,
+    rounds: usize,
+}
+
+impl RoundsProgress {
+    /// A bar in `mp` (none without), at round `done` of `rounds`.
+    pub fn new(mp: Option<&MultiProgress>, rounds: usize, done: usize) -> Self {
+        let bar = mp.map(|mp| {
+            let b = mp.add(ProgressBar::new(rounds as u64));
+            b.set_position(done as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "round [{bar:30}] {pos}/{len} {elapsed_precise} {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("##-"),
+            );
+            b
+        });
+        Self { bar, rounds }
+    }
+
+    /// Reports a completed round.
+    pub fn round_done(&self, rec: &RoundRecord) {
+        let mut msg = format!(
+            "loss {:.3} | {} clients, {} dropped | {:.1} s",
+            rec.mean_loss.unwrap_or(f64::NAN),
+            rec.clients.len(),
+            rec.dropped.len(),
+            rec.seconds
+        );
+        if let Some(k) = rec.knn_top1 {
+            msg += &format!(" | k-NN {:.1}%", 100.0 * k);
+        }
+        match self.bar.as_ref().filter(|b| !b.is_hidden()) {
+            Some(b) => {
+                b.set_message(msg.clone());
+                b.inc(1);
+            }
+            None => eprintln!("round {}/{}: {msg}", rec.round, self.rounds),
+        }
+    }
+
+    /// Ends the bar after the last round.
+    pub fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish();
+        }
+    }
+}

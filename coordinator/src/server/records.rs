@@ -1,0 +1,260 @@
+//! What the rounds leave in a run's folder: one [`RoundRecord`] per round in `rounds.jsonl`
+//! ([`RoundsLog`]), and the global weights after every round in
+//! `checkpoints/round-NNNN.safetensors` ([`Checkpoints`]), with the strategy's server state,
+//! when it keeps one, in `checkpoints/round-NNNN.state.safetensors`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fedssl_shared::weights::WeightSet;
+use serde::{Serialize, Serializer};
+
+use crate::strategy::validate::Refusal;
+
+/// Why a sampled client's update was not aggregated (its `Display` is the reason
+/// `rounds.jsonl` records in `dropped_reasons`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DropReason {
+    /// The client disconnected between its sampling and the start of the round.
+    LeftBeforeRound,
+    /// The client reported that its local round failed.
+    ClientFailed(String),
+    /// The round's exchange with the client failed (connection lost, protocol error, bad
+    /// weights payload); the error with its causes.
+    Exchange(String),
+    /// The update arrived and the strategy refused it.
+    Refused(Refusal),
+    /// No update before the round deadline of this many seconds.
+    MissedDeadline {
+        /// `federation.round_deadline_seconds`.
+        seconds: f64,
+    },
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DropReason::LeftBeforeRound => write!(f, "left before the round started"),
+            DropReason::ClientFailed(reason) => write!(f, "client reported failure: {reason}"),
+            DropReason::Exchange(error) => write!(f, "{error}"),
+            DropReason::Refused(r) => write!(f, "update refused: {r}"),
+            DropReason::MissedDeadline { seconds } => {
+                write!(f, "missed the {seconds:.0} s round deadline")
+            }
+        }
+    }
+}
+
+impl Serialize for DropReason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One line of `rounds.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundRecord {
+    /// 1-based round number.
+    pub round: usize,
+    /// Ids whose updates were aggregated, sorted. In a round that `failed`, the ids whose
+    /// valid updates arrived; none of them was aggregated.
+    pub clients: Vec<u32>,
+    /// Ids sampled for the round whose update was not aggregated, sorted.
+    pub dropped: Vec<u32>,
+    /// Why each dropped client was dropped.
+    pub dropped_reasons: BTreeMap<u32, DropReason>,
+    /// Mean pretext loss of each contributing client's last local epoch.
+    pub loss: BTreeMap<u32, f64>,
+    /// Pretext accuracy of each contributing client's last local epoch, in [0, 1] (empty
+    /// for tasks without an accuracy, such as masked image modelling).
+    pub accuracy: BTreeMap<u32, f64>,
+    /// Training images behind each contributing update (FedAvg weights).
+    pub samples: BTreeMap<u32, u64>,
+    /// Sample-weighted mean pretext loss of the round's valid updates; `None` (`null`) only
+    /// in a `failed` round where none arrived.
+    pub mean_loss: Option<f64>,
+    /// Learning rate of the round.
+    pub lr: f64,
+    /// Wall seconds of the round.
+    pub seconds: f64,
+    /// Application bytes sent to clients this round (messages and weights).
+    pub bytes_sent: u64,
+    /// Application bytes received from clients this round.
+    pub bytes_received: u64,
+    /// k-NN top-1 of the round's aggregated global backbone (`eval.knn_every` rounds only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knn_top1: Option<f64>,
+    /// Why the round failed (fewer than `federation.min_clients` valid updates): nothing was
+    /// aggregated, the global backbone is the previous round's, and the run stops. Absent for
+    /// a completed round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+impl RoundRecord {
+    /// The record of round `round` (1-based) at learning rate `lr`, before any update.
+    pub fn new(round: usize, lr: f64) -> Self {
+        Self {
+            round,
+            clients: vec![],
+            dropped: vec![],
+            dropped_reasons: BTreeMap::new(),
+            loss: BTreeMap::new(),
+            accuracy: BTreeMap::new(),
+            samples: BTreeMap::new(),
+            mean_loss: None,
+            lr,
+            seconds: 0.0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            knn_top1: None,
+            failed: None,
+        }
+    }
+
+    /// `dropped_reasons` as `{id: "reason", …}`, the form error messages quote.
+    pub fn reasons_text(&self) -> String {
+        let text: BTreeMap<u32, String> = self
+            .dropped_reasons
+            .iter()
+            .map(|(id, r)| (*id, r.to_string()))
+            .collect();
+        format!("{text:?}")
+    }
+}
+
+/// `rounds.jsonl`, open for appending one line per round.
+pub struct RoundsLog {
+    file: std::fs::File,
+}
+
+impl RoundsLog {
+    /// Opens `<out>/rounds.jsonl`: emptied for a fresh run, appended to when `resuming`.
+    pub fn open(out: &Path, resuming: bool) -> Result<Self> {
+        let path = out.join("rounds.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resuming)
+            .write(true)
+            .truncate(!resuming)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    /// Appends `rec` as one JSON line and flushes it.
+    pub fn append(&mut self, rec: &RoundRecord) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(rec)?)?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+/// The checkpoints folder of a run, `<out>/checkpoints`.
+pub struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    /// The folder of `out`'s checkpoints, created if missing.
+    pub fn create(out: &Path) -> Result<Self> {
+        let dir = out.join("checkpoints");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    /// Saves the global weights after round `round` (1-based) and, when the strategy keeps
+    /// one, its server `state`.
+    pub fn save(&self, round: usize, global: &WeightSet, state: Option<&WeightSet>) -> Result<()> {
+        global.save(&self.dir.join(weights_file(round)))?;
+        if let Some(state) = state {
+            state.save(&self.dir.join(state_file(round)))?;
+        }
+        Ok(())
+    }
+}
+
+/// `round-NNNN.safetensors`: the global weights after round `round` (1-based).
+pub fn weights_file(round: usize) -> String {
+    format!("round-{round:04}.safetensors")
+}
+
+/// `round-NNNN.state.safetensors`: the strategy's server state after round `round`.
+pub fn state_file(round: usize) -> String {
+    format!("round-{round:04}.state.safetensors")
+}
+
+/// The round of a [`weights_file`] name (`round-0003.safetensors` → 3); `None` for any other
+/// name, a [`state_file`] included.
+pub fn round_of_weights_file(name: &str) -> Option<usize> {
+    name.strip_prefix("round-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_are_recorded_in_words() {
+        let mut rec = RoundRecord::new(2, 0.1);
+        rec.dropped_reasons.insert(0, DropReason::LeftBeforeRound);
+        rec.dropped_reasons
+            .insert(1, DropReason::ClientFailed("no data".into()));
+        rec.dropped_reasons
+            .insert(2, DropReason::MissedDeadline { seconds: 60.0 });
+        rec.dropped_reasons.insert(
+            3,
+            DropReason::Refused(Refusal::MissingTensor { name: "a.w".into() }),
+        );
+        rec.dropped_reasons
+            .insert(4, DropReason::Exchange("connection lost: timed out".into()));
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(
+            v["dropped_reasons"],
+            serde_json::json!({
+                "0": "left before the round started",
+                "1": "client reported failure: no data",
+                "2": "missed the 60 s round deadline",
+                "3": "update refused: update lacks tensor `a.w`",
+                "4": "connection lost: timed out",
+            })
+        );
+        assert!(v.get("knn_top1").is_none() && v.get("failed").is_none());
+        assert!(rec
+            .reasons_text()
+            .starts_with("{0: \"left before the round started\", 1: "));
+    }
+
+    #[test]
+    fn checkpoint_names_and_their_rounds() {
+        assert_eq!(weights_file(3), "round-0003.safetensors");
+        assert_eq!(round_of_weights_file(&weights_file(12)), Some(12));
+        assert_eq!(round_of_weights_file(&state_file(12)), None);
+        assert_eq!(round_of_weights_file("final.safetensors"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let ck = Checkpoints::create(dir.path()).unwrap();
+        let w = WeightSet::default();
+        ck.save(1, &w, None).unwrap();
+        ck.save(2, &w, Some(&w)).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "round-0001.safetensors",
+                "round-0002.safetensors",
+                "round-0002.state.safetensors"
+            ]
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The clients connected to a run, by id: admission to a slot (shard `k` of the run, or the
+//! next free id), the wait for enough clients before a round, and the goodbye at the end.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use fedssl_shared::protocol::{write_message, RunInfo, ServerMessage};
+use tokio::task::JoinSet;
+use tracing::info;
+
+/// A connected client's control stream (the one its hello came on), shared by the messages
+/// sent on it.
+pub type ControlStream = Arc<tokio::sync::Mutex<quinn::SendStream>>;
+
+/// A connected client.
+struct Registered {
+    conn: quinn::Connection,
+    ctrl: ControlStream,
+    name: String,
+}
+
+/// Connected clients by id.
+pub struct Registry {
+    clients: Mutex<BTreeMap<u32, Registered>>,
+    changed: tokio::sync::Notify,
+    next_id: AtomicU32,
+    capacity: usize,
+    run: RunInfo,
+}
+
+impl Registry {
+    /// An empty registry for a run of `run.num_clients` clients.
+    pub fn new(run: RunInfo) -> Arc<Self> {
+        Arc::new(Self {
+            clients: Mutex::new(BTreeMap::new()),
+            changed: tokio::sync::Notify::new(),
+            next_id: AtomicU32::new(run.num_clients),
+            capacity: run.num_clients as usize,
+            run,
+        })
+    }
+
+    /// The map of clients. Every critical section is one map operation that cannot panic
+    /// half-way, so a lock poisoned by a panic elsewhere still guards consistent data and is
+    /// taken as it is.
+    fn clients(&self) -> MutexGuard<'_, BTreeMap<u32, Registered>> {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The run the clients join (sent in the welcome).
+    pub fn run(&self) -> &RunInfo {
+        &self.run
+    }
+
+    /// Ids of the connected clients, sorted.
+    pub fn ids(&self) -> Vec<u32> {
+        self.clients().keys().copied().collect()
+    }
+
+    /// The connection of client `id`, if it is connected.
+    pub fn conn(&self, id: u32) -> Option<quinn::Connection> {
+        self.clients().get(&id).map(|r| r.conn.clone())
+    }
+
+    /// The id a client asking for `shard` (`(k, n)`: shard `k` of `n`; `None`: any) gets, or
+    /// why it is refused: the run already has its clients, the shard does not fit the run,
+    /// or another connected client holds it. A client without a shard gets the next id
+    /// above the shards'.
+    pub fn slot(&self, shard: Option<(u32, u32)>) -> Result<u32, String> {
+        let g = self.clients();
+        if g.len() >= self.capacity {
+            return Err(format!(
+                "the run already has its {} clients (federation.clients)",
+                self.capacity
+            ));
+        }
+        match shard {
+            Some((k, n)) if n != self.run.num_clients || k >= n => Err(format!(
+                "shard {k}/{n} does not fit this run: it has {} shards, numbered 0..{}",
+                self.run.num_clients,
+                self.run.num_clients.saturating_sub(1)
+            )),
+            Some((k, _)) if g.contains_key(&k) => Err(format!(
+                "shard {k} is already held by a connected client (a client that just vanished frees it within federation.idle_timeout_seconds; retry shortly)"
+            )),
+            Some((k, _)) => Ok(k),
+            None => Ok(self.next_id.fetch_add(1, Ordering::SeqCst)),
+        }
+    }
+
+    /// Registers client `id` (its connection, control stream and name); returns the control
+    /// stream, shared.
+    pub fn insert(
+        &self,
+        id: u32,
+        conn: quinn::Connection,
+        ctrl: quinn::SendStream,
+        name: String,
+    ) -> ControlStream {
+        let ctrl = Arc::new(tokio::sync::Mutex::new(ctrl));
+        self.clients().insert(
+            id,
+            Registered {
+                conn,
+                ctrl: ctrl.clone(),
+                name,
+            },
+        );
+        ctrl
+    }
+
+    /// Wakes [`Registry::wait_for`]: a client joined.
+    pub fn notify_joined(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets client `id` if `conn` is still its connection (a client that reconnected
+    /// under the same id keeps its new entry).
+    pub fn remove(&self, id: u32, conn: &quinn::Connection) {
+        let mut g = self.clients();
+        if g.get(&id)
+            .is_some_and(|r| r.conn.stable_id() == conn.stable_id())
+        {
+            if let Some(r) = g.remove(&id) {
+                info!(client = id, name = %r.name, "client left");
+            }
+        }
+        drop(g);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `want` clients are connected, or `min` are and `grace` has passed since;
+    /// errors after `timeout`.
+    pub async fn wait_for(
+        &self,
+        min: usize,
+        want: usize,
+        grace: Duration,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut min_since: Option<Instant> = None;
+        loop {
+            let notified = self.changed.notified();
+            let n = self.ids().len();
+            if n >= want {
+                return Ok(());
+            }
+            if n >= min {
+                let since = *min_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= grace {
+                    return Ok(());
+                }
+            } else {
+                min_since = None;
+            }
+            if Instant::now() >= deadline {
+                bail!("only {n} of the {min} clients needed (federation.min_clients) joined within {:.0} s", timeout.as_secs_f64());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
+        }
+    }
+
+    /// Tells every connected client that the run is over and closes the connections.
+    pub async fn finish_all(&self, message: &str) {
+        let clients: Vec<(quinn::Connection, ControlStream)> = self
+            .clients()
+            .values()
+            .map(|r| (r.conn.clone(), r.ctrl.clone()))
+            .collect();
+        let mut goodbyes = JoinSet::new();
+        for (conn, ctrl) in &clients {
+            let (conn, ctrl, message) = (conn.clone(), ctrl.clone(), message.to_string());
+            goodbyes.spawn(async move {
+                let mut s = ctrl.lock().await;
+                if write_message(&mut *s, &ServerMessage::Finished { message })
+                    .await
+                    .is_ok()
+                {
+                    let _ = s.finish();
+                }
+                // Give the client a moment to read it and close first.
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            });
+        }
+        while goodbyes.join_next().await.is_some() {}
+        for (conn, _) in clients {
+            conn.close(0u32.into(), b"run finished");
+        }
+    }
+}

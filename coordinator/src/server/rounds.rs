@@ -1,0 +1,340 @@
+//! The round loop of a run.
+//!
+//! A round: wait for enough clients, sample the participation fraction with the round's
+//! seed, send every sampled client the global backbone and its round config (from the
+//! [`Strategy`]) on a fresh stream (`client_round.rs`), and hand updates to the
+//! strategy's aggregator as they arrive. A client that errors, vanishes, sends a bad update or
+//! misses the round deadline is dropped from the round (recorded in `rounds.jsonl`); the run
+//! goes on while at least `min_clients` contribute. At most [`DECODE_SLOTS`] received updates
+//! are held in memory at once, whatever the number of clients. After each round the global
+//! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
+//! appended to `rounds.jsonl` ([`crate::server::records`]).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use fedssl_shared::config::Scenario;
+use fedssl_shared::protocol::RoundConfig;
+use fedssl_shared::train::LocalTrainConfig;
+use fedssl_shared::weights::WeightSet;
+use indicatif::MultiProgress;
+use rand::seq::IndexedRandom;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::eval::knn::KnnMonitor;
+use crate::server::client_round::{client_round, Arrived, RoundShared, SentBytes};
+use crate::server::progress::RoundsProgress;
+use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
+use crate::server::registry::Registry;
+use crate::strategy::{RoundAggregator, Strategy};
+
+/// Updates decoded and waiting for aggregation at any moment (bounds memory).
+pub const DECODE_SLOTS: usize = 2;
+
+/// Where and how the rounds run.
+pub struct RoundsContext<'a> {
+    /// The run.
+    pub scenario: &'a Scenario,
+    /// Connected clients.
+    pub registry: Arc<Registry>,
+    /// Output folder (checkpoints, `rounds.jsonl`).
+    pub out: &'a Path,
+    /// Seconds to wait for more than `min_clients` before the first round.
+    pub start_grace: Duration,
+    /// Progress bars.
+    pub progress: Option<MultiProgress>,
+    /// Rounds already completed by the run being resumed (0 for a fresh run): the first
+    /// round run is `start_round + 1` (1-based), and `rounds.jsonl` is appended to.
+    pub start_round: usize,
+    /// The k-NN monitor of `eval.knn_every` (`None`: off).
+    pub monitor: Option<Arc<KnnMonitor>>,
+    /// The aggregation strategy (with its state restored when resuming).
+    pub strategy: Box<dyn Strategy>,
+}
+
+/// Totals of a finished federation.
+pub struct RoundsOutcome {
+    /// Global backbone after the last round.
+    pub global: WeightSet,
+    /// Rounds completed.
+    pub rounds_completed: usize,
+    /// Application bytes sent / received.
+    pub bytes_sent: u64,
+    /// Application bytes received.
+    pub bytes_received: u64,
+    /// Distinct clients that contributed to at least one round.
+    pub clients_seen: BTreeSet<u32>,
+}
+
+impl RoundsOutcome {
+    /// Adds a completed round's record to the totals.
+    fn add(&mut self, rec: &RoundRecord) {
+        self.bytes_sent += rec.bytes_sent;
+        self.bytes_received += rec.bytes_received;
+        self.rounds_completed = rec.round;
+        self.clients_seen.extend(rec.clients.iter().copied());
+    }
+}
+
+/// The round tasks still running, and the clients they serve.
+struct InFlight {
+    tasks: JoinSet<(u32, Result<Arrived, DropReason>)>,
+    pending: BTreeSet<u32>,
+}
+
+/// Runs rounds `start_round + 1 ..= federation.rounds` from `global`, checkpointing each;
+/// returns the final global backbone. Errors when a round fails (fewer than
+/// `federation.min_clients` valid updates: its record is written first) or the clients do
+/// not come.
+pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result<RoundsOutcome> {
+    let RoundsContext {
+        scenario: sc,
+        registry,
+        out,
+        start_grace,
+        progress,
+        start_round,
+        monitor,
+        mut strategy,
+    } = ctx;
+    let fed = &sc.federation;
+    let checkpoints = Checkpoints::create(out)?;
+    let mut log = RoundsLog::open(out, start_round > 0)?;
+    let bar = RoundsProgress::new(progress.as_ref(), fed.rounds, start_round);
+    info!(strategy = strategy.name(), buffering = ?strategy.buffering(), "aggregation");
+    let slots = Arc::new(tokio::sync::Semaphore::new(DECODE_SLOTS));
+    let mut totals = RoundsOutcome {
+        global: WeightSet::default(),
+        rounds_completed: start_round,
+        bytes_sent: 0,
+        bytes_received: 0,
+        clients_seen: BTreeSet::new(),
+    };
+    let join_timeout = Duration::from_secs_f64(fed.join_timeout_seconds);
+    for round in start_round..fed.rounds {
+        let grace = if round == start_round {
+            start_grace
+        } else {
+            Duration::ZERO
+        };
+        registry
+            .wait_for(fed.min_clients, fed.clients, grace, join_timeout)
+            .await?;
+        let started = Instant::now();
+        let sampled = sample_clients(&registry.ids(), sc, round);
+        let lr = sc.round_lr(round);
+        let shared = Arc::new(RoundShared {
+            round: round as u32,
+            payload: global.to_safetensors()?,
+            max_weights_bytes: fed.max_weights_bytes,
+            slots: slots.clone(),
+            sent: SentBytes::default(),
+        });
+        let mut rec = RoundRecord::new(round + 1, lr);
+        let in_flight = dispatch(
+            &registry,
+            strategy.as_ref(),
+            sc,
+            &sampled,
+            &shared,
+            &mut rec,
+        );
+        let deadline = tokio::time::Instant::from_std(
+            started + Duration::from_secs_f64(fed.round_deadline_seconds),
+        );
+        let mut agg = strategy.begin_round(&global);
+        let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec).await;
+        close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
+        if agg.contributions() < fed.min_clients {
+            return Err(fail_round(
+                &mut log,
+                &mut rec,
+                agg.contributions(),
+                fed.min_clients,
+            ));
+        }
+        global = strategy.apply(&global, agg)?;
+        checkpoints.save(round + 1, &global, strategy.state().as_ref())?;
+        if let Some(m) = monitor.as_ref().filter(|m| m.due(round + 1, fed.rounds)) {
+            rec.knn_top1 = Some(knn_score(m, &global, round + 1).await?);
+        }
+        log.append(&rec)?;
+        totals.add(&rec);
+        bar.round_done(&rec);
+    }
+    bar.finish();
+    totals.global = global;
+    Ok(totals)
+}
+
+/// The clients of round `round` (0-based) among the `connected` ids: the participation
+/// fraction (rounded up, at least `min_clients`, at most all), drawn with the round's
+/// `sampling` seed stream; sorted.
+fn sample_clients(connected: &[u32], sc: &Scenario, round: usize) -> Vec<u32> {
+    let fed = &sc.federation;
+    let k = ((fed.participation * connected.len() as f64).ceil() as usize)
+        .max(fed.min_clients)
+        .min(connected.len());
+    let mut rng = fedssl_shared::seed::rng(sc.seed, fedssl_shared::seed::SAMPLING, round as u64);
+    let mut sampled: Vec<u32> = connected.choose_multiple(&mut rng, k).copied().collect();
+    sampled.sort_unstable();
+    sampled
+}
+
+/// Starts the round task of every `sampled` client still connected, with its round config:
+/// the scenario's local training at the round's learning rate (`rec.lr`) and the client's
+/// `client-train` seed, as the strategy configures it. A client that left is recorded as
+/// dropped in `rec`.
+fn dispatch(
+    registry: &Registry,
+    strategy: &dyn Strategy,
+    sc: &Scenario,
+    sampled: &[u32],
+    shared: &Arc<RoundShared>,
+    rec: &mut RoundRecord,
+) -> InFlight {
+    let round = shared.round as usize;
+    let mut in_flight = InFlight {
+        tasks: JoinSet::new(),
+        pending: BTreeSet::new(),
+    };
+    for &id in sampled {
+        let Some(conn) = registry.conn(id) else {
+            rec.dropped_reasons.insert(id, DropReason::LeftBeforeRound);
+            continue;
+        };
+        let base = RoundConfig {
+            train: LocalTrainConfig {
+                lr: rec.lr,
+                ..sc.train.local.clone()
+            },
+            seed: fedssl_shared::seed::derive(
+                sc.seed,
+                fedssl_shared::seed::CLIENT_TRAIN,
+                ((round as u64) << 32) | id as u64,
+            ),
+        };
+        let config = strategy.configure(round, id, base);
+        in_flight.pending.insert(id);
+        let shared = shared.clone();
+        in_flight
+            .tasks
+            .spawn(async move { (id, client_round(id, conn, config, shared).await) });
+    }
+    in_flight
+}
+
+/// Collects the round's updates until every task ended or the `deadline` passed: each
+/// arrived update goes to `agg`, and `rec` gets the contributions, the bytes received and
+/// every drop with its reason (the clients still pending at the deadline miss it). Returns
+/// the sample-weighted sum of the accepted updates' losses.
+async fn collect(
+    mut in_flight: InFlight,
+    deadline: tokio::time::Instant,
+    sc: &Scenario,
+    agg: &mut dyn RoundAggregator,
+    rec: &mut RoundRecord,
+) -> f64 {
+    let mut loss_sum = 0.0;
+    loop {
+        match tokio::time::timeout_at(deadline, in_flight.tasks.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Err(e))) => warn!("round task failed: {e}"),
+            Ok(Some(Ok((id, res)))) => {
+                in_flight.pending.remove(&id);
+                match res {
+                    Ok(a) => {
+                        rec.bytes_received += a.bytes_received;
+                        match agg.add(&a.weights, a.num_samples) {
+                            Ok(()) => {
+                                rec.clients.push(a.id);
+                                rec.loss.insert(a.id, a.loss);
+                                if let Some(acc) = a.accuracy {
+                                    rec.accuracy.insert(a.id, acc);
+                                }
+                                rec.samples.insert(a.id, a.num_samples);
+                                loss_sum += a.loss * a.num_samples as f64;
+                            }
+                            Err(r) => {
+                                warn!(client = id, round = rec.round, "update refused: {r}");
+                                rec.dropped_reasons.insert(id, DropReason::Refused(r));
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        warn!(client = id, round = rec.round, "dropped: {reason}");
+                        rec.dropped_reasons.insert(id, reason);
+                    }
+                }
+            }
+            Err(_) => {
+                let seconds = sc.federation.round_deadline_seconds;
+                for id in &in_flight.pending {
+                    warn!(
+                        client = id,
+                        round = rec.round,
+                        "dropped: missed the round deadline"
+                    );
+                    rec.dropped_reasons
+                        .insert(*id, DropReason::MissedDeadline { seconds });
+                }
+                in_flight.tasks.abort_all();
+                break;
+            }
+        }
+    }
+    loss_sum
+}
+
+/// Completes `rec` once the round's updates are in: bytes sent, contributors and dropped
+/// clients sorted, the round's wall seconds since `started`, and the sample-weighted mean
+/// loss of the accepted updates (`loss_sum / Σ n_k`; none without an accepted update).
+fn close_record(
+    rec: &mut RoundRecord,
+    shared: &RoundShared,
+    started: Instant,
+    agg: &dyn RoundAggregator,
+    loss_sum: f64,
+) {
+    rec.bytes_sent = shared.sent.total();
+    rec.clients.sort_unstable();
+    rec.dropped = rec.dropped_reasons.keys().copied().collect();
+    rec.seconds = started.elapsed().as_secs_f64();
+    if agg.total_samples() > 0 {
+        rec.mean_loss = Some(loss_sum / agg.total_samples() as f64);
+    }
+}
+
+/// A round with fewer than `min_clients` valid updates: writes its record (`failed`, nothing
+/// aggregated) and returns the run's error.
+fn fail_round(
+    log: &mut RoundsLog,
+    rec: &mut RoundRecord,
+    contributed: usize,
+    min_clients: usize,
+) -> anyhow::Error {
+    let reason = format!(
+        "only {contributed} valid update(s) arrived, federation.min_clients is {min_clients}"
+    );
+    rec.failed = Some(format!("{reason}; nothing was aggregated"));
+    if let Err(e) = log.append(rec) {
+        return e;
+    }
+    anyhow::anyhow!(
+        "round {}: {reason} (dropped: {})",
+        rec.round,
+        rec.reasons_text()
+    )
+}
+
+/// The k-NN monitor's score of `global` after round `round` (1-based), off the async workers.
+async fn knn_score(monitor: &Arc<KnnMonitor>, global: &WeightSet, round: usize) -> Result<f64> {
+    let (m, g) = (monitor.clone(), global.clone());
+    let knn = tokio::task::spawn_blocking(move || m.score(&g)).await??;
+    info!(round, knn_top1 = knn, "k-NN monitor");
+    Ok(knn)
+}
