@@ -94,8 +94,15 @@ fn check_same_scenario(out: &Path, sc: &Scenario) -> Result<()> {
             out.display()
         )
     })?;
-    let before: serde_json::Value =
+    let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
+    // Read through the schema where it can be, so that an equivalent earlier spelling (an IID
+    // partition written `{"kind": "iid", "alpha": null}` before the tagged configs) is the
+    // same scenario; a file the schema no longer reads is compared as it stands.
+    let before = match Scenario::from_json_str(&text, &[]) {
+        Ok(old) => serde_json::to_value(&old)?,
+        Err(_) => raw,
+    };
     if let Some(key) = first_difference(&before, &serde_json::to_value(sc)?, "") {
         bail!(
             "cannot resume: the scenario differs from the one that started the run in {} at `{key}` (only federation.rounds, eval.* and simulation.* may change)",
@@ -196,6 +203,22 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_earlier_spelling_of_the_same_scenario_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sc = Scenario::default();
+        let mut old = serde_json::to_value(&sc).unwrap();
+        // the IID partition as runs wrote it before the tagged configs
+        old["partition"] = serde_json::json!({ "kind": "iid", "alpha": null });
+        std::fs::write(dir.path().join(SCENARIO_FILE), old.to_string()).unwrap();
+        check_same_scenario(dir.path(), &sc).unwrap();
+        // a real difference is still refused, naming the key
+        let mut other = sc.clone();
+        other.seed = 1;
+        let e = check_same_scenario(dir.path(), &other).unwrap_err();
+        assert!(e.to_string().contains("`seed`"), "{e}");
+    }
 
     #[test]
     fn differences_are_named_and_allowed_keys_ignored() {
