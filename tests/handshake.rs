@@ -13,7 +13,7 @@ use fedssl_shared::protocol::{
 };
 
 async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
-    let run = fedssl_tests::run_info(&fedssl_tests::tiny(&[]));
+    let run = fedssl_shared::protocol::RunInfo::of(&fedssl_tests::tiny(&[]));
     let id = tls::self_signed(&[]).unwrap();
     let ep = quinn::Endpoint::server(
         tls::server_config(&id, Duration::from_secs(5), None).unwrap(),

@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::config::Scenario;
 use crate::data::DatasetKind;
 use crate::model::ModelConfig;
 use crate::partition::PartitionConfig;
@@ -95,6 +96,22 @@ pub struct RunInfo {
     pub model: ModelConfig,
     /// The pretext task and its parameters.
     pub pretext: PretextConfig,
+}
+
+impl RunInfo {
+    /// What the coordinator of scenario `sc` tells its clients about the run.
+    pub fn of(sc: &Scenario) -> Self {
+        Self {
+            scenario: sc.name.clone(),
+            seed: sc.seed,
+            dataset: sc.data.dataset,
+            train_images: sc.data.train_images,
+            partition: sc.partition.clone(),
+            num_clients: sc.federation.clients as u32,
+            model: sc.model.clone(),
+            pretext: sc.pretext.clone(),
+        }
+    }
 }
 
 /// Per-round local training settings.

@@ -6,4 +6,4 @@ mod binaries;
 mod scenario;
 
 pub use binaries::{binary, client_command};
-pub use scenario::{run_info, tiny, TINY};
+pub use scenario::{tiny, TINY};

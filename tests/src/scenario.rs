@@ -3,7 +3,6 @@
 //! overrides.
 
 use fedssl_shared::config::Scenario;
-use fedssl_shared::protocol::RunInfo;
 
 /// The tiny scenario as TOML: 240 synthetic training images (120 test) split by a Dirichlet
 /// partition (α = 1) over 3 clients (at least 2), 2 rounds, batches of 16, a linear probe of
@@ -51,19 +50,5 @@ pub fn tiny(overrides: &[&str]) -> Scenario {
     match Scenario::from_toml_str(TINY, &overrides) {
         Ok(sc) => sc,
         Err(e) => panic!("the tiny scenario with {overrides:?}: {e:#}"),
-    }
-}
-
-/// The run as the coordinator describes it to a client in its welcome.
-pub fn run_info(sc: &Scenario) -> RunInfo {
-    RunInfo {
-        scenario: sc.name.clone(),
-        seed: sc.seed,
-        dataset: sc.data.dataset,
-        train_images: sc.data.train_images,
-        partition: sc.partition.clone(),
-        num_clients: sc.federation.clients as u32,
-        model: sc.model.clone(),
-        pretext: sc.pretext.clone(),
     }
 }

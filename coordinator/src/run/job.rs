@@ -162,20 +162,6 @@ fn resume_point(job: &Job, initial: &WeightSet) -> Result<Option<ResumePoint>> {
     Ok(Some(p))
 }
 
-/// What a client learns of the run in its welcome.
-fn run_info(sc: &Scenario) -> RunInfo {
-    RunInfo {
-        scenario: sc.name.clone(),
-        seed: sc.seed,
-        dataset: sc.data.dataset,
-        train_images: sc.data.train_images,
-        partition: sc.partition.clone(),
-        num_clients: sc.federation.clients as u32,
-        model: sc.model.clone(),
-        pretext: sc.pretext.clone(),
-    }
-}
-
 /// The central evaluation after the last round, off the async workers (`None` when
 /// `eval.enabled = false`).
 async fn evaluate(
@@ -229,7 +215,7 @@ impl Federation {
         // Only now, with the data loaded, the shards drawn and the socket bound, can the run
         // start: a run that fails before this point leaves the previous results untouched.
         outputs::start_run(&job.out, sc, job.resume, shards.as_deref(), train)?;
-        let registry = Registry::new(run_info(sc));
+        let registry = Registry::new(RunInfo::of(sc));
         let authenticator = Arc::new(OpenAdmission);
         tokio::spawn(accept_loop(
             endpoint.clone(),
