@@ -323,6 +323,64 @@ async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupte
     assert!(format!("{e:#}").contains("scenario.json"), "{e:#}");
 }
 
+/// A strategy with server state (FedAdam's moments, FedAvgM's momentum) checkpoints it next to
+/// each checkpoint: stopping after round 1 and resuming to round 2 gives exactly the weights and
+/// state of an uninterrupted 2-round run, and a step that differs from FedAvg's. FedProx with
+/// μ = 0 gives FedAvg's weights bit for bit, and the median (a buffered strategy) runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_with_server_state_matches_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |d: &Path, f: &str| WeightSet::load(&d.join(f)).unwrap();
+    let fedavg = dir.path().join("fedavg");
+    let plain = ["pretext.share_heads=true", "eval.enabled=false"];
+    simulate(scenario(&plain), &fedavg).await.unwrap();
+    // FedProx with μ = 0 trains and aggregates exactly as FedAvg; a buffered strategy runs
+    // through the same rounds
+    for (set, name) in [
+        ("federation.strategy={kind=\"fedprox\",mu=0.0}", "fedprox"),
+        ("federation.strategy=\"median\"", "median"),
+    ] {
+        let out = dir.path().join(name);
+        let s = simulate(scenario(&[plain[0], plain[1], set]), &out)
+            .await
+            .unwrap();
+        assert_eq!((s.strategy.as_str(), s.rounds_completed), (name, 2));
+        let same = w(&out, "final.safetensors") == w(&fedavg, "final.safetensors");
+        assert_eq!(same, name == "fedprox", "{name}");
+    }
+    for (kind, setting) in [
+        ("fedadam", "federation.strategy.server_lr=0.01"),
+        ("fedavgm", "federation.strategy.momentum=0.5"),
+    ] {
+        let strategy = format!("federation.strategy.kind=\"{kind}\"");
+        let base = [plain[0], plain[1], strategy.as_str(), setting];
+        let whole = dir.path().join(format!("{kind}-whole"));
+        let s = simulate(scenario(&base), &whole).await.unwrap();
+        assert_eq!(s.strategy, kind);
+        let part = dir.path().join(format!("{kind}-part"));
+        let mut first = base.to_vec();
+        first.push("federation.rounds=1");
+        simulate(scenario(&first), &part).await.unwrap();
+        assert!(part
+            .join("checkpoints/round-0001.state.safetensors")
+            .is_file());
+        let s = run(scenario(&base), &part, true).await.unwrap();
+        assert_eq!(s.resumed_after_round, Some(1));
+        for f in [
+            "final.safetensors",
+            "checkpoints/round-0001.safetensors",
+            "checkpoints/round-0001.state.safetensors",
+            "checkpoints/round-0002.state.safetensors",
+        ] {
+            assert!(w(&part, f) == w(&whole, f), "{kind}: {f} differs");
+        }
+        // the state covers the learnable tensors only, not the BN statistics
+        let state = w(&whole, "checkpoints/round-0002.state.safetensors");
+        assert!(state.tensors.keys().all(|k| !k.ends_with("running_mean")));
+        assert!(w(&whole, "final.safetensors") != w(&fedavg, "final.safetensors"));
+    }
+}
+
 /// The whole evaluation suite at the end of a run, then `fedssl-coordinator eval` on the
 /// run's `final.safetensors`: the same numbers (eval.json equal but for the wall seconds),
 /// and the k-NN monitor in every round's line.
@@ -573,4 +631,35 @@ async fn compare_pretexts_writes_the_table_and_reuses_finished_runs() {
     for (a, b) in rows.iter().zip(&again) {
         assert_eq!((a.top1, a.random_init_top1), (b.top1, b.random_init_top1));
     }
+}
+
+/// The strategy scenarios in `scenarios/strategies/` read, and name the strategy they say.
+#[test]
+fn the_strategy_scenarios_read() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/strategies");
+    let mut kinds = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let sc = Scenario::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        kinds.push(sc.federation.strategy.name());
+        // the alternatives their comments give read too
+        let alternatives: &[&str] = match sc.federation.strategy.name() {
+            "fedadam" => &[
+                "federation.strategy.kind=\"fedyogi\"",
+                "federation.strategy.kind=\"fedadagrad\"",
+            ],
+            "trimmed_mean" => &[
+                "federation.strategy=\"median\"",
+                "federation.strategy=\"krum\"",
+                "federation.strategy=\"multi_krum\"",
+            ],
+            _ => &["federation.strategy=\"fedavg\""],
+        };
+        for set in alternatives {
+            Scenario::load(&path, &[set.to_string()])
+                .unwrap_or_else(|e| panic!("{} with {set}: {e:#}", path.display()));
+        }
+    }
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["fedadam", "fedavgm", "trimmed_mean"]);
 }

@@ -142,7 +142,14 @@ impl Learner {
                 show_step(b, step, total, loss);
             }
         };
-        let mut stats = train_local(m, &self.data, &config.train, config.seed, &mut progress)?;
+        let mut stats = train_local(
+            m,
+            &self.data,
+            &config.train,
+            config.proximal_mu,
+            config.seed,
+            &mut progress,
+        )?;
         stats.seconds = started.elapsed().as_secs_f64();
         let trained = m.federated_weights()?;
         trained.check_finite().context("local training diverged")?;

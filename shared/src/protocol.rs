@@ -31,8 +31,8 @@ use crate::train::LocalTrainConfig;
 use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
-/// travels as its kind and that kind's settings).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -122,6 +122,10 @@ pub struct RoundConfig {
     pub train: LocalTrainConfig,
     /// Seed of this client's augmentation and shuffling stream for this round.
     pub seed: u64,
+    /// μ of FedProx's proximal term (μ/2)·‖w − w_global‖² over the backbone's learnable
+    /// weights, added to the pretext loss ([`crate::train::train_local`]); 0 (every strategy
+    /// but FedProx): no term.
+    pub proximal_mu: f64,
 }
 
 /// Messages the coordinator sends.
@@ -344,6 +348,7 @@ mod tests {
                     weight_decay: 5e-4,
                 },
                 seed: 77,
+                proximal_mu: 0.01,
             },
         };
         let back: ServerMessage = decode_body(&encode_frame(&r).unwrap()[4..]).unwrap();

@@ -78,6 +78,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let backbone_values = initial.split_prefix("head.").1.num_values();
     let mut resumed = resume_point(&job, &initial)?;
     let mut strategy = crate::strategy::from_scenario(&sc)?;
+    crate::strategy::check_buffer_bound(strategy.as_ref(), &sc, &initial)?;
     strategy.load_state(resumed.as_mut().and_then(|p| p.strategy_state.take()))?;
     let strategy_name = strategy.name();
     let federation = Federation::start(&job, &train)?;

@@ -217,6 +217,7 @@ fn dispatch(
                 fedssl_shared::seed::CLIENT_TRAIN,
                 ((round as u64) << 32) | id as u64,
             ),
+            proximal_mu: 0.0,
         };
         let config = strategy.configure(round, id, base);
         in_flight.pending.insert(id);

@@ -18,9 +18,29 @@
 //! folds each into a running sum as it arrives and drops it (memory: one accumulator whatever
 //! the number of clients, with at most [`crate::server::rounds::DECODE_SLOTS`] updates decoded
 //! and waiting); [`Buffering::AllUpdates`] keeps every accepted update until the round ends
-//! (a coordinate-wise median, Krum), so its memory grows with the sampled clients.
+//! (a coordinate-wise median, Krum), so its memory grows with the sampled clients, and
+//! [`check_buffer_bound`] refuses, before the first round, a run whose sampled clients ×
+//! model bytes exceed `federation.max_buffered_bytes`.
+//!
+//! The strategies, one file each: [`fedavg`]; [`fedprox`] (FedAvg with a proximal term in
+//! the clients' loss, its μ sent in the round config); the server optimisers on the pseudo-gradient
+//! ([`server_opt`]): [`fedavgm`], [`fedadam`], [`fedyogi`], [`fedadagrad`]; the robust rules
+//! on the buffered updates ([`buffered`]): [`median`], [`trimmed_mean`], [`krum`] (Krum and
+//! Multi-Krum). Whatever the strategy, BatchNorm running statistics ([`is_running_stat`])
+//! take FedAvg's sample-weighted mean: the optimisers and robust rules apply to the learnable
+//! weights only.
 
+pub mod buffered;
+pub mod fedadagrad;
+pub mod fedadam;
 pub mod fedavg;
+pub mod fedavgm;
+pub mod fedprox;
+pub mod fedyogi;
+pub mod krum;
+pub mod median;
+pub mod server_opt;
+pub mod trimmed_mean;
 pub mod validate;
 
 use anyhow::{bail, Result};
@@ -99,9 +119,67 @@ pub trait RoundAggregator: Send {
 
 /// The strategy `sc.federation.strategy` names — the one place that reads that key.
 pub fn from_scenario(sc: &Scenario) -> Result<Box<dyn Strategy>> {
-    match &sc.federation.strategy {
-        StrategyConfig::FedAvg(FedAvgConfig {}) => Ok(Box::new(fedavg::FedAvg)),
+    use buffered::Robust;
+    Ok(match &sc.federation.strategy {
+        StrategyConfig::FedAvg(FedAvgConfig {}) => Box::new(fedavg::FedAvg),
+        StrategyConfig::FedProx(c) => Box::new(fedprox::FedProx { mu: c.mu }),
+        StrategyConfig::FedAvgM(c) => Box::new(fedavgm::fedavgm(c)),
+        StrategyConfig::FedAdam(c) => Box::new(fedadam::fedadam(c)),
+        StrategyConfig::FedYogi(c) => Box::new(fedyogi::fedyogi(c)),
+        StrategyConfig::FedAdagrad(c) => Box::new(fedadagrad::fedadagrad(c)),
+        StrategyConfig::Median(_) => Box::new(Robust(median::Median)),
+        StrategyConfig::TrimmedMean(c) => {
+            Box::new(Robust(trimmed_mean::TrimmedMean { beta: c.beta }))
+        }
+        StrategyConfig::Krum(c) => Box::new(Robust(krum::Krum {
+            name: "krum",
+            byzantine: c.byzantine,
+            selected: Some(1),
+        })),
+        StrategyConfig::MultiKrum(c) => Box::new(Robust(krum::Krum {
+            name: "multi_krum",
+            byzantine: c.byzantine,
+            selected: c.selected,
+        })),
+    })
+}
+
+/// Whether tensor `name` is a BatchNorm running statistic (its last segment is
+/// `running_mean` or `running_var`, as the backbones name them; `num_batches_tracked` for
+/// PyTorch-named weights): these take the sample-weighted mean under every strategy.
+pub fn is_running_stat(name: &str) -> bool {
+    matches!(
+        name.rsplit('.').next(),
+        Some("running_mean" | "running_var" | "num_batches_tracked")
+    )
+}
+
+/// Refuses a strategy that buffers every update ([`Buffering::AllUpdates`]) when the round's
+/// most sampled clients ([`fedssl_shared::config::FederationConfig::max_sampled`]) × the
+/// bytes of `global` (4 per `f32` value) exceed `federation.max_buffered_bytes`; the message
+/// names the strategy and the numbers. Streaming strategies always pass.
+pub fn check_buffer_bound(
+    strategy: &dyn Strategy,
+    sc: &Scenario,
+    global: &WeightSet,
+) -> Result<()> {
+    if strategy.buffering() != Buffering::AllUpdates {
+        return Ok(());
     }
+    let fed = &sc.federation;
+    let clients = fed.max_sampled() as u64;
+    let model_bytes = global.num_values() as u64 * 4;
+    let need = clients.saturating_mul(model_bytes);
+    if need > fed.max_buffered_bytes {
+        bail!(
+            "strategy `{}` keeps every update of a round: {clients} sampled clients × {model_bytes} \
+             bytes per model = {need} bytes, over federation.max_buffered_bytes = {}; sample \
+             fewer clients (federation.participation) or raise federation.max_buffered_bytes",
+            strategy.name(),
+            fed.max_buffered_bytes
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,8 +192,77 @@ mod tests {
         let s = from_scenario(&sc).unwrap();
         assert_eq!((s.name(), s.buffering()), ("fedavg", Buffering::Streaming));
         // a strategy that does not exist is refused when the scenario is read, naming it
-        let e = Scenario::from_toml_str("[federation]\nstrategy = \"fedprox\"\n", &[]).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown kind `fedprox`"), "{e:#}");
+        let e =
+            Scenario::from_toml_str("[federation]\nstrategy = \"fedsurely\"\n", &[]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("unknown kind `fedsurely`"),
+            "{e:#}"
+        );
+        for (kind, buffering) in [
+            ("fedprox", Buffering::Streaming),
+            ("fedavgm", Buffering::Streaming),
+            ("fedadam", Buffering::Streaming),
+            ("fedyogi", Buffering::Streaming),
+            ("fedadagrad", Buffering::Streaming),
+            ("median", Buffering::AllUpdates),
+            ("trimmed_mean", Buffering::AllUpdates),
+        ] {
+            let sc =
+                Scenario::from_toml_str(&format!("[federation]\nstrategy = \"{kind}\"\n"), &[])
+                    .unwrap();
+            let s = from_scenario(&sc).unwrap();
+            assert_eq!((s.name(), s.buffering()), (kind, buffering));
+        }
+        // Krum needs n > 2f + 2 in every round: refused up front when min_clients is too low
+        let text = "[federation]\nclients = 5\nmin_clients = 4\nstrategy = \"krum\"\n";
+        let e = Scenario::from_toml_str(text, &[]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("federation.min_clients is 4"),
+            "{e:#}"
+        );
+        let ok = ["federation.min_clients=5".to_string()];
+        for kind in ["krum", "multi_krum"] {
+            let sc =
+                Scenario::from_toml_str(&text.replace("\"krum\"", &format!("\"{kind}\"")), &ok)
+                    .unwrap();
+            assert_eq!(from_scenario(&sc).unwrap().name(), kind);
+        }
+    }
+
+    #[test]
+    fn a_buffered_strategy_past_max_buffered_bytes_is_refused_naming_the_numbers() {
+        use fedssl_shared::weights::TensorData;
+        let mut global = WeightSet::default();
+        global.tensors.insert(
+            "w".into(),
+            TensorData {
+                shape: vec![250],
+                data: vec![0.0; 250],
+            },
+        );
+        // 8 clients, participation 0.5 → 4 sampled × 1000 bytes = 4000 bytes
+        let text = "[federation]\nclients = 8\nparticipation = 0.5\nmax_buffered_bytes = 3999\n";
+        let mut sc =
+            Scenario::from_toml_str(text, &["federation.strategy=\"median\"".into()]).unwrap();
+        let s = from_scenario(&sc).unwrap();
+        let e = check_buffer_bound(s.as_ref(), &sc, &global).unwrap_err();
+        let msg = e.to_string();
+        for part in [
+            "`median`",
+            "4 sampled clients",
+            "1000 bytes",
+            "4000 bytes",
+            "3999",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        sc.federation.max_buffered_bytes = 4000;
+        check_buffer_bound(s.as_ref(), &sc, &global).unwrap();
+        // a streaming strategy holds no update: it always passes
+        sc.federation.max_buffered_bytes = 1;
+        check_buffer_bound(&fedavg::FedAvg, &sc, &global).unwrap();
+        assert!(is_running_stat("stem.bn.running_mean") && is_running_stat("a.running_var"));
+        assert!(!is_running_stat("stem.bn.weight") && !is_running_stat("running_meanx"));
     }
 
     #[test]

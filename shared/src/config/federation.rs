@@ -26,6 +26,10 @@ pub struct FederationConfig {
     pub join_timeout_seconds: f64,
     /// Largest accepted weights payload, in bytes.
     pub max_weights_bytes: u64,
+    /// Most bytes a strategy that needs every update of a round (median, trimmed mean,
+    /// Krum) may hold: a run whose sampled clients × model bytes exceed it is refused before
+    /// its first round (default 4 GiB).
+    pub max_buffered_bytes: u64,
     /// A connection silent for this many seconds is considered dead (QUIC idle timeout;
     /// keep-alives are sent at a quarter of it).
     pub idle_timeout_seconds: f64,
@@ -42,6 +46,7 @@ impl Default for FederationConfig {
             round_deadline_seconds: 1800.0,
             join_timeout_seconds: 600.0,
             max_weights_bytes: 1 << 30,
+            max_buffered_bytes: 4 << 30,
             idle_timeout_seconds: 20.0,
         }
     }
@@ -76,6 +81,14 @@ impl FederationConfig {
         if !(self.idle_timeout_seconds >= 1.0 && self.idle_timeout_seconds <= 3600.0) {
             bail!("federation.idle_timeout_seconds must be in [1, 3600]");
         }
-        Ok(())
+        self.strategy.validate(self.min_clients)
+    }
+
+    /// The most clients a round samples: the participation fraction of all `clients`
+    /// (rounded up), at least `min_clients` (as the round loop samples them).
+    pub fn max_sampled(&self) -> usize {
+        ((self.participation * self.clients as f64).ceil() as usize)
+            .max(self.min_clients)
+            .min(self.clients)
     }
 }

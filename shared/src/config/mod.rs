@@ -34,7 +34,10 @@ pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
 pub use name::{check_name, MAX_NAME_CHARS};
 pub use simulation::{Fault, FaultKind, SimulationConfig};
-pub use strategy::{FedAvgConfig, StrategyConfig};
+pub use strategy::{
+    AdaptiveConfig, FedAdagradConfig, FedAdamConfig, FedAvgConfig, FedAvgMConfig, FedProxConfig,
+    FedYogiConfig, KrumConfig, MedianConfig, MultiKrumConfig, StrategyConfig, TrimmedMeanConfig,
+};
 pub use train::TrainConfig;
 
 use anyhow::{bail, Result};

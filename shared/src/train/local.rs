@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use candle_core::{Tensor, Var};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -51,17 +52,82 @@ pub struct TrainStats {
 /// preparing the next batch overlaps the current step; the random stream is drawn in the
 /// same order as without prefetching, so results do not depend on it.
 ///
+/// With `proximal_mu` μ > 0 (FedProx, Li et al. 2020) every step minimises the pretext loss
+/// plus (μ/2)·Σ_v ‖v − v₀‖² over the backbone's learnable variables `v` (not its BatchNorm
+/// running statistics; not the heads), v₀ being their values when the call starts (the
+/// round's global weights); the reported loss is the pretext loss alone. μ = 0 adds nothing:
+/// training is bit-identical to a run without the term.
+///
 /// Returns the sample-weighted mean loss and accuracy of the last epoch.
-/// Errors on an empty shard, `batch_size == 0`, `local_epochs == 0`, a batch that cannot be
-/// prepared, or a non-finite loss.
+/// Errors on an empty shard, `batch_size == 0`, `local_epochs == 0`, a negative or
+/// non-finite `proximal_mu`, a batch that cannot be prepared, or a non-finite loss.
 pub fn train_local(
     model: &mut LocalModel,
     shard: &ImageDataset,
     cfg: &LocalTrainConfig,
+    proximal_mu: f64,
     seed: u64,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<TrainStats> {
-    train_loop(model, shard, cfg, seed, progress, PREFETCH_BATCHES)
+    let prox = Proximal::new(model, proximal_mu)?;
+    train_loop(model, shard, cfg, &prox, seed, progress, PREFETCH_BATCHES)
+}
+
+/// FedProx's proximal term: μ and the backbone's learnable variables with their values at
+/// the start of the round (none when μ = 0).
+struct Proximal {
+    mu: f64,
+    anchors: Vec<(Var, Tensor)>,
+}
+
+impl Proximal {
+    /// The term of `model`'s backbone, anchored at its current values. Errors on a negative
+    /// or non-finite `mu`.
+    fn new(model: &LocalModel, mu: f64) -> Result<Self> {
+        if !mu.is_finite() || mu < 0.0 {
+            bail!("the proximal coefficient μ must be ≥ 0, got {mu}");
+        }
+        let mut anchors = Vec::new();
+        if mu > 0.0 {
+            for (name, var) in model.backbone_named_vars() {
+                let leaf = name.rsplit('.').next().unwrap_or_default();
+                if leaf == "running_mean" || leaf == "running_var" {
+                    continue;
+                }
+                let start = var.as_detached_tensor().copy()?;
+                anchors.push((var, start));
+            }
+        }
+        Ok(Self { mu, anchors })
+    }
+
+    /// No term: μ = 0.
+    #[cfg(test)]
+    fn none() -> Self {
+        Self {
+            mu: 0.0,
+            anchors: Vec::new(),
+        }
+    }
+
+    /// `loss` + (μ/2)·Σ ‖v − v₀‖², or `loss` itself without a term.
+    fn add_to(&self, loss: &Tensor) -> Result<Tensor> {
+        if self.anchors.is_empty() {
+            return Ok(loss.clone());
+        }
+        let mut sum: Option<Tensor> = None;
+        for (var, start) in &self.anchors {
+            let sq = var.as_tensor().sub(start)?.sqr()?.sum_all()?;
+            sum = Some(match sum {
+                None => sq,
+                Some(s) => (s + sq)?,
+            });
+        }
+        match sum {
+            Some(s) => Ok((loss + s.affine(self.mu / 2.0, 0.0)?)?),
+            None => Ok(loss.clone()),
+        }
+    }
 }
 
 /// Batches [`train_local`] prepares ahead of the step that runs (on its own thread).
@@ -76,6 +142,7 @@ fn train_loop(
     model: &mut LocalModel,
     shard: &ImageDataset,
     cfg: &LocalTrainConfig,
+    prox: &Proximal,
     seed: u64,
     progress: &mut dyn FnMut(usize, usize, f64),
     prefetch: usize,
@@ -125,7 +192,7 @@ fn train_loop(
         }
         let (loss, ok, count) = on_device(&device, || -> Result<(f64, Option<usize>, usize)> {
             let out = task.step(&model_ref.backbone, batch)?;
-            let grads = out.loss.backward()?;
+            let grads = prox.add_to(&out.loss)?.backward()?;
             opt.step(&grads)?;
             let loss = out.loss.to_scalar::<f32>()? as f64;
             Ok((loss, out.correct, out.count))
@@ -231,6 +298,7 @@ mod tests {
             &mut model(&ModelConfig::default(), 0),
             &ds.subset(&[]),
             &cfg(),
+            0.0,
             SEED,
             &mut |_, _, _| {}
         )
@@ -244,7 +312,7 @@ mod tests {
         let before = fixed_batch_loss(&m, &ds);
         let stats0 = WeightSet::from_varmap(&m.backbone_vars).unwrap();
         let mut calls = vec![];
-        let stats = train_local(&mut m, &ds, &cfg(), SEED, &mut |s, t, l| {
+        let stats = train_local(&mut m, &ds, &cfg(), 0.0, SEED, &mut |s, t, l| {
             calls.push((s, t, l))
         })
         .unwrap();
@@ -271,7 +339,7 @@ mod tests {
         let mut m2 = model(&small(), 3);
         let before2 = fixed_batch_loss(&m2, &ds);
         assert_eq!(before, before2);
-        let stats2 = train_local(&mut m2, &ds, &cfg(), SEED, &mut |_, _, _| {}).unwrap();
+        let stats2 = train_local(&mut m2, &ds, &cfg(), 0.0, SEED, &mut |_, _, _| {}).unwrap();
         fixed_batch_loss(&m2, &ds);
         assert_eq!(stats.loss, stats2.loss);
         assert_eq!(
@@ -282,6 +350,62 @@ mod tests {
             WeightSet::from_varmap(&m2.head_vars).unwrap(),
             WeightSet::from_varmap(&m.head_vars).unwrap()
         );
+    }
+
+    /// ‖backbone − start‖² over the learnable (non-running-statistic) variables.
+    fn drift(m: &LocalModel, start: &WeightSet) -> f64 {
+        let now = WeightSet::from_varmap(&m.backbone_vars).unwrap();
+        now.tensors
+            .iter()
+            .filter(|(k, _)| !k.contains("running_"))
+            .map(|(k, t)| {
+                t.data
+                    .iter()
+                    .zip(&start.tensors[k].data)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_proximal_term_keeps_the_backbone_near_its_start_and_mu_zero_changes_nothing() {
+        let ds = synthetic::generate(48, 2);
+        let run = |mu: f64| {
+            let mut m = model(&small(), 5);
+            let start = WeightSet::from_varmap(&m.backbone_vars).unwrap();
+            let stats = train_local(&mut m, &ds, &cfg(), mu, SEED, &mut |_, _, _| {}).unwrap();
+            let d = drift(&m, &start);
+            (
+                stats.loss,
+                WeightSet::from_varmap(&m.backbone_vars).unwrap(),
+                d,
+            )
+        };
+        let plain = run(0.0);
+        let strong = run(50.0);
+        assert!(
+            strong.2 < 0.5 * plain.2,
+            "drift {} vs {}",
+            strong.2,
+            plain.2
+        );
+        // μ = 0 is training without the term, bit for bit
+        let mut m = model(&small(), 5);
+        let stats = train_loop(
+            &mut m,
+            &ds,
+            &cfg(),
+            &Proximal::none(),
+            SEED,
+            &mut |_, _, _| {},
+            PREFETCH_BATCHES,
+        )
+        .unwrap();
+        assert_eq!(stats.loss, plain.0);
+        assert!(WeightSet::from_varmap(&m.backbone_vars).unwrap() == plain.1);
+        let e = train_local(&mut m, &ds, &cfg(), -1.0, SEED, &mut |_, _, _| {}).unwrap_err();
+        assert!(e.to_string().contains("μ"), "{e}");
     }
 
     #[test]
@@ -304,6 +428,7 @@ mod tests {
                 &mut m,
                 &ds,
                 &c,
+                &Proximal::none(),
                 SEED,
                 &mut |_, _, l| losses.push(l),
                 prefetch,
@@ -359,8 +484,16 @@ mod tests {
             let mut m = model(&small(), 4);
             let inner = std::mem::replace(&mut m.task, Box::new(NoTask));
             m.task = Box::new(Broken(inner));
-            let err =
-                train_loop(&mut m, &ds, &cfg(), SEED, &mut |_, _, _| {}, prefetch).unwrap_err();
+            let err = train_loop(
+                &mut m,
+                &ds,
+                &cfg(),
+                &Proximal::none(),
+                SEED,
+                &mut |_, _, _| {},
+                prefetch,
+            )
+            .unwrap_err();
             let msg = format!("{err:#}");
             assert!(
                 msg.contains("out of range (dataset has 16 images)"),

@@ -62,6 +62,11 @@ impl LocalModel {
         out
     }
 
+    /// The backbone's variables (BatchNorm running statistics included), names sorted.
+    pub fn backbone_named_vars(&self) -> Vec<(String, Var)> {
+        sorted_vars(&self.backbone_vars)
+    }
+
     /// The weights that travel to the coordinator: the backbone, plus the `head.*`
     /// variables when the heads are shared.
     pub fn federated_weights(&self) -> Result<WeightSet> {
