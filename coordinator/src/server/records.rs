@@ -167,14 +167,15 @@ impl Checkpoints {
         Ok(Self { dir })
     }
 
-    /// Saves the global weights after round `round` (1-based) and, when the strategy keeps
-    /// one, its server `state`.
+    /// Saves, when the strategy keeps one, its server `state` after round `round` (1-based),
+    /// then the global weights: each file is written atomically and the weights last, so a
+    /// checkpoint that `--resume` finds always has its state beside it (a run killed between
+    /// the two leaves a state file of a round without weights, which resume ignores).
     pub fn save(&self, round: usize, global: &WeightSet, state: Option<&WeightSet>) -> Result<()> {
-        global.save(&self.dir.join(weights_file(round)))?;
         if let Some(state) = state {
             state.save(&self.dir.join(state_file(round)))?;
         }
-        Ok(())
+        global.save(&self.dir.join(weights_file(round)))
     }
 }
 
