@@ -23,7 +23,7 @@
 #              CPU and what needs nvidia-smi or CUDA is skipped, with the reason printed)
 #   --steps    comma-separated subset of check,bench,torch,quickstart,cifar,compile
 # Environment: OUT (default <bundle>/out), WORK (default ${TMPDIR:-/tmp}/fedssl-gpu),
-#   PYTHON (default python3), DEVICE (default cuda).
+#   PYTHON (default: the first of python3, python, ... that imports torch), DEVICE (default cuda).
 #
 # How the runs reach the GPU: `fedssl-coordinator simulate` starts its in-process clients on
 # the CPU and has no --device, so each scenario runs as `fedssl-coordinator serve` on
@@ -50,7 +50,14 @@ while (($#)); do
   esac
 done
 WORK=${WORK:-${TMPDIR:-/tmp}/fedssl-gpu}
-PY=${PYTHON:-python3}
+# the python with PyTorch (its site-packages/nvidia holds the CUDA 13 libraries), else python3
+PY=${PYTHON:-}
+if [[ -z $PY ]]; then
+  for p in python3 python /usr/bin/python3 /usr/local/bin/python3 /opt/conda/bin/python; do
+    if command -v "$p" >/dev/null && "$p" -c 'import torch' 2>/dev/null; then PY=$(command -v "$p"); break; fi
+  done
+  PY=${PY:-python3}
+fi
 DEV=${DEVICE:-cuda}
 ((DRY)) && DEV=cpu
 T0=$(date +%s)
@@ -143,7 +150,7 @@ for so in $NEEDED; do
     if [[ -e $d/$so ]]; then FOUND[$so]=$(readlink -f "$d/$so"); break; fi
   done
   if [[ -z ${FOUND[$so]:-} ]]; then
-    p=$(ldconfig -p 2>/dev/null | awk -v s="$so" '$1 == s {print $NF; exit}')
+    p=$("$(command -v ldconfig || echo /sbin/ldconfig)" -p 2>/dev/null | awk -v s="$so" '$1 == s {print $NF; exit}')
     [[ -n $p ]] && FOUND[$so]=$(readlink -f "$p")
   fi
   if [[ -z ${FOUND[$so]:-} && $so == libcurand.so.10 ]]; then
@@ -199,7 +206,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && HAVE_SMI=1
   echo "\"dry_run\": $DRY, \"device\": \"$DEV\", \"nproc\": $NPROC, \"budget_s\": $BUDGET,"
   echo "\"uname\": $("$PY" -c 'import json,platform; print(json.dumps(platform.platform()))'),"
   echo "\"glibc\": $("$PY" -c 'import json,platform; print(json.dumps(" ".join(platform.libc_ver())))'),"
-  echo "\"python\": $("$PY" -c 'import json,sys; print(json.dumps(sys.version.split()[0]))'),"
+  echo "\"python\": $("$PY" -c 'import json,sys; print(json.dumps(sys.version.split()[0] + " " + sys.executable))'),"
   echo "\"torch\": $("$PY" -c 'import json; import torch; print(json.dumps({"version": torch.__version__, "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "cudnn": torch.backends.cudnn.version()}))' 2>/dev/null || echo null),"
   if ((HAVE_SMI)); then
     echo "\"gpu\": $(nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader | "$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))'),"
@@ -353,11 +360,14 @@ run_scenario() {
   done
   wait $cpid; local crc=$?
   ((rc == 0)) && rc=$crc
-  for p in "${pids[@]}"; do
-    for ((k = 0; k < 20; k++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.5; done
-    kill "$p" 2>/dev/null
-    wait "$p" 2>/dev/null
+  # the clients leave when the coordinator lets them go; 10 s at most, then they are stopped
+  for ((k = 0; k < 20; k++)); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.5
   done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   mem_stop
   note "$tag $role: exit $rc after $(($(date +%s) - s))s; $(tail -1 "$out.coordinator.log" 2>/dev/null)"
   step_log "$tag $role" "$rc" "$(($(date +%s) - s))"
