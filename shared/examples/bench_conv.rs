@@ -25,8 +25,15 @@
 //! Flags: `--threads N` (default 2), `--batch B` (128), `--iters K` timed steps (3),
 //! `--warmup W` (1), `--ops stock|conv|all|fast|every` (every; fast = conv + all),
 //! `--breakdown` (time each op kind alone at the model's shapes), `--no-pytorch`, `--no-vgg`,
+//! `--vit` (also fedssl's default ViT against `pytorch_bench.py --model vit`),
 //! `--malloc-defaults` (skip [`fedssl_shared::ops::tune_allocator`], which every fedssl binary
-//! calls at start), `--out FILE` (JSON).
+//! calls at start), `--device cpu|cuda|cuda:N` (cpu), `--out FILE` (JSON).
+//!
+//! On a GPU (`--device cuda`, a build with `--features cuda`) every timed step ends with
+//! `Device::synchronize` (and reads its loss back), so a step's time is the device's; fedssl's
+//! ops fall back to candle's CUDA kernels there, so `--ops` defaults to `all` (the three
+//! variants would run the same kernels), and PyTorch runs with `--device` too. The JSON then
+//! has `"device"`; the CPU's report is unchanged.
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{BatchNorm, Init, Linear, Optimizer, VarBuilder, VarMap};
@@ -176,6 +183,10 @@ impl Net {
 }
 
 struct Args {
+    /// Where the models run (`--device`).
+    dev: Device,
+    /// `--device` as given (`cpu` for the CPU).
+    device_name: String,
     threads: usize,
     batch: usize,
     iters: usize,
@@ -185,6 +196,8 @@ struct Args {
     pytorch: bool,
     /// Also benchmark the project's VGG-11-BN backbone ([`vgg_config`]).
     vgg: bool,
+    /// Also benchmark the project's default ViT backbone.
+    vit: bool,
     /// Leave glibc's allocator settings alone instead of `ops::tune_allocator`.
     malloc_defaults: bool,
     out: Option<String>,
@@ -225,7 +238,7 @@ fn resnet_config() -> fedssl_shared::model::ModelConfig {
 /// training mode, cross-entropy, backward, SGD lr 0.01) with the ops fedssl runs.
 fn measure_backbone(cfg: &fedssl_shared::model::ModelConfig, a: &Args) -> anyhow::Result<Measured> {
     reset_peak_rss();
-    let dev = Device::Cpu;
+    let dev = a.dev.clone();
     let (net, varmap) = fedssl_shared::model::build_backbone(cfg, 0, &dev)?;
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let fc = candle_nn::linear(net.feature_dim(), 10, vb.pp("fc"))?;
@@ -235,14 +248,14 @@ fn measure_backbone(cfg: &fedssl_shared::model::ModelConfig, a: &Args) -> anyhow
     // candle's SGD steps only variables with a gradient: BN running statistics are left alone
     let mut opt = candle_nn::SGD::new(varmap.all_vars(), 0.01)?;
     let mut loss_v = f32::NAN;
-    let train_s = time_it(a.warmup, a.iters, || {
+    let train_s = time_it(&a.dev, a.warmup, a.iters, || {
         let logits = fc.forward(&net.forward_t(&x, true)?.pre_logits)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         opt.backward_step(&loss)?;
         loss_v = loss.to_scalar::<f32>()?;
         Ok(())
     })?;
-    let infer_s = time_it(a.warmup, a.iters, || {
+    let infer_s = time_it(&a.dev, a.warmup, a.iters, || {
         let logits = fc.forward(&net.forward_t(&x, false)?.pre_logits)?;
         logits.sum_all()?.to_scalar::<f32>()?;
         Ok(())
@@ -259,6 +272,8 @@ fn measure_backbone(cfg: &fedssl_shared::model::ModelConfig, a: &Args) -> anyhow
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut a = Args {
+        dev: Device::Cpu,
+        device_name: "cpu".into(),
         threads: 2,
         batch: 128,
         iters: 3,
@@ -267,9 +282,11 @@ fn parse_args() -> std::result::Result<Args, String> {
         breakdown: false,
         pytorch: true,
         vgg: true,
+        vit: false,
         malloc_defaults: false,
         out: None,
     };
+    let mut ops_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -280,6 +297,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--iters" => a.iters = num(val()?)?.max(1),
             "--warmup" => a.warmup = num(val()?)?,
             "--ops" => {
+                ops_given = true;
                 a.kinds = match val()?.as_str() {
                     "stock" => vec![ConvKind::Stock],
                     "conv" => vec![ConvKind::Fast],
@@ -296,18 +314,28 @@ fn parse_args() -> std::result::Result<Args, String> {
             "--breakdown" => a.breakdown = true,
             "--no-pytorch" => a.pytorch = false,
             "--no-vgg" => a.vgg = false,
+            "--vit" => a.vit = true,
+            "--device" => {
+                let spec = val()?;
+                a.dev = fedssl_shared::device::parse_device(&spec).map_err(|e| format!("{e:#}"))?;
+                a.device_name = if a.dev.is_cpu() { "cpu".into() } else { spec };
+            }
             "--malloc-defaults" => a.malloc_defaults = true,
             "--out" => a.out = Some(val()?),
             "-h" | "--help" => {
                 println!(
                     "bench_conv [--threads N] [--batch B] [--iters K] [--warmup W] \
                      [--ops stock|conv|all|fast|every] [--breakdown] [--no-pytorch] [--no-vgg] \
-                     [--malloc-defaults] [--out FILE]"
+                     [--vit] [--malloc-defaults] [--device cpu|cuda|cuda:N] [--out FILE]"
                 );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if !a.dev.is_cpu() && !ops_given {
+        // off the CPU every variant runs candle's kernels: time the project's backbone only
+        a.kinds = vec![ConvKind::All];
     }
     Ok(a)
 }
@@ -318,14 +346,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Seconds of one run of `f`: `(best, median)` over `iters` timed runs after `warmup` untimed.
-fn time_it(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+/// Off the CPU each run ends with `dev.synchronize()`, so that it counts the device's work.
+fn time_it(
+    dev: &Device,
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
     for _ in 0..warmup {
         f()?;
     }
+    dev.synchronize()?;
     let mut t = Vec::new();
     for _ in 0..iters {
         let s = Instant::now();
         f()?;
+        dev.synchronize()?;
         t.push(s.elapsed().as_secs_f64());
     }
     let best = t.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -365,7 +401,7 @@ fn measure(kind: ConvKind, a: &Args) -> anyhow::Result<Measured> {
         return measure_backbone(&resnet_config(), a);
     }
     reset_peak_rss();
-    let dev = Device::Cpu;
+    let dev = a.dev.clone();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let net = Net::new(vb)?;
@@ -374,14 +410,14 @@ fn measure(kind: ConvKind, a: &Args) -> anyhow::Result<Measured> {
     let y = Tensor::new(labels, &dev)?;
     let mut opt = candle_nn::SGD::new(varmap.all_vars(), 0.01)?;
     let mut loss_v = f32::NAN;
-    let train_s = time_it(a.warmup, a.iters, || {
+    let train_s = time_it(&a.dev, a.warmup, a.iters, || {
         let logits = net.forward(&x, kind, true)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
         opt.backward_step(&loss)?;
         loss_v = loss.to_scalar::<f32>()?;
         Ok(())
     })?;
-    let infer_s = time_it(a.warmup, a.iters, || {
+    let infer_s = time_it(&a.dev, a.warmup, a.iters, || {
         let logits = net.forward(&x, kind, false)?;
         logits.sum_all()?.to_scalar::<f32>()?;
         Ok(())
@@ -399,25 +435,25 @@ fn measure(kind: ConvKind, a: &Args) -> anyhow::Result<Measured> {
 /// Milliseconds per training step spent in each kind of op, each op timed alone (best of
 /// `--iters`) at every shape where the model uses it: `(name, forward, forward + backward)`.
 fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
-    let dev = Device::Cpu;
+    let dev = a.dev.clone();
     let b = a.batch;
     // Backward of sum(y · g) minus that loss's own cost (a mul, a sum and their backward).
     let fwd_bwd = |x: &Var, f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<(f64, f64)> {
         let y0 = f(x.as_tensor())?;
         let g = Tensor::randn(0f32, 1.0, y0.dims(), &dev)?;
-        let fwd = time_it(1, a.iters, || {
+        let fwd = time_it(&dev, 1, a.iters, || {
             f(x.as_tensor())?;
             Ok(())
         })?
         .0;
-        let both = time_it(1, a.iters, || {
+        let both = time_it(&dev, 1, a.iters, || {
             let y = f(x.as_tensor())?;
             (y * &g)?.sum_all()?.backward()?;
             Ok(())
         })?
         .0;
         let yv = Var::from_tensor(&y0)?;
-        let loss_only = time_it(1, a.iters, || {
+        let loss_only = time_it(&dev, 1, a.iters, || {
             (yv.as_tensor() * &g)?.sum_all()?.backward()?;
             Ok(())
         })?
@@ -493,9 +529,16 @@ fn pytorch(a: &Args, model: &str) -> Torch {
     if !ok {
         return Err("PyTorch is not available (python3 -c \"import torch\" failed)".into());
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/pytorch_bench.py");
+    // the checkout it was built from, else `bench/` under the current folder (a bundle)
+    let built = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/pytorch_bench.py");
+    let script = if std::path::Path::new(built).exists() {
+        built
+    } else {
+        "bench/pytorch_bench.py"
+    };
     let out = std::process::Command::new("python3")
         .arg(script)
+        .args(["--device", &a.device_name])
         .args(["--threads", &a.threads.to_string()])
         .args(["--batch", &a.batch.to_string()])
         .args(["--iters", &a.iters.to_string()])
@@ -521,46 +564,70 @@ fn mib(b: Option<u64>) -> String {
     })
 }
 
-/// fedssl's VGG-11-BN measured (with `--vgg`) and PyTorch's (also with PyTorch), printed as
-/// table rows.
-fn vgg_rows(a: &Args) -> anyhow::Result<(Option<Measured>, Option<Torch>)> {
-    let vgg = if a.vgg {
-        let m = Device::Cpu.with_context(|| measure_backbone(&vgg_config(), a))?;
-        println!(
-            "  {:<14} {:>12.1} {:>16.1} {:>10}   VGG-11-BN (fedssl's vgg_bn, base width 32, hidden 256)",
-            "fedssl-vgg11",
-            m.train.0,
-            m.infer.0,
-            mib(m.peak_rss)
-        );
-        Some(m)
-    } else {
-        None
-    };
-    let torch_vgg = match (&vgg, a.pytorch) {
-        (Some(_), true) => Some(pytorch(a, "vgg11")),
-        _ => None,
-    };
-    if let Some(t) = &torch_vgg {
-        match t {
-            Ok(t) => println!(
+/// One of fedssl's other backbones measured (`label`, e.g. `fedssl-vgg11`, with the layout
+/// `cfg`) and PyTorch's same layers (`bench/pytorch_bench.py --model torch_model`, unless
+/// `--no-pytorch`), printed as table rows with their ratio.
+fn backbone_rows(
+    a: &Args,
+    label: &str,
+    what: &str,
+    cfg: &fedssl_shared::model::ModelConfig,
+    torch_model: &str,
+) -> anyhow::Result<(Measured, Option<Torch>)> {
+    let m = fedssl_shared::device::on_device(&a.dev, || measure_backbone(cfg, a))?;
+    println!(
+        "  {:<14} {:>12.1} {:>16.1} {:>10}   {what}",
+        label,
+        m.train.0,
+        m.infer.0,
+        mib(m.peak_rss)
+    );
+    let torch = a.pytorch.then(|| pytorch(a, torch_model));
+    let torch_label = format!("pytorch-{}", label.trim_start_matches("fedssl-"));
+    match &torch {
+        Some(Ok(t)) => {
+            println!(
                 "  {:<14} {:>12.1} {:>16.1} {:>10}",
-                "pytorch-vgg11",
+                torch_label,
                 t["train_ips"].as_f64().unwrap_or(f64::NAN),
                 t["infer_ips"].as_f64().unwrap_or(f64::NAN),
                 mib(t["peak_rss_bytes"].as_u64()),
-            ),
-            Err(e) => println!("  PyTorch VGG: {e}"),
+            );
+            println!(
+                "  {label} / PyTorch: train {:.2}, inference {:.2}",
+                m.train.0 / t["train_ips"].as_f64().unwrap_or(f64::NAN),
+                m.infer.0 / t["infer_ips"].as_f64().unwrap_or(f64::NAN)
+            );
         }
+        Some(Err(e)) => println!("  PyTorch {torch_model}: {e}"),
+        None => {}
     }
-    if let (Some(m), Some(Ok(t))) = (&vgg, &torch_vgg) {
-        println!(
-            "  fedssl-vgg11 / PyTorch: train {:.2}, inference {:.2}",
-            m.train.0 / t["train_ips"].as_f64().unwrap_or(f64::NAN),
-            m.infer.0 / t["infer_ips"].as_f64().unwrap_or(f64::NAN)
-        );
+    Ok((m, torch))
+}
+
+/// fedssl's VGG-11-BN measured (with `--vgg`) and PyTorch's (also with PyTorch), printed as
+/// table rows.
+fn vgg_rows(a: &Args) -> anyhow::Result<(Option<Measured>, Option<Torch>)> {
+    if !a.vgg {
+        return Ok((None, None));
     }
-    Ok((vgg, torch_vgg))
+    let what = "VGG-11-BN (fedssl's vgg_bn, base width 32, hidden 256)";
+    let (m, t) = backbone_rows(a, "fedssl-vgg11", what, &vgg_config(), "vgg11")?;
+    Ok((Some(m), t))
+}
+
+/// fedssl's default ViT measured (with `--vit`) and PyTorch's, printed as table rows.
+fn vit_rows(a: &Args) -> anyhow::Result<(Option<Measured>, Option<Torch>)> {
+    if !a.vit {
+        return Ok((None, None));
+    }
+    let cfg = fedssl_shared::model::ModelConfig {
+        backbone: fedssl_shared::model::BackboneKind::Vit,
+        ..Default::default()
+    };
+    let what = "ViT (fedssl's default vit: patch 4, dim 96, depth 4, 4 heads)";
+    let (m, t) = backbone_rows(a, "fedssl-vit", what, &cfg, "vit")?;
+    Ok((Some(m), t))
 }
 
 /// PyTorch's ResNet measured (unless `--no-pytorch`) and printed as a table row, with its
@@ -634,10 +701,10 @@ fn report_json(
     results: &[Measured],
     rows: &[(String, f64, f64)],
     torch: &Torch,
-    vgg: &Option<Measured>,
-    torch_vgg: &Option<Torch>,
+    (vgg, torch_vgg): &(Option<Measured>, Option<Torch>),
+    (vit, torch_vit): &(Option<Measured>, Option<Torch>),
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut report = serde_json::json!({
         "model": "resnet-small (stem 32, stages 32/64/128 x 2 BasicBlocks)",
         "batch": a.batch,
         "image": [3, 32, 32],
@@ -674,7 +741,27 @@ fn report_json(
                 None => serde_json::json!({ "unavailable": "skipped (--no-pytorch)" }),
             },
         })),
-    })
+    });
+    // Keys only the GPU and --vit runs have; a CPU run's report is as before.
+    if !a.dev.is_cpu() {
+        report["device"] = a.device_name.clone().into();
+    }
+    if let Some(m) = vit {
+        report["vit"] = serde_json::json!({
+            "model": "fedssl vit (default): patch 4, dim 96, depth 4, 4 heads, MLP ratio 4, linear 96->10",
+            "train_images_per_s": m.train.0,
+            "inference_images_per_s": m.infer.0,
+            "train_images_per_s_median": m.train.1,
+            "inference_images_per_s_median": m.infer.1,
+            "peak_rss_bytes": m.peak_rss,
+            "pytorch": match torch_vit {
+                Some(Ok(t)) => t.clone(),
+                Some(Err(e)) => serde_json::json!({ "unavailable": e }),
+                None => serde_json::json!({ "unavailable": "skipped (--no-pytorch)" }),
+            },
+        });
+    }
+    report
 }
 
 fn main() -> anyhow::Result<()> {
@@ -685,8 +772,9 @@ fn main() -> anyhow::Result<()> {
     // first candle call so `--threads` governs everything.
     std::env::set_var("RAYON_NUM_THREADS", a.threads.to_string());
     println!(
-        "small ResNet (stem 32, stages 32/64/128 x 2 BasicBlocks), batch {}, 32x32, {} thread(s), best of {}, allocator {}",
+        "small ResNet (stem 32, stages 32/64/128 x 2 BasicBlocks), batch {}, 32x32, {}{} thread(s), best of {}, allocator {}",
         a.batch,
+        if a.dev.is_cpu() { String::new() } else { format!("device {}, ", a.device_name) },
         a.threads,
         a.iters,
         if tuned { "tuned (ops::tune_allocator)" } else { "glibc defaults" }
@@ -695,7 +783,7 @@ fn main() -> anyhow::Result<()> {
         "  {:<14} {:>12} {:>16} {:>10}",
         "ops", "train img/s", "inference img/s", "peak MiB"
     );
-    let (results, rows) = Device::Cpu.with_context(|| -> anyhow::Result<_> {
+    let (results, rows) = fedssl_shared::device::on_device(&a.dev, || -> anyhow::Result<_> {
         let mut results = Vec::new();
         for &kind in &a.kinds {
             let m = measure(kind, &a)?;
@@ -718,11 +806,12 @@ fn main() -> anyhow::Result<()> {
         };
         Ok((results, rows))
     })?;
-    let (vgg, torch_vgg) = vgg_rows(&a)?;
+    let vgg = vgg_rows(&a)?;
+    let vit = vit_rows(&a)?;
     let (torch, tt, ti) = pytorch_row(&a);
     print_ratios(&results, tt.zip(ti), &rows);
     if let Some(path) = &a.out {
-        let json = report_json(&a, tuned, &results, &rows, &torch, &vgg, &torch_vgg);
+        let json = report_json(&a, tuned, &results, &rows, &torch, &vgg, &vit);
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
         println!("wrote {path}");
     }
