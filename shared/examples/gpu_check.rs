@@ -460,7 +460,7 @@ fn task_round(kind: PretextKind, dev: &Device, a: &Args) -> Result<(f64, Option<
     };
     let t = Instant::now();
     let mut m = LocalModel::new(&model, &pretext, 1, 101, dev)?;
-    let stats = train_local(&mut m, &shard, &cfg, 7, &mut |_, _, _| {})?;
+    let stats = train_local(&mut m, &shard, &cfg, 0.0, 7, &mut |_, _, _| {})?;
     // the round's result back on the host, as a client sends it
     let w = m.federated_weights()?;
     if w.tensors.is_empty() {
