@@ -38,9 +38,20 @@ pub fn run_main(default_log: &str, command: impl Future<Output = anyhow::Result<
     }
 }
 
-/// The error and its causes on one line (`outer: inner: …`).
+/// The error and its causes on one line (`outer: inner: …`), trimmed, with every other control
+/// character written as an escape (`\u{1b}`), so that a path or value from a file or the
+/// command line can never send raw terminal escapes to the user's terminal.
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    let text = format!("{e:#}").replace('\n', " ");
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim().chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -51,5 +62,17 @@ mod tests {
     fn an_error_and_its_causes_fit_one_line() {
         let e = anyhow::anyhow!("inner\nsecond line").context("outer");
         assert_eq!(one_line(&e), "outer: inner second line");
+        // a trailing newline of the innermost message leaves no trailing space
+        let e = anyhow::anyhow!("unknown field `x` in `train`\n");
+        assert_eq!(one_line(&e), "unknown field `x` in `train`");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_not_echoed() {
+        let e = anyhow::anyhow!("folder /tmp/nope\u{1b}[31mRED\u{1b}[0m\tx does not exist");
+        assert_eq!(
+            one_line(&e),
+            "folder /tmp/nope\\u{1b}[31mRED\\u{1b}[0m\\u{9}x does not exist"
+        );
     }
 }

@@ -86,14 +86,21 @@ pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePo
 /// Refuses to resume under a scenario that differs from `<out>/scenario.json` in anything a
 /// resumed run may not change, naming the first differing key.
 fn check_same_scenario(out: &Path, sc: &Scenario) -> Result<()> {
-    let path = out.join(SCENARIO_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot resume: {} is missing (was {} written by a run of this version?)",
-            path.display(),
+    if !out.is_dir() {
+        bail!(
+            "cannot resume: there is no run in {} (the folder does not exist)",
             out.display()
-        )
-    })?;
+        );
+    }
+    let path = out.join(SCENARIO_FILE);
+    if !path.exists() {
+        bail!(
+            "cannot resume: {} holds no run of this version ({SCENARIO_FILE} is missing)",
+            out.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("cannot parse {}", path.display()))?;
     // Read through the schema where it can be, so that an equivalent earlier spelling (an IID
@@ -218,6 +225,13 @@ mod tests {
         other.seed = 1;
         let e = check_same_scenario(dir.path(), &other).unwrap_err();
         assert!(e.to_string().contains("`seed`"), "{e}");
+        // no run there at all: said once, plainly
+        let e = check_same_scenario(&dir.path().join("none"), &sc).unwrap_err();
+        assert!(
+            e.to_string().contains("there is no run in")
+                && e.to_string().contains("does not exist"),
+            "{e}"
+        );
     }
 
     #[test]
