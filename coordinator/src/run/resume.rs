@@ -88,7 +88,7 @@ pub fn prepare(out: &Path, sc: &Scenario, layout: &WeightSet) -> Result<ResumePo
 fn check_same_scenario(out: &Path, sc: &Scenario) -> Result<()> {
     if !out.is_dir() {
         bail!(
-            "cannot resume: there is no run in {} (the folder does not exist)",
+            "cannot resume: there is no run in {} (the folder does not exist: no {SCENARIO_FILE})",
             out.display()
         );
     }
