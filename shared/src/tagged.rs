@@ -144,10 +144,21 @@ impl<'de, T: Tagged> Visitor<'de> for TableVisitor<T> {
     }
 }
 
-/// The value of kind `kind` from the rest of its table.
+/// The value of kind `kind` from the rest of its table. A key the kind does not have is
+/// refused naming it, with a hint: the usual way to get one is `--set table.kind=…` on a table
+/// whose old kind had settings (they stay), where replacing the whole table is what works.
 fn from_settings<T: Tagged, E: de::Error>(kind: &str, settings: toml::Table) -> Result<T, E> {
-    T::deserialize_kind(kind, toml::Value::Table(settings))
-        .map_err(|e| E::custom(e.to_string().trim_end()))
+    T::deserialize_kind(kind, toml::Value::Table(settings)).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.trim_end();
+        if msg.starts_with("unknown field") {
+            E::custom(format_args!(
+                "{msg} (not a setting of kind `{kind}`; to change a table's kind with --set, replace the whole table: --set '<key>={{kind=\"{kind}\"}}')"
+            ))
+        } else {
+            E::custom(msg)
+        }
+    })
 }
 
 /// Reads the pair (kind, settings) of the non-human-readable formats.
@@ -356,6 +367,13 @@ mod tests {
         assert!(e.to_string().contains("missing field `rate`"), "{e}");
         let e = toml::from_str::<Holder>("part = { kind = \"plain\", rate = 1.0 }").unwrap_err();
         assert!(e.to_string().contains("rate"), "{e}");
+        // a key left over from another kind (`--set part.kind=plain` on a tuned table) says
+        // how to switch kinds
+        assert!(
+            e.to_string().contains("not a setting of kind `plain`")
+                && e.to_string().contains("replace the whole table"),
+            "{e}"
+        );
         assert!(toml::from_str::<Holder>("part = 3").is_err());
     }
 }
