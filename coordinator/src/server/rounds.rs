@@ -176,9 +176,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
 /// `sampling` seed stream; sorted.
 fn sample_clients(connected: &[u32], sc: &Scenario, round: usize) -> Vec<u32> {
     let fed = &sc.federation;
-    let k = ((fed.participation * connected.len() as f64).ceil() as usize)
-        .max(fed.min_clients)
-        .min(connected.len());
+    let k = fed.sampled_of(connected.len());
     let mut rng = fedssl_shared::seed::rng(sc.seed, fedssl_shared::seed::SAMPLING, round as u64);
     let mut sampled: Vec<u32> = connected.choose_multiple(&mut rng, k).copied().collect();
     sampled.sort_unstable();

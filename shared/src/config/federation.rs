@@ -85,10 +85,16 @@ impl FederationConfig {
     }
 
     /// The most clients a round samples: the participation fraction of all `clients`
-    /// (rounded up), at least `min_clients` (as the round loop samples them).
+    /// (rounded up), at least `min_clients` ([`Self::sampled_of`], as the round loop samples).
     pub fn max_sampled(&self) -> usize {
-        ((self.participation * self.clients as f64).ceil() as usize)
+        self.sampled_of(self.clients)
+    }
+
+    /// How many of `connected` clients a round samples: `ceil(participation · connected)`, at
+    /// least `min_clients`, at most `connected`.
+    pub fn sampled_of(&self, connected: usize) -> usize {
+        ((self.participation * connected as f64).ceil() as usize)
             .max(self.min_clients)
-            .min(self.clients)
+            .min(connected)
     }
 }
