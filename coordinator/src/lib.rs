@@ -13,6 +13,7 @@
 
 pub mod eval;
 pub mod experiments;
+pub mod privacy;
 pub mod run;
 pub mod server;
 pub mod strategy;

@@ -126,6 +126,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         bytes_received: outcome.bytes_received,
         resumed_after_round: resumed.as_ref().map(|p| p.rounds_done),
         eval,
+        privacy: crate::privacy::accountant::run_spent(&sc, outcome.rounds_completed)?,
     };
     outputs::write_summary(&job.out, &summary)?;
     Ok(summary)

@@ -53,6 +53,9 @@ pub struct Summary {
     /// Central evaluation; absent when `eval.enabled = false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalSummary>,
+    /// (ε, δ) the whole run spent under `federation.dp` (both bounds); absent without DP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::privacy::accountant::PrivacySpent>,
 }
 
 /// Refuses an output folder whose place a file takes. Nothing is created: the folder is made

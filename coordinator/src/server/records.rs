@@ -92,6 +92,10 @@ pub struct RoundRecord {
     /// a completed round.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// DP-FedAvg's report of the round (`federation.dp`): clip norm, noise std, clipped
+    /// updates, ε spent so far ([`crate::privacy::dp::DpRoundReport`]). Absent without DP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<serde_json::Value>,
 }
 
 impl RoundRecord {
@@ -112,6 +116,7 @@ impl RoundRecord {
             bytes_received: 0,
             knn_top1: None,
             failed: None,
+            privacy: None,
         }
     }
 

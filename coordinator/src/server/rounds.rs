@@ -158,6 +158,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             ));
         }
         global = strategy.apply(&global, agg)?;
+        rec.privacy = strategy.report();
         checkpoints.save(round + 1, &global, strategy.state().as_ref())?;
         if let Some(m) = monitor.as_ref().filter(|m| m.due(round + 1, fed.rounds)) {
             rec.knn_top1 = Some(knn_score(m, &global, round + 1).await?);

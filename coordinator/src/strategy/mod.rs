@@ -88,6 +88,13 @@ pub trait Strategy: Send {
         None
     }
 
+    /// What the strategy reports of the round it just applied, written into that round's
+    /// line of `rounds.jsonl` under `privacy` (DP-FedAvg's clip norm, noise and ε spent);
+    /// `None` (the default): nothing.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Restores the state a checkpoint holds (`None`: it holds none) before a resumed run's
     /// first round. The default, for a strategy without state, refuses a state.
     fn load_state(&mut self, state: Option<WeightSet>) -> Result<()> {
@@ -120,6 +127,16 @@ pub trait RoundAggregator: Send {
 /// The strategy `sc.federation.strategy` names — the one place that reads that key.
 pub fn from_scenario(sc: &Scenario) -> Result<Box<dyn Strategy>> {
     use buffered::Robust;
+    if let Some(dp) = &sc.federation.dp {
+        // FederationConfig::validate admits DP with FedAvg only.
+        let fed = &sc.federation;
+        return Ok(Box::new(crate::privacy::dp::DpFedAvg::new(
+            dp,
+            sc.seed,
+            fed.clients,
+            fed.max_sampled(),
+        )?));
+    }
     Ok(match &sc.federation.strategy {
         StrategyConfig::FedAvg(FedAvgConfig {}) => Box::new(fedavg::FedAvg),
         StrategyConfig::FedProx(c) => Box::new(fedprox::FedProx { mu: c.mu }),

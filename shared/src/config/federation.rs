@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::privacy::DpConfig;
 use super::strategy::StrategyConfig;
 
 /// Federation section.
@@ -33,6 +34,10 @@ pub struct FederationConfig {
     /// A connection silent for this many seconds is considered dead (QUIC idle timeout;
     /// keep-alives are sent at a quarter of it).
     pub idle_timeout_seconds: f64,
+    /// Client-level differential privacy (DP-FedAvg, `[federation.dp]`); absent: none.
+    /// Needs `strategy = "fedavg"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpConfig>,
 }
 
 impl Default for FederationConfig {
@@ -48,6 +53,7 @@ impl Default for FederationConfig {
             max_weights_bytes: 1 << 30,
             max_buffered_bytes: 4 << 30,
             idle_timeout_seconds: 20.0,
+            dp: None,
         }
     }
 }
@@ -80,6 +86,16 @@ impl FederationConfig {
         }
         if !(self.idle_timeout_seconds >= 1.0 && self.idle_timeout_seconds <= 3600.0) {
             bail!("federation.idle_timeout_seconds must be in [1, 3600]");
+        }
+        if let Some(dp) = &self.dp {
+            dp.validate()?;
+            if !matches!(self.strategy, StrategyConfig::FedAvg(_)) {
+                bail!(
+                    "federation.dp works with strategy \"fedavg\" only (DP-FedAvg), not `{}`: \
+                     the other strategies' updates are not clipped and noised",
+                    self.strategy.name()
+                );
+            }
         }
         self.strategy.validate(self.min_clients)
     }

@@ -25,6 +25,7 @@ pub mod federation;
 pub mod load;
 pub mod name;
 pub mod overrides;
+pub mod privacy;
 pub mod simulation;
 pub mod strategy;
 pub mod train;
@@ -33,6 +34,7 @@ pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
 pub use name::{check_name, MAX_NAME_CHARS};
+pub use privacy::{AdaptiveClipConfig, DpConfig};
 pub use simulation::{Fault, FaultKind, SimulationConfig};
 pub use strategy::{
     AdaptiveConfig, FedAdagradConfig, FedAdamConfig, FedAvgConfig, FedAvgMConfig, FedProxConfig,
