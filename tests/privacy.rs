@@ -104,3 +104,12 @@ fn dp_with_a_strategy_other_than_fedavg_is_refused_naming_both() {
         "{e:#}"
     );
 }
+
+#[test]
+fn the_privacy_scenario_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sc = Scenario::load(&root.join("scenarios/privacy/dp-fedavg.toml"), &[]).unwrap();
+    let dp = sc.federation.dp.unwrap();
+    assert_eq!((dp.clip_norm, dp.noise_multiplier), (5.0, 1.0));
+    assert!(dp.adaptive.is_some());
+}
