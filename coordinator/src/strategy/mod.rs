@@ -26,11 +26,12 @@
 //! the clients' loss, its μ sent in the round config); the server optimisers on the pseudo-gradient
 //! ([`server_opt`]): [`fedavgm`], [`fedadam`], [`fedyogi`], [`fedadagrad`]; the robust rules
 //! on the buffered updates ([`buffered`]): [`median`], [`trimmed_mean`], [`krum`] (Krum and
-//! Multi-Krum). Whatever the strategy, BatchNorm running statistics ([`is_running_stat`])
+//! Multi-Krum), [`bulyan`]; [`ldawa`] (layer-wise cosine-weighted, streaming). Whatever the strategy, BatchNorm running statistics ([`is_running_stat`])
 //! take FedAvg's sample-weighted mean: the optimisers and robust rules apply to the learnable
 //! weights only.
 
 pub mod buffered;
+pub mod bulyan;
 pub mod fedadagrad;
 pub mod fedadam;
 pub mod fedavg;
@@ -38,6 +39,7 @@ pub mod fedavgm;
 pub mod fedprox;
 pub mod fedyogi;
 pub mod krum;
+pub mod ldawa;
 pub mod median;
 pub mod server_opt;
 pub mod trimmed_mean;
@@ -141,6 +143,10 @@ pub fn from_scenario(sc: &Scenario) -> Result<Box<dyn Strategy>> {
             byzantine: c.byzantine,
             selected: c.selected,
         })),
+        StrategyConfig::Bulyan(c) => Box::new(Robust(bulyan::Bulyan {
+            byzantine: c.byzantine,
+        })),
+        StrategyConfig::LDawa(_) => Box::new(ldawa::LDawa),
     })
 }
 
@@ -204,6 +210,7 @@ mod tests {
             ("fedadam", Buffering::Streaming),
             ("fedyogi", Buffering::Streaming),
             ("fedadagrad", Buffering::Streaming),
+            ("ldawa", Buffering::Streaming),
             ("median", Buffering::AllUpdates),
             ("trimmed_mean", Buffering::AllUpdates),
         ] {
