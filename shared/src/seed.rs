@@ -47,6 +47,9 @@ pub const MLP_PROBE: &str = "mlp-probe";
 pub const FEW_LABELS: &str = "few-labels";
 /// The labelled images of the k-NN monitor, a seeded shuffle of the training split (index 0).
 pub const KNN_SUBSET: &str = "knn-subset";
+/// The Gaussian noise a simulated byzantine `noise` client sends (index:
+/// `round << 32 | client id`).
+pub const BYZANTINE: &str = "byzantine";
 
 /// SplitMix64 finaliser: a bijective 64-bit mix.
 pub fn splitmix64(mut z: u64) -> u64 {
@@ -77,7 +80,7 @@ mod tests {
     use super::*;
 
     /// Every stream of this module, once (a new stream is added here too).
-    const ALL: [&str; 16] = [
+    const ALL: [&str; 17] = [
         INIT,
         HEAD_INIT,
         CLIENT_HEAD,
@@ -94,6 +97,7 @@ mod tests {
         MLP_PROBE,
         FEW_LABELS,
         KNN_SUBSET,
+        BYZANTINE,
     ];
 
     #[test]

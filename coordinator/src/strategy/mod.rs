@@ -273,6 +273,40 @@ mod tests {
     }
 
     #[test]
+    fn a_noise_client_is_ignored_by_the_robust_rules_and_moves_fedavg() {
+        use crate::strategy::buffered::testing::{aggregate, w, ws};
+        // 8 clients: 7 honest near (1, 2, 3), and client 7 sending Gaussian noise of std 10
+        // (values drawn once from N(0, 10²) and written here)
+        let honest = [
+            [1.0, 2.0, 3.0],
+            [1.1, 1.9, 3.2],
+            [0.9, 2.1, 2.9],
+            [1.05, 2.05, 3.05],
+            [0.95, 1.95, 2.95],
+            [1.02, 1.98, 3.01],
+            [0.98, 2.02, 2.99],
+        ];
+        let noise = [-13.7f32, 8.2, 21.5];
+        let mut u: Vec<(WeightSet, u64)> = honest.iter().map(|h| (ws(h, 1.0), 10)).collect();
+        u.push((ws(&noise, 1.0), 10));
+        let text = "[federation]\nclients = 8\nmin_clients = 8\n";
+        for kind in ["median", "trimmed_mean", "krum", "multi_krum", "bulyan"] {
+            let set = [format!("federation.strategy=\"{kind}\"")];
+            let sc = Scenario::from_toml_str(text, &set).unwrap();
+            let r = aggregate(from_scenario(&sc).unwrap().as_mut(), &u);
+            for (v, h) in w(&r).iter().zip([1.0, 2.0, 3.0]) {
+                assert!((v - h).abs() < 0.2, "{kind}: {:?}", w(&r));
+            }
+        }
+        // FedAvg: (Σ honest + noise) / 8 moves every coordinate by more than 0.5 (by hand:
+        // −0.84, 2.78, 5.33 against 1, 2, 3)
+        let r = aggregate(&mut fedavg::FedAvg, &u);
+        for (v, h) in w(&r).iter().zip([1.0f32, 2.0, 3.0]) {
+            assert!((v - h).abs() > 0.5, "{:?}", w(&r));
+        }
+    }
+
+    #[test]
     fn a_strategy_without_state_refuses_one() {
         let mut s = from_scenario(&Scenario::default()).unwrap();
         assert!(s.state().is_none());

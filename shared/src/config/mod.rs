@@ -33,7 +33,7 @@ pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
 pub use name::{check_name, MAX_NAME_CHARS};
-pub use simulation::{Fault, FaultKind, SimulationConfig};
+pub use simulation::{AttackConfig, ByzantineConfig, Fault, FaultKind, SimulationConfig};
 pub use strategy::{
     AdaptiveConfig, BulyanConfig, FedAdagradConfig, FedAdamConfig, FedAvgConfig, FedAvgMConfig,
     FedProxConfig, FedYogiConfig, KrumConfig, LDawaConfig, MedianConfig, MultiKrumConfig,
