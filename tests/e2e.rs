@@ -633,13 +633,70 @@ async fn compare_pretexts_writes_the_table_and_reuses_finished_runs() {
     }
 }
 
-/// The strategy scenarios in `scenarios/strategies/` read, and name the strategy they say.
+/// A simulated byzantine client sending Gaussian noise (client 6 of 7, 10× the global
+/// tensors' std) moves FedAvg's global model far from the honest run's, and the median's and
+/// Bulyan's hardly at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noise_client_moves_fedavg_and_not_the_robust_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "federation.clients=7",
+        "federation.min_clients=7",
+        "federation.rounds=1",
+        "eval.enabled=false",
+    ];
+    let noise = "simulation.byzantine={kind=\"noise\",clients=[6],scale=10.0}";
+    let mut moved = vec![];
+    for kind in ["fedavg", "median", "bulyan"] {
+        let strategy = format!("federation.strategy=\"{kind}\"");
+        let mut finals = vec![];
+        for attack in [None, Some(noise)] {
+            let mut set = base.to_vec();
+            set.push(&strategy);
+            set.extend(attack);
+            let out = dir.path().join(format!("{kind}-{}", attack.is_some()));
+            simulate(scenario(&set), &out).await.unwrap();
+            finals.push(WeightSet::load(&out.join("final.safetensors")).unwrap());
+        }
+        // distance between the honest and the attacked run's learnable weights
+        let d2: f64 = finals[0]
+            .tensors
+            .iter()
+            .filter(|(n, _)| !n.contains("running_"))
+            .flat_map(|(n, t)| t.data.iter().zip(&finals[1].tensors[n].data))
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum();
+        moved.push(d2.sqrt());
+    }
+    assert!(moved[0] > 5.0 * moved[1], "{moved:?}");
+    assert!(moved[0] > 5.0 * moved[2], "{moved:?}");
+}
+
+/// The strategy scenarios in `scenarios/strategies/` read, and name the strategy they say;
+/// so do the CIFAR-10 comparison rows in `scenarios/strategies/cifar10/`.
 #[test]
 fn the_strategy_scenarios_read() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/strategies");
+    let rows = dir.join("cifar10");
+    let mut row_kinds = vec![];
+    for entry in std::fs::read_dir(&rows).unwrap() {
+        let path = entry.unwrap().path();
+        let sc = Scenario::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert_eq!(
+            (sc.federation.clients, sc.data.train_images),
+            (8, Some(4000))
+        );
+        row_kinds.push(sc.federation.strategy.name());
+    }
+    for kind in ["fedavg", "bulyan", "ldawa", "median", "krum"] {
+        assert!(row_kinds.contains(&kind), "{kind}: {row_kinds:?}");
+    }
     let mut kinds = vec![];
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
         let sc = Scenario::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         kinds.push(sc.federation.strategy.name());
         // the alternatives their comments give read too
@@ -661,5 +718,8 @@ fn the_strategy_scenarios_read() {
         }
     }
     kinds.sort_unstable();
-    assert_eq!(kinds, ["fedadam", "fedavgm", "trimmed_mean"]);
+    assert_eq!(
+        kinds,
+        ["bulyan", "fedadam", "fedavgm", "ldawa", "trimmed_mean"]
+    );
 }

@@ -1,14 +1,19 @@
-//! How a client behaves in a round: honestly (every real deployment), or with a fault that a
+//! How a client behaves in a round: honestly (every real deployment), with a fault that a
 //! simulation injects to study dropouts (a client that disconnects or stalls at the start of a
-//! round). The round asks its behaviour once, after it has received the round's configuration
-//! and the global weights and before it trains; everything a fault does lives here.
+//! round), or as a simulated byzantine client that trains and then sends a corrupted update
+//! ([`crate::byzantine`]). The round asks its behaviour before it trains
+//! ([`Behaviour::before_training`]) and after ([`Behaviour::after_training`]).
 
 use anyhow::{bail, Result};
-use fedssl_shared::config::{Fault, FaultKind};
+use fedssl_shared::config::{ByzantineConfig, Fault, FaultKind};
+use fedssl_shared::seed;
+use fedssl_shared::weights::WeightSet;
 use tracing::warn;
 
+use crate::byzantine::{corrupt, Attack};
+
 /// What a client does at the start of each round.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Behaviour {
     /// Trains and replies every round.
     #[default]
@@ -20,6 +25,14 @@ pub enum Behaviour {
         round: u32,
         /// How it fails.
         kind: FaultKind,
+    },
+    /// Simulated byzantine client: trains every round, then sends its update corrupted by
+    /// `attack` at `scale` ([`crate::byzantine::corrupt`]).
+    Byzantine {
+        /// How it corrupts its update.
+        attack: Attack,
+        /// The attack's scale (noise std in units of the global tensor's, or the flip factor).
+        scale: f64,
     },
 }
 
@@ -34,6 +47,61 @@ impl Behaviour {
                 round: f.round - 1,
                 kind: f.kind,
             })
+    }
+
+    /// The behaviour of simulated client `client` under the scenario's `[simulation]`
+    /// faults and `byzantine` (the scenario refuses a client listed in both): byzantine when
+    /// `byzantine` lists it, else [`Self::simulated`].
+    pub fn simulated_with(
+        faults: &[Fault],
+        byzantine: Option<&ByzantineConfig>,
+        client: u32,
+    ) -> Self {
+        match byzantine {
+            Some(b) if b.attack().clients.contains(&client) => Self::Byzantine {
+                attack: match b {
+                    ByzantineConfig::Noise(_) => Attack::Noise,
+                    ByzantineConfig::SignFlip(_) => Attack::SignFlip,
+                },
+                scale: b.attack().scale,
+            },
+            _ => Self::simulated(faults, client),
+        }
+    }
+
+    /// Whether the round must keep a copy of the global weights for
+    /// [`Self::after_training`].
+    pub(crate) fn needs_global(&self) -> bool {
+        matches!(self, Self::Byzantine { .. })
+    }
+
+    /// Called by round `round` (0-based) of client `client_id` of the run with seed
+    /// `run_seed` after training, with the trained backbone as safetensors `bytes` and the
+    /// round's `global` weights (kept when [`Self::needs_global`]): the bytes to send.
+    /// Byzantine: the corrupted update (noise seeded by `seed::BYZANTINE`,
+    /// `round << 32 | client id`); otherwise `bytes` unchanged.
+    pub(crate) fn after_training(
+        &self,
+        global: Option<&WeightSet>,
+        bytes: Vec<u8>,
+        run_seed: u64,
+        client_id: u32,
+        round: u32,
+    ) -> Result<Vec<u8>> {
+        let (Self::Byzantine { attack, scale }, Some(global)) = (self, global) else {
+            return Ok(bytes);
+        };
+        let trained = WeightSet::from_safetensors(&bytes)?;
+        let index = (round as u64) << 32 | client_id as u64;
+        let s = seed::derive(run_seed, seed::BYZANTINE, index);
+        let bad = corrupt(*attack, *scale, global, &trained, s)?;
+        warn!(
+            client_id,
+            round = round + 1,
+            ?attack,
+            "simulated byzantine update"
+        );
+        bad.to_safetensors()
     }
 
     /// Called by the round `round` (0-based) of client `client_id` before it trains. Honest:
@@ -100,5 +168,21 @@ mod tests {
         );
         assert_eq!(Behaviour::simulated(&faults, 0), Behaviour::Honest);
         assert_eq!(Behaviour::simulated(&[], 1), Behaviour::Honest);
+        let byz = ByzantineConfig::SignFlip(fedssl_shared::config::AttackConfig {
+            clients: vec![2],
+            scale: 4.0,
+        });
+        assert_eq!(
+            Behaviour::simulated_with(&faults, Some(&byz), 2),
+            Behaviour::Byzantine {
+                attack: Attack::SignFlip,
+                scale: 4.0
+            }
+        );
+        assert_eq!(
+            Behaviour::simulated_with(&faults, Some(&byz), 0),
+            Behaviour::Honest
+        );
+        assert!(!Behaviour::Honest.needs_global());
     }
 }

@@ -8,7 +8,8 @@
 //! Rooms (this file only hands their public names on):
 //! - `session`: [`connect`] / [`open`], hello and welcome, the control stream, [`run_session`];
 //! - `round`: one local round (read the round and the weights, train, reply with the update);
-//! - `behaviour`: [`Behaviour`], honest or a simulated fault (disconnect, stall);
+//! - `behaviour`: [`Behaviour`], honest, a simulated fault (disconnect, stall) or byzantine;
+//! - `byzantine`: the corrupted updates of a simulated byzantine client (noise, sign flip);
 //! - `data`: [`DataSource`], where the training images come from, and their loading;
 //! - `options`: [`ClientOptions`] (how a session runs) and [`SessionReport`] (what it did);
 //! - `progress`: the progress bar of a local round;
@@ -17,6 +18,7 @@
 pub mod tls;
 
 mod behaviour;
+mod byzantine;
 mod data;
 mod options;
 mod progress;
@@ -24,6 +26,7 @@ mod round;
 mod session;
 
 pub use behaviour::Behaviour;
+pub use byzantine::Attack;
 pub use data::DataSource;
 pub use options::{ClientOptions, SessionReport};
 pub use session::{connect, open, run_session};

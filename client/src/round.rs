@@ -69,6 +69,7 @@ pub(crate) async fn handle_round(
         .progress
         .as_ref()
         .map(|mp| round_bar(mp, client_id, shown));
+    let kept_global = opts.behaviour.needs_global().then(|| global.clone());
     let job = {
         let learner = learner.clone();
         let bar = bar.clone();
@@ -80,6 +81,13 @@ pub(crate) async fn handle_round(
     }
     match outcome {
         Ok((stats, bytes)) => {
+            let bytes = opts.behaviour.after_training(
+                kept_global.as_ref(),
+                bytes,
+                learner.run.seed,
+                client_id,
+                round,
+            )?;
             write_message(
                 &mut send,
                 &ClientMessage::Update {

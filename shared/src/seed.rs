@@ -49,6 +49,9 @@ pub const FEW_LABELS: &str = "few-labels";
 pub const KNN_SUBSET: &str = "knn-subset";
 /// DP-FedAvg's Gaussian noise on the coordinator (index: the 0-based round).
 pub const DP_NOISE: &str = "dp-noise";
+/// The Gaussian noise a simulated byzantine `noise` client sends (index:
+/// `round << 32 | client id`).
+pub const BYZANTINE: &str = "byzantine";
 
 /// SplitMix64 finaliser: a bijective 64-bit mix.
 pub fn splitmix64(mut z: u64) -> u64 {
@@ -79,7 +82,7 @@ mod tests {
     use super::*;
 
     /// Every stream of this module, once (a new stream is added here too).
-    const ALL: [&str; 17] = [
+    const ALL: [&str; 18] = [
         INIT,
         HEAD_INIT,
         CLIENT_HEAD,
@@ -97,6 +100,7 @@ mod tests {
         FEW_LABELS,
         KNN_SUBSET,
         DP_NOISE,
+        BYZANTINE,
     ];
 
     #[test]

@@ -75,7 +75,11 @@ pub(crate) fn spawn_clients(
         opts.training_slots = Some(slots.clone());
         opts.progress = progress.clone();
         opts.max_weights_bytes = sc.federation.max_weights_bytes;
-        opts.behaviour = fedssl_client::Behaviour::simulated(&sc.simulation.faults, k as u32);
+        opts.behaviour = fedssl_client::Behaviour::simulated_with(
+            &sc.simulation.faults,
+            sc.simulation.byzantine.as_ref(),
+            k as u32,
+        );
         let ccfg = fedssl_client::tls::client_config(ca_pem.as_bytes(), idle)?;
         handles.push(tokio::spawn(async move {
             let res = async {

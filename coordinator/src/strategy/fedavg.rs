@@ -205,6 +205,36 @@ mod tests {
     }
 
     #[test]
+    fn under_partial_participation_only_the_sampled_accepted_clients_n_k_count() {
+        // 6 parties with these n_k; the round samples {1, 3, 4} (participation 0.5) and client
+        // 4's update is refused (NaN). FedAvg is (n_1 w_1 + n_3 w_3) / (n_1 + n_3), not
+        // FedX's reference code, which divides by every party's n_k (Σ = 2100).
+        let n = [100u64, 200, 300, 400, 500, 600];
+        let w = |k: usize| ws([k as f32, 10.0 * k as f32], k as f32);
+        let mut agg = WeightedMean::new(&ws([0.0, 0.0], 0.0));
+        for k in [1usize, 3, 4] {
+            let mut u = w(k);
+            if k == 4 {
+                u.tensors.get_mut("layer.weight").unwrap().data[1] = f32::NAN;
+            }
+            let _ = agg.add(&u, n[k]);
+        }
+        assert_eq!((agg.contributions(), agg.total_samples()), (1 + 1, 600));
+        let out = agg.finish().unwrap();
+        // (200·1 + 400·3) / 600 = 1400/600 = 7/3 ; (200·10 + 400·30) / 600 = 70/3
+        let expect = [7.0f64 / 3.0, 70.0 / 3.0];
+        for (got, want) in out.tensors["layer.weight"].data.iter().zip(expect) {
+            assert_eq!(*got, want as f32);
+        }
+        assert_eq!(
+            out.tensors["bn.running_var"].data,
+            vec![(7.0f64 / 3.0) as f32]
+        );
+        // the bug's value, 1400/2100 = 2/3, is what it is not
+        assert_ne!(out.tensors["layer.weight"].data[0], (2.0f64 / 3.0) as f32);
+    }
+
+    #[test]
     fn empty_round_is_an_error() {
         assert!(WeightedMean::new(&ws([0.0, 0.0], 0.0)).finish().is_err());
     }

@@ -28,7 +28,7 @@ pub struct Krum {
 }
 
 /// Squared Euclidean distance in f64.
-fn dist2(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn dist2(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(&x, &y)| {

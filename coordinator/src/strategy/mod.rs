@@ -26,11 +26,12 @@
 //! the clients' loss, its μ sent in the round config); the server optimisers on the pseudo-gradient
 //! ([`server_opt`]): [`fedavgm`], [`fedadam`], [`fedyogi`], [`fedadagrad`]; the robust rules
 //! on the buffered updates ([`buffered`]): [`median`], [`trimmed_mean`], [`krum`] (Krum and
-//! Multi-Krum). Whatever the strategy, BatchNorm running statistics ([`is_running_stat`])
+//! Multi-Krum), [`bulyan`]; [`ldawa`] (layer-wise cosine-weighted, streaming). Whatever the strategy, BatchNorm running statistics ([`is_running_stat`])
 //! take FedAvg's sample-weighted mean: the optimisers and robust rules apply to the learnable
 //! weights only.
 
 pub mod buffered;
+pub mod bulyan;
 pub mod fedadagrad;
 pub mod fedadam;
 pub mod fedavg;
@@ -38,6 +39,7 @@ pub mod fedavgm;
 pub mod fedprox;
 pub mod fedyogi;
 pub mod krum;
+pub mod ldawa;
 pub mod median;
 pub mod server_opt;
 pub mod trimmed_mean;
@@ -158,6 +160,10 @@ pub fn from_scenario(sc: &Scenario) -> Result<Box<dyn Strategy>> {
             byzantine: c.byzantine,
             selected: c.selected,
         })),
+        StrategyConfig::Bulyan(c) => Box::new(Robust(bulyan::Bulyan {
+            byzantine: c.byzantine,
+        })),
+        StrategyConfig::LDawa(_) => Box::new(ldawa::LDawa),
     })
 }
 
@@ -221,6 +227,7 @@ mod tests {
             ("fedadam", Buffering::Streaming),
             ("fedyogi", Buffering::Streaming),
             ("fedadagrad", Buffering::Streaming),
+            ("ldawa", Buffering::Streaming),
             ("median", Buffering::AllUpdates),
             ("trimmed_mean", Buffering::AllUpdates),
         ] {
@@ -280,6 +287,40 @@ mod tests {
         check_buffer_bound(&fedavg::FedAvg, &sc, &global).unwrap();
         assert!(is_running_stat("stem.bn.running_mean") && is_running_stat("a.running_var"));
         assert!(!is_running_stat("stem.bn.weight") && !is_running_stat("running_meanx"));
+    }
+
+    #[test]
+    fn a_noise_client_is_ignored_by_the_robust_rules_and_moves_fedavg() {
+        use crate::strategy::buffered::testing::{aggregate, w, ws};
+        // 8 clients: 7 honest near (1, 2, 3), and client 7 sending Gaussian noise of std 10
+        // (values drawn once from N(0, 10²) and written here)
+        let honest = [
+            [1.0, 2.0, 3.0],
+            [1.1, 1.9, 3.2],
+            [0.9, 2.1, 2.9],
+            [1.05, 2.05, 3.05],
+            [0.95, 1.95, 2.95],
+            [1.02, 1.98, 3.01],
+            [0.98, 2.02, 2.99],
+        ];
+        let noise = [-13.7f32, 8.2, 21.5];
+        let mut u: Vec<(WeightSet, u64)> = honest.iter().map(|h| (ws(h, 1.0), 10)).collect();
+        u.push((ws(&noise, 1.0), 10));
+        let text = "[federation]\nclients = 8\nmin_clients = 8\n";
+        for kind in ["median", "trimmed_mean", "krum", "multi_krum", "bulyan"] {
+            let set = [format!("federation.strategy=\"{kind}\"")];
+            let sc = Scenario::from_toml_str(text, &set).unwrap();
+            let r = aggregate(from_scenario(&sc).unwrap().as_mut(), &u);
+            for (v, h) in w(&r).iter().zip([1.0, 2.0, 3.0]) {
+                assert!((v - h).abs() < 0.2, "{kind}: {:?}", w(&r));
+            }
+        }
+        // FedAvg: (Σ honest + noise) / 8 moves every coordinate by more than 0.5 (by hand:
+        // −0.84, 2.78, 5.33 against 1, 2, 3)
+        let r = aggregate(&mut fedavg::FedAvg, &u);
+        for (v, h) in w(&r).iter().zip([1.0f32, 2.0, 3.0]) {
+            assert!((v - h).abs() > 0.5, "{:?}", w(&r));
+        }
     }
 
     #[test]

@@ -35,10 +35,11 @@ pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
 pub use name::{check_name, MAX_NAME_CHARS};
 pub use privacy::{AdaptiveClipConfig, DpConfig};
-pub use simulation::{Fault, FaultKind, SimulationConfig};
+pub use simulation::{AttackConfig, ByzantineConfig, Fault, FaultKind, SimulationConfig};
 pub use strategy::{
-    AdaptiveConfig, FedAdagradConfig, FedAdamConfig, FedAvgConfig, FedAvgMConfig, FedProxConfig,
-    FedYogiConfig, KrumConfig, MedianConfig, MultiKrumConfig, StrategyConfig, TrimmedMeanConfig,
+    AdaptiveConfig, BulyanConfig, FedAdagradConfig, FedAdamConfig, FedAvgConfig, FedAvgMConfig,
+    FedProxConfig, FedYogiConfig, KrumConfig, LDawaConfig, MedianConfig, MultiKrumConfig,
+    StrategyConfig, TrimmedMeanConfig,
 };
 pub use train::TrainConfig;
 

@@ -38,6 +38,12 @@ pub enum StrategyConfig {
     Krum(KrumConfig),
     /// Multi-Krum (Blanchard et al. 2017): the mean of the `m` best-scored updates.
     MultiKrum(MultiKrumConfig),
+    /// Bulyan (El Mhamdi et al. 2018): Krum-selected updates, then a coordinate-wise trimmed
+    /// mean around the median; needs n ≥ 4f + 3.
+    Bulyan(BulyanConfig),
+    /// L-DAWA (Rehman et al. 2023): every layer weighted by its cosine similarity to the
+    /// global layer.
+    LDawa(LDawaConfig),
 }
 
 tagged_serde!(StrategyConfig {
@@ -51,6 +57,8 @@ tagged_serde!(StrategyConfig {
     "trimmed_mean" => TrimmedMean(TrimmedMeanConfig),
     "krum" => Krum(KrumConfig),
     "multi_krum" => MultiKrum(MultiKrumConfig),
+    "bulyan" => Bulyan(BulyanConfig),
+    "ldawa" => LDawa(LDawaConfig),
 });
 
 impl Default for StrategyConfig {
@@ -71,7 +79,9 @@ impl StrategyConfig {
     /// `federation.strategy.*` key.
     pub fn validate(&self, min_clients: usize) -> Result<()> {
         match self {
-            StrategyConfig::FedAvg(_) | StrategyConfig::Median(_) => Ok(()),
+            StrategyConfig::FedAvg(_) | StrategyConfig::Median(_) | StrategyConfig::LDawa(_) => {
+                Ok(())
+            }
             StrategyConfig::FedProx(c) => {
                 if !c.mu.is_finite() || c.mu < 0.0 {
                     bail!("federation.strategy.mu (fedprox) must be ≥ 0, got {}", c.mu);
@@ -98,8 +108,24 @@ impl StrategyConfig {
             StrategyConfig::MultiKrum(c) => {
                 check_krum("multi_krum", c.byzantine, c.selected, min_clients)
             }
+            StrategyConfig::Bulyan(c) => check_bulyan(c.byzantine, min_clients),
         }
     }
+}
+
+/// Bulyan's n ≥ 4f + 3 (El Mhamdi et al. 2018) for the fewest updates a round aggregates
+/// (`min_clients`).
+fn check_bulyan(f: usize, min_clients: usize) -> Result<()> {
+    if min_clients < 4 * f + 3 {
+        bail!(
+            "bulyan with federation.strategy.byzantine = {f} needs n ≥ 4f + 3 = {} updates in \
+             every round (El Mhamdi et al. 2018), but federation.min_clients is {min_clients}: \
+             raise federation.min_clients to at least {} or lower byzantine",
+            4 * f + 3,
+            4 * f + 3
+        );
+    }
+    Ok(())
 }
 
 /// `federation.strategy.<key>` must be a positive finite number.
@@ -338,6 +364,27 @@ impl Default for MultiKrumConfig {
     }
 }
 
+/// `kind = "bulyan"`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BulyanConfig {
+    /// f, the number of byzantine clients assumed (default 1); every round needs
+    /// n ≥ 4f + 3 updates.
+    pub byzantine: usize,
+}
+
+impl Default for BulyanConfig {
+    /// f = 1.
+    fn default() -> Self {
+        Self { byzantine: 1 }
+    }
+}
+
+/// `kind = "ldawa"`: no settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LDawaConfig {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +498,20 @@ mod tests {
             5,
             "selected",
         );
+        // Bulyan: n ≥ 4f + 3, the message names the numbers
+        bad(
+            "strategy = { kind = \"bulyan\", byzantine = 2 }",
+            10,
+            "4f + 3 = 11 updates in every round (El Mhamdi et al. 2018), but \
+             federation.min_clients is 10: raise federation.min_clients to at least 11",
+        );
+        let b: Federation = toml::from_str("strategy = \"bulyan\"").unwrap();
+        assert_eq!(
+            b.strategy,
+            StrategyConfig::Bulyan(BulyanConfig { byzantine: 1 })
+        );
+        b.strategy.validate(7).unwrap();
+        assert!(b.strategy.validate(6).is_err());
         let ok: Federation =
             toml::from_str("strategy = { kind = \"krum\", byzantine = 2 }").unwrap();
         ok.strategy.validate(7).unwrap();
