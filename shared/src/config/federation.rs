@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::client_state::{BatchNormPolicy, LocalUpdateConfig};
 use super::strategy::StrategyConfig;
 
 /// Federation section.
@@ -33,6 +34,12 @@ pub struct FederationConfig {
     /// A connection silent for this many seconds is considered dead (QUIC idle timeout;
     /// keep-alives are sent at a quarter of it).
     pub idle_timeout_seconds: f64,
+    /// What happens to the backbone's BatchNorm tensors between rounds: `"aggregate"`
+    /// (default), `"local"` (FedBN) or `"weights_only"` ([`BatchNormPolicy`]).
+    pub batch_norm: BatchNormPolicy,
+    /// How a client merges the global weights with its own before training: `"plain"`
+    /// (default), or a `{ kind = "fedema" | "fedu", … }` table ([`LocalUpdateConfig`]).
+    pub local_update: LocalUpdateConfig,
 }
 
 impl Default for FederationConfig {
@@ -48,6 +55,8 @@ impl Default for FederationConfig {
             max_weights_bytes: 1 << 30,
             max_buffered_bytes: 4 << 30,
             idle_timeout_seconds: 20.0,
+            batch_norm: BatchNormPolicy::Aggregate,
+            local_update: LocalUpdateConfig::default(),
         }
     }
 }
@@ -81,6 +90,7 @@ impl FederationConfig {
         if !(self.idle_timeout_seconds >= 1.0 && self.idle_timeout_seconds <= 3600.0) {
             bail!("federation.idle_timeout_seconds must be in [1, 3600]");
         }
+        self.local_update.validate()?;
         self.strategy.validate(self.min_clients)
     }
 
