@@ -377,11 +377,7 @@ mod tests {
 
     #[test]
     fn target_starts_as_the_online_network_and_is_its_ema_after_a_step() {
-        let mut p = crate::pretext::PretextConfig::default();
-        p.task = PretextKind::Byol;
-        p.byol.hidden_dim = 8;
-        p.byol.out_dim = 4;
-        p.byol.tau_base = 0.9;
+        let p = crate::train::fixtures::byol();
         let m =
             crate::train::LocalModel::new(&crate::train::fixtures::small(), &p, 1, 2, &Device::Cpu)
                 .unwrap();
@@ -430,8 +426,7 @@ mod tests {
 
     #[test]
     fn share_heads_is_refused_and_one_training_step_runs() {
-        let mut p = crate::pretext::PretextConfig::default();
-        p.task = PretextKind::Byol;
+        let mut p = crate::train::fixtures::byol();
         p.share_heads = true;
         let e =
             crate::train::LocalModel::new(&crate::train::fixtures::small(), &p, 1, 2, &Device::Cpu)

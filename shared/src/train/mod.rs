@@ -37,6 +37,20 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// BYOL with narrow heads (hidden 8, out 4), τ_base 0.9, everything travelling.
+    pub(crate) fn byol() -> PretextConfig {
+        PretextConfig {
+            task: crate::pretext::PretextKind::Byol,
+            byol: crate::pretext::ByolConfig {
+                hidden_dim: 8,
+                out_dim: 4,
+                tau_base: 0.9,
+                ..Default::default()
+            },
+            ..PretextConfig::default()
+        }
+    }
+
     /// Rotation, all four angles, no flips.
     pub(crate) fn rotation() -> PretextConfig {
         let mut p = PretextConfig::default();

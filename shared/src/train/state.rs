@@ -409,10 +409,7 @@ mod tests {
 
     #[test]
     fn fedu_takes_the_global_predictor_only_under_the_threshold() {
-        let mut p = crate::pretext::PretextConfig::default();
-        p.task = crate::pretext::PretextKind::Byol;
-        p.byol.hidden_dim = 8;
-        p.byol.out_dim = 4;
+        let p = crate::train::fixtures::byol();
         let m = LocalModel::new(&small(), &p, 1, 2, &Device::Cpu).unwrap();
         let own = m.federated_weights().unwrap();
         let global = shifted(&own, 1.0);
