@@ -27,11 +27,15 @@ pub struct ClientOptions {
     pub max_weights_bytes: u64,
     /// Honest, or a simulated failure (dropout studies and tests).
     pub behaviour: Behaviour,
+    /// Where the client keeps its state between rounds: `None` (default) in memory; a folder
+    /// (`simulate`: `<run>/clients`): the file `<folder>/<client id>.safetensors`, so that
+    /// idle virtual clients hold no model in memory.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl ClientOptions {
     /// Options with defaults: CPU, no shared slots, no progress bars, 1 GiB payload limit,
-    /// honest.
+    /// honest, state in memory.
     pub fn new(name: impl Into<String>, data: DataSource) -> Self {
         Self {
             name: name.into(),
@@ -41,6 +45,7 @@ impl ClientOptions {
             progress: None,
             max_weights_bytes: 1 << 30,
             behaviour: Behaviour::Honest,
+            state_dir: None,
         }
     }
 }

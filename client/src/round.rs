@@ -2,6 +2,7 @@
 //! backbone, ask the client's [`Behaviour`](crate::Behaviour), train on tokio's blocking pool
 //! (never on the workers that drive QUIC), and reply with the update (or why training failed).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,7 +14,9 @@ use fedssl_shared::protocol::{
     RunInfo, ServerMessage,
 };
 use fedssl_shared::seed;
-use fedssl_shared::train::{train_local, LocalModel, TrainStats};
+use fedssl_shared::train::{
+    begin_round, divergence, keeps_backbone, train_local, ClientState, LocalModel, TrainStats,
+};
 use fedssl_shared::weights::WeightSet;
 use indicatif::ProgressBar;
 use tracing::warn;
@@ -22,8 +25,12 @@ use crate::options::ClientOptions;
 use crate::progress::{round_bar, show_step};
 
 /// What every round of one session shares: the client's id and run, its images, its device,
-/// and its local model (backbone and pretext head), built in the first round and kept across
-/// rounds (only the backbone travels). Cloning shares the data and the model.
+/// and its state between rounds: its local model (backbone and pretext heads) and its
+/// [`ClientState`] (local heads, BatchNorm tensors for FedBN, FedEMA/FedU scalars, BYOL's
+/// target), kept in memory, or, with `state_dir` (`simulate`), in the file
+/// `<state_dir>/<client id>.safetensors` (written atomically; the model is rebuilt and its
+/// heads read back each round, so an idle client holds no model in memory). Cloning shares
+/// the data and the state.
 #[derive(Clone)]
 pub(crate) struct Learner {
     /// Id the coordinator gave this client.
@@ -34,8 +41,20 @@ pub(crate) struct Learner {
     pub data: Arc<ImageDataset>,
     /// Device to train on.
     pub device: Device,
-    /// The local model, `None` until the first round.
-    pub model: Arc<Mutex<Option<LocalModel>>>,
+    /// The state kept in memory: the local model and its state (`None` until the first
+    /// round; with `state_dir`, the model is never kept).
+    pub local: Arc<Mutex<Local>>,
+    /// Where the state is kept between rounds, if in a file.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A client's model and state kept in memory between rounds.
+#[derive(Default)]
+pub(crate) struct Local {
+    /// The local model (memory mode only).
+    pub model: Option<LocalModel>,
+    /// The state after the last round that trained (memory mode only).
+    pub state: Option<ClientState>,
 }
 
 /// Runs the round that the coordinator opened as the stream (`send`, `recv`) on `conn`.
@@ -130,20 +149,86 @@ impl Learner {
     ) -> Result<(TrainStats, Vec<u8>)> {
         let run = &self.run;
         let mut guard = self
-            .model
+            .local
             .lock()
             .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
-        let model = match guard.take() {
+        let path = self
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.safetensors", self.client_id)));
+        let (mut model, state) = match &path {
+            None => (guard.model.take(), guard.state.take()),
+            Some(p) if p.exists() => {
+                let st = ClientState {
+                    weights: WeightSet::load(p)?,
+                };
+                (None, Some(st))
+            }
+            Some(_) => (None, None),
+        };
+        let m = match model.take() {
             Some(m) => m,
             None => {
                 let head_seed = seed::derive(run.seed, seed::CLIENT_HEAD, self.client_id as u64);
                 let init_seed = seed::derive(run.seed, seed::INIT, 0);
-                LocalModel::new(&run.model, &run.pretext, init_seed, head_seed, &self.device)?
+                let m =
+                    LocalModel::new(&run.model, &run.pretext, init_seed, head_seed, &self.device)?;
+                if let (Some(_), Some(st)) = (&path, &state) {
+                    st.restore_heads(&m)?;
+                }
+                m
             }
         };
-        let m = guard.insert(model);
-        m.load_federated(&global)
-            .context("global weights do not fit this client's model")?;
+        let mut m = m;
+        let outcome = self.train_model(&mut m, config, global, state.as_ref(), bar);
+        let state = match outcome {
+            Ok((_, _, ref new_state)) => Some(new_state.clone()),
+            Err(_) => state,
+        };
+        match &path {
+            None => {
+                guard.model = Some(m);
+                guard.state = state.clone();
+            }
+            Some(p) => {
+                if let (Ok(_), Some(st)) = (&outcome, &state) {
+                    st.weights.save(p).with_context(|| {
+                        format!("client {}: cannot save its state", self.client_id)
+                    })?;
+                }
+            }
+        }
+        let (stats, bytes, _) = outcome?;
+        Ok((stats, bytes))
+    }
+
+    /// One round on `m`: merge the `global` weights with the client's `state`
+    /// ([`begin_round`]), train, and return the statistics, the trained federated weights as
+    /// safetensors bytes and the client's new state.
+    fn train_model(
+        &self,
+        m: &mut LocalModel,
+        config: &RoundConfig,
+        global: WeightSet,
+        state: Option<&ClientState>,
+        bar: Option<&ProgressBar>,
+    ) -> Result<(TrainStats, Vec<u8>, ClientState)> {
+        let run = &self.run;
+        let (merge, lambda) = begin_round(m, &global, state, run.batch_norm, &run.local_update)?;
+        tracing::debug!(
+            client_id = self.client_id,
+            ?merge,
+            "merged the global weights"
+        );
+        let measure = !matches!(
+            run.local_update,
+            fedssl_shared::config::LocalUpdateConfig::Plain(_)
+        );
+        let start = if measure {
+            Some(WeightSet::from_varmap(&m.backbone_vars)?)
+        } else {
+            None
+        };
         let started = Instant::now();
         let mut progress = |step: usize, total: usize, loss: f64| {
             if let Some(b) = bar {
@@ -161,6 +246,13 @@ impl Learner {
         stats.seconds = started.elapsed().as_secs_f64();
         let trained = m.federated_weights()?;
         trained.check_finite().context("local training diverged")?;
-        Ok((stats, trained.to_safetensors()?))
+        let d = match start {
+            Some(s) => Some(divergence(&s, &WeightSet::from_varmap(&m.backbone_vars)?)?),
+            None => None,
+        };
+        let lambda = lambda.or_else(|| state.and_then(|s| s.lambda()));
+        let keep = keeps_backbone(run.batch_norm, &run.local_update);
+        let new_state = ClientState::capture(m, keep, d, lambda)?;
+        Ok((stats, trained.to_safetensors()?, new_state))
     }
 }

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::data::resolve_data;
 use crate::options::{ClientOptions, SessionReport};
-use crate::round::{handle_round, Learner};
+use crate::round::{handle_round, Learner, Local};
 
 /// Connects to the coordinator at `addr` whose certificate must be valid for `server_name`
 /// and signed by (or equal to) a certificate of `client_cfg`.
@@ -84,7 +84,8 @@ async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<Sessio
         run,
         data,
         device: opts.device.clone(),
-        model: Arc::new(Mutex::new(None)),
+        local: Arc::new(Mutex::new(Local::default())),
+        state_dir: opts.state_dir.clone(),
     };
     let mut rounds_trained = 0usize;
     loop {

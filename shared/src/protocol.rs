@@ -32,7 +32,7 @@ use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
 /// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -96,6 +96,10 @@ pub struct RunInfo {
     pub model: ModelConfig,
     /// The pretext task and its parameters.
     pub pretext: PretextConfig,
+    /// `federation.batch_norm`: which BatchNorm tensors the client keeps between rounds.
+    pub batch_norm: crate::config::BatchNormPolicy,
+    /// `federation.local_update`: how the client merges the global weights with its own.
+    pub local_update: crate::config::LocalUpdateConfig,
 }
 
 impl RunInfo {
@@ -110,6 +114,8 @@ impl RunInfo {
             num_clients: sc.federation.clients as u32,
             model: sc.model.clone(),
             pretext: sc.pretext.clone(),
+            batch_norm: sc.federation.batch_norm,
+            local_update: sc.federation.local_update.clone(),
         }
     }
 }
@@ -332,6 +338,10 @@ mod tests {
                     num_clients: 4,
                     model: ModelConfig::default(),
                     pretext: PretextConfig::default(),
+                    batch_norm: crate::config::BatchNormPolicy::Local,
+                    local_update: crate::config::LocalUpdateConfig::FedEma(
+                        crate::config::FedEmaConfig { tau: 0.5 },
+                    ),
                 },
             };
             let back: ServerMessage = decode_body(&encode_frame(&m).unwrap()[4..]).unwrap();

@@ -234,6 +234,7 @@ impl Federation {
                 &ca_pem,
                 idle,
                 progress.clone(),
+                &job.out,
             )?),
             None => {
                 serve::announce(addr, sc, &job.out);

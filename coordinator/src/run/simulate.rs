@@ -37,6 +37,9 @@ pub(crate) fn shards(sc: &Scenario, train: &ImageDataset) -> Result<Vec<Vec<usiz
     )
 }
 
+/// The folder of a run where simulated clients keep their state between rounds.
+pub(crate) const CLIENT_STATE_DIR: &str = "clients";
+
 /// The in-process clients of a simulation, running.
 pub(crate) struct SimulatedClients {
     handles: Vec<JoinHandle<Result<fedssl_client::SessionReport>>>,
@@ -45,7 +48,11 @@ pub(crate) struct SimulatedClients {
 /// Starts one client per shard of `train` (`sim-K`, holding shard `K`), connecting to
 /// `addr` and trusting `ca_pem`; they share `simulation.concurrent_training` training slots
 /// (0: half the cores) and draw their bars in `progress`. A client's `simulation.faults`
-/// entry is injected in its round.
+/// entry is injected in its round. Each keeps its state between rounds in
+/// `<out>/clients/<client id>.safetensors` ([`CLIENT_STATE_DIR`]), not in memory; the folder
+/// is emptied first, so a resumed run's clients start afresh, as they did when their
+/// state lived in memory. Errors when that folder cannot be emptied.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn_clients(
     sc: &Scenario,
     train: &ImageDataset,
@@ -54,7 +61,13 @@ pub(crate) fn spawn_clients(
     ca_pem: &str,
     idle: Duration,
     progress: Option<MultiProgress>,
+    out: &std::path::Path,
 ) -> Result<SimulatedClients> {
+    let state_dir = out.join(CLIENT_STATE_DIR);
+    if state_dir.exists() {
+        std::fs::remove_dir_all(&state_dir)
+            .with_context(|| format!("cannot empty {}", state_dir.display()))?;
+    }
     let slots_n = if sc.simulation.concurrent_training == 0 {
         (num_cpus::get() / 2).max(1)
     } else {
@@ -80,6 +93,7 @@ pub(crate) fn spawn_clients(
             sc.simulation.byzantine.as_ref(),
             k as u32,
         );
+        opts.state_dir = Some(state_dir.clone());
         let ccfg = fedssl_client::tls::client_config(ca_pem.as_bytes(), idle)?;
         handles.push(tokio::spawn(async move {
             let res = async {

@@ -218,6 +218,8 @@ mod tests {
             num_clients: 2,
             model: sc.model.clone(),
             pretext: sc.pretext.clone(),
+            batch_norm: sc.federation.batch_norm,
+            local_update: sc.federation.local_update.clone(),
         };
         let id = self_signed(&[]).unwrap();
         let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();

@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::privacy::DpConfig;
+use super::client_state::{BatchNormPolicy, LocalUpdateConfig};
 use super::strategy::StrategyConfig;
 
 /// Federation section.
@@ -38,6 +39,12 @@ pub struct FederationConfig {
     /// Needs `strategy = "fedavg"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dp: Option<DpConfig>,
+    /// What happens to the backbone's BatchNorm tensors between rounds: `"aggregate"`
+    /// (default), `"local"` (FedBN) or `"weights_only"` ([`BatchNormPolicy`]).
+    pub batch_norm: BatchNormPolicy,
+    /// How a client merges the global weights with its own before training: `"plain"`
+    /// (default), or a `{ kind = "fedema" | "fedu", … }` table ([`LocalUpdateConfig`]).
+    pub local_update: LocalUpdateConfig,
 }
 
 impl Default for FederationConfig {
@@ -54,6 +61,8 @@ impl Default for FederationConfig {
             max_buffered_bytes: 4 << 30,
             idle_timeout_seconds: 20.0,
             dp: None,
+            batch_norm: BatchNormPolicy::Aggregate,
+            local_update: LocalUpdateConfig::default(),
         }
     }
 }
@@ -97,6 +106,7 @@ impl FederationConfig {
                 );
             }
         }
+        self.local_update.validate()?;
         self.strategy.validate(self.min_clients)
     }
 

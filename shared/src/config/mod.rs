@@ -19,6 +19,7 @@
 //! [`load`] reads a file and validates it, [`overrides`] applies `--set`, [`name`] checks the
 //! run's name; every pluggable part's `kind = "…"` table is read by [`crate::tagged`].
 
+pub mod client_state;
 pub mod data;
 pub mod eval;
 pub mod federation;
@@ -30,6 +31,7 @@ pub mod simulation;
 pub mod strategy;
 pub mod train;
 
+pub use client_state::{BatchNormPolicy, FedEmaConfig, FedUConfig, LocalUpdateConfig, PlainConfig};
 pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;

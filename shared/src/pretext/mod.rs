@@ -9,6 +9,7 @@
 //! (aggregated with FedAvg) too. Evaluation always reads the backbone alone, applied to the
 //! whole image.
 
+pub mod byol;
 pub mod exemplar;
 pub mod grid;
 pub mod jigsaw;
@@ -18,6 +19,7 @@ pub mod relative_patch;
 pub mod rotation;
 pub mod simclr;
 
+pub use byol::{ByolConfig, ByolTask, ByolTravel};
 pub use exemplar::{ExemplarConfig, ExemplarTask};
 pub use jigsaw::{JigsawConfig, JigsawTask, PermutationDraw};
 pub use mae::{MaeConfig, MaeTask};
@@ -27,7 +29,7 @@ pub use simclr::{SimclrConfig, SimclrTask};
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{VarBuilder, VarMap};
 use rand::rngs::StdRng;
 
 use crate::data::ImageDataset;
@@ -49,6 +51,8 @@ pub enum PretextKind {
     Simclr,
     /// Masked autoencoders (He et al. 2022); needs the ViT backbone.
     Mae,
+    /// BYOL (Grill et al. 2020): online network predicts an EMA target network's projection.
+    Byol,
 }
 
 impl PretextKind {
@@ -61,6 +65,7 @@ impl PretextKind {
             PretextKind::Exemplar => "exemplar",
             PretextKind::Simclr => "simclr",
             PretextKind::Mae => "mae",
+            PretextKind::Byol => "byol",
         }
     }
 
@@ -72,7 +77,8 @@ impl PretextKind {
             | PretextKind::RelativePatch
             | PretextKind::Jigsaw
             | PretextKind::Exemplar
-            | PretextKind::Simclr => None,
+            | PretextKind::Simclr
+            | PretextKind::Byol => None,
             PretextKind::Mae => Some(BackboneKind::Vit),
         }
     }
@@ -101,6 +107,7 @@ impl PretextKind {
             PretextKind::Exemplar,
             PretextKind::Simclr,
             PretextKind::Mae,
+            PretextKind::Byol,
         ]
     }
 }
@@ -111,7 +118,7 @@ impl PretextKind {
 #[serde(deny_unknown_fields, default)]
 pub struct PretextConfig {
     /// The task: `"rotation"` (default), `"relative_patch"`, `"jigsaw"`, `"exemplar"`, `"simclr"`
-    /// or `"mae"` (needs `model.backbone = "vit"`).
+    /// `"mae"` (needs `model.backbone = "vit"`) or `"byol"`.
     pub task: PretextKind,
     /// Also federate the task's heads (`head.*` variables): clients send them with the
     /// backbone and the coordinator aggregates them. Default `false`: heads stay local.
@@ -128,6 +135,8 @@ pub struct PretextConfig {
     pub simclr: SimclrConfig,
     /// `[pretext.mae]`.
     pub mae: MaeConfig,
+    /// `[pretext.byol]`.
+    pub byol: ByolConfig,
 }
 
 impl Default for PretextConfig {
@@ -141,6 +150,7 @@ impl Default for PretextConfig {
             exemplar: ExemplarConfig::default(),
             simclr: SimclrConfig::default(),
             mae: MaeConfig::default(),
+            byol: ByolConfig::default(),
         }
     }
 }
@@ -205,6 +215,7 @@ impl PretextConfig {
             PretextKind::Jigsaw => self.jigsaw.validate(),
             PretextKind::Exemplar => self.exemplar.validate(),
             PretextKind::Simclr => self.simclr.validate(),
+            PretextKind::Byol => self.byol.validate(),
             PretextKind::Mae => {
                 if backbone != BackboneKind::Vit {
                     anyhow::bail!(
@@ -379,6 +390,40 @@ pub trait PretextTask: Send + Sync {
     /// the task does not support or a batch another task prepared.
     fn step(&self, backbone: &Backbone, batch: PreparedBatch) -> Result<StepOutput>;
 
+    /// The `head.*` name prefixes that travel with the backbone, when the task decides it
+    /// itself (BYOL's `pretext.byol.travel`); `None` (the default): `pretext.share_heads`
+    /// decides, all heads or none.
+    fn travelling_heads(&self) -> Option<Vec<&'static str>> {
+        None
+    }
+
+    /// Called once per round after the round's global weights are loaded and before the
+    /// first step, with the backbone's and the heads' variables; `first_round`: the client
+    /// has no state from an earlier round. The default does nothing (BYOL copies the online
+    /// network into its target in the client's first round).
+    fn begin_round(
+        &self,
+        backbone_vars: &VarMap,
+        head_vars: &VarMap,
+        first_round: bool,
+    ) -> Result<()> {
+        let _ = (backbone_vars, head_vars, first_round);
+        Ok(())
+    }
+
+    /// Called after optimiser step `step` (from 1) of the round's `total`. The default does
+    /// nothing (BYOL moves its target network towards the online one).
+    fn after_step(
+        &self,
+        backbone_vars: &VarMap,
+        head_vars: &VarMap,
+        step: usize,
+        total: usize,
+    ) -> Result<()> {
+        let _ = (backbone_vars, head_vars, step, total);
+        Ok(())
+    }
+
     /// [`PretextTask::prepare`] then [`PretextTask::step`] on the calling thread.
     fn batch_loss(
         &self,
@@ -393,11 +438,12 @@ pub trait PretextTask: Send + Sync {
     }
 }
 
-/// Creates the task `cfg.task` for a backbone with `feature_dim`-wide pre-logits, its heads'
-/// variables created under `vb` (the caller initialises them, e.g. with
-/// [`crate::model::seeded_init`]). Errors on invalid parameters.
+/// Creates the task `cfg.task` for `backbone` (built from `model`, which BYOL needs for its
+/// target network), its heads' variables created under `vb` (the caller initialises them,
+/// e.g. with [`crate::model::seeded_init`]). Errors on invalid parameters.
 pub fn build_task(
     cfg: &PretextConfig,
+    model: &crate::model::ModelConfig,
     backbone: &Backbone,
     vb: VarBuilder,
 ) -> Result<Box<dyn PretextTask>> {
@@ -432,6 +478,19 @@ pub fn build_task(
             Backbone::Vit(vit) => Box::new(MaeTask::new(&cfg.mae, vit, vb.pp("head"))?),
             _ => anyhow::bail!("pretext.task = \"mae\" needs model.backbone = \"vit\""),
         },
+        PretextKind::Byol => {
+            if cfg.share_heads {
+                anyhow::bail!(
+                    "pretext.share_heads does not apply to pretext.task = \"byol\": say which heads travel with pretext.byol.travel"
+                );
+            }
+            Box::new(ByolTask::new(
+                &cfg.byol,
+                model,
+                backbone.feature_dim(),
+                vb.pp("head"),
+            )?)
+        }
     })
 }
 

@@ -58,6 +58,9 @@ pub struct TrainStats {
 /// round's global weights); the reported loss is the pretext loss alone. μ = 0 adds nothing:
 /// training is bit-identical to a run without the term.
 ///
+/// After every optimiser step the task's [`PretextTask::after_step`] runs (BYOL's target
+/// update; nothing for the other tasks).
+///
 /// Returns the sample-weighted mean loss and accuracy of the last epoch.
 /// Errors on an empty shard, `batch_size == 0`, `local_epochs == 0`, a negative or
 /// non-finite `proximal_mu`, a batch that cannot be prepared, or a non-finite loss.
@@ -190,10 +193,12 @@ fn train_loop(
             epoch_seen = epoch;
             (loss_sum, correct, seen) = (0.0, None, 0);
         }
+        let k = step + 1;
         let (loss, ok, count) = on_device(&device, || -> Result<(f64, Option<usize>, usize)> {
             let out = task.step(&model_ref.backbone, batch)?;
             let grads = prox.add_to(&out.loss)?.backward()?;
             opt.step(&grads)?;
+            task.after_step(&model_ref.backbone_vars, &model_ref.head_vars, k, total)?;
             let loss = out.loss.to_scalar::<f32>()? as f64;
             Ok((loss, out.correct, out.count))
         })?;

@@ -5,14 +5,18 @@
 //! - [`model`]: [`LocalModel`], a client's backbone and pretext heads, and which of them
 //!   travel to the coordinator.
 //! - [`local`]: [`train_local`], the loop (batches prepared ahead on their own thread).
+//! - [`state`]: [`ClientState`], what a client keeps between rounds, and the merge of the
+//!   round's global weights with it (FedBN, FedEMA, FedU, BYOL's target).
 
 pub mod config;
 pub mod local;
 pub mod model;
+pub mod state;
 
 pub use config::LocalTrainConfig;
 pub use local::{train_local, TrainStats, PREFETCH_BATCHES};
 pub use model::LocalModel;
+pub use state::{begin_round, divergence, keeps_backbone, ClientState, Merge};
 
 /// Small models for the tests of training.
 #[cfg(test)]
@@ -30,6 +34,20 @@ pub(crate) mod fixtures {
                 widen: 1,
             },
             ..ModelConfig::default()
+        }
+    }
+
+    /// BYOL with narrow heads (hidden 8, out 4), τ_base 0.9, everything travelling.
+    pub(crate) fn byol() -> PretextConfig {
+        PretextConfig {
+            task: crate::pretext::PretextKind::Byol,
+            byol: crate::pretext::ByolConfig {
+                hidden_dim: 8,
+                out_dim: 4,
+                tau_base: 0.9,
+                ..Default::default()
+            },
+            ..PretextConfig::default()
         }
     }
 

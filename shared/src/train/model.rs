@@ -22,6 +22,10 @@ pub struct LocalModel {
     pub head_vars: VarMap,
     /// Whether the heads travel with the backbone (`pretext.share_heads`).
     pub share_heads: bool,
+    /// The `head.*` name prefixes that travel with the backbone: the task's own choice
+    /// ([`PretextTask::travelling_heads`], e.g. BYOL's `pretext.byol.travel`), else every
+    /// head (`"head."`) when `share_heads`, else none.
+    pub head_prefixes: Vec<String>,
     /// Where the variables live.
     pub device: Device,
 }
@@ -40,17 +44,23 @@ impl LocalModel {
         let (backbone, backbone_vars) = build_backbone(model, backbone_seed, device)?;
         let head_vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&head_vars, DType::F32, device);
-        let task = build_task(pretext, &backbone, vb)?;
+        let task = build_task(pretext, model, &backbone, vb)?;
         seeded_init(
             &head_vars,
             crate::seed::derive(head_seed, crate::seed::ROTATION_HEAD, 0),
         )?;
+        let head_prefixes = match task.travelling_heads() {
+            Some(p) => p.iter().map(|s| s.to_string()).collect(),
+            None if pretext.share_heads => vec!["head.".to_string()],
+            None => Vec::new(),
+        };
         Ok(Self {
             backbone,
             backbone_vars,
             task,
             head_vars,
             share_heads: pretext.share_heads,
+            head_prefixes,
             device: device.clone(),
         })
     }
@@ -67,13 +77,26 @@ impl LocalModel {
         sorted_vars(&self.backbone_vars)
     }
 
-    /// The weights that travel to the coordinator: the backbone, plus the `head.*`
-    /// variables when the heads are shared.
+    /// Whether the head variable `name` travels ([`Self::head_prefixes`]).
+    pub fn head_travels(&self, name: &str) -> bool {
+        self.head_prefixes
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// The head variables that travel, as weights.
+    fn travelling_head_weights(&self) -> Result<WeightSet> {
+        let mut all = WeightSet::from_varmap(&self.head_vars)?;
+        all.tensors.retain(|k, _| self.head_travels(k));
+        Ok(all)
+    }
+
+    /// The weights that travel to the coordinator: the backbone, plus the travelling
+    /// `head.*` variables ([`Self::head_prefixes`]).
     pub fn federated_weights(&self) -> Result<WeightSet> {
         let mut w = WeightSet::from_varmap(&self.backbone_vars)?;
-        if self.share_heads {
-            w.tensors
-                .extend(WeightSet::from_varmap(&self.head_vars)?.tensors);
+        if !self.head_prefixes.is_empty() {
+            w.tensors.extend(self.travelling_head_weights()?.tensors);
         }
         Ok(w)
     }
@@ -82,13 +105,17 @@ impl LocalModel {
     /// errors (changing nothing) if a name is missing, unexpected or mis-shaped.
     pub fn load_federated(&self, global: &WeightSet) -> Result<()> {
         let (heads, backbone) = global.split_prefix("head.");
-        if self.share_heads {
+        if !self.head_prefixes.is_empty() {
             // check both before writing either
             backbone.check_fits_varmap(&self.backbone_vars)?;
             heads
-                .check_fits_varmap(&self.head_vars)
+                .check_same_layout(&self.travelling_head_weights()?)
                 .context("the shared pretext heads do not fit")?;
-            heads.load_into_varmap(&self.head_vars)?;
+            for (name, var) in sorted_vars(&self.head_vars) {
+                if let Some(t) = heads.tensors.get(&name) {
+                    var.set(&t.to_tensor(var.device())?.to_dtype(var.dtype())?)?;
+                }
+            }
         } else if !heads.tensors.is_empty() {
             bail!(
                 "the global weights carry pretext heads (`head.*`) but pretext.share_heads is false"
@@ -98,7 +125,8 @@ impl LocalModel {
     }
 }
 
-fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
+/// The variables of `vm`, names sorted.
+pub(crate) fn sorted_vars(vm: &VarMap) -> Vec<(String, Var)> {
     let data = vm.data().lock().expect("VarMap lock poisoned");
     let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
