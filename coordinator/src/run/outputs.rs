@@ -53,6 +53,10 @@ pub struct Summary {
     /// Central evaluation; absent when `eval.enabled = false`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalSummary>,
+    /// The certified site name of every client id that joined with one (`serve --kit`,
+    /// `simulate`); absent when no client was authenticated.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sites: std::collections::BTreeMap<u32, String>,
 }
 
 /// Refuses an output folder whose place a file takes. Nothing is created: the folder is made

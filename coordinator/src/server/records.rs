@@ -92,6 +92,10 @@ pub struct RoundRecord {
     /// a completed round.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
+    /// The certified site name of each sampled client that has one (`serve --kit`,
+    /// `simulate`); absent when no client was authenticated.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sites: BTreeMap<u32, String>,
 }
 
 impl RoundRecord {
@@ -112,6 +116,7 @@ impl RoundRecord {
             bytes_received: 0,
             knn_top1: None,
             failed: None,
+            sites: BTreeMap::new(),
         }
     }
 

@@ -33,6 +33,10 @@ pub struct FederationConfig {
     /// A connection silent for this many seconds is considered dead (QUIC idle timeout;
     /// keep-alives are sent at a quarter of it).
     pub idle_timeout_seconds: f64,
+    /// The enrolled sites of the run (`serve --kit`): only a client whose certificate names
+    /// one of them is admitted, and site `i` of the list is client `i` (holds shard `i`).
+    /// Empty (the default): every site the kit's CA certified may join.
+    pub sites: Vec<String>,
 }
 
 impl Default for FederationConfig {
@@ -48,6 +52,7 @@ impl Default for FederationConfig {
             max_weights_bytes: 1 << 30,
             max_buffered_bytes: 4 << 30,
             idle_timeout_seconds: 20.0,
+            sites: Vec::new(),
         }
     }
 }
@@ -80,6 +85,12 @@ impl FederationConfig {
         }
         if !(self.idle_timeout_seconds >= 1.0 && self.idle_timeout_seconds <= 3600.0) {
             bail!("federation.idle_timeout_seconds must be in [1, 3600]");
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            if self.sites[..i].contains(site) {
+                let shown: String = site.chars().take(64).collect();
+                bail!("federation.sites names `{}` twice", shown.escape_default());
+            }
         }
         self.strategy.validate(self.min_clients)
     }
