@@ -280,3 +280,100 @@ async fn a_served_run_with_kits_names_the_sites_in_its_records() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(s["sites"], r1["sites"]);
 }
+
+/// One `serve` job (self-signed, no kit) of `sc` into `out` on `port` with three in-process
+/// clients on their synthetic shards, which trust `pem` (read from `out/cert.pem` once the
+/// coordinator wrote it when `None`); returns the rounds completed and the PEM trusted.
+async fn serve_with_clients(
+    sc: fedssl_shared::config::Scenario,
+    out: &Path,
+    port: u16,
+    resume: bool,
+    pem: Option<Vec<u8>>,
+) -> (usize, Vec<u8>) {
+    use fedssl_coordinator::run::job::{run_job, Job, Mode};
+    let job = Job {
+        scenario: sc,
+        out: out.to_path_buf(),
+        mode: Mode::Serve {
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            identity: None,
+            names: vec![],
+            kit: None,
+            revoked: None,
+        },
+        progress: false,
+        resume,
+    };
+    let server = tokio::spawn(run_job(job));
+    let pem = match pem {
+        Some(p) => p,
+        None => loop {
+            match std::fs::read(out.join("cert.pem")) {
+                Ok(p) if !p.is_empty() => break p,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        },
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut clients = Vec::new();
+    for k in 0..3u32 {
+        let cfg = fedssl_client::tls::client_config(&pem, Duration::from_secs(5)).unwrap();
+        clients.push(tokio::spawn(async move {
+            let mut tries = 0;
+            let (_ep, conn) = loop {
+                match fedssl_client::open(addr, "localhost", cfg.clone()).await {
+                    Ok(c) => break c,
+                    Err(_) if tries < 50 => tries += 1,
+                    Err(e) => return Err(e),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let opts = fedssl_client::ClientOptions::new(
+                format!("c{k}"),
+                fedssl_client::DataSource::Shard { dir: None, k, n: 3 },
+            );
+            fedssl_client::run_session(conn, opts).await
+        }));
+    }
+    let summary = tokio::time::timeout(Duration::from_secs(300), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    for c in clients {
+        c.await.unwrap().unwrap();
+    }
+    (summary.rounds_completed, pem)
+}
+
+/// `serve --resume` keeps the certificate the run wrote: the clients' copy of `cert.pem`
+/// from before the restart still verifies, and the resumed run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_resume_keeps_its_certificate_so_the_sites_cert_pem_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let port = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let sc = |rounds: &str| {
+        fedssl_tests::tiny(&[rounds, "eval.enabled=false", "partition={kind = \"iid\"}"])
+    };
+    let (done, pem) =
+        serve_with_clients(sc("federation.rounds=1"), &out, port(), false, None).await;
+    assert_eq!(done, 1);
+    let (done, _) = serve_with_clients(
+        sc("federation.rounds=2"),
+        &out,
+        port(),
+        true,
+        Some(pem.clone()),
+    )
+    .await;
+    assert_eq!(done, 2);
+    assert_eq!(std::fs::read(out.join("cert.pem")).unwrap(), pem);
+}

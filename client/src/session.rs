@@ -60,7 +60,9 @@ pub async fn open(
     Ok((endpoint, conn))
 }
 
-/// Runs one client session on an open connection until the coordinator says the run is over.
+/// Runs one client session on an open connection until the coordinator says the run is over;
+/// a run that the coordinator says failed (`run failed: …`) is an error, so that the client
+/// exits non-zero.
 /// A session that fails closes the connection with its error as the reason (at most 1,000
 /// bytes), so the coordinator logs why the client left and frees its shard at once; a
 /// connection the coordinator's TLS closed (a refused certificate) is an error saying why.
@@ -105,6 +107,10 @@ async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<Sessio
         tokio::select! {
             msg = ctrl_rx.recv() => {
                 match msg {
+                    Some(Ok(ServerMessage::Finished { message })) if message.starts_with("run failed") => {
+                        conn.close(0u32.into(), b"done");
+                        bail!("the coordinator says: {message}");
+                    }
                     Some(Ok(ServerMessage::Finished { message })) => {
                         info!(client_id, %message, "run finished");
                         conn.close(0u32.into(), b"done");
