@@ -81,6 +81,8 @@ fn serve_with_three_client_processes_survives_a_killed_client() {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
             identity: None,
             names: vec![],
+            kit: None,
+            revoked: None,
         },
         progress: false,
         resume: false,

@@ -13,8 +13,10 @@
 //! - `data`: [`DataSource`], where the training images come from, and their loading;
 //! - `options`: [`ClientOptions`] (how a session runs) and [`SessionReport`] (what it did);
 //! - `progress`: the progress bar of a local round;
-//! - [`tls`]: the client's TLS configuration.
+//! - [`tls`]: the client's TLS configuration (and why the coordinator's TLS refused it);
+//! - [`kit`]: a site's startup kit (`--kit`).
 
+pub mod kit;
 pub mod tls;
 
 mod behaviour;

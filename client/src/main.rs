@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use fedssl_client::kit::read_kit;
 use fedssl_client::{open, run_session, ClientOptions, DataSource};
 
 #[derive(Parser)]
@@ -15,12 +16,18 @@ use fedssl_client::{open, run_session, ClientOptions, DataSource};
     about = "Federated self-supervised pretraining: a client site"
 )]
 struct Cli {
-    /// Coordinator address, HOST:PORT (UDP).
+    /// This site's startup kit (from `fedssl-coordinator provision`): its certificate and
+    /// key, the CA, and client.toml naming the coordinator and the site. Flags given beside
+    /// it win over client.toml.
     #[arg(long)]
-    coordinator: String,
-    /// The coordinator's certificate (its cert.pem), or the CA that signed it.
-    #[arg(long)]
-    ca: PathBuf,
+    kit: Option<PathBuf>,
+    /// Coordinator address, HOST:PORT (UDP); default with --kit: its client.toml's.
+    #[arg(long, required_unless_present = "kit")]
+    coordinator: Option<String>,
+    /// The coordinator's certificate (its cert.pem), or the CA that signed it; default with
+    /// --kit: the kit's ca.pem.
+    #[arg(long, required_unless_present = "kit")]
+    ca: Option<PathBuf>,
     /// Name the coordinator's certificate must be valid for (default: HOST of --coordinator).
     #[arg(long)]
     server_name: Option<String>,
@@ -31,9 +38,9 @@ struct Cli {
     /// Without it the whole dataset in --data is this site's data.
     #[arg(long, value_name = "K/N")]
     shard: Option<String>,
-    /// Name shown in the coordinator's log.
-    #[arg(long, default_value = "fedssl-client")]
-    name: String,
+    /// Name shown in the coordinator's log (default: the kit's site, else fedssl-client).
+    #[arg(long)]
+    name: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -75,29 +82,49 @@ async fn real_main(cli: Cli) -> Result<()> {
             dir: cli.data.clone(),
         },
     };
-    let addr = tokio::net::lookup_host(&cli.coordinator)
+    let kit = cli.kit.as_deref().map(read_kit).transpose()?;
+    let coordinator = match (&cli.coordinator, &kit) {
+        (Some(c), _) => c.clone(),
+        (None, Some(k)) => k.config.coordinator.clone(),
+        (None, None) => bail!("--coordinator HOST:PORT is needed (or --kit)"),
+    };
+    let addr = tokio::net::lookup_host(&coordinator)
         .await
         .with_context(|| {
-            format!(
-                "--coordinator `{}`: cannot resolve (expected HOST:PORT)",
-                cli.coordinator
-            )
+            format!("--coordinator `{coordinator}`: cannot resolve (expected HOST:PORT)")
         })?
         .next()
-        .with_context(|| format!("--coordinator `{}`: no address", cli.coordinator))?;
-    let server_name = cli.server_name.clone().unwrap_or_else(|| {
-        let host = cli
-            .coordinator
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or(&cli.coordinator);
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string()
-    });
-    let ccfg = fedssl_client::tls::client_config_from_file(&cli.ca, Duration::from_secs(20))?;
+        .with_context(|| format!("--coordinator `{coordinator}`: no address"))?;
+    let server_name = match (&cli.server_name, &kit) {
+        (Some(s), _) => s.clone(),
+        (None, Some(k)) if cli.coordinator.is_none() => k.config.server_name.clone(),
+        _ => {
+            let host = coordinator
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&coordinator);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        }
+    };
+    let ca = match (&cli.ca, &kit) {
+        (Some(c), _) => c.clone(),
+        (None, Some(k)) => k.ca.clone(),
+        (None, None) => bail!("--ca FILE is needed (or --kit)"),
+    };
+    let pem = std::fs::read(&ca)
+        .with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
+    let creds = kit.as_ref().map(|k| &k.credentials);
+    let ccfg = fedssl_client::tls::client_config_as(&pem, creds, Duration::from_secs(20))
+        .with_context(|| format!("in {} or the kit", ca.display()))?;
     let (endpoint, conn) = open(addr, &server_name, ccfg).await?;
-    let mut opts = ClientOptions::new(cli.name.clone(), data);
+    let name = cli
+        .name
+        .clone()
+        .or_else(|| kit.as_ref().map(|k| k.config.site.clone()))
+        .unwrap_or_else(|| "fedssl-client".into());
+    let mut opts = ClientOptions::new(name, data);
     opts.device = device;
     if !cli.quiet {
         opts.progress = Some(indicatif::MultiProgress::new());

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::data::resolve_data;
 use crate::options::{ClientOptions, SessionReport};
 use crate::round::{handle_round, Learner, Local};
+use crate::tls::tls_refusal;
 
 /// Connects to the coordinator at `addr` whose certificate must be valid for `server_name`
 /// and signed by (or equal to) a certificate of `client_cfg`.
@@ -45,19 +46,34 @@ pub async fn open(
     };
     let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
     endpoint.set_default_client_config(client_cfg);
-    let conn = endpoint
+    let conn = match endpoint
         .connect(addr, server_name)
         .with_context(|| format!("cannot connect to {addr}"))?
         .await
-        .with_context(|| format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?)"))?;
+    {
+        Ok(c) => c,
+        Err(e) => match tls_refusal(&e) {
+            Some(why) => bail!("{why}"),
+            None => return Err(e).with_context(|| format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?)")),
+        },
+    };
     Ok((endpoint, conn))
 }
 
-/// Runs one client session on an open connection until the coordinator says the run is over.
+/// Runs one client session on an open connection until the coordinator says the run is over;
+/// a run that the coordinator says failed (`run failed: …`) is an error, so that the client
+/// exits non-zero.
 /// A session that fails closes the connection with its error as the reason (at most 1,000
-/// bytes), so the coordinator logs why the client left and frees its shard at once.
+/// bytes), so the coordinator logs why the client left and frees its shard at once; a
+/// connection the coordinator's TLS closed (a refused certificate) is an error saying why.
 pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
     let res = session(&conn, opts).await;
+    if res.is_err() {
+        // A certificate the coordinator's TLS refused shows only once the handshake is over.
+        if let Some(why) = conn.close_reason().as_ref().and_then(tls_refusal) {
+            bail!("{why}");
+        }
+    }
     if let Err(e) = &res {
         if conn.close_reason().is_none() {
             let mut bytes = format!("{e:#}").into_bytes();
@@ -92,6 +108,10 @@ async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<Sessio
         tokio::select! {
             msg = ctrl_rx.recv() => {
                 match msg {
+                    Some(Ok(ServerMessage::Finished { message })) if message.starts_with("run failed") => {
+                        conn.close(0u32.into(), b"done");
+                        bail!("the coordinator says: {message}");
+                    }
                     Some(Ok(ServerMessage::Finished { message })) => {
                         info!(client_id, %message, "run finished");
                         conn.close(0u32.into(), b"done");

@@ -6,7 +6,7 @@
 //! Rooms, from the top: [`run`] (the run modes: a `simulate`/`serve` job, the `eval`
 //! subcommand, resume, the run folder's files), [`experiments`] (compare, compare-pretexts,
 //! tables, charts), [`server`] (registry, handshake and its `Authenticator`, the round loop,
-//! records, TLS), [`strategy`] (the `Strategy` trait and FedAvg), [`eval`] (features, probes,
+//! records, TLS), [`provision`] (the CA and the sites' startup kits), [`strategy`] (the `Strategy` trait and FedAvg), [`eval`] (features, probes,
 //! the evaluation suite, the k-NN monitor). A new aggregation strategy is a file in
 //! `strategy/`; a new way to admit clients an `Authenticator` in `server/handshake.rs`'s
 //! terms; a new evaluation a file in `eval/`.
@@ -14,6 +14,7 @@
 pub mod eval;
 pub mod experiments;
 pub mod privacy;
+pub mod provision;
 pub mod run;
 pub mod server;
 pub mod strategy;

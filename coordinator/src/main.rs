@@ -110,6 +110,34 @@ enum Cmd {
         /// Extra host name or IP address the self-signed certificate is valid for (repeatable).
         #[arg(long = "name")]
         names: Vec<String>,
+        /// A provisioned coordinator kit (`provision --out DIR` writes DIR/coordinator): serve
+        /// with its certificate and admit only clients with a certificate of its CA.
+        #[arg(long, conflicts_with_all = ["cert", "key"])]
+        kit: Option<PathBuf>,
+        /// With --kit: a file of revoked site names or certificate serials (one a line),
+        /// re-read whenever it changes.
+        #[arg(long, requires = "kit")]
+        revoked: Option<PathBuf>,
+    },
+    /// Enrol sites: write a CA, the coordinator's kit and one startup kit per site (its
+    /// certificate and key, the CA, and a client.toml naming the coordinator) into --out.
+    Provision {
+        /// Comma-separated site names (lower-case DNS labels), e.g. site-a,site-b,site-c.
+        #[arg(long, value_delimiter = ',', required = true)]
+        sites: Vec<String>,
+        /// Host name or IP address the sites reach the coordinator at (repeatable or
+        /// comma-separated; the first goes into the sites' client.toml).
+        #[arg(long = "coordinator-name", value_delimiter = ',', required = true)]
+        coordinator_names: Vec<String>,
+        /// UDP port the coordinator listens on (written into client.toml).
+        #[arg(long, default_value_t = 4433)]
+        port: u16,
+        /// Days the certificates stay valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Output folder of the kits.
+        #[arg(long, default_value = "kits")]
+        out: PathBuf,
     },
     /// Train every pretext task under the scenario's budget (one `simulate` run each, in
     /// <out>/<task>/) and write compare.md, compare.csv and compare.png into the output folder.
@@ -179,6 +207,8 @@ async fn real_main(cli: Cli) -> Result<()> {
             cert,
             key,
             names,
+            kit,
+            revoked,
         } => {
             let identity = cert.zip(key);
             let listen = resolve_listen(&listen)?;
@@ -186,9 +216,18 @@ async fn real_main(cli: Cli) -> Result<()> {
                 listen,
                 identity,
                 names,
+                kit,
+                revoked,
             };
             run_cmd(common, mode).await
         }
+        Cmd::Provision {
+            sites,
+            coordinator_names,
+            port,
+            days,
+            out,
+        } => provision_cmd(sites, coordinator_names, port, days, &out),
     }
 }
 
@@ -204,6 +243,34 @@ async fn run_cmd(common: Common, mode: Mode) -> Result<()> {
     };
     let summary = run_job(job).await.context("run failed")?;
     println!("{}", result_line(&summary, &out));
+    Ok(())
+}
+
+/// `provision`: the CA and the kits; names the folders written.
+fn provision_cmd(
+    sites: Vec<String>,
+    coordinator_names: Vec<String>,
+    port: u16,
+    days: i64,
+    out: &std::path::Path,
+) -> Result<()> {
+    if days < 1 {
+        anyhow::bail!("--days must be at least 1, got {days}");
+    }
+    let req = fedssl_coordinator::provision::ProvisionRequest {
+        sites,
+        coordinator_names,
+        port,
+        days,
+    };
+    let dirs = fedssl_coordinator::provision::provision(&req, out)?;
+    println!(
+        "CA: {} (keep ca-key.pem private; it is in no kit)",
+        out.join("ca").display()
+    );
+    for d in dirs {
+        println!("kit: {}", d.display());
+    }
     Ok(())
 }
 

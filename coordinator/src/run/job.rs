@@ -24,7 +24,7 @@ use crate::run::outputs::{self, plural, Summary};
 use crate::run::resume::{self, ResumePoint};
 use crate::run::simulate::{self, SimulatedClients};
 use crate::run::{data, serve};
-use crate::server::handshake::{accept_loop, OpenAdmission};
+use crate::server::handshake::accept_loop;
 use crate::server::registry::Registry;
 use crate::server::rounds::{run_rounds, RoundsContext, RoundsOutcome};
 
@@ -40,6 +40,11 @@ pub enum Mode {
         identity: Option<(PathBuf, PathBuf)>,
         /// Extra DNS names / IP addresses for the self-signed certificate.
         names: Vec<String>,
+        /// `--kit DIR`: a provisioned coordinator kit (mutual TLS with the enrolled sites,
+        /// [`serve::ServeTls`]).
+        kit: Option<PathBuf>,
+        /// `--revoked FILE`: revoked site names or certificate serials, re-read on change.
+        revoked: Option<PathBuf>,
     },
 }
 
@@ -127,6 +132,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         resumed_after_round: resumed.as_ref().map(|p| p.rounds_done),
         eval,
         privacy: crate::privacy::accountant::run_spent(&sc, outcome.rounds_completed)?,
+        sites: outcome.sites.clone(),
     };
     outputs::write_summary(&job.out, &summary)?;
     Ok(summary)
@@ -199,14 +205,29 @@ impl Federation {
     fn start(job: &Job, train: &ImageDataset) -> Result<Self> {
         let sc = &job.scenario;
         let idle = Duration::from_secs_f64(sc.federation.idle_timeout_seconds);
-        let (endpoint, ca_pem) = match &job.mode {
-            Mode::Simulate => simulate::loopback_endpoint(idle)?,
+        let (bound, kits) = match &job.mode {
+            Mode::Simulate => {
+                let (bound, kits) = simulate::loopback_endpoint(sc, idle)?;
+                (bound, Some(kits))
+            }
             Mode::Serve {
                 listen,
                 identity,
                 names,
-            } => serve::bind(*listen, identity.as_ref(), names, idle, &job.out)?,
+                kit,
+                revoked,
+            } => {
+                let how = serve::ServeTls {
+                    identity: identity.clone(),
+                    kit: kit.clone(),
+                    revoked: revoked.clone(),
+                    names: names.clone(),
+                };
+                let bound = serve::bind(*listen, &how, sc, idle, &job.out, job.resume)?;
+                (bound, None)
+            }
         };
+        let endpoint = bound.endpoint;
         let addr = endpoint.local_addr()?;
         // The simulated clients' shards: computed before the previous run is cleared, so that
         // a partition the data cannot satisfy fails with the previous results still in `out`.
@@ -218,26 +239,27 @@ impl Federation {
         // start: a run that fails before this point leaves the previous results untouched.
         outputs::start_run(&job.out, sc, job.resume, shards.as_deref(), train)?;
         let registry = Registry::new(RunInfo::of(sc));
-        let authenticator = Arc::new(OpenAdmission);
         tokio::spawn(accept_loop(
             endpoint.clone(),
             registry.clone(),
-            authenticator,
+            bound.authenticator,
         ));
         let progress = job.progress.then(MultiProgress::new);
-        let clients = match &shards {
-            Some(shards) => Some(simulate::spawn_clients(
+        let clients = match (&shards, kits) {
+            (Some(shards), Some(kits)) => Some(simulate::spawn_clients(
                 sc,
                 train,
                 shards,
                 addr,
-                &ca_pem,
+                &kits,
                 idle,
                 progress.clone(),
                 &job.out,
             )?),
-            None => {
-                serve::announce(addr, sc, &job.out);
+            _ => {
+                if let Mode::Serve { kit, .. } = &job.mode {
+                    serve::announce(addr, sc, &job.out, kit.is_some());
+                }
                 None
             }
         };

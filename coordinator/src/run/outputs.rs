@@ -56,6 +56,10 @@ pub struct Summary {
     /// (ε, δ) the whole run spent under `federation.dp` (both bounds); absent without DP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::privacy::accountant::PrivacySpent>,
+    /// The certified site name of every client id that joined with one (`serve --kit`,
+    /// `simulate`); absent when no client was authenticated.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sites: std::collections::BTreeMap<u32, String>,
 }
 
 /// Refuses an output folder whose place a file takes. Nothing is created: the folder is made

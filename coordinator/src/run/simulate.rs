@@ -1,6 +1,12 @@
-//! The `simulate` run mode's side of a run: a loopback endpoint with a fresh self-signed
-//! certificate, the clients' shards, and one in-process client per shard speaking the real
-//! protocol over loopback QUIC. The only room of the coordinator that uses `fedssl-client`.
+//! The `simulate` run mode's side of a run: a loopback endpoint, the clients' shards, and one
+//! in-process client per shard speaking the real protocol over loopback QUIC. The only room
+//! of the coordinator that uses `fedssl-client`.
+//!
+//! The simulated path is the authenticated one: an in-memory CA ([`crate::provision`])
+//! certifies the coordinator (`localhost`) and one site per client (`sim-K`, client `K`,
+//! shard `K`), and the endpoint admits exactly those sites with mutual TLS
+//! ([`SiteAdmission`]), as `serve --kit` does. Nothing of it touches the training: a
+//! simulation's weights are the same bytes as without authentication.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,15 +19,54 @@ use indicatif::MultiProgress;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::provision::Authority;
+use crate::run::serve::Bound;
+use crate::server::sites::SiteAdmission;
 use crate::server::tls;
 
-/// A server endpoint on `127.0.0.1` (any free port) with a self-signed certificate, and that
-/// certificate's PEM (what the clients trust); `idle` is the QUIC idle timeout.
-pub(crate) fn loopback_endpoint(idle: Duration) -> Result<(quinn::Endpoint, String)> {
-    let id = tls::self_signed(&[])?;
-    let ep = quinn::Endpoint::server(tls::server_config(&id, idle, None)?, "127.0.0.1:0".parse()?)
-        .context("cannot open a loopback UDP socket")?;
-    Ok((ep, id.cert_pem))
+/// The in-memory kits of a simulation's clients: the CA they trust and each site's
+/// credentials (client `K` is site `sim-K`).
+pub(crate) struct SimKits {
+    ca_pem: String,
+    sites: Vec<fedssl_client::tls::SiteCredentials>,
+}
+
+/// Days the in-memory certificates are valid.
+const SIM_DAYS: i64 = 7;
+
+/// A server endpoint on `127.0.0.1` (any free port) that admits only the simulation's sites
+/// `sim-0 … sim-{N-1}` (`N = federation.clients`) by their certificates of a fresh in-memory
+/// CA, and those sites' kits; `idle` is the QUIC idle timeout.
+pub(crate) fn loopback_endpoint(sc: &Scenario, idle: Duration) -> Result<(Bound, SimKits)> {
+    let ca = Authority::new("simulation", SIM_DAYS)?;
+    let coord = ca.issue_coordinator(&["localhost".into(), "127.0.0.1".into()], SIM_DAYS)?;
+    let id = tls::load_identity_pem(&coord.cert_pem, &coord.key_pem)?;
+    let ca_pem = ca.cert_pem();
+    let verifier = tls::client_verifier(ca_pem.as_bytes(), std::path::Path::new("simulation CA"))?;
+    let names: Vec<String> = (0..sc.federation.clients)
+        .map(|k| format!("sim-{k}"))
+        .collect();
+    let mut sites = Vec::with_capacity(names.len());
+    for n in &names {
+        let issued = ca.issue_site(n, SIM_DAYS)?;
+        sites.push(fedssl_client::tls::SiteCredentials {
+            cert_pem: issued.cert_pem.into_bytes(),
+            key_pem: issued.key_pem.into_bytes(),
+        });
+    }
+    let ep = quinn::Endpoint::server(
+        tls::server_config(&id, idle, Some(verifier))?,
+        "127.0.0.1:0".parse()?,
+    )
+    .context("cannot open a loopback UDP socket")?;
+    let bound = Bound {
+        endpoint: ep,
+        authenticator: Arc::new(SiteAdmission {
+            allow: names,
+            revoked: None,
+        }),
+    };
+    Ok((bound, SimKits { ca_pem, sites }))
 }
 
 /// The simulated clients' shards of `train`: `federation.clients` disjoint index lists drawn
@@ -45,8 +90,8 @@ pub(crate) struct SimulatedClients {
     handles: Vec<JoinHandle<Result<fedssl_client::SessionReport>>>,
 }
 
-/// Starts one client per shard of `train` (`sim-K`, holding shard `K`), connecting to
-/// `addr` and trusting `ca_pem`; they share `simulation.concurrent_training` training slots
+/// Starts one client per shard of `train` (`sim-K`, holding shard `K`, with site `sim-K`'s
+/// credentials of `kits`), connecting to `addr`; they share `simulation.concurrent_training` training slots
 /// (0: half the cores) and draw their bars in `progress`. A client's `simulation.faults`
 /// entry is injected in its round. Each keeps its state between rounds in
 /// `<out>/clients/<client id>.safetensors` ([`CLIENT_STATE_DIR`]), not in memory; the folder
@@ -58,7 +103,7 @@ pub(crate) fn spawn_clients(
     train: &ImageDataset,
     shards: &[Vec<usize>],
     addr: SocketAddr,
-    ca_pem: &str,
+    kits: &SimKits,
     idle: Duration,
     progress: Option<MultiProgress>,
     out: &std::path::Path,
@@ -94,7 +139,11 @@ pub(crate) fn spawn_clients(
             k as u32,
         );
         opts.state_dir = Some(state_dir.clone());
-        let ccfg = fedssl_client::tls::client_config(ca_pem.as_bytes(), idle)?;
+        let ccfg = fedssl_client::tls::client_config_as(
+            kits.ca_pem.as_bytes(),
+            Some(&kits.sites[k]),
+            idle,
+        )?;
         handles.push(tokio::spawn(async move {
             let res = async {
                 let conn = fedssl_client::connect(addr, "localhost", ccfg).await?;

@@ -27,21 +27,33 @@ pub struct Peer<'a> {
     pub shard: Option<(u32, u32)>,
 }
 
+/// What an [`Authenticator`] says of a peer it admits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Admitted {
+    /// The peer's verified identity (an enrolled site's name), shown in logs, `rounds.jsonl`
+    /// and `summary.json`; a site that reconnects gets its client id back. `None`: anonymous.
+    pub site: Option<String>,
+    /// The client id the peer must have (a site's place in `federation.sites`).
+    pub bound_id: Option<u32>,
+}
+
 /// Decides whether a peer may join the run, after its hello and before the registry gives it
 /// a slot and any model byte is sent.
 pub trait Authenticator: Send + Sync {
-    /// `Ok` admits the peer; `Err(reason)` refuses it, and the reason is sent to it.
-    fn admit(&self, peer: &Peer<'_>) -> Result<(), String>;
+    /// `Ok` admits the peer (with its identity, if any); `Err(reason)` refuses it, and the
+    /// reason is sent to it.
+    fn admit(&self, peer: &Peer<'_>) -> Result<Admitted, String>;
 }
 
 /// Admits every peer that completed the TLS handshake (the server's certificate is what
-/// clients verify) and spoke the protocol; the registry still refuses a peer for which the
-/// run has no slot. Today's (and the only) authenticator.
+/// clients verify) and spoke the protocol, anonymously; the registry still refuses a peer for
+/// which the run has no slot. `serve` without `--kit` (local experiments); enrolled sites
+/// are admitted by [`crate::server::sites::SiteAdmission`].
 pub struct OpenAdmission;
 
 impl Authenticator for OpenAdmission {
-    fn admit(&self, _peer: &Peer<'_>) -> Result<(), String> {
-        Ok(())
+    fn admit(&self, _peer: &Peer<'_>) -> Result<Admitted, String> {
+        Ok(Admitted::default())
     }
 }
 
@@ -89,14 +101,22 @@ async fn handshake(
         client_name: &name,
         shard,
     };
-    let admitted = authenticator
-        .admit(&peer)
-        .and_then(|()| registry.slot(shard));
-    let id = match admitted {
-        Ok(id) => id,
-        Err(reason) => return Err(refuse(send, &conn, reason).await),
+    let admitted = authenticator.admit(&peer);
+    let slot = admitted
+        .clone()
+        .and_then(|a| registry.slot(shard, &a).map(|id| (id, a)));
+    let (id, admitted) = match slot {
+        Ok(s) => s,
+        Err(reason) => {
+            let who = admitted
+                .ok()
+                .and_then(|a| a.site)
+                .unwrap_or_else(|| name.clone());
+            return Err(refuse(send, &conn, reason).await).with_context(|| format!("`{who}`"));
+        }
     };
-    let ctrl = registry.insert(id, conn.clone(), send, name.clone());
+    let site = admitted.site.clone();
+    let ctrl = registry.insert(id, conn.clone(), send, name.clone(), site.clone());
     {
         let mut s = ctrl.lock().await;
         write_message(
@@ -108,7 +128,10 @@ async fn handshake(
         )
         .await?;
     }
-    info!(client = id, %name, remote = %conn.remote_address(), "client joined");
+    match &site {
+        Some(site) => info!(client = id, %site, remote = %conn.remote_address(), "site joined"),
+        None => info!(client = id, %name, remote = %conn.remote_address(), "client joined"),
+    }
     registry.notify_joined();
     tokio::spawn(watch_close(registry, id, conn));
     Ok(())
@@ -182,7 +205,7 @@ mod tests {
     struct NoTicket;
 
     impl Authenticator for NoTicket {
-        fn admit(&self, peer: &Peer<'_>) -> Result<(), String> {
+        fn admit(&self, peer: &Peer<'_>) -> Result<Admitted, String> {
             assert_eq!(peer.shard, Some((0, 2)));
             assert!(peer.connection.remote_address().ip().is_loopback());
             Err(format!("`{}` has no ticket", peer.client_name))

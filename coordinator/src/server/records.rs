@@ -96,6 +96,10 @@ pub struct RoundRecord {
     /// updates, ε spent so far ([`crate::privacy::dp::DpRoundReport`]). Absent without DP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub privacy: Option<serde_json::Value>,
+    /// The certified site name of each sampled client that has one (`serve --kit`,
+    /// `simulate`); absent when no client was authenticated.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sites: BTreeMap<u32, String>,
 }
 
 impl RoundRecord {
@@ -117,6 +121,7 @@ impl RoundRecord {
             knn_top1: None,
             failed: None,
             privacy: None,
+            sites: BTreeMap::new(),
         }
     }
 

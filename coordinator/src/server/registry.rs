@@ -1,5 +1,8 @@
-//! The clients connected to a run, by id: admission to a slot (shard `k` of the run, or the
-//! next free id), the wait for enough clients before a round, and the goodbye at the end.
+//! The clients connected to a run, by id: admission to a slot (shard `k` of the run, an
+//! enrolled site's own id, or the next free id), the wait for enough clients before a round,
+//! and the goodbye at the end. A certified site keeps its id for the whole run: when it
+//! reconnects it gets the same id back, and its new connection replaces an old one the
+//! coordinator has not yet noticed is gone.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,6 +14,8 @@ use fedssl_shared::protocol::{write_message, RunInfo, ServerMessage};
 use tokio::task::JoinSet;
 use tracing::info;
 
+use crate::server::handshake::Admitted;
+
 /// A connected client's control stream (the one its hello came on), shared by the messages
 /// sent on it.
 pub type ControlStream = Arc<tokio::sync::Mutex<quinn::SendStream>>;
@@ -20,6 +25,7 @@ struct Registered {
     conn: quinn::Connection,
     ctrl: ControlStream,
     name: String,
+    site: Option<String>,
 }
 
 /// Connected clients by id.
@@ -29,6 +35,8 @@ pub struct Registry {
     next_id: AtomicU32,
     capacity: usize,
     run: RunInfo,
+    /// Every certified site that was given an id in this run, and its id.
+    site_ids: Mutex<BTreeMap<String, u32>>,
 }
 
 impl Registry {
@@ -40,6 +48,7 @@ impl Registry {
             next_id: AtomicU32::new(run.num_clients),
             capacity: run.num_clients as usize,
             run,
+            site_ids: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -65,18 +74,58 @@ impl Registry {
         self.clients().get(&id).map(|r| r.conn.clone())
     }
 
-    /// The id a client asking for `shard` (`(k, n)`: shard `k` of `n`; `None`: any) gets, or
-    /// why it is refused: the run already has its clients, the shard does not fit the run,
-    /// or another connected client holds it. A client without a shard gets the next id
-    /// above the shards'.
-    pub fn slot(&self, shard: Option<(u32, u32)>) -> Result<u32, String> {
+    /// The sites certified so far, `id → name` (connected or not).
+    pub fn sites(&self) -> BTreeMap<u32, String> {
+        let g = self.site_ids.lock().unwrap_or_else(PoisonError::into_inner);
+        g.iter().map(|(s, id)| (*id, s.clone())).collect()
+    }
+
+    /// The id a client asking for `shard` (`(k, n)`: shard `k` of `n`; `None`: any) and
+    /// `admitted` as it is gets, or why it is refused: the run already has its clients, the
+    /// shard does not fit the run, or another connected client holds it. A certified site
+    /// gets the id it had before (or its bound id, or its shard's), and may replace its own
+    /// earlier connection; a client without a shard gets the next id above the shards'.
+    pub fn slot(&self, shard: Option<(u32, u32)>, admitted: &Admitted) -> Result<u32, String> {
         let g = self.clients();
-        if g.len() >= self.capacity {
+        let mut sites = self.site_ids.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = admitted
+            .site
+            .as_ref()
+            .and_then(|s| sites.get(s).copied())
+            .or(admitted.bound_id);
+        let returning = known.filter(|id| {
+            g.get(id)
+                .is_some_and(|r| r.site.is_some() && r.site == admitted.site)
+        });
+        if returning.is_none() && g.len() >= self.capacity {
             return Err(format!(
                 "the run already has its {} clients (federation.clients)",
                 self.capacity
             ));
         }
+        let id = match (known, shard) {
+            (Some(id), Some((k, _))) if k != id => Err(format!(
+                "site `{}` holds client id {id} in this run, not shard {k}",
+                admitted.site.as_deref().unwrap_or("?")
+            )),
+            (Some(id), _) if returning.is_none() && g.contains_key(&id) => Err(format!(
+                "client id {id} is already held by a connected client"
+            )),
+            (Some(id), _) => Ok(id),
+            (None, shard) => self.free_slot(&g, shard),
+        }?;
+        if let Some(site) = &admitted.site {
+            sites.insert(site.clone(), id);
+        }
+        Ok(id)
+    }
+
+    /// The id for `shard` (or the next free one) among the connected clients `g`.
+    fn free_slot(
+        &self,
+        g: &BTreeMap<u32, Registered>,
+        shard: Option<(u32, u32)>,
+    ) -> Result<u32, String> {
         match shard {
             Some((k, n)) if n != self.run.num_clients || k >= n => Err(format!(
                 "shard {k}/{n} does not fit this run: it has {} shards, numbered 0..{}",
@@ -91,24 +140,37 @@ impl Registry {
         }
     }
 
-    /// Registers client `id` (its connection, control stream and name); returns the control
-    /// stream, shared.
+    /// Registers client `id` (its connection, control stream, hello name and certified
+    /// site); returns the control stream, shared. An earlier connection of the same id (a
+    /// site that reconnected before its old connection timed out) is closed.
     pub fn insert(
         &self,
         id: u32,
         conn: quinn::Connection,
         ctrl: quinn::SendStream,
         name: String,
+        site: Option<String>,
     ) -> ControlStream {
         let ctrl = Arc::new(tokio::sync::Mutex::new(ctrl));
-        self.clients().insert(
+        let old = self.clients().insert(
             id,
             Registered {
                 conn,
                 ctrl: ctrl.clone(),
                 name,
+                site,
             },
         );
+        if let Some(old) = old {
+            info!(
+                client = id,
+                "a new connection of this site replaces its old one"
+            );
+            old.conn.close(
+                3u32.into(),
+                b"replaced by a new connection of the same site",
+            );
+        }
         ctrl
     }
 

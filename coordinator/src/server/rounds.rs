@@ -10,7 +10,7 @@
 //! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
 //! appended to `rounds.jsonl` ([`crate::server::records`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +68,8 @@ pub struct RoundsOutcome {
     pub bytes_received: u64,
     /// Distinct clients that contributed to at least one round.
     pub clients_seen: BTreeSet<u32>,
+    /// The certified site name of every client id that had one (`id → site`).
+    pub sites: BTreeMap<u32, String>,
 }
 
 impl RoundsOutcome {
@@ -113,6 +115,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         bytes_sent: 0,
         bytes_received: 0,
         clients_seen: BTreeSet::new(),
+        sites: BTreeMap::new(),
     };
     let join_timeout = Duration::from_secs_f64(fed.join_timeout_seconds);
     for round in start_round..fed.rounds {
@@ -149,6 +152,11 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         let mut agg = strategy.begin_round(&global);
         let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec).await;
         close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
+        let sites = registry.sites();
+        rec.sites = sampled
+            .iter()
+            .filter_map(|id| Some((*id, sites.get(id)?.clone())))
+            .collect();
         if agg.contributions() < fed.min_clients {
             return Err(fail_round(
                 &mut log,
@@ -169,6 +177,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     }
     bar.finish();
     totals.global = global;
+    totals.sites = registry.sites();
     Ok(totals)
 }
 

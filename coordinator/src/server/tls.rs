@@ -1,6 +1,6 @@
 //! TLS for the QUIC server: a self-signed certificate written next to the run (or a
-//! user-supplied certificate and key), and the quinn server configuration — with the place
-//! where client certificates would be asked for and verified.
+//! user-supplied certificate and key, or a provisioned kit's), the verifier of the sites'
+//! client certificates ([`client_verifier`], mutual TLS), and the quinn server configuration.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -87,16 +87,25 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// The identity of a PEM certificate chain and PEM private key held in memory.
+pub fn load_identity_pem(cert_pem: &str, key_pem: &str) -> Result<ServerIdentity> {
+    let what = Path::new("in-memory certificate");
+    let chain = pem_certs(cert_pem.as_bytes(), what)?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .context("not a PEM private key")?
+        .context("no private key found")?;
+    Ok(ServerIdentity {
+        chain,
+        key,
+        cert_pem: cert_pem.to_string(),
+    })
+}
+
 /// Loads a PEM certificate chain and PEM private key; errors name the file.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<ServerIdentity> {
     let cert_pem = std::fs::read_to_string(cert)
         .with_context(|| format!("cannot read certificate {}", cert.display()))?;
-    let chain = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .with_context(|| format!("{}: not a PEM certificate", cert.display()))?;
-    if chain.is_empty() {
-        bail!("{}: no certificate found", cert.display());
-    }
+    let chain = pem_certs(cert_pem.as_bytes(), cert)?;
     let key_pem =
         std::fs::read(key).with_context(|| format!("cannot read key {}", key.display()))?;
     let key_der = rustls_pemfile::private_key(&mut key_pem.as_slice())
@@ -109,11 +118,39 @@ pub fn load_identity(cert: &Path, key: &Path) -> Result<ServerIdentity> {
     })
 }
 
+/// PEM certificates of `pem` (at least one); `what` names the file in errors.
+pub fn pem_certs(pem: &[u8], what: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: not a PEM certificate", what.display()))?;
+    if certs.is_empty() {
+        bail!("{}: no certificate found", what.display());
+    }
+    Ok(certs)
+}
+
+/// A client-certificate verifier that requires every client to present a certificate chain
+/// to one of the CA certificates in `ca_pem` (read from `what`), valid now, for client
+/// authentication, and to prove it holds its key (rustls' `WebPkiClientVerifier`). A client
+/// without one, with one of another CA, or with an expired one fails the TLS handshake.
+pub fn client_verifier(ca_pem: &[u8], what: &Path) -> Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(ca_pem, what)? {
+        roots
+            .add(c)
+            .with_context(|| format!("{}: unusable CA certificate", what.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .with_context(|| format!("{}: cannot verify clients with this CA", what.display()))
+}
+
 /// The quinn server configuration: TLS 1.3 (ring), ALPN `fedssl/1`, keep-alives so that a
 /// vanished client is noticed within `idle_timeout`. `client_auth` verifies client
 /// certificates (mutual TLS; e.g. `rustls::server::WebPkiClientVerifier` over the CA of the
 /// clients' certificates), which an [`crate::server::handshake::Authenticator`] can then read
-/// from the connection; `None` — what every run does today — asks clients for none.
+/// from the connection; `None` (`serve` without `--kit`) asks clients for none.
 pub fn server_config(
     id: &ServerIdentity,
     idle_timeout: Duration,

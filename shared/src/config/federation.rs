@@ -45,6 +45,10 @@ pub struct FederationConfig {
     /// How a client merges the global weights with its own before training: `"plain"`
     /// (default), or a `{ kind = "fedema" | "fedu", … }` table ([`LocalUpdateConfig`]).
     pub local_update: LocalUpdateConfig,
+    /// The enrolled sites of the run (`serve --kit`): only a client whose certificate names
+    /// one of them is admitted, and site `i` of the list is client `i` (holds shard `i`).
+    /// Empty (the default): every site the kit's CA certified may join.
+    pub sites: Vec<String>,
 }
 
 impl Default for FederationConfig {
@@ -63,6 +67,7 @@ impl Default for FederationConfig {
             dp: None,
             batch_norm: BatchNormPolicy::Aggregate,
             local_update: LocalUpdateConfig::default(),
+            sites: Vec::new(),
         }
     }
 }
@@ -107,6 +112,12 @@ impl FederationConfig {
             }
         }
         self.local_update.validate()?;
+        for (i, site) in self.sites.iter().enumerate() {
+            if self.sites[..i].contains(site) {
+                let shown: String = site.chars().take(64).collect();
+                bail!("federation.sites names `{}` twice", shown.escape_default());
+            }
+        }
         self.strategy.validate(self.min_clients)
     }
 
