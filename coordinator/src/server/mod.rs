@@ -1,6 +1,6 @@
 //! The QUIC server of a run: the [`registry`] of connected clients, their admission
 //! ([`handshake`], with its [`handshake::Authenticator`] seam), the [`rounds`] loop with each
-//! client's part of a round (`client_round.rs`), what the rounds write ([`records`]), their
+//! client's part of a round (`client_round.rs`), what the rounds write ([`records`], and [`tensorboard`] event files), their
 //! progress on the terminal (`progress.rs`), and the server's [`tls`].
 
 mod client_round;
@@ -9,4 +9,5 @@ mod progress;
 pub mod records;
 pub mod registry;
 pub mod rounds;
+pub mod tensorboard;
 pub mod tls;

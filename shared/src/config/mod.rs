@@ -23,6 +23,7 @@ pub mod data;
 pub mod eval;
 pub mod federation;
 pub mod load;
+pub mod logging;
 pub mod name;
 pub mod overrides;
 pub mod simulation;
@@ -32,6 +33,7 @@ pub mod train;
 pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
+pub use logging::LoggingConfig;
 pub use name::{check_name, MAX_NAME_CHARS};
 pub use simulation::{Fault, FaultKind, SimulationConfig};
 pub use strategy::{
@@ -75,6 +77,8 @@ pub struct Scenario {
     pub eval: EvalConfig,
     /// Settings that only matter for `simulate` (all clients in one process).
     pub simulation: SimulationConfig,
+    /// Optional logs besides `rounds.jsonl` (TensorBoard event files).
+    pub logging: LoggingConfig,
 }
 
 impl Default for Scenario {
@@ -90,6 +94,7 @@ impl Default for Scenario {
             federation: FederationConfig::default(),
             eval: EvalConfig::default(),
             simulation: SimulationConfig::default(),
+            logging: LoggingConfig::default(),
         }
     }
 }
