@@ -46,6 +46,10 @@ struct Common {
     /// federation.rounds may grow).
     #[arg(long)]
     resume: bool,
+    /// Write TensorBoard event files (round scalars, final probe accuracies) into DIR (the
+    /// scenario's `[logging] tensorboard = true` writes them into <out>/tb).
+    #[arg(long, value_name = "DIR")]
+    tensorboard: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -167,6 +171,10 @@ fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
     let mut sc = Scenario::load(&common.scenario, &common.set)?;
     if let Some(d) = &common.data_dir {
         sc.data.path = Some(d.clone());
+    }
+    if let Some(dir) = &common.tensorboard {
+        sc.logging.tensorboard = true;
+        sc.logging.tensorboard_dir = Some(dir.clone());
     }
     let out = common
         .out

@@ -27,6 +27,7 @@ use crate::run::{data, serve};
 use crate::server::handshake::accept_loop;
 use crate::server::registry::Registry;
 use crate::server::rounds::{run_rounds, RoundsContext, RoundsOutcome};
+use crate::server::tensorboard::EventWriter;
 
 /// How the clients of a run are provided.
 pub enum Mode {
@@ -112,6 +113,9 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let eval = evaluate(&sc, &outcome.global, initial, train, test).await?;
     if let Some(e) = &eval {
         write_eval_json(&job.out, &sc, backbone_values, e)?;
+        if let Some(dir) = sc.logging.tensorboard_dir(&job.out) {
+            EventWriter::create(&dir, "eval")?.eval(outcome.rounds_completed, e)?;
+        }
     }
     let summary = Summary {
         scenario: sc.name.clone(),

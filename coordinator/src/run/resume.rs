@@ -112,7 +112,7 @@ fn check_same_scenario(out: &Path, sc: &Scenario) -> Result<()> {
     };
     if let Some(key) = first_difference(&before, &serde_json::to_value(sc)?, "") {
         bail!(
-            "cannot resume: the scenario differs from the one that started the run in {} at `{key}` (only federation.rounds, eval.* and simulation.* may change)",
+            "cannot resume: the scenario differs from the one that started the run in {} at `{key}` (only federation.rounds, eval.*, simulation.* and logging.* may change)",
             out.display()
         );
     }
@@ -183,7 +183,7 @@ fn keep_completed_rounds(rounds_path: &Path, point: &mut ResumePoint) -> Result<
 /// The dotted path of the first difference between two scenario trees, ignoring the keys a
 /// resumed run may change; `None` when they agree.
 fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
-    const MAY_CHANGE: [&str; 3] = ["federation.rounds", "eval", "simulation"];
+    const MAY_CHANGE: [&str; 4] = ["federation.rounds", "eval", "simulation", "logging"];
     if MAY_CHANGE.contains(&path) {
         return None;
     }

@@ -1,8 +1,8 @@
 //! The QUIC server of a run: the [`registry`] of connected clients, their admission
 //! ([`handshake`], with its [`handshake::Authenticator`] seam), the [`rounds`] loop with each
-//! client's part of a round (`client_round.rs`), what the rounds write ([`records`]), their
-//! progress on the terminal (`progress.rs`), the server's [`tls`], and the admission of
-//! enrolled sites ([`sites`], with the [`revocation`] list).
+//! client's part of a round (`client_round.rs`), what the rounds write ([`records`], and
+//! [`tensorboard`] event files), their progress on the terminal (`progress.rs`), the server's
+//! [`tls`], and the admission of enrolled sites ([`sites`], with the [`revocation`] list).
 
 mod client_round;
 pub mod handshake;
@@ -12,4 +12,5 @@ pub mod registry;
 pub mod revocation;
 pub mod rounds;
 pub mod sites;
+pub mod tensorboard;
 pub mod tls;

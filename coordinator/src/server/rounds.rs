@@ -8,7 +8,8 @@
 //! goes on while at least `min_clients` contribute. At most [`DECODE_SLOTS`] received updates
 //! are held in memory at once, whatever the number of clients. After each round the global
 //! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
-//! appended to `rounds.jsonl` ([`crate::server::records`]).
+//! appended to `rounds.jsonl` ([`crate::server::records`]) and, with `[logging] tensorboard`,
+//! its scalars to a TensorBoard event file ([`crate::server::tensorboard`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -30,6 +31,7 @@ use crate::server::client_round::{client_round, Arrived, RoundShared, SentBytes}
 use crate::server::progress::RoundsProgress;
 use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
 use crate::server::registry::Registry;
+use crate::server::tensorboard::EventWriter;
 use crate::strategy::{RoundAggregator, Strategy};
 
 /// Updates decoded and waiting for aggregation at any moment (bounds memory).
@@ -106,6 +108,10 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     let fed = &sc.federation;
     let checkpoints = Checkpoints::create(out)?;
     let mut log = RoundsLog::open(out, start_round > 0)?;
+    let mut tb = match sc.logging.tensorboard_dir(out) {
+        Some(dir) => Some(EventWriter::create(&dir, "rounds")?),
+        None => None,
+    };
     let bar = RoundsProgress::new(progress.as_ref(), fed.rounds, start_round);
     info!(strategy = strategy.name(), buffering = ?strategy.buffering(), "aggregation");
     let slots = Arc::new(tokio::sync::Semaphore::new(DECODE_SLOTS));
@@ -172,6 +178,9 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             rec.knn_top1 = Some(knn_score(m, &global, round + 1).await?);
         }
         log.append(&rec)?;
+        if let Some(tb) = tb.as_mut() {
+            tb.round(&rec)?;
+        }
         totals.add(&rec);
         bar.round_done(&rec);
     }

@@ -24,6 +24,7 @@ pub mod data;
 pub mod eval;
 pub mod federation;
 pub mod load;
+pub mod logging;
 pub mod name;
 pub mod overrides;
 pub mod privacy;
@@ -35,6 +36,7 @@ pub use client_state::{BatchNormPolicy, FedEmaConfig, FedUConfig, LocalUpdateCon
 pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
+pub use logging::LoggingConfig;
 pub use name::{check_name, MAX_NAME_CHARS};
 pub use privacy::{AdaptiveClipConfig, DpConfig};
 pub use simulation::{AttackConfig, ByzantineConfig, Fault, FaultKind, SimulationConfig};
@@ -80,6 +82,8 @@ pub struct Scenario {
     pub eval: EvalConfig,
     /// Settings that only matter for `simulate` (all clients in one process).
     pub simulation: SimulationConfig,
+    /// Optional logs besides `rounds.jsonl` (TensorBoard event files).
+    pub logging: LoggingConfig,
 }
 
 impl Default for Scenario {
@@ -95,6 +99,7 @@ impl Default for Scenario {
             federation: FederationConfig::default(),
             eval: EvalConfig::default(),
             simulation: SimulationConfig::default(),
+            logging: LoggingConfig::default(),
         }
     }
 }
