@@ -32,7 +32,7 @@ use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
 /// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -319,7 +319,11 @@ mod tests {
     fn welcome_with_every_partition_round_trips() {
         for partition in [
             PartitionConfig::Iid(crate::partition::IidConfig {}),
-            PartitionConfig::Dirichlet(crate::partition::DirichletConfig { alpha: 0.3 }),
+            PartitionConfig::Dirichlet(crate::partition::DirichletConfig {
+                alpha: 0.3,
+                min_size: None,
+                balanced: false,
+            }),
         ] {
             let m = ServerMessage::Welcome {
                 client_id: 2,
