@@ -325,7 +325,11 @@ mod tests {
     fn welcome_with_every_partition_round_trips() {
         for partition in [
             PartitionConfig::Iid(crate::partition::IidConfig {}),
-            PartitionConfig::Dirichlet(crate::partition::DirichletConfig { alpha: 0.3 }),
+            PartitionConfig::Dirichlet(crate::partition::DirichletConfig {
+                alpha: 0.3,
+                min_size: None,
+                balanced: false,
+            }),
         ] {
             let m = ServerMessage::Welcome {
                 client_id: 2,

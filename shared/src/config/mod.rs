@@ -177,7 +177,11 @@ mod tests {
         assert_eq!(s.name, "abc");
         assert_eq!(
             s.partition,
-            PartitionConfig::Dirichlet(crate::partition::DirichletConfig { alpha: 0.5 })
+            PartitionConfig::Dirichlet(crate::partition::DirichletConfig {
+                alpha: 0.5,
+                min_size: None,
+                balanced: false
+            })
         );
     }
 

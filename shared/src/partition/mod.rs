@@ -2,7 +2,10 @@
 //!
 //! * [`iid`]: a seeded shuffle cut into near-equal shards (`kind = "iid"`, the default).
 //! * [`dirichlet`]: per-class Dirichlet label skew of Hsu, Qi & Brown 2019
-//!   (`kind = "dirichlet"`, `alpha = …`).
+//!   (`kind = "dirichlet"`, `alpha = …`, optional `min_size`, `balanced`).
+//! * [`label_quantity`]: #C = k classes per client (NIID-Bench).
+//! * [`shards`]: McMahan et al. 2017's sort-and-shard.
+//! * [`quantity`]: skewed shard sizes (Dirichlet or power law), IID labels.
 //!
 //! The scenario's `[partition]` table is a [`PartitionConfig`]: its `kind` picks the
 //! partitioner and the rest of the table is that partitioner's own config struct (see
@@ -11,9 +14,16 @@
 
 pub mod dirichlet;
 pub mod iid;
+pub mod label_quantity;
+pub mod quantity;
+pub mod shards;
+mod sizes;
 
 pub use dirichlet::DirichletConfig;
 pub use iid::IidConfig;
+pub use label_quantity::LabelQuantityConfig;
+pub use quantity::{QuantityConfig, SizeLaw};
+pub use shards::ShardsConfig;
 
 use anyhow::{bail, Result};
 
@@ -49,11 +59,20 @@ pub enum PartitionConfig {
     Iid(IidConfig),
     /// Per-class Dirichlet label skew with concentration `alpha > 0` (Hsu et al. 2019).
     Dirichlet(DirichletConfig),
+    /// `classes_per_client` distinct classes per client (NIID-Bench #C = k).
+    LabelQuantity(LabelQuantityConfig),
+    /// Label-sorted shards dealt at random (McMahan et al. 2017).
+    Shards(ShardsConfig),
+    /// Skewed shard sizes, IID labels.
+    Quantity(QuantityConfig),
 }
 
 tagged_serde!(PartitionConfig {
     "iid" => Iid(IidConfig),
     "dirichlet" => Dirichlet(DirichletConfig),
+    "label_quantity" => LabelQuantity(LabelQuantityConfig),
+    "shards" => Shards(ShardsConfig),
+    "quantity" => Quantity(QuantityConfig),
 });
 
 impl Default for PartitionConfig {
@@ -69,6 +88,9 @@ impl PartitionConfig {
         match self {
             PartitionConfig::Iid(c) => c,
             PartitionConfig::Dirichlet(c) => c,
+            PartitionConfig::LabelQuantity(c) => c,
+            PartitionConfig::Shards(c) => c,
+            PartitionConfig::Quantity(c) => c,
         }
     }
 
@@ -184,7 +206,11 @@ mod tests {
     #[test]
     fn dirichlet_large_alpha_is_near_uniform() {
         let l = crate::data::synthetic::generate(50_000, 0).labels;
-        let scheme = PartitionConfig::Dirichlet(DirichletConfig { alpha: 1000.0 });
+        let scheme = PartitionConfig::Dirichlet(DirichletConfig {
+            alpha: 1000.0,
+            min_size: None,
+            balanced: false,
+        });
         let parts = partition(&l, 10, 10, &scheme, 3).unwrap();
         check_disjoint_complete(&parts, 50_000);
         for p in &parts {
@@ -197,7 +223,11 @@ mod tests {
     #[test]
     fn dirichlet_small_alpha_is_skewed_and_deterministic() {
         let l = labels(50_000, 10);
-        let scheme = PartitionConfig::Dirichlet(DirichletConfig { alpha: 0.1 });
+        let scheme = PartitionConfig::Dirichlet(DirichletConfig {
+            alpha: 0.1,
+            min_size: None,
+            balanced: false,
+        });
         let parts = partition(&l, 10, 10, &scheme, 4).unwrap();
         check_disjoint_complete(&parts, 50_000);
         let mean_max: f64 = parts
@@ -213,7 +243,11 @@ mod tests {
     #[test]
     fn many_clients_and_tiny_alpha_leave_no_client_empty() {
         let l = labels(40, 2);
-        let scheme = PartitionConfig::Dirichlet(DirichletConfig { alpha: 0.01 });
+        let scheme = PartitionConfig::Dirichlet(DirichletConfig {
+            alpha: 0.01,
+            min_size: None,
+            balanced: false,
+        });
         let parts = partition(&l, 2, 40, &scheme, 0).unwrap();
         check_disjoint_complete(&parts, 40);
         assert!(parts.iter().all(|p| p.len() == 1));
@@ -229,7 +263,11 @@ mod tests {
                 &l,
                 2,
                 2,
-                &PartitionConfig::Dirichlet(DirichletConfig { alpha }),
+                &PartitionConfig::Dirichlet(DirichletConfig {
+                    alpha,
+                    min_size: None,
+                    balanced: false,
+                }),
                 0,
             );
             assert!(e.is_err(), "alpha {alpha}");
@@ -239,7 +277,13 @@ mod tests {
 
     #[test]
     fn scheme_serde_shape() {
-        let dirichlet = |alpha| PartitionConfig::Dirichlet(DirichletConfig { alpha });
+        let dirichlet = |alpha| {
+            PartitionConfig::Dirichlet(DirichletConfig {
+                alpha,
+                min_size: None,
+                balanced: false,
+            })
+        };
         let iid = PartitionConfig::Iid(IidConfig {});
         let s: PartitionConfig = toml::from_str("kind = \"dirichlet\"\nalpha = 0.5").unwrap();
         assert_eq!(s, dirichlet(0.5));
@@ -251,7 +295,7 @@ mod tests {
         assert!(e.to_string().contains("beta"), "{e}");
         crate::tagged::assert_unknown_keys_are_refused::<PartitionConfig>();
         let j = serde_json::to_string(&dirichlet(0.5)).unwrap();
-        assert_eq!(j, r#"{"kind":"dirichlet","alpha":0.5}"#);
+        assert_eq!(j, r#"{"kind":"dirichlet","alpha":0.5,"balanced":false}"#);
         // IID has no settings: it is written as its bare name (before the tagged configs,
         // the hand-written raw form wrote `{"kind":"iid","alpha":null}` so that bincode,
         // which cannot skip fields, could carry it; bincode now carries (kind, settings)).
@@ -276,5 +320,200 @@ mod tests {
             let e = check_shards(&parts, 3, 2).unwrap_err().to_string();
             assert!(e.contains(why), "{parts:?}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod skew_tests {
+    //! The partitioners of issue 13: disjoint and complete, seeded, their defining property
+    //! measured, impossible settings refused with a clear error.
+    use super::*;
+
+    fn labels(n: usize, classes: u32) -> Vec<u32> {
+        (0..n).map(|i| (i as u32 * 7 + 3) % classes).collect()
+    }
+
+    fn complete(parts: &[Vec<usize>], n: usize) {
+        let mut seen = vec![0u8; n];
+        for p in parts {
+            assert!(!p.is_empty());
+            for &i in p {
+                seen[i] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1));
+    }
+
+    fn distinct_classes(p: &[usize], l: &[u32]) -> usize {
+        let mut c: Vec<u32> = p.iter().map(|&i| l[i]).collect();
+        c.sort_unstable();
+        c.dedup();
+        c.len()
+    }
+
+    fn dir(alpha: f64, min_size: Option<usize>, balanced: bool) -> PartitionConfig {
+        PartitionConfig::Dirichlet(DirichletConfig {
+            alpha,
+            min_size,
+            balanced,
+        })
+    }
+
+    #[test]
+    fn label_quantity_gives_k_classes_per_client() {
+        let l = labels(5000, 10);
+        for (k, clients) in [(1, 10), (2, 10), (3, 10), (2, 5), (2, 30)] {
+            let c = PartitionConfig::LabelQuantity(LabelQuantityConfig {
+                classes_per_client: k,
+            });
+            let parts = partition(&l, 10, clients, &c, 1).unwrap();
+            complete(&parts, 5000);
+            for p in &parts {
+                assert_eq!(distinct_classes(p, &l), k, "k={k} clients={clients}");
+            }
+            assert_eq!(parts, partition(&l, 10, clients, &c, 1).unwrap());
+        }
+        let c = PartitionConfig::LabelQuantity(LabelQuantityConfig {
+            classes_per_client: 2,
+        });
+        let e = partition(&l, 10, 4, &c, 0).unwrap_err().to_string();
+        assert!(e.contains("covers at most 8 of the 10 classes"), "{e}");
+        let c = PartitionConfig::LabelQuantity(LabelQuantityConfig {
+            classes_per_client: 11,
+        });
+        assert!(partition(&l, 10, 4, &c, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("exceeds"));
+    }
+
+    #[test]
+    fn shards_deal_label_sorted_pieces() {
+        let l = labels(6000, 10);
+        let c = PartitionConfig::Shards(ShardsConfig {
+            shards_per_client: 2,
+        });
+        let parts = partition(&l, 10, 100, &c, 3).unwrap();
+        complete(&parts, 6000);
+        // 200 shards of 30 inside classes of 600: every client holds at most 2 classes
+        assert!(parts
+            .iter()
+            .all(|p| p.len() == 60 && distinct_classes(p, &l) <= 2));
+        assert_ne!(parts, partition(&l, 10, 100, &c, 4).unwrap());
+        let e = partition(&labels(200, 10), 10, 150, &c, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs 300 shards"), "{e}");
+    }
+
+    #[test]
+    fn quantity_sizes_follow_the_law_and_labels_stay_iid() {
+        let l = labels(10_000, 10);
+        let pl = PartitionConfig::Quantity(QuantityConfig {
+            sizes: SizeLaw::PowerLaw,
+            alpha: 0.5,
+            exponent: 1.0,
+            min_size: 1,
+        });
+        let parts = partition(&l, 10, 4, &pl, 0).unwrap();
+        complete(&parts, 10_000);
+        let mut sz: Vec<usize> = parts.iter().map(Vec::len).collect();
+        sz.sort_unstable();
+        // 1 + 9996 * (1/r) / (25/12), r = 4, 3, 2, 1: 1 + (1199.52, 1599.36, 2399.04, 4798.08),
+        // the one image left over going to the largest remainder (0.52)
+        assert_eq!(sz, vec![1201, 1600, 2400, 4799]);
+        let big = parts.iter().find(|p| p.len() == 4799).unwrap();
+        let share = big.iter().filter(|&&i| l[i] == 0).count() as f64 / big.len() as f64;
+        assert!((share - 0.1).abs() < 0.02, "{share}");
+        let dq = PartitionConfig::Quantity(QuantityConfig {
+            sizes: SizeLaw::Dirichlet,
+            alpha: 0.5,
+            exponent: 1.0,
+            min_size: 10,
+        });
+        let parts = partition(&l, 10, 10, &dq, 2).unwrap();
+        complete(&parts, 10_000);
+        assert!(parts.iter().all(|p| p.len() >= 10));
+        assert_eq!(parts, partition(&l, 10, 10, &dq, 2).unwrap());
+        let e = partition(&labels(200, 10), 10, 300, &dq, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("300 clients"), "{e}");
+    }
+
+    #[test]
+    fn dirichlet_min_size_and_balanced() {
+        let l = labels(5000, 10);
+        let parts = partition(&l, 10, 10, &dir(0.1, Some(10), false), 5).unwrap();
+        complete(&parts, 5000);
+        assert!(parts.iter().all(|p| p.len() >= 10));
+        let parts = partition(&l, 10, 10, &dir(0.1, None, true), 5).unwrap();
+        complete(&parts, 5000);
+        assert!(parts.iter().all(|p| p.len() == 500));
+        let mean_max: f64 = parts
+            .iter()
+            .map(|p| {
+                (0..10u32)
+                    .map(|c| p.iter().filter(|&&i| l[i] == c).count())
+                    .max()
+                    .unwrap() as f64
+                    / p.len() as f64
+            })
+            .sum::<f64>()
+            / 10.0;
+        assert!(
+            mean_max > 0.3, // IID would give about 0.1
+            "balanced alpha 0.1 should stay skewed: {mean_max}"
+        );
+        // alpha = 0.01, 100 clients, 1000 images: NIID-Bench's min size 10 cannot be met
+        let e = partition(&labels(1000, 10), 10, 100, &dir(0.01, Some(10), false), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("alpha = 0.01") && e.contains("100 clients") && e.contains("1000 images"),
+            "{e}"
+        );
+        let e = partition(&labels(1000, 10), 10, 100, &dir(0.5, Some(20), false), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2000 images, only 1000"), "{e}");
+        // defaults unchanged: the same split as before the new keys
+        assert_eq!(
+            partition(&l, 10, 10, &dir(0.5, None, false), 9).unwrap(),
+            partition(&l, 10, 10, &dir(0.5, None, false), 9).unwrap()
+        );
+    }
+
+    #[test]
+    fn new_kinds_read_from_toml() {
+        let c: PartitionConfig =
+            toml::from_str("kind = \"label_quantity\"\nclasses_per_client = 2").unwrap();
+        assert_eq!(
+            c,
+            PartitionConfig::LabelQuantity(LabelQuantityConfig {
+                classes_per_client: 2
+            })
+        );
+        let c: PartitionConfig = toml::from_str("kind = \"shards\"").unwrap();
+        assert_eq!(
+            c,
+            PartitionConfig::Shards(ShardsConfig {
+                shards_per_client: 2
+            })
+        );
+        let c: PartitionConfig =
+            toml::from_str("kind = \"quantity\"\nsizes = \"power_law\"\nexponent = 2.0").unwrap();
+        assert!(matches!(
+            c,
+            PartitionConfig::Quantity(QuantityConfig {
+                sizes: SizeLaw::PowerLaw,
+                ..
+            })
+        ));
+        let c: PartitionConfig =
+            toml::from_str("kind = \"dirichlet\"\nalpha = 0.1\nmin_size = 10\nbalanced = true")
+                .unwrap();
+        assert_eq!(c, dir(0.1, Some(10), true));
+        assert!(toml::from_str::<PartitionConfig>("kind = \"shards\"\nalpha = 1").is_err());
     }
 }
