@@ -3,8 +3,8 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::privacy::DpConfig;
 use super::client_state::{BatchNormPolicy, LocalUpdateConfig};
+use super::privacy::DpConfig;
 use super::strategy::StrategyConfig;
 
 /// Federation section.
