@@ -541,11 +541,11 @@ async fn every_pretext_task_runs_one_federated_round() {
                 assert!((0.0..=1.0).contains(&acc), "{task}: {acc}");
             }
         }
-        if task == "mae" {
+        if task == "mae" || task == "byol" {
             assert_eq!(
                 rounds[0]["accuracy"],
                 serde_json::json!({}),
-                "MAE has no accuracy"
+                "{task} has no accuracy"
             );
         } else {
             assert_eq!(
@@ -554,12 +554,23 @@ async fn every_pretext_task_runs_one_federated_round() {
                 "{task}"
             );
         }
-        // only the backbone travels: no pretext head (`head.*`) in the global weights
+        // only the backbone travels: no pretext head (`head.*`) in the global weights, but
+        // BYOL's online projector and predictor (`pretext.byol.travel = "online"`, the default;
+        // its EMA target never travels)
         let fin = WeightSet::load(&out.join("final.safetensors")).unwrap();
+        let travelling = |k: &str| {
+            task == "byol" && (k.starts_with("head.projector.") || k.starts_with("head.predictor."))
+        };
         assert!(
-            fin.tensors.keys().all(|k| !k.starts_with("head.")),
+            fin.tensors
+                .keys()
+                .all(|k| !k.starts_with("head.") || travelling(k)),
             "{task}"
         );
+        if task == "byol" {
+            assert!(fin.tensors.keys().any(|k| k.starts_with("head.predictor.")));
+            assert!(fin.tensors.keys().all(|k| !k.contains("target")), "{task}");
+        }
     }
 }
 
