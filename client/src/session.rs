@@ -54,6 +54,11 @@ pub async fn open(
         Ok(c) => c,
         Err(e) => match tls_refusal(&e) {
             Some(why) => bail!("{why}"),
+            None if e.to_string().contains("invalid peer certificate") => bail!(
+                "this client does not trust the coordinator at {addr}: its certificate is not \
+                 signed by the CA this client was given (--ca, or the kit's ca.pem: a kit of \
+                 another provisioning, or another run's cert.pem?) ({e})"
+            ),
             None => return Err(e).with_context(|| format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?)")),
         },
     };
