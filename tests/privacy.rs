@@ -103,6 +103,17 @@ fn dp_with_a_strategy_other_than_fedavg_is_refused_naming_both() {
         format!("{e:#}").contains("federation.dp.clip_norm"),
         "{e:#}"
     );
+    // adaptive clipping whose default count noise (3 clients / 20) leaves no noise for the
+    // update is refused when the scenario loads, with the bound
+    let e = Scenario::from_toml_str(
+        "[federation]\nclients = 3\n[federation.dp]\nclip_norm = 1.0\nnoise_multiplier = 1.0\nadaptive = {}\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("too small for adaptive clipping"),
+        "{e:#}"
+    );
 }
 
 #[test]

@@ -56,6 +56,28 @@ impl Default for AdaptiveClipConfig {
 }
 
 impl DpConfig {
+    /// With adaptive clipping, checks that z leaves noise for the update once the count of
+    /// unclipped updates takes its share (Andrew et al. 2021, Thm. 1: z⁻² − (2σ_b)⁻² > 0), with
+    /// σ_b = `count_stddev` or, by default, `sampled` clients per round / 20.
+    pub fn validate_count_noise(&self, sampled: usize) -> Result<()> {
+        let (Some(a), z) = (&self.adaptive, self.noise_multiplier) else {
+            return Ok(());
+        };
+        if z == 0.0 {
+            return Ok(());
+        }
+        let sb = a.count_stddev.unwrap_or(sampled as f64 / 20.0);
+        if z.powi(-2) - (2.0 * sb).powi(-2) <= 0.0 {
+            bail!(
+                "federation.dp: noise_multiplier {z} is too small for adaptive clipping's count \
+                 noise σ_b = {sb} (federation.dp.adaptive.count_stddev, default clients per round \
+                 / 20): it needs z > 1/(2σ_b) = {}",
+                1.0 / (2.0 * sb)
+            );
+        }
+        Ok(())
+    }
+
     /// Checks ranges; the message names the `federation.dp.*` key.
     pub fn validate(&self) -> Result<()> {
         if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
