@@ -189,7 +189,7 @@ pub fn run_spent(
     };
     let fed = &sc.federation;
     let q = fed.max_sampled() as f64 / fed.clients as f64;
-    let delta = dp.delta.unwrap_or(1.0 / fed.clients as f64);
+    let delta = dp.delta_of(fed.clients);
     Ok(Some(
         Accountant::new(dp.noise_multiplier, q)?.spent(rounds as u64, delta)?,
     ))

@@ -73,7 +73,7 @@ pub struct DpFedAvg {
     rounds_done: u64,
     accountant: Accountant,
     delta: f64,
-    expected_clients: f64,
+    sampled: usize,
     stats: Arc<Mutex<RoundStats>>,
     report: Option<DpRoundReport>,
 }
@@ -101,39 +101,13 @@ impl DpFedAvg {
             clip_norm: cfg.clip_norm,
             rounds_done: 0,
             accountant,
-            delta: cfg.delta.unwrap_or(1.0 / clients as f64),
-            expected_clients: sampled as f64,
+            delta: cfg.delta_of(clients),
+            sampled,
             stats: Arc::default(),
             report: None,
         };
-        dp.update_noise_multiplier()?;
+        dp.cfg.update_noise_multiplier(sampled)?;
         Ok(dp)
-    }
-
-    /// σ_b of adaptive clipping (None: fixed clipping).
-    fn count_stddev(&self) -> Option<f64> {
-        let a = self.cfg.adaptive.as_ref()?;
-        Some(a.count_stddev.unwrap_or(self.expected_clients / 20.0))
-    }
-
-    /// z_Δ, the multiplier of the update noise (Andrew et al. 2021, Theorem 1).
-    fn update_noise_multiplier(&self) -> Result<f64> {
-        let z = self.cfg.noise_multiplier;
-        let Some(sb) = self.count_stddev() else {
-            return Ok(z);
-        };
-        if z == 0.0 {
-            return Ok(0.0);
-        }
-        let rest = z.powi(-2) - (2.0 * sb).powi(-2);
-        if rest <= 0.0 {
-            bail!(
-                "federation.dp: noise_multiplier {z} is too small for adaptive clipping's count \
-                 noise σ_b = {sb}: it needs z > 1/(2σ_b) = {}",
-                1.0 / (2.0 * sb)
-            );
-        }
-        Ok(rest.powf(-0.5))
     }
 }
 
@@ -154,13 +128,13 @@ impl Strategy for DpFedAvg {
         let m = round.contributions();
         let sum = round.finish()?;
         let norms = std::mem::take(&mut self.stats.lock().expect("dp stats poisoned").norms);
-        let z_delta = self.update_noise_multiplier()?;
+        let z_delta = self.cfg.update_noise_multiplier(self.sampled)?;
         let sigma = z_delta * self.clip_norm;
         let mut rng = seed::rng(self.seed, seed::DP_NOISE, self.rounds_done);
         let next = noised_mean(global, sum, m, sigma, &mut rng);
         let clipped = norms.iter().filter(|&&n| n > self.clip_norm).count();
         let used = self.clip_norm;
-        if let (Some(a), Some(sb)) = (&self.cfg.adaptive, self.count_stddev()) {
+        if let (Some(a), Some(sb)) = (&self.cfg.adaptive, self.cfg.count_stddev(self.sampled)) {
             let noise: f64 = StandardNormal.sample(&mut rng);
             let b = ((m - clipped) as f64 + sb * noise) / m as f64;
             self.clip_norm *= (-a.lr * (b - a.target_quantile)).exp();

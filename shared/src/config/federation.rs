@@ -103,7 +103,7 @@ impl FederationConfig {
         }
         if let Some(dp) = &self.dp {
             dp.validate()?;
-            dp.validate_count_noise(self.max_sampled())?;
+            dp.update_noise_multiplier(self.max_sampled())?;
             if !matches!(self.strategy, StrategyConfig::FedAvg(_)) {
                 bail!(
                     "federation.dp works with strategy \"fedavg\" only (DP-FedAvg), not `{}`: \

@@ -56,18 +56,35 @@ impl Default for AdaptiveClipConfig {
 }
 
 impl DpConfig {
-    /// With adaptive clipping, checks that z leaves noise for the update once the count of
-    /// unclipped updates takes its share (Andrew et al. 2021, Thm. 1: z⁻² − (2σ_b)⁻² > 0), with
-    /// σ_b = `count_stddev` or, by default, `sampled` clients per round / 20.
-    pub fn validate_count_noise(&self, sampled: usize) -> Result<()> {
-        let (Some(a), z) = (&self.adaptive, self.noise_multiplier) else {
-            return Ok(());
+    /// δ of the reported (ε, δ): `delta`, or by default 1 / `clients`.
+    pub fn delta_of(&self, clients: usize) -> f64 {
+        self.delta.unwrap_or(1.0 / clients as f64)
+    }
+
+    /// σ_b, the std of the noise on adaptive clipping's count of unclipped updates:
+    /// `count_stddev`, or by default `sampled` clients per round / 20; `None` without
+    /// adaptive clipping.
+    pub fn count_stddev(&self, sampled: usize) -> Option<f64> {
+        let a = self.adaptive.as_ref()?;
+        Some(a.count_stddev.unwrap_or(sampled as f64 / 20.0))
+    }
+
+    /// z_Δ, the noise multiplier left for the update once adaptive clipping's count takes its
+    /// share (Andrew et al. 2021, Thm. 1): (z⁻² − (2σ_b)⁻²)^(−1/2); z itself without adaptive
+    /// clipping, 0 for z = 0.
+    ///
+    /// # Errors
+    /// When z ≤ 1/(2σ_b): no noise would be left for the update; the message gives the bound.
+    pub fn update_noise_multiplier(&self, sampled: usize) -> Result<f64> {
+        let z = self.noise_multiplier;
+        let Some(sb) = self.count_stddev(sampled) else {
+            return Ok(z);
         };
         if z == 0.0 {
-            return Ok(());
+            return Ok(0.0);
         }
-        let sb = a.count_stddev.unwrap_or(sampled as f64 / 20.0);
-        if z.powi(-2) - (2.0 * sb).powi(-2) <= 0.0 {
+        let rest = z.powi(-2) - (2.0 * sb).powi(-2);
+        if rest <= 0.0 {
             bail!(
                 "federation.dp: noise_multiplier {z} is too small for adaptive clipping's count \
                  noise σ_b = {sb} (federation.dp.adaptive.count_stddev, default clients per round \
@@ -75,7 +92,7 @@ impl DpConfig {
                 1.0 / (2.0 * sb)
             );
         }
-        Ok(())
+        Ok(rest.powf(-0.5))
     }
 
     /// Checks ranges; the message names the `federation.dp.*` key.
