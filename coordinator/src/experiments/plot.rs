@@ -18,7 +18,8 @@ pub const SIZE: (u32, u32) = (900, 560);
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
 static INIT: Once = Once::new();
 
-fn init_font() {
+/// Registers the embedded font as `sans-serif` (once per process).
+pub(crate) fn init_font() {
     INIT.call_once(|| {
         for style in [FontStyle::Normal, FontStyle::Bold] {
             // The embedded font is valid; a failure would only make text disappear.
@@ -27,7 +28,8 @@ fn init_font() {
     });
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+/// A plotters error as an `anyhow` one.
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plot: {e:?}")
 }
 

@@ -1,5 +1,5 @@
 //! The files of a run's folder that are not the rounds' (DESIGN.md's contract):
-//! `summary.json` ([`Summary`]), `partition.json` of a simulation, `scenario.json` (written
+//! `summary.json` ([`Summary`]), `partition.json` and `partition.png` of a simulation, `scenario.json` (written
 //! with [`crate::run::resume`]), clearing what a previous run left, and the one-line result
 //! printed at the end.
 
@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use fedssl_shared::config::Scenario;
 use fedssl_shared::data::ImageDataset;
+use fedssl_shared::partition::report::{report, HeterogeneityReport, DEFINITIONS};
 use fedssl_shared::weights::write_atomic;
 use serde::Serialize;
 
@@ -80,7 +81,7 @@ pub fn create_out_dir(out: &Path) -> Result<()> {
 
 /// Readies `out` for a run that can start: creates it; for a fresh run (not `resuming`)
 /// clears a previous run's files and writes `scenario.json`; for a simulation writes the
-/// clients' `shards` of `train` into `partition.json`.
+/// clients' `shards` of `train` into `partition.json` and `partition.png`.
 pub fn start_run(
     out: &Path,
     sc: &Scenario,
@@ -94,7 +95,7 @@ pub fn start_run(
         resume::write_scenario(out, sc)?;
     }
     if let Some(parts) = shards {
-        write_partition_json(out, &train.labels, train.num_classes, parts)?;
+        write_partition_files(out, &train.labels, train.num_classes, parts)?;
     }
     Ok(())
 }
@@ -108,6 +109,7 @@ pub fn clear_previous_run(out: &Path) -> Result<()> {
         "rounds.jsonl",
         "final.safetensors",
         PARTITION_FILE,
+        PARTITION_PNG,
         resume::SCENARIO_FILE,
         "eval.json",
     ] {
@@ -131,31 +133,49 @@ pub fn clear_previous_run(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The file of a simulated run's shards, per client: images and images per class.
+/// The file of a simulated run's shards, per client: images, images per class and the
+/// heterogeneity figures ([`fedssl_shared::partition::report`]).
 pub const PARTITION_FILE: &str = "partition.json";
 
+/// The heat map of a simulated run's shards, clients × classes
+/// ([`crate::experiments::heatmap`]).
+pub const PARTITION_PNG: &str = "partition.png";
+
 /// Writes `<out>/partition.json` atomically: for every simulated client `k` (the shards of
-/// `parts`, indices into `labels`), its number of images and its images per class (a
-/// `num_classes`-long list), so a non-IID split (Dirichlet α, ...) can be inspected.
+/// `parts`, indices into `labels`), its number of images, its images per class (a
+/// `num_classes`-long list), its EMD and Jensen–Shannon divergence to the population; then
+/// `num_classes`, the population's `class_counts`, the `summary` (sizes, mean / max EMD,
+/// mean JS) and `definitions` (what the distances are). Returns the report.
 pub fn write_partition_json(
     out: &Path,
     labels: &[u32],
     num_classes: usize,
     parts: &[Vec<usize>],
-) -> Result<()> {
-    let clients: Vec<serde_json::Value> = parts
-        .iter()
-        .enumerate()
-        .map(|(k, idx)| {
-            let mut per_class = vec![0usize; num_classes];
-            for &i in idx {
-                per_class[labels[i] as usize] += 1;
-            }
-            serde_json::json!({ "client": k, "images": idx.len(), "class_counts": per_class })
-        })
-        .collect();
-    let text = serde_json::to_string_pretty(&serde_json::json!({ "clients": clients }))?;
-    write_atomic(&out.join(PARTITION_FILE), text.as_bytes())
+) -> Result<HeterogeneityReport> {
+    let r = report(labels, num_classes, parts);
+    let v = serde_json::json!({
+        "clients": r.clients,
+        "num_classes": r.num_classes,
+        "population": { "class_counts": r.population },
+        "summary": r.summary,
+        "definitions": DEFINITIONS,
+    });
+    let text = serde_json::to_string_pretty(&v)?;
+    write_atomic(&out.join(PARTITION_FILE), text.as_bytes())?;
+    Ok(r)
+}
+
+/// Writes `partition.json` and the heat map `partition.png` of the split `parts` of `labels`
+/// into `out`; returns the report.
+pub fn write_partition_files(
+    out: &Path,
+    labels: &[u32],
+    num_classes: usize,
+    parts: &[Vec<usize>],
+) -> Result<HeterogeneityReport> {
+    let r = write_partition_json(out, labels, num_classes, parts)?;
+    crate::experiments::heatmap::partition_heatmap(&out.join(PARTITION_PNG), &r)?;
+    Ok(r)
 }
 
 /// Writes `summary.json` atomically.
@@ -234,14 +254,38 @@ mod tests {
             &std::fs::read_to_string(dir.path().join(PARTITION_FILE)).unwrap(),
         )
         .unwrap();
+        let clients: Vec<serde_json::Value> = v["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                serde_json::json!({ "client": c["client"], "images": c["images"],
+                    "class_counts": c["class_counts"] })
+            })
+            .collect();
         assert_eq!(
-            v,
-            serde_json::json!({ "clients": [
-                { "client": 0, "images": 3, "class_counts": [1, 0, 2] },
-                { "client": 1, "images": 3, "class_counts": [1, 1, 1] },
-                { "client": 2, "images": 0, "class_counts": [0, 0, 0] },
-            ]})
+            clients,
+            vec![
+                serde_json::json!({ "client": 0, "images": 3, "class_counts": [1, 0, 2] }),
+                serde_json::json!({ "client": 1, "images": 3, "class_counts": [1, 1, 1] }),
+                serde_json::json!({ "client": 2, "images": 0, "class_counts": [0, 0, 0] }),
+            ]
         );
+        // population (2, 1, 3)/6; client 0 (1/3, 0, 2/3): EMD = 0 + 1/6 + 1/6 = 1/3; client 1
+        // (1/3, 1/3, 1/3): 0 + 1/6 + 1/6 = 1/3; the empty client has none
+        assert_eq!(
+            v["population"]["class_counts"],
+            serde_json::json!([2, 1, 3])
+        );
+        for k in 0..2 {
+            let e = v["clients"][k]["emd"].as_f64().unwrap();
+            assert!((e - 1.0 / 3.0).abs() < 1e-12, "client {k}: {e}");
+        }
+        assert!(v["clients"][2]["emd"].is_null());
+        assert_eq!(v["summary"]["min_images"], 0);
+        assert_eq!(v["summary"]["max_images"], 3);
+        assert!((v["summary"]["mean_emd"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert!(v["definitions"].as_str().unwrap().contains("nats"));
     }
 
     #[test]

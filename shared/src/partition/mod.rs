@@ -7,6 +7,9 @@
 //! * [`shards`]: McMahan et al. 2017's sort-and-shard.
 //! * [`quantity`]: skewed shard sizes (Dirichlet or power law), IID labels.
 //!
+//! [`report`] measures a split: per-client class histograms, EMD and Jensen–Shannon
+//! divergence to the population.
+//!
 //! The scenario's `[partition]` table is a [`PartitionConfig`]: its `kind` picks the
 //! partitioner and the rest of the table is that partitioner's own config struct (see
 //! [`crate::tagged`]). A new partitioner is one new file here: its config struct,
@@ -16,6 +19,7 @@ pub mod dirichlet;
 pub mod iid;
 pub mod label_quantity;
 pub mod quantity;
+pub mod report;
 pub mod shards;
 mod sizes;
 
