@@ -159,6 +159,11 @@ async fn a_client_that_disconnects_mid_round_is_dropped_and_the_run_goes_on() {
         total += c["images"].as_u64().unwrap();
     }
     assert_eq!(total, 240);
+    // ... with the heterogeneity figures and the heat map (3 clients: 150 + 3 · 24 px high)
+    assert_eq!(p["summary"]["images"], 240);
+    assert!(p["summary"]["mean_emd"].as_f64().unwrap() >= 0.0);
+    let png = std::fs::read(out.join("partition.png")).unwrap();
+    assert_eq!(&png[12..24], b"IHDR\0\0\x03\x84\0\0\0\xde");
     let rounds = read_rounds(&out);
     assert_eq!(rounds[0]["clients"], serde_json::json!([0, 1, 2]));
     assert_eq!(rounds[1]["clients"], serde_json::json!([0, 2]));

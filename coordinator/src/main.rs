@@ -155,6 +155,22 @@ enum Cmd {
         #[arg(long)]
         reuse: bool,
     },
+    /// Draw the scenario's split among its clients without training (as `simulate` would)
+    /// and write partition.json and the heat map partition.png into --out; prints the
+    /// heterogeneity figures (sizes, mean EMD, mean JS).
+    Partition {
+        /// Scenario file (TOML).
+        scenario: PathBuf,
+        /// Dataset folder (overrides data.path).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Override a scenario key, e.g. --set partition.alpha=0.1 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Output folder of partition.json and partition.png.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// The first address `spec` (IP:PORT or HOST:PORT) resolves to; errors name `--listen`.
@@ -236,7 +252,34 @@ async fn real_main(cli: Cli) -> Result<()> {
             days,
             out,
         } => provision_cmd(sites, coordinator_names, port, days, &out),
+        Cmd::Partition {
+            scenario,
+            data_dir,
+            set,
+            out,
+        } => partition_cmd(&scenario, data_dir, &set, &out),
     }
+}
+
+/// `partition`: draws the split, writes its files, prints the figures and names the files.
+fn partition_cmd(
+    scenario: &std::path::Path,
+    data_dir: Option<PathBuf>,
+    set: &[String],
+    out: &std::path::Path,
+) -> Result<()> {
+    let mut sc = Scenario::load(scenario, set)?;
+    if let Some(d) = data_dir {
+        sc.data.path = Some(d);
+    }
+    let r = fedssl_coordinator::run::split::draw_split(&sc, out)?;
+    print!("{}", fedssl_coordinator::run::split::figures_table(&r));
+    println!(
+        "{} {}",
+        out.join("partition.json").display(),
+        out.join("partition.png").display()
+    );
+    Ok(())
 }
 
 /// `simulate` and `serve`: one run of the scenario; prints the result line.

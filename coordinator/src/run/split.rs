@@ -1,0 +1,112 @@
+//! The `partition` subcommand: draws a scenario's split of its training set among
+//! `federation.clients` exactly as `simulate` does (same loader, same `[partition]`, same
+//! `partition` seed stream), without training, and writes `partition.json` and
+//! `partition.png` into the output folder; for choosing α, k or the sizes before a run.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use fedssl_shared::config::Scenario;
+use fedssl_shared::data::load_train_set;
+use fedssl_shared::partition::report::HeterogeneityReport;
+
+use crate::run::outputs;
+use crate::run::simulate;
+
+/// Loads the training set of `sc`, draws its clients' shards and writes `partition.json` and
+/// `partition.png` into `out` (created if missing); returns the report. Errors name the
+/// data (as `simulate` does) or say why the split is impossible (the partitioner's message,
+/// behind the scenario's name), and nothing is written then.
+pub fn draw_split(sc: &Scenario, out: &Path) -> Result<HeterogeneityReport> {
+    outputs::refuse_a_file_in_place(out)?;
+    let train = load_train_set(
+        sc.data.dataset,
+        sc.data.path.as_deref(),
+        sc.data.train_images,
+        sc.seed,
+    )?;
+    let parts = simulate::shards(sc, &train).with_context(|| {
+        format!(
+            "scenario {}: cannot split {} images among {} clients",
+            sc.name,
+            train.len(),
+            sc.federation.clients
+        )
+    })?;
+    outputs::create_out_dir(out)?;
+    outputs::write_partition_files(out, &train.labels, train.num_classes, &parts)
+}
+
+/// The figures of `r` as a small Markdown table: clients, images, shard sizes
+/// min / median / max, mean and max EMD, mean JS (nats).
+pub fn figures_table(r: &HeterogeneityReport) -> String {
+    let s = &r.summary;
+    format!(
+        "| clients | images | size min | size median | size max | mean EMD | max EMD | mean JS (nats) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.4} |\n",
+        s.clients,
+        s.images,
+        s.min_images,
+        s.median_images,
+        s.max_images,
+        s.mean_emd,
+        s.max_emd,
+        s.mean_js
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(extra: &[&str]) -> Scenario {
+        let mut set = vec![
+            "name=\"split\"".to_string(),
+            "data.train_images=600".into(),
+            "federation.clients=10".into(),
+        ];
+        set.extend(extra.iter().map(|s| s.to_string()));
+        Scenario::from_toml_str("", &set).unwrap()
+    }
+
+    #[test]
+    fn the_split_is_the_one_simulate_draws_and_its_figures_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let sc = scenario(&["partition={kind=\"label_quantity\", classes_per_client=1}"]);
+        let r = draw_split(&sc, dir.path()).unwrap();
+        let train = load_train_set(sc.data.dataset, None, Some(600), sc.seed).unwrap();
+        let parts = simulate::shards(&sc, &train).unwrap();
+        let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+        assert_eq!(
+            r.clients.iter().map(|c| c.images).collect::<Vec<_>>(),
+            sizes
+        );
+        assert!(r
+            .clients
+            .iter()
+            .all(|c| c.class_counts.iter().filter(|&&n| n > 0).count() == 1));
+        assert!(dir.path().join("partition.json").is_file());
+        assert!(dir.path().join("partition.png").is_file());
+        let t = figures_table(&r);
+        assert!(t.starts_with("| clients | images |"), "{t}");
+        assert!(t.lines().nth(2).unwrap().starts_with("| 10 | 600 |"), "{t}");
+    }
+
+    #[test]
+    fn an_impossible_split_writes_nothing_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let sc = scenario(&[
+            "partition={kind=\"label_quantity\", classes_per_client=1}",
+            "federation.clients=5",
+        ]);
+        let e = format!("{:#}", draw_split(&sc, &out).unwrap_err());
+        assert!(
+            e.contains("scenario split: cannot split 600 images among 5 clients"),
+            "{e}"
+        );
+        assert!(e.contains("covers at most 5 of the 10 classes"), "{e}");
+        assert!(!out.exists());
+    }
+}
