@@ -1,6 +1,7 @@
 //! Where a client's training images come from ([`DataSource`]) and how they are loaded once
 //! the coordinator has described the run ([`resolve_data`]): a simulation's in-memory shard,
-//! shard `k` of the scenario's partition into `n`, or the whole dataset of a site.
+//! shard `k` of the scenario's partition into `n`, or the whole dataset of a site; then the
+//! run's feature skew ([`fedssl_shared::feature_skew`]) of this client.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,9 +49,29 @@ impl DataSource {
     }
 }
 
-/// Loads the training images this client owns, given the run described by the coordinator.
-/// Errors: the dataset cannot be loaded, or `--shard K/N` does not fit the run's clients.
-pub(crate) fn resolve_data(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> {
+/// Loads the training images this client owns, given the run described by the coordinator,
+/// through the run's `[feature_skew]` transform of this client (its shard index `K`, or
+/// `client_id` without a shard, of the run's clients; nothing is copied when it is off).
+/// Errors: the dataset cannot be loaded, `--shard K/N` does not fit the run's clients, or
+/// the transform cannot apply to the images.
+pub(crate) fn resolve_data(
+    source: &DataSource,
+    run: &RunInfo,
+    client_id: u32,
+) -> Result<Arc<ImageDataset>> {
+    let data = load_source(source, run)?;
+    let index = source.shard().map_or(client_id, |(k, _)| k);
+    match run
+        .feature_skew
+        .apply(&data, run.seed, index, run.num_clients)?
+    {
+        Some(skewed) => Ok(Arc::new(skewed)),
+        None => Ok(data),
+    }
+}
+
+/// The images of `source` as they are.
+fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> {
     match source {
         DataSource::InMemory { data, .. } => Ok(data.clone()),
         DataSource::Whole { dir } => Ok(Arc::new(
@@ -87,5 +108,49 @@ pub(crate) fn resolve_data(source: &DataSource, run: &RunInfo) -> Result<Arc<Ima
             )?;
             Ok(Arc::new(full.subset(&parts[*k as usize]).unlabelled()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedssl_shared::config::Scenario;
+    use fedssl_shared::feature_skew::RotationSkew;
+
+    #[test]
+    fn the_runs_feature_skew_applies_to_this_clients_shard() {
+        let mut sc = Scenario::default();
+        sc.federation.clients = 4;
+        let data = Arc::new(fedssl_shared::data::synthetic::generate(3, 1).unlabelled());
+        let source = |k| DataSource::InMemory {
+            data: data.clone(),
+            shard: Some((k, 4)),
+        };
+        // off: the very same images, not a copy
+        let run = RunInfo::of(&sc);
+        assert!(Arc::ptr_eq(
+            &resolve_data(&source(1), &run, 1).unwrap(),
+            &data
+        ));
+        sc.feature_skew.rotation = RotationSkew::QuarterTurns;
+        let run = RunInfo::of(&sc);
+        // shard 1 of 4 (whatever the client id): a quarter turn; shard 0: untouched
+        let got = resolve_data(&source(1), &run, 3).unwrap();
+        for i in 0..3 {
+            let want = fedssl_shared::image::rotate90(data.image(i), 32, 32, 3, 1);
+            assert_eq!(got.image(i), want.as_slice());
+        }
+        assert_eq!(
+            resolve_data(&source(0), &run, 2).unwrap().images,
+            data.images
+        );
+        // without a shard, the client id chooses the transform: id 2 turns twice
+        let whole = DataSource::InMemory {
+            data: data.clone(),
+            shard: None,
+        };
+        let got = resolve_data(&whole, &run, 2).unwrap();
+        let want = fedssl_shared::image::rotate90(data.image(0), 32, 32, 3, 2);
+        assert_eq!(got.image(0), want.as_slice());
     }
 }

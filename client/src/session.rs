@@ -181,7 +181,7 @@ async fn load_data(
     let data = {
         let source = opts.data.clone();
         let run = run.clone();
-        match tokio::task::spawn_blocking(move || resolve_data(&source, &run)).await? {
+        match tokio::task::spawn_blocking(move || resolve_data(&source, &run, client_id)).await? {
             Ok(d) => d,
             Err(e) => bail!("client {client_id} cannot load its data: {e:#}"),
         }

@@ -4,7 +4,7 @@
 //! - [`config`]: the scenario schema (one file per section), loading, validation and `--set`;
 //!   [`tagged`]: how a pluggable part's `kind = "…"` table is read, written and sent.
 //! - [`data`]: datasets and their loaders; [`partition`]: the [`partition::Partitioner`]s that
-//!   split a dataset among clients.
+//!   split a dataset among clients; [`feature_skew`]: fixed per-client image transforms.
 //! - [`image`]: geometric operations on one image; [`augment`]: random augmentations.
 //! - [`model`]: backbones; [`ops`]: their CPU kernels; [`pretext`]: the self-supervised tasks
 //!   and their losses.
@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod feature_skew;
 pub mod image;
 pub mod model;
 pub mod ops;

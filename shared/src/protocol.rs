@@ -31,8 +31,9 @@ use crate::train::LocalTrainConfig;
 use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
-/// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6:
+/// [`RunInfo::feature_skew`]).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -100,6 +101,8 @@ pub struct RunInfo {
     pub batch_norm: crate::config::BatchNormPolicy,
     /// `federation.local_update`: how the client merges the global weights with its own.
     pub local_update: crate::config::LocalUpdateConfig,
+    /// `[feature_skew]`: the fixed transform of each client's training images.
+    pub feature_skew: crate::feature_skew::FeatureSkewConfig,
 }
 
 impl RunInfo {
@@ -116,6 +119,7 @@ impl RunInfo {
             pretext: sc.pretext.clone(),
             batch_norm: sc.federation.batch_norm,
             local_update: sc.federation.local_update.clone(),
+            feature_skew: sc.feature_skew.clone(),
         }
     }
 }
@@ -346,6 +350,11 @@ mod tests {
                     local_update: crate::config::LocalUpdateConfig::FedEma(
                         crate::config::FedEmaConfig { tau: 0.5 },
                     ),
+                    feature_skew: crate::feature_skew::FeatureSkewConfig {
+                        noise: 0.1,
+                        rotation: crate::feature_skew::RotationSkew::QuarterTurns,
+                        ..Default::default()
+                    },
                 },
             };
             let back: ServerMessage = decode_body(&encode_frame(&m).unwrap()[4..]).unwrap();

@@ -52,6 +52,11 @@ pub const DP_NOISE: &str = "dp-noise";
 /// The Gaussian noise a simulated byzantine `noise` client sends (index:
 /// `round << 32 | client id`).
 pub const BYZANTINE: &str = "byzantine";
+/// Feature skew's Gaussian noise on client `i`'s images (index: the client's shard index),
+/// [`crate::feature_skew`].
+pub const FEATURE_NOISE: &str = "feature-noise";
+/// Feature skew's colour tint gains of client `i` (index: the client's shard index).
+pub const FEATURE_TINT: &str = "feature-tint";
 
 /// SplitMix64 finaliser: a bijective 64-bit mix.
 pub fn splitmix64(mut z: u64) -> u64 {
@@ -82,7 +87,7 @@ mod tests {
     use super::*;
 
     /// Every stream of this module, once (a new stream is added here too).
-    const ALL: [&str; 18] = [
+    const ALL: [&str; 20] = [
         INIT,
         HEAD_INIT,
         CLIENT_HEAD,
@@ -101,6 +106,8 @@ mod tests {
         KNN_SUBSET,
         DP_NOISE,
         BYZANTINE,
+        FEATURE_NOISE,
+        FEATURE_TINT,
     ];
 
     #[test]

@@ -15,7 +15,8 @@
 //! [`Scenario`] holds one section per file here ([`data`], [`train`], [`federation`] with
 //! its [`strategy`], [`eval`], [`simulation`]); the sections of the parts that own their
 //! settings live with them: `[partition]` ([`crate::partition::PartitionConfig`]), `[model]`
-//! ([`crate::model::ModelConfig`]) and `[pretext]` ([`crate::pretext::PretextConfig`]).
+//! ([`crate::model::ModelConfig`]), `[pretext]` ([`crate::pretext::PretextConfig`]) and
+//! `[feature_skew]` ([`crate::feature_skew::FeatureSkewConfig`]).
 //! [`load`] reads a file and validates it, [`overrides`] applies `--set`, [`name`] checks the
 //! run's name; every pluggable part's `kind = "…"` table is read by [`crate::tagged`].
 
@@ -51,6 +52,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::IMAGE_SIDE;
+use crate::feature_skew::FeatureSkewConfig;
 use crate::model::{BackboneKind, ModelConfig};
 use crate::partition::PartitionConfig;
 use crate::pretext::PretextConfig;
@@ -84,6 +86,10 @@ pub struct Scenario {
     pub simulation: SimulationConfig,
     /// Optional logs besides `rounds.jsonl` (TensorBoard event files).
     pub logging: LoggingConfig,
+    /// Fixed per-client transforms of the clients' training images, on top of any
+    /// `[partition]` ([`crate::feature_skew`]); off by default, and then not written.
+    #[serde(skip_serializing_if = "FeatureSkewConfig::is_off")]
+    pub feature_skew: FeatureSkewConfig,
 }
 
 impl Default for Scenario {
@@ -100,6 +106,7 @@ impl Default for Scenario {
             eval: EvalConfig::default(),
             simulation: SimulationConfig::default(),
             logging: LoggingConfig::default(),
+            feature_skew: FeatureSkewConfig::default(),
         }
     }
 }
@@ -130,6 +137,7 @@ impl Scenario {
         self.train.validate()?;
         self.partition.validate()?;
         self.eval.validate()?;
+        self.feature_skew.validate()?;
         Ok(())
     }
 
