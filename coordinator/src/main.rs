@@ -10,6 +10,7 @@ use fedssl_coordinator::eval::suite::eval_line;
 use fedssl_coordinator::experiments::compare::run_compare;
 use fedssl_coordinator::experiments::pretext_compare::{compare_pretexts, markdown};
 use fedssl_coordinator::run::checkpoint_eval::{eval_checkpoint, run_scenario_of};
+use fedssl_coordinator::run::features_export::export_features;
 use fedssl_coordinator::run::job::{run_job, Job, Mode};
 use fedssl_coordinator::run::outputs::result_line;
 use fedssl_shared::config::Scenario;
@@ -73,6 +74,25 @@ enum Cmd {
         /// Override a scenario key, e.g. --set eval.per_layer=true (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+    /// Writes the backbone's pre-logits and stage maps on the first N test images, with the
+    /// images themselves, to one safetensors file (to check another implementation, e.g.
+    /// python/fedssl_torch, against fedssl's).
+    Features {
+        /// Backbone weights: a run's final.safetensors or checkpoints/round-*.safetensors.
+        checkpoint: PathBuf,
+        /// Number of test images (the first N of the scenario's test set).
+        #[arg(long, default_value_t = 100)]
+        images: usize,
+        /// Output file.
+        #[arg(long, default_value = "features.safetensors")]
+        out: PathBuf,
+        /// Scenario the backbone was trained with (default: its run's scenario.json).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Dataset folder (overrides data.path).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Runs several scenarios (simulate) into <out>/<scenario name>/ and writes the comparison
     /// tables (Markdown, CSV) and plots (PNG) of their evaluation suites into <out>.
@@ -197,6 +217,13 @@ async fn real_main(cli: Cli) -> Result<()> {
             out,
             set,
         } => eval_cmd(checkpoint, scenario, data_dir, out, set).await,
+        Cmd::Features {
+            checkpoint,
+            images,
+            out,
+            scenario,
+            data_dir,
+        } => features_cmd(checkpoint, images, out, scenario, data_dir),
         Cmd::Compare {
             scenarios,
             out,
@@ -304,6 +331,48 @@ async fn compare_pretexts_cmd(common: Common, tasks: Vec<String>, reuse: bool) -
     Ok(())
 }
 
+/// The scenario of `checkpoint`'s run (or `scenario`), with `--data-dir`.
+fn checkpoint_scenario(
+    checkpoint: &std::path::Path,
+    scenario: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    set: &[String],
+) -> Result<Scenario> {
+    let scenario = match scenario {
+        Some(s) => s,
+        None => {
+            let s = run_scenario_of(checkpoint)?;
+            eprintln!("scenario: {} (the checkpoint's run)", s.display());
+            s
+        }
+    };
+    let mut sc = Scenario::load(&scenario, set)?;
+    if let Some(d) = data_dir {
+        sc.data.path = Some(d);
+    }
+    Ok(sc)
+}
+
+/// `features`: the backbone's outputs on the first `images` test images; names the file.
+fn features_cmd(
+    checkpoint: PathBuf,
+    images: usize,
+    out: PathBuf,
+    scenario: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
+    let sc = checkpoint_scenario(&checkpoint, scenario, data_dir, &[])?;
+    let e = export_features(&sc, &checkpoint, images, &out)?;
+    println!(
+        "{}: pre_logits ({}, {}), {} stage maps, images (N, 3, H, W) normalised and images_u8",
+        out.display(),
+        e.images,
+        e.dim,
+        e.stages
+    );
+    Ok(())
+}
+
 /// `eval`: the suite on `checkpoint` with its run's scenario (or `--scenario`); writes and
 /// names `eval.json`.
 async fn eval_cmd(
@@ -313,18 +382,7 @@ async fn eval_cmd(
     out: Option<PathBuf>,
     set: Vec<String>,
 ) -> Result<()> {
-    let scenario = match scenario {
-        Some(s) => s,
-        None => {
-            let s = run_scenario_of(&checkpoint)?;
-            eprintln!("scenario: {} (the checkpoint's run)", s.display());
-            s
-        }
-    };
-    let mut sc = Scenario::load(&scenario, &set)?;
-    if let Some(d) = data_dir {
-        sc.data.path = Some(d);
-    }
+    let sc = checkpoint_scenario(&checkpoint, scenario, data_dir, &set)?;
     let out = out.unwrap_or_else(|| {
         checkpoint
             .parent()
