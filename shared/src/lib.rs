@@ -11,6 +11,7 @@
 //! - [`train`]: local training (its hyper-parameters, the client's model, the loop);
 //!   [`optim`]: SGD with momentum and the learning-rate schedules.
 //! - [`weights`]: named weights and safetensors; [`protocol`]: the wire messages and framing.
+//! - [`secagg`]: secure aggregation's quantisation, masks, shares and unmasking.
 //! - [`seed`]: every random stream of a run; [`device`]: device choice; [`cli`]: what both
 //!   binaries do around their command.
 
@@ -26,6 +27,7 @@ pub mod optim;
 pub mod partition;
 pub mod pretext;
 pub mod protocol;
+pub mod secagg;
 pub mod seed;
 pub mod tagged;
 pub mod train;
