@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use fedssl_shared::data::ImageDataset;
+use fedssl_shared::encoding::encode_update;
 use fedssl_shared::protocol::{
     read_message, read_weights, write_message, write_weights_bytes, ClientMessage, RoundConfig,
     RunInfo, ServerMessage,
@@ -55,6 +56,9 @@ pub(crate) struct Local {
     pub model: Option<LocalModel>,
     /// The state after the last round that trained (memory mode only).
     pub state: Option<ClientState>,
+    /// What the update encoding lost so far (`federation.compression` with
+    /// `error_feedback`; memory mode only).
+    pub residual: Option<WeightSet>,
 }
 
 /// Runs the round that the coordinator opened as the stream (`send`, `recv`) on `conn`.
@@ -88,7 +92,8 @@ pub(crate) async fn handle_round(
         .progress
         .as_ref()
         .map(|mp| round_bar(mp, client_id, shown));
-    let kept_global = opts.behaviour.needs_global().then(|| global.clone());
+    let compressed = !learner.run.compression.is_none();
+    let kept_global = (opts.behaviour.needs_global() || compressed).then(|| global.clone());
     let job = {
         let learner = learner.clone();
         let bar = bar.clone();
@@ -107,6 +112,10 @@ pub(crate) async fn handle_round(
                 client_id,
                 round,
             )?;
+            let bytes = match (&kept_global, compressed) {
+                (Some(g), true) => learner.encode(g, &bytes)?,
+                _ => bytes,
+            };
             write_message(
                 &mut send,
                 &ClientMessage::Update {
@@ -137,6 +146,37 @@ pub(crate) async fn handle_round(
 }
 
 impl Learner {
+    /// The update payload of the trained weights `trained` (safetensors bytes) under the
+    /// run's `federation.compression`, against the round's `global` weights; with error
+    /// feedback the residual is read from and written back to the client's state (memory,
+    /// or `<state_dir>/<id>.residual.safetensors`).
+    fn encode(&self, global: &WeightSet, trained: &[u8]) -> Result<Vec<u8>> {
+        let cfg = &self.run.compression;
+        let trained = WeightSet::from_safetensors(trained)?;
+        if !cfg.error_feedback() {
+            return encode_update(cfg, global, &trained, None);
+        }
+        let path = self
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.residual.safetensors", self.client_id)));
+        let mut guard = self
+            .local
+            .lock()
+            .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
+        let mut residual = match &path {
+            Some(p) if p.exists() => WeightSet::load(p)?,
+            Some(_) => WeightSet::default(),
+            None => guard.residual.take().unwrap_or_default(),
+        };
+        let payload = encode_update(cfg, global, &trained, Some(&mut residual))?;
+        match &path {
+            Some(p) => residual.save(p)?,
+            None => guard.residual = Some(residual),
+        }
+        Ok(payload)
+    }
+
     /// Trains the local model from the `global` backbone with the round's `config` (on the
     /// calling thread: the caller puts it on the blocking pool) and returns the statistics
     /// and the trained backbone as safetensors bytes. Errors: the weights do not fit the

@@ -10,6 +10,7 @@
 //!   and their losses.
 //! - [`train`]: local training (its hyper-parameters, the client's model, the loop);
 //!   [`optim`]: SGD with momentum and the learning-rate schedules.
+//! - [`encoding`]: how a client's update travels (`[federation.compression]`).
 //! - [`weights`]: named weights and safetensors; [`protocol`]: the wire messages and framing.
 //! - [`secagg`]: secure aggregation's quantisation, masks, shares and unmasking.
 //! - [`seed`]: every random stream of a run; [`device`]: device choice; [`cli`]: what both
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod encoding;
 pub mod image;
 pub mod model;
 pub mod ops;

@@ -31,8 +31,9 @@ use crate::train::LocalTrainConfig;
 use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
-/// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6:
+/// [`RunInfo::compression`], updates as encoded deltas).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -100,6 +101,8 @@ pub struct RunInfo {
     pub batch_norm: crate::config::BatchNormPolicy,
     /// `federation.local_update`: how the client merges the global weights with its own.
     pub local_update: crate::config::LocalUpdateConfig,
+    /// `federation.compression`: how the client encodes its update ([`crate::encoding`]).
+    pub compression: crate::config::CompressionConfig,
 }
 
 impl RunInfo {
@@ -116,6 +119,7 @@ impl RunInfo {
             pretext: sc.pretext.clone(),
             batch_norm: sc.federation.batch_norm,
             local_update: sc.federation.local_update.clone(),
+            compression: sc.federation.compression.clone(),
         }
     }
 }
@@ -249,12 +253,12 @@ pub async fn write_weights_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8])
     Ok(12 + bytes.len() as u64)
 }
 
-/// Reads a weights payload of at most `max_bytes`, checks its CRC and parses it.
-/// Returns the weights and the bytes read. Nothing is returned unless every check passes.
-pub async fn read_weights<R: AsyncRead + Unpin>(
+/// Reads a weights payload of at most `max_bytes` and checks its CRC. Returns the payload's
+/// bytes (unparsed: an encoded update, [`crate::encoding`]) and the bytes read.
+pub async fn read_weights_payload<R: AsyncRead + Unpin>(
     r: &mut R,
     max_bytes: u64,
-) -> Result<(WeightSet, u64)> {
+) -> Result<(Vec<u8>, u64)> {
     let mut h = [0u8; 12];
     r.read_exact(&mut h)
         .await
@@ -272,8 +276,18 @@ pub async fn read_weights<R: AsyncRead + Unpin>(
     if got != crc {
         bail!("weights checksum mismatch (announced {crc:08x}, computed {got:08x})");
     }
+    Ok((bytes, 12 + len))
+}
+
+/// Reads a weights payload of at most `max_bytes`, checks its CRC and parses it.
+/// Returns the weights and the bytes read. Nothing is returned unless every check passes.
+pub async fn read_weights<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: u64,
+) -> Result<(WeightSet, u64)> {
+    let (bytes, n) = read_weights_payload(r, max_bytes).await?;
     let w = WeightSet::from_safetensors(&bytes)?;
-    Ok((w, 12 + len))
+    Ok((w, n))
 }
 
 #[cfg(test)]
@@ -345,6 +359,12 @@ mod tests {
                     batch_norm: crate::config::BatchNormPolicy::Local,
                     local_update: crate::config::LocalUpdateConfig::FedEma(
                         crate::config::FedEmaConfig { tau: 0.5 },
+                    ),
+                    compression: crate::config::CompressionConfig::TopK(
+                        crate::config::compression::TopKConfig {
+                            fraction: 0.25,
+                            error_feedback: false,
+                        },
                     ),
                 },
             };

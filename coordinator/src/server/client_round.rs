@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context, Result};
+use fedssl_shared::config::CompressionConfig;
+use fedssl_shared::encoding::decode_update;
 use fedssl_shared::protocol::{
-    encode_frame, read_message, read_weights, write_message, write_weights_bytes, ClientMessage,
-    RoundConfig, ServerMessage,
+    encode_frame, read_message, read_weights, read_weights_payload, write_message,
+    write_weights_bytes, ClientMessage, RoundConfig, ServerMessage,
 };
 use fedssl_shared::weights::WeightSet;
 
@@ -26,6 +28,11 @@ pub struct RoundShared {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Bytes sent to each client this round.
     pub sent: SentBytes,
+    /// How the clients encode their updates (`federation.compression`).
+    pub compression: CompressionConfig,
+    /// The global weights the round starts from, when updates arrive as encoded deltas
+    /// (any compression but `"none"`) and are decoded against them.
+    pub global: Option<WeightSet>,
 }
 
 /// An update that arrived, decoded; it holds one of the round's decode slots until dropped.
@@ -95,7 +102,16 @@ async fn exchange(
                 bail!("answered round {r} during round {round}");
             }
             let permit = shared.slots.clone().acquire_owned().await?;
-            let (weights, wbytes) = read_weights(&mut recv, shared.max_weights_bytes).await?;
+            let (weights, wbytes) = match &shared.global {
+                None => read_weights(&mut recv, shared.max_weights_bytes).await?,
+                Some(global) => {
+                    let (bytes, n) =
+                        read_weights_payload(&mut recv, shared.max_weights_bytes).await?;
+                    let w = decode_update(&shared.compression, global, &bytes)
+                        .context("bad encoded update")?;
+                    (w, n)
+                }
+            };
             Ok(Answer::Update(Arrived {
                 id,
                 weights,

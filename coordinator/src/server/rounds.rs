@@ -142,6 +142,8 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             max_weights_bytes: fed.max_weights_bytes,
             slots: slots.clone(),
             sent: SentBytes::default(),
+            compression: fed.compression.clone(),
+            global: (!fed.compression.is_none()).then(|| global.clone()),
         });
         let mut rec = RoundRecord::new(round + 1, lr);
         let in_flight = dispatch(

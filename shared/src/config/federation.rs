@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::client_state::{BatchNormPolicy, LocalUpdateConfig};
+use super::compression::CompressionConfig;
 use super::privacy::DpConfig;
 use super::strategy::StrategyConfig;
 
@@ -49,6 +50,9 @@ pub struct FederationConfig {
     /// one of them is admitted, and site `i` of the list is client `i` (holds shard `i`).
     /// Empty (the default): every site the kit's CA certified may join.
     pub sites: Vec<String>,
+    /// How clients encode their updates (`[federation.compression] kind = "none" | "fp16" |
+    /// "bf16" | "int8" | "topk"`, [`CompressionConfig`]); default `"none"`.
+    pub compression: CompressionConfig,
 }
 
 impl Default for FederationConfig {
@@ -68,6 +72,7 @@ impl Default for FederationConfig {
             batch_norm: BatchNormPolicy::Aggregate,
             local_update: LocalUpdateConfig::default(),
             sites: Vec::new(),
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -113,6 +118,7 @@ impl FederationConfig {
             }
         }
         self.local_update.validate()?;
+        self.compression.validate()?;
         for (i, site) in self.sites.iter().enumerate() {
             if self.sites[..i].contains(site) {
                 let shown: String = site.chars().take(64).collect();

@@ -20,6 +20,7 @@
 //! run's name; every pluggable part's `kind = "…"` table is read by [`crate::tagged`].
 
 pub mod client_state;
+pub mod compression;
 pub mod data;
 pub mod eval;
 pub mod federation;
@@ -33,6 +34,7 @@ pub mod strategy;
 pub mod train;
 
 pub use client_state::{BatchNormPolicy, FedEmaConfig, FedUConfig, LocalUpdateConfig, PlainConfig};
+pub use compression::CompressionConfig;
 pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
