@@ -31,8 +31,9 @@ use crate::train::LocalTrainConfig;
 use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
-/// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6: the
+/// folder dataset and [`RunInfo::image_size`]).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -100,6 +101,8 @@ pub struct RunInfo {
     pub batch_norm: crate::config::BatchNormPolicy,
     /// `federation.local_update`: how the client merges the global weights with its own.
     pub local_update: crate::config::LocalUpdateConfig,
+    /// `data.image_size`: the side in pixels a client resizes its own image folder to.
+    pub image_size: usize,
 }
 
 impl RunInfo {
@@ -116,6 +119,7 @@ impl RunInfo {
             pretext: sc.pretext.clone(),
             batch_norm: sc.federation.batch_norm,
             local_update: sc.federation.local_update.clone(),
+            image_size: sc.data.image_size,
         }
     }
 }
@@ -346,6 +350,7 @@ mod tests {
                     local_update: crate::config::LocalUpdateConfig::FedEma(
                         crate::config::FedEmaConfig { tau: 0.5 },
                     ),
+                    image_size: 48,
                 },
             };
             let back: ServerMessage = decode_body(&encode_frame(&m).unwrap()[4..]).unwrap();

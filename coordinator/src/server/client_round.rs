@@ -13,6 +13,7 @@ use fedssl_shared::protocol::{
 use fedssl_shared::weights::WeightSet;
 
 use crate::server::records::DropReason;
+use crate::server::samples::SampleRule;
 
 /// What every client of a round shares.
 pub struct RoundShared {
@@ -26,6 +27,8 @@ pub struct RoundShared {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Bytes sent to each client this round.
     pub sent: SentBytes,
+    /// The sample counts n_k accepted ([`crate::server::samples`]).
+    pub samples: SampleRule,
 }
 
 /// An update that arrived, decoded; it holds one of the round's decode slots until dropped.
@@ -49,6 +52,7 @@ pub struct Arrived {
 enum Answer {
     Update(Arrived),
     Failed(String),
+    Refused(crate::strategy::validate::Refusal),
 }
 
 /// Client `id`'s round on `conn` with `config`: its decoded update, or why it is dropped.
@@ -61,6 +65,7 @@ pub async fn client_round(
     match exchange(id, conn, config, &shared).await {
         Ok(Answer::Update(a)) => Ok(a),
         Ok(Answer::Failed(reason)) => Err(DropReason::ClientFailed(reason)),
+        Ok(Answer::Refused(r)) => Err(DropReason::Refused(r)),
         Err(e) => Err(DropReason::Exchange(format!("{e:#}"))),
     }
 }
@@ -94,6 +99,11 @@ async fn exchange(
             if r != round {
                 bail!("answered round {r} during round {round}");
             }
+            // a sample count that cannot be right: the weights are not even read
+            let num_samples = match shared.samples.weight(id, num_samples) {
+                Ok(n) => n,
+                Err(refusal) => return Ok(Answer::Refused(refusal)),
+            };
             let permit = shared.slots.clone().acquire_owned().await?;
             let (weights, wbytes) = read_weights(&mut recv, shared.max_weights_bytes).await?;
             Ok(Answer::Update(Arrived {
