@@ -255,3 +255,81 @@ async fn a_client_claiming_more_samples_than_its_shard_is_refused() {
         "{r1}"
     );
 }
+
+/// The same as a user runs it: `fedssl-client --dataset folder --data DIR --skip-bad-images`
+/// as a process beside two `--shard` processes; the folder site says in its last line how
+/// many bad files it left out, and every client exits 0.
+#[test]
+fn the_client_binary_trains_on_a_folder_and_reports_the_skipped_files() {
+    let client = fedssl_tests::binary("fedssl-client");
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("site-images");
+    write_pngs(&images, 40);
+    std::fs::write(images.join("ward-b").join("broken.jpg"), b"\xff\xd8\xff").unwrap();
+    let out = dir.path().join("run");
+    let port = free_port();
+    let sc = fedssl_tests::tiny(&[
+        "federation.rounds=1",
+        "eval.enabled=false",
+        "federation.join_timeout_seconds=120",
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.spawn(run_job(Job {
+        scenario: sc,
+        out: out.clone(),
+        mode: Mode::Serve {
+            listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            identity: None,
+            names: vec![],
+            kit: None,
+            revoked: None,
+        },
+        progress: false,
+        resume: false,
+    }));
+    let cert = out.join("cert.pem");
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&cert).is_ok_and(|s| s.contains("END CERTIFICATE")) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no cert.pem");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let base = |extra: &[&str]| {
+        let mut c = std::process::Command::new(&client);
+        c.args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca"])
+            .arg(&cert)
+            .arg("--quiet")
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let folder_site = base(&[
+        "--dataset",
+        "folder",
+        "--data",
+        images.to_str().unwrap(),
+        "--skip-bad-images",
+    ]);
+    let others: Vec<_> = (1..3)
+        .map(|k| base(&["--shard", &format!("{k}/3")]))
+        .collect();
+    let summary = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(300), server).await })
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.rounds_completed, 1);
+    let o = folder_site.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("trained 1 round(s) (1 bad image file(s) skipped)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("broken.jpg"), "{stderr}");
+    for c in others {
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    assert_eq!(first_round(&out)["samples"]["3"], 40);
+}
