@@ -154,3 +154,61 @@ fn load_site_folder(
     );
     Ok(Arc::new(load.dataset.unlabelled()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fedssl_shared::config::Scenario;
+
+    /// A run of the folder dataset at `image_size` pixels.
+    fn folder_run(image_size: usize) -> RunInfo {
+        let mut sc = Scenario::default();
+        sc.data.dataset = DatasetKind::Folder;
+        sc.data.image_size = image_size;
+        RunInfo::of(&sc)
+    }
+
+    #[test]
+    fn a_folder_run_reads_the_sites_data_as_a_folder_at_the_runs_size() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..3u8 {
+            image::RgbImage::from_pixel(30, 50, image::Rgb([i, 2, 3]))
+                .save(d.path().join(format!("{i}.png")))
+                .unwrap();
+        }
+        let run = folder_run(16);
+        let whole = DataSource::Whole {
+            dir: Some(d.path().to_path_buf()),
+        };
+        let ds = resolve_data(&whole, &run).unwrap();
+        assert_eq!((ds.len(), ds.height, ds.width), (3, 16, 16));
+        assert!(ds.labels.is_empty());
+        assert!(ds.image(2).chunks(3).all(|p| p == [2, 2, 3]));
+        // the same through --dataset folder, with a bad file skipped and counted
+        std::fs::write(d.path().join("bad.webp"), b"RIFF").unwrap();
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let folder = DataSource::Folder {
+            dir: d.path().to_path_buf(),
+            skip_bad_images: true,
+            skipped: skipped.clone(),
+        };
+        assert_eq!(resolve_data(&folder, &run).unwrap().len(), 3);
+        assert_eq!(skipped.load(Ordering::SeqCst), 1);
+        let e = format!("{:#}", resolve_data(&whole, &run).unwrap_err());
+        assert!(e.contains("bad.webp"), "{e}");
+        // a folder is not partitioned, and needs its folder
+        let shard = DataSource::Shard {
+            dir: Some(d.path().to_path_buf()),
+            k: 0,
+            n: 3,
+        };
+        let e = format!("{:#}", resolve_data(&shard, &run).unwrap_err());
+        assert!(e.contains("--shard"), "{e}");
+        let e = format!(
+            "{:#}",
+            resolve_data(&DataSource::Whole { dir: None }, &run).unwrap_err()
+        );
+        assert!(e.contains("--data DIR"), "{e}");
+    }
+}

@@ -85,3 +85,71 @@ pub fn one_class_if_unlabelled(mut ds: ImageDataset) -> ImageDataset {
     }
     ds
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder of four 20×20 PNG images, in `cat/` and `dog/` when `classes`.
+    fn folder(classes: bool) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..4u8 {
+            let sub = match (classes, i % 2) {
+                (false, _) => d.path().to_path_buf(),
+                (true, 0) => d.path().join("cat"),
+                (true, _) => d.path().join("dog"),
+            };
+            std::fs::create_dir_all(&sub).unwrap();
+            image::RgbImage::from_pixel(20, 20, image::Rgb([i * 60, 0, 0]))
+                .save(sub.join(format!("{i}.png")))
+                .unwrap();
+        }
+        d
+    }
+
+    fn scenario(sets: &[String]) -> Scenario {
+        Scenario::from_toml_str("", sets).unwrap()
+    }
+
+    #[test]
+    fn an_unlabelled_folder_cannot_be_probed_but_can_be_partitioned() {
+        let d = folder(false);
+        let path = toml::Value::from(d.path().display().to_string());
+        let sets = vec![
+            "data.dataset=\"folder\"".into(),
+            format!("data.path={path}"),
+        ];
+        let e = format!("{:#}", load_sets(&scenario(&sets)).unwrap_err());
+        assert!(
+            e.contains("data.labels") && e.contains("eval.dataset"),
+            "{e}"
+        );
+        let mut off = sets.clone();
+        off.push("eval.enabled=false".into());
+        let (train, test) = load_sets(&scenario(&off)).unwrap();
+        assert_eq!((train.len(), train.num_classes, test.len()), (4, 1, 0));
+        assert_eq!(train.labels, vec![0; 4]);
+        // probed elsewhere: the folder is the simulated clients' set, one class
+        let mut sep = sets.clone();
+        sep.push("eval.dataset=\"synthetic\"".into());
+        let sc = scenario(&sep);
+        assert!(eval_is_separate(&sc));
+        let fed = load_federated(&sc).unwrap().unwrap();
+        assert_eq!((fed.len(), fed.num_classes), (4, 1));
+        let (probe, _) = load_sets(&sc).unwrap();
+        assert_eq!(probe.num_classes, 10);
+    }
+
+    #[test]
+    fn a_labelled_folder_without_a_test_split_says_how_to_make_one() {
+        let d = folder(true);
+        let path = toml::Value::from(d.path().display().to_string());
+        let sc = scenario(&[
+            "data.dataset=\"folder\"".into(),
+            format!("data.path={path}"),
+            "data.labels=\"subfolders\"".into(),
+        ]);
+        let e = format!("{:#}", load_sets(&sc).unwrap_err());
+        assert!(e.contains("no test split") && e.contains("/train/"), "{e}");
+    }
+}

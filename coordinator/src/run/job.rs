@@ -92,6 +92,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
         Mode::Serve { .. } => None,
     };
     let federation = Federation::start(&job, federated.as_ref().unwrap_or(&train))?;
+    let train_images = federated.as_ref().unwrap_or(&train).len();
     drop(federated);
     let t_rounds = Instant::now();
     let outcome = run_rounds(
@@ -114,7 +115,6 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let outcome = federation
         .end(outcome, resumed.as_ref(), &sc, &job.out)
         .await?;
-    let train_images = train.len();
     let eval = evaluate(&sc, &outcome.global, initial, train, test).await?;
     if let Some(e) = &eval {
         write_eval_json(&job.out, &sc, backbone_values, e)?;

@@ -19,8 +19,9 @@ pub use load::{load_split_with, load_test_set, load_train_set, DatasetKind};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
-/// Side in pixels of the (square) images of every dataset fedssl reads (CIFAR-10 and the
-/// synthetic set); the scenario refuses layouts (patch grids, ViT patches) that do not fit it.
+/// Side in pixels of the (square) images of CIFAR-10 and the synthetic set, and the default
+/// `data.image_size` of the folder dataset; the scenario refuses layouts (patch grids, ViT
+/// patches) that do not fit the run's image size.
 pub const IMAGE_SIDE: usize = 32;
 
 /// Largest `data.image_size` (pixels per side) a scenario may ask of the folder dataset.
