@@ -290,6 +290,15 @@ mod tests {
         let text = format!("{long} = 1\n");
         let e = format!("{:#}", Scenario::from_toml_str(&text, &[]).unwrap_err());
         assert!(e.len() < 2500, "{} bytes", e.len());
+        // a long --set, malformed or not, is shortened in the message
+        for set in [format!("name{long}"), format!("data.path={long}")] {
+            let e = format!("{:#}", Scenario::from_toml_str("", &[set]).unwrap_err());
+            assert!(
+                e.len() < 400 && e.contains("characters"),
+                "{}",
+                &e[..e.len().min(400)]
+            );
+        }
     }
 
     #[test]
