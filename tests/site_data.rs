@@ -333,3 +333,44 @@ fn the_client_binary_trains_on_a_folder_and_reports_the_skipped_files() {
     }
     assert_eq!(first_round(&out)["samples"]["3"], 40);
 }
+
+/// A deployment where every site brings its folder: `[data] dataset = "folder"` (the sites'
+/// plain `--data DIR` is then their folder, at the run's `data.image_size`), probed on the
+/// synthetic set (`[eval] dataset`); each site's n_k is its own image count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_run_where_every_site_brings_its_own_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    write_pngs(&a, 20);
+    write_pngs(&b, 28);
+    let out = dir.path().join("run");
+    let sc = fedssl_tests::tiny(&[
+        "federation.rounds=1",
+        "federation.clients=2",
+        "data.dataset=\"folder\"",
+        "eval.dataset=\"synthetic\"",
+        "eval.enabled=false",
+    ]);
+    let (summary, results) = serve(
+        sc,
+        &out,
+        vec![
+            DataSource::Whole { dir: Some(a) },
+            DataSource::Whole { dir: Some(b) },
+        ],
+    )
+    .await;
+    assert_eq!(summary.rounds_completed, 1);
+    for r in results {
+        r.unwrap();
+    }
+    let r1 = first_round(&out);
+    let mut samples: Vec<u64> = r1["samples"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    samples.sort_unstable();
+    assert_eq!(samples, vec![20, 28], "{r1}");
+}
