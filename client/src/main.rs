@@ -31,9 +31,18 @@ struct Cli {
     /// Name the coordinator's certificate must be valid for (default: HOST of --coordinator).
     #[arg(long)]
     server_name: Option<String>,
-    /// Dataset folder (CIFAR-10: the folder holding cifar-10-batches-bin). Not needed for the synthetic dataset.
+    /// Dataset folder (CIFAR-10: the folder holding cifar-10-batches-bin; a folder of
+    /// images: that folder, read recursively). Not needed for the synthetic dataset.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// What --data holds: `folder` (this site's own PNG/JPEG/WebP/BMP images, whatever the
+    /// run's dataset). Default: the run's data.dataset.
+    #[arg(long, value_parser = ["folder"])]
+    dataset: Option<String>,
+    /// Leave out (and count) image files that cannot be decoded instead of failing; implies
+    /// --dataset folder.
+    #[arg(long)]
+    skip_bad_images: bool,
     /// Keep shard K (0-based) of N of the scenario's partition, e.g. --shard 0/3.
     /// Without it the whole dataset in --data is this site's data.
     #[arg(long, value_name = "K/N")]
@@ -69,7 +78,20 @@ fn parse_shard(s: &str) -> Result<(u32, u32)> {
 
 async fn real_main(cli: Cli) -> Result<()> {
     let device = fedssl_shared::device::parse_device(&cli.device)?;
+    let skipped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let folder = cli.dataset.is_some() || cli.skip_bad_images;
     let data = match &cli.shard {
+        Some(_) if folder => {
+            bail!("--shard partitions the run's dataset; a site's own image folder (--dataset folder, --skip-bad-images) is not partitioned")
+        }
+        None if folder => DataSource::Folder {
+            dir: cli
+                .data
+                .clone()
+                .context("--dataset folder needs the folder: --data DIR")?,
+            skip_bad_images: cli.skip_bad_images,
+            skipped: skipped.clone(),
+        },
         Some(s) => {
             let (k, n) = parse_shard(s)?;
             DataSource::Shard {
@@ -134,8 +156,14 @@ async fn real_main(cli: Cli) -> Result<()> {
     // the process exits; a few seconds at most.
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
     let report = report?;
+    let bad = skipped.load(std::sync::atomic::Ordering::SeqCst);
+    let bad = if bad > 0 {
+        format!(" ({bad} bad image file(s) skipped)")
+    } else {
+        String::new()
+    };
     println!(
-        "client {}: trained {} round(s); {}",
+        "client {}: trained {} round(s){bad}; {}",
         report.client_id, report.rounds_trained, report.message
     );
     Ok(())

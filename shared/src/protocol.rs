@@ -32,7 +32,8 @@ use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
 /// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6:
-/// [`RunInfo::compression`], updates as encoded deltas).
+/// [`RunInfo::compression`] (updates as encoded deltas), the folder dataset and
+/// [`RunInfo::image_size`]).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest control message accepted, in bytes (weights travel separately).
@@ -103,6 +104,8 @@ pub struct RunInfo {
     pub local_update: crate::config::LocalUpdateConfig,
     /// `federation.compression`: how the client encodes its update ([`crate::encoding`]).
     pub compression: crate::config::CompressionConfig,
+    /// `data.image_size`: the side in pixels a client resizes its own image folder to.
+    pub image_size: usize,
 }
 
 impl RunInfo {
@@ -120,6 +123,7 @@ impl RunInfo {
             batch_norm: sc.federation.batch_norm,
             local_update: sc.federation.local_update.clone(),
             compression: sc.federation.compression.clone(),
+            image_size: sc.data.image_size,
         }
     }
 }
@@ -366,6 +370,7 @@ mod tests {
                             error_feedback: false,
                         },
                     ),
+                    image_size: 48,
                 },
             };
             let back: ServerMessage = decode_body(&encode_frame(&m).unwrap()[4..]).unwrap();

@@ -87,7 +87,13 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     crate::strategy::check_buffer_bound(strategy.as_ref(), &sc, &initial)?;
     strategy.load_state(resumed.as_mut().and_then(|p| p.strategy_state.take()))?;
     let strategy_name = strategy.name();
-    let federation = Federation::start(&job, &train)?;
+    let federated = match job.mode {
+        Mode::Simulate => load_federated(&sc).await?,
+        Mode::Serve { .. } => None,
+    };
+    let federation = Federation::start(&job, federated.as_ref().unwrap_or(&train))?;
+    let train_images = federated.as_ref().unwrap_or(&train).len();
+    drop(federated);
     let t_rounds = Instant::now();
     let outcome = run_rounds(
         RoundsContext {
@@ -109,7 +115,6 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let outcome = federation
         .end(outcome, resumed.as_ref(), &sc, &job.out)
         .await?;
-    let train_images = train.len();
     let eval = evaluate(&sc, &outcome.global, initial, train, test).await?;
     if let Some(e) = &eval {
         write_eval_json(&job.out, &sc, backbone_values, e)?;
@@ -148,6 +153,13 @@ async fn load_data(sc: &Scenario) -> Result<(ImageDataset, ImageDataset)> {
     let (train, test) = tokio::task::spawn_blocking(move || data::load_sets(&sc)).await??;
     info!(train = train.len(), test = test.len(), "data loaded");
     Ok((train, test))
+}
+
+/// The training set of the simulated clients when `[eval] dataset` is another
+/// ([`data::load_federated`]), loaded off the async workers.
+async fn load_federated(sc: &Scenario) -> Result<Option<ImageDataset>> {
+    let sc = sc.clone();
+    tokio::task::spawn_blocking(move || data::load_federated(&sc)).await?
 }
 
 /// The federated weights of round 0: the backbone (and, with `pretext.share_heads`, the
@@ -202,6 +214,27 @@ struct Federation {
     progress: Option<MultiProgress>,
 }
 
+/// The size of every shard a `--shard K/N` client (or a simulated one) holds, where the
+/// coordinator knows them: the simulation's `shards`, or, serving, the scenario's partition
+/// of the run's dataset when `train` is that dataset (not `[eval] dataset`'s, not a folder:
+/// the sites' folders are their own). `None` when unknown.
+fn known_shard_sizes(
+    sc: &Scenario,
+    shards: Option<&[Vec<usize>]>,
+    train: &ImageDataset,
+) -> Option<Vec<u64>> {
+    let sizes = |parts: &[Vec<usize>]| parts.iter().map(|p| p.len() as u64).collect();
+    match shards {
+        Some(parts) => Some(sizes(parts)),
+        None if !data::eval_is_separate(sc)
+            && sc.data.dataset != fedssl_shared::data::DatasetKind::Folder =>
+        {
+            simulate::shards(sc, train).ok().map(|p| sizes(&p))
+        }
+        None => None,
+    }
+}
+
 impl Federation {
     /// Binds the endpoint of `job`'s mode, readies the run folder and lets the clients in:
     /// the simulated ones are started on their shards of `train`; for `serve`, how to join
@@ -243,6 +276,9 @@ impl Federation {
         // start: a run that fails before this point leaves the previous results untouched.
         outputs::start_run(&job.out, sc, job.resume, shards.as_deref(), train)?;
         let registry = Registry::new(RunInfo::of(sc));
+        if let Some(sizes) = known_shard_sizes(sc, shards.as_deref(), train) {
+            registry.set_shard_sizes(sizes);
+        }
         tokio::spawn(accept_loop(
             endpoint.clone(),
             registry.clone(),

@@ -15,6 +15,7 @@ use fedssl_shared::protocol::{
 use fedssl_shared::weights::WeightSet;
 
 use crate::server::records::DropReason;
+use crate::server::samples::SampleRule;
 
 /// What every client of a round shares.
 pub struct RoundShared {
@@ -33,6 +34,8 @@ pub struct RoundShared {
     /// The global weights the round starts from, when updates arrive as encoded deltas
     /// (any compression but `"none"`) and are decoded against them.
     pub global: Option<WeightSet>,
+    /// The sample counts n_k accepted ([`crate::server::samples`]).
+    pub samples: SampleRule,
 }
 
 /// An update that arrived, decoded; it holds one of the round's decode slots until dropped.
@@ -56,6 +59,7 @@ pub struct Arrived {
 enum Answer {
     Update(Arrived),
     Failed(String),
+    Refused(crate::strategy::validate::Refusal),
 }
 
 /// Client `id`'s round on `conn` with `config`: its decoded update, or why it is dropped.
@@ -68,6 +72,7 @@ pub async fn client_round(
     match exchange(id, conn, config, &shared).await {
         Ok(Answer::Update(a)) => Ok(a),
         Ok(Answer::Failed(reason)) => Err(DropReason::ClientFailed(reason)),
+        Ok(Answer::Refused(r)) => Err(DropReason::Refused(r)),
         Err(e) => Err(DropReason::Exchange(format!("{e:#}"))),
     }
 }
@@ -101,6 +106,11 @@ async fn exchange(
             if r != round {
                 bail!("answered round {r} during round {round}");
             }
+            // a sample count that cannot be right: the weights are not even read
+            let num_samples = match shared.samples.weight(id, num_samples) {
+                Ok(n) => n,
+                Err(refusal) => return Ok(Answer::Refused(refusal)),
+            };
             let permit = shared.slots.clone().acquire_owned().await?;
             let (weights, wbytes) = match &shared.global {
                 None => read_weights(&mut recv, shared.max_weights_bytes).await?,

@@ -244,6 +244,7 @@ mod tests {
             batch_norm: sc.federation.batch_norm,
             local_update: sc.federation.local_update.clone(),
             compression: sc.federation.compression.clone(),
+            image_size: 32,
         };
         let id = self_signed(&[]).unwrap();
         let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();

@@ -37,6 +37,10 @@ pub struct Registry {
     run: RunInfo,
     /// Every certified site that was given an id in this run, and its id.
     site_ids: Mutex<BTreeMap<String, u32>>,
+    /// The ids last given to a client that asked for their shard (`--shard K/N`, a
+    /// simulated client), and the size of each shard when the coordinator knows them
+    /// ([`Self::expected_samples`]).
+    shard_claims: Mutex<(std::collections::BTreeSet<u32>, Option<Vec<u64>>)>,
 }
 
 impl Registry {
@@ -49,7 +53,31 @@ impl Registry {
             capacity: run.num_clients as usize,
             run,
             site_ids: Mutex::new(BTreeMap::new()),
+            shard_claims: Mutex::new(Default::default()),
         })
+    }
+
+    /// The size of every shard of the run's partition (`sizes[k]`: images of shard `k`),
+    /// for the coordinator that knows them: a client holding shard `k` must then report
+    /// `sizes[k]` samples.
+    pub fn set_shard_sizes(&self, sizes: Vec<u64>) {
+        self.shard_claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 = Some(sizes);
+    }
+
+    /// The samples client `id` must report: its shard's size when it asked for its shard
+    /// and the shard sizes are known; `None` otherwise.
+    pub fn expected_samples(&self, id: u32) -> Option<u64> {
+        let g = self
+            .shard_claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !g.0.contains(&id) {
+            return None;
+        }
+        g.1.as_ref()?.get(id as usize).copied()
     }
 
     /// The map of clients. Every critical section is one map operation that cannot panic
@@ -116,6 +144,15 @@ impl Registry {
         }?;
         if let Some(site) = &admitted.site {
             sites.insert(site.clone(), id);
+        }
+        let mut claims = self
+            .shard_claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.is_some() {
+            claims.0.insert(id);
+        } else {
+            claims.0.remove(&id);
         }
         Ok(id)
     }

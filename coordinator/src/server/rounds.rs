@@ -31,6 +31,7 @@ use crate::server::client_round::{client_round, Arrived, RoundShared, SentBytes}
 use crate::server::progress::RoundsProgress;
 use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
 use crate::server::registry::Registry;
+use crate::server::samples::SampleRule;
 use crate::server::tensorboard::EventWriter;
 use crate::strategy::{RoundAggregator, Strategy};
 
@@ -106,7 +107,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         mut strategy,
     } = ctx;
     let fed = &sc.federation;
-    let checkpoints = Checkpoints::create(out)?;
+    let checkpoints = Checkpoints::create(out)?.keeping(fed.keep_checkpoints);
     let mut log = RoundsLog::open(out, start_round > 0)?;
     let mut tb = match sc.logging.tensorboard_dir(out) {
         Some(dir) => Some(EventWriter::create(&dir, "rounds")?),
@@ -144,6 +145,13 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             sent: SentBytes::default(),
             compression: fed.compression.clone(),
             global: (!fed.compression.is_none()).then(|| global.clone()),
+            samples: SampleRule {
+                expected: sampled
+                    .iter()
+                    .filter_map(|&id| Some((id, registry.expected_samples(id)?)))
+                    .collect(),
+                cap: fed.max_samples_per_client,
+            },
         });
         let mut rec = RoundRecord::new(round + 1, lr);
         let in_flight = dispatch(
