@@ -13,6 +13,7 @@ use fedssl_shared::protocol::{
 use fedssl_shared::weights::WeightSet;
 
 use crate::server::records::DropReason;
+use crate::server::status::board::{ClientState, StatusBoard};
 
 /// What every client of a round shares.
 pub struct RoundShared {
@@ -26,6 +27,8 @@ pub struct RoundShared {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Bytes sent to each client this round.
     pub sent: SentBytes,
+    /// The live run page's state: each client's progress (training, uploaded).
+    pub status: Arc<StatusBoard>,
 }
 
 /// An update that arrived, decoded; it holds one of the round's decode slots until dropped.
@@ -81,7 +84,9 @@ async fn exchange(
     let n = write_weights_bytes(&mut send, &shared.payload).await?;
     send.finish().ok();
     shared.sent.add(id, frame_len + n);
+    shared.status.client(id, ClientState::Training);
     let reply: ClientMessage = read_message(&mut recv).await?;
+    shared.status.heard_from(id);
     let reply_len = encode_frame(&reply)?.len() as u64;
     match reply {
         ClientMessage::Update {
@@ -96,6 +101,7 @@ async fn exchange(
             }
             let permit = shared.slots.clone().acquire_owned().await?;
             let (weights, wbytes) = read_weights(&mut recv, shared.max_weights_bytes).await?;
+            shared.status.client(id, ClientState::Uploaded);
             Ok(Answer::Update(Arrived {
                 id,
                 weights,

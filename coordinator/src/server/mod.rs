@@ -2,7 +2,8 @@
 //! ([`handshake`], with its [`handshake::Authenticator`] seam), the [`rounds`] loop with each
 //! client's part of a round (`client_round.rs`), what the rounds write ([`records`], and
 //! [`tensorboard`] event files), their progress on the terminal (`progress.rs`), the server's
-//! [`tls`], and the admission of enrolled sites ([`sites`], with the [`revocation`] list).
+//! [`tls`], the admission of enrolled sites ([`sites`], with the [`revocation`] list), and the
+//! live run page ([`status`]).
 
 mod client_round;
 pub mod handshake;
@@ -12,5 +13,6 @@ pub mod registry;
 pub mod revocation;
 pub mod rounds;
 pub mod sites;
+pub mod status;
 pub mod tensorboard;
 pub mod tls;

@@ -130,6 +130,7 @@ impl Scenario {
         self.train.validate()?;
         self.partition.validate()?;
         self.eval.validate()?;
+        self.logging.validate()?;
         Ok(())
     }
 
