@@ -132,11 +132,11 @@ async fn run_job_with(job: Job, status: &Arc<StatusBoard>) -> Result<Summary> {
     )
     .await;
     let train_seconds = t_rounds.elapsed().as_secs_f64();
+    status.set_phase(Phase::Evaluating);
     let outcome = federation
         .end(outcome, resumed.as_ref(), &sc, &job.out)
         .await?;
     let train_images = train.len();
-    status.set_phase(Phase::Evaluating);
     let eval = evaluate(&sc, &outcome.global, initial, train, test).await?;
     if let Some(e) = &eval {
         write_eval_json(&job.out, &sc, backbone_values, e)?;

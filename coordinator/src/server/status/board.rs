@@ -27,7 +27,8 @@ pub enum Phase {
     Waiting,
     /// A round is running.
     Round,
-    /// The rounds are over; the central evaluation runs.
+    /// The rounds are over: the clients are told, `final.safetensors` is written and the
+    /// central evaluation runs.
     Evaluating,
     /// The run finished (`summary.json` written).
     Finished,
