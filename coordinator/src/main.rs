@@ -51,6 +51,15 @@ struct Common {
     /// scenario's `[logging] tensorboard = true` writes them into <out>/tb).
     #[arg(long, value_name = "DIR")]
     tensorboard: Option<PathBuf>,
+    /// Serve the read-only live run page (`/`, and its JSON at `/status.json`) on this TCP
+    /// address while the run goes: IP:PORT as given, a bare PORT on 127.0.0.1, or a HOST:PORT
+    /// that resolves to loopback (sets `[logging] status_addr`). Default: no page.
+    #[arg(long, value_name = "ADDR")]
+    status_addr: Option<String>,
+    /// Keep the live run page up this many seconds after the run ended (sets `[logging]
+    /// status_linger_seconds`; default 0).
+    #[arg(long, value_name = "SECONDS")]
+    status_linger: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +205,13 @@ fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
         sc.logging.tensorboard = true;
         sc.logging.tensorboard_dir = Some(dir.clone());
     }
+    if let Some(addr) = &common.status_addr {
+        sc.logging.status_addr = Some(addr.clone());
+    }
+    if let Some(s) = common.status_linger {
+        sc.logging.status_linger_seconds = s;
+    }
+    sc.logging.validate()?;
     let out = common
         .out
         .clone()

@@ -2,6 +2,7 @@
 //! resume point, the strategy, the server endpoint, the simulated clients' shards, the run
 //! folder, the clients, the rounds, the end of the federation, the central evaluation and
 //! `summary.json`. Each step lives in the room its name says; this is the order they run in.
+//! The live run page ([`crate::server::status`]), when asked for, follows every step.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ use crate::run::{data, serve};
 use crate::server::handshake::accept_loop;
 use crate::server::registry::Registry;
 use crate::server::rounds::{run_rounds, RoundsContext, RoundsOutcome};
+use crate::server::status::board::{Phase, StatusBoard};
+use crate::server::status::http::serve_status;
 use crate::server::tensorboard::EventWriter;
 
 /// How the clients of a run are provided.
@@ -74,8 +77,29 @@ pub struct Job {
     pub resume: bool,
 }
 
-/// Runs the job; returns the summary also written to `<out>/summary.json`.
+/// Runs the job; returns the summary also written to `<out>/summary.json`. With
+/// `[logging] status_addr` the live run page is served from the start (a bad address fails
+/// the run before anything is loaded) until the run ended and `status_linger_seconds` passed.
 pub async fn run_job(job: Job) -> Result<Summary> {
+    let status = StatusBoard::new(&job.scenario);
+    let page = match &job.scenario.logging.status_addr {
+        Some(spec) => Some(serve_status(spec, status.clone()).await?),
+        None => None,
+    };
+    let linger = job.scenario.logging.status_linger_seconds;
+    let result = run_job_with(job, &status).await;
+    match &result {
+        Ok(s) => status.finished(s.eval.as_ref().and_then(|e| serde_json::to_value(e).ok())),
+        Err(e) => status.failed(format!("{e:#}")),
+    }
+    if let Some(page) = page {
+        page.linger(linger).await;
+    }
+    result
+}
+
+/// [`run_job`], its steps reported on the live page's `status`.
+async fn run_job_with(job: Job, status: &Arc<StatusBoard>) -> Result<Summary> {
     let t0 = Instant::now();
     let sc = job.scenario.clone();
     outputs::refuse_a_file_in_place(&job.out)?;
@@ -94,6 +118,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     let federation = Federation::start(&job, federated.as_ref().unwrap_or(&train))?;
     let train_images = federated.as_ref().unwrap_or(&train).len();
     drop(federated);
+    status.attach(federation.registry.clone());
     let t_rounds = Instant::now();
     let outcome = run_rounds(
         RoundsContext {
@@ -105,6 +130,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
             monitor: KnnMonitor::new(&sc, &train, &test).map(Arc::new),
             strategy,
+            status: status.clone(),
         },
         resumed
             .as_ref()
@@ -112,6 +138,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     )
     .await;
     let train_seconds = t_rounds.elapsed().as_secs_f64();
+    status.set_phase(Phase::Evaluating);
     let outcome = federation
         .end(outcome, resumed.as_ref(), &sc, &job.out)
         .await?;

@@ -16,6 +16,7 @@ use fedssl_shared::weights::WeightSet;
 
 use crate::server::records::DropReason;
 use crate::server::samples::SampleRule;
+use crate::server::status::board::{ClientState, StatusBoard};
 
 /// What every client of a round shares.
 pub struct RoundShared {
@@ -36,6 +37,8 @@ pub struct RoundShared {
     pub global: Option<WeightSet>,
     /// The sample counts n_k accepted ([`crate::server::samples`]).
     pub samples: SampleRule,
+    /// The live run page's state: each client's progress (training, uploaded).
+    pub status: Arc<StatusBoard>,
 }
 
 /// An update that arrived, decoded; it holds one of the round's decode slots until dropped.
@@ -93,7 +96,9 @@ async fn exchange(
     let n = write_weights_bytes(&mut send, &shared.payload).await?;
     send.finish().ok();
     shared.sent.add(id, frame_len + n);
+    shared.status.client(id, ClientState::Training);
     let reply: ClientMessage = read_message(&mut recv).await?;
+    shared.status.heard_from(id);
     let reply_len = encode_frame(&reply)?.len() as u64;
     match reply {
         ClientMessage::Update {
@@ -122,6 +127,7 @@ async fn exchange(
                     (w, n)
                 }
             };
+            shared.status.client(id, ClientState::Uploaded);
             Ok(Answer::Update(Arrived {
                 id,
                 weights,

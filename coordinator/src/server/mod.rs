@@ -2,8 +2,8 @@
 //! ([`handshake`], with its [`handshake::Authenticator`] seam), the [`rounds`] loop with each
 //! client's part of a round (`client_round.rs`), what the rounds write ([`records`], and
 //! [`tensorboard`] event files), their progress on the terminal (`progress.rs`), the server's
-//! [`tls`], the admission of enrolled sites ([`sites`], with the [`revocation`] list), and
-//! the sample counts a round accepts ([`samples`]).
+//! [`tls`], the admission of enrolled sites ([`sites`], with the [`revocation`] list), the
+//! sample counts a round accepts ([`samples`]) and the live run page ([`status`]).
 
 mod client_round;
 pub mod handshake;
@@ -14,5 +14,6 @@ pub mod revocation;
 pub mod rounds;
 pub mod samples;
 pub mod sites;
+pub mod status;
 pub mod tensorboard;
 pub mod tls;

@@ -26,6 +26,22 @@ struct Registered {
     ctrl: ControlStream,
     name: String,
     site: Option<String>,
+    joined: Instant,
+}
+
+/// What the live run page shows of a connected client ([`Registry::connected`]).
+#[derive(Clone, Debug)]
+pub struct Connected {
+    /// Its client id.
+    pub id: u32,
+    /// The name its hello gave.
+    pub name: String,
+    /// Its certified site name, when it has one.
+    pub site: Option<String>,
+    /// The address its connection comes from.
+    pub remote: std::net::SocketAddr,
+    /// When it (last) joined.
+    pub joined: Instant,
 }
 
 /// Connected clients by id.
@@ -100,6 +116,20 @@ impl Registry {
     /// The connection of client `id`, if it is connected.
     pub fn conn(&self, id: u32) -> Option<quinn::Connection> {
         self.clients().get(&id).map(|r| r.conn.clone())
+    }
+
+    /// The connected clients, by id.
+    pub fn connected(&self) -> Vec<Connected> {
+        self.clients()
+            .iter()
+            .map(|(id, r)| Connected {
+                id: *id,
+                name: r.name.clone(),
+                site: r.site.clone(),
+                remote: r.conn.remote_address(),
+                joined: r.joined,
+            })
+            .collect()
     }
 
     /// The sites certified so far, `id → name` (connected or not).
@@ -196,6 +226,7 @@ impl Registry {
                 ctrl: ctrl.clone(),
                 name,
                 site,
+                joined: Instant::now(),
             },
         );
         if let Some(old) = old {

@@ -121,6 +121,7 @@ impl Scenario {
         self.train.validate()?;
         self.partition.validate()?;
         self.eval.validate()?;
+        self.logging.validate()?;
         // the images' side against the layouts (now rather than in every client's first
         // step), and the model's payload against federation.max_weights_bytes
         limits::check(self)
