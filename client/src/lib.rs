@@ -6,7 +6,11 @@
 //! the backbone travels.
 //!
 //! Rooms (this file only hands their public names on):
-//! - `session`: [`connect`] / [`open`], hello and welcome, the control stream, [`run_session`];
+//! - `session`: [`connect`] / [`open`], hello and welcome, the control stream, [`run_session`]
+//!   (and [`run_session_keeping`], what a client keeps from one session to the next:
+//!   [`Retained`]);
+//! - [`reconnect`]: staying connected, [`run_reconnecting`] (backoff, jitter, which errors
+//!   are retried);
 //! - `round`: one local round (read the round and the weights, train, reply with the update);
 //! - `behaviour`: [`Behaviour`], honest, a simulated fault (disconnect, stall) or byzantine;
 //! - `byzantine`: the corrupted updates of a simulated byzantine client (noise, sign flip);
@@ -17,6 +21,7 @@
 //! - [`kit`]: a site's startup kit (`--kit`).
 
 pub mod kit;
+pub mod reconnect;
 pub mod tls;
 
 mod behaviour;
@@ -31,4 +36,5 @@ pub use behaviour::Behaviour;
 pub use byzantine::Attack;
 pub use data::DataSource;
 pub use options::{ClientOptions, SessionReport};
-pub use session::{connect, open, run_session};
+pub use reconnect::run_reconnecting;
+pub use session::{connect, open, run_session, run_session_keeping, Retained};
