@@ -180,3 +180,88 @@ fn a_client_gives_up_after_its_retry_window_and_says_so() {
         "{log}"
     );
 }
+
+/// `fedssl-client --kit kit --coordinator 127.0.0.1:port --server-name localhost --quiet
+/// --retry-for 10m`, stderr to `logs/<name>.log`.
+fn kit_client(kit: &Path, port: u16, logs: &Path, name: &str) -> Proc {
+    let mut cmd = std::process::Command::new(fedssl_tests::binary("fedssl-client"));
+    cmd.arg("--kit")
+        .arg(kit)
+        .args(["--coordinator", &format!("127.0.0.1:{port}")])
+        .args([
+            "--server-name",
+            "localhost",
+            "--quiet",
+            "--retry-for",
+            "10m",
+        ]);
+    Proc::start(cmd, logs.join(format!("{name}.log")))
+}
+
+#[test]
+fn a_client_refused_for_who_it_is_exits_at_once_without_retrying() {
+    use fedssl_coordinator::provision::{provision, ProvisionRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let req = |sites: &[&str]| ProvisionRequest {
+        sites: sites.iter().map(|s| s.to_string()).collect(),
+        coordinator_names: vec!["localhost".into()],
+        port: 4433,
+        days: 3,
+    };
+    let kits = dir.path().join("kits");
+    provision(&req(&["site-a", "site-b", "site-c", "site-d"]), &kits).unwrap();
+    let other = dir.path().join("other");
+    provision(&req(&["site-a"]), &other).unwrap();
+    let revoked = dir.path().join("revoked.txt");
+    std::fs::write(&revoked, "site-c\n").unwrap();
+
+    let scenario = write_tiny(dir.path());
+    let out = dir.path().join("run");
+    let port = free_udp_port();
+    let mut cmd = std::process::Command::new(fedssl_tests::binary("fedssl-coordinator"));
+    cmd.arg("serve")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--quiet", "--kit"])
+        .arg(kits.join("coordinator"))
+        .arg("--revoked")
+        .arg(&revoked)
+        .args([
+            "--set",
+            "federation.sites=[\"site-a\", \"site-b\", \"site-c\"]",
+        ]);
+    let server = Proc::start(cmd, dir.path().join("serve.log"));
+    assert!(
+        wait_for_file(
+            &server.stderr,
+            |s| s.contains("listening on"),
+            Duration::from_secs(60)
+        ),
+        "serve did not start: {}",
+        server.stderr_text()
+    );
+    // a site certificate of another CA, with this run's ca.pem (so the client trusts the
+    // coordinator, and the coordinator's TLS refuses the client)
+    let forged = dir.path().join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    for f in ["cert.pem", "key.pem", "client.toml"] {
+        std::fs::copy(other.join("site-a").join(f), forged.join(f)).unwrap();
+    }
+    std::fs::copy(kits.join("site-a").join("ca.pem"), forged.join("ca.pem")).unwrap();
+    let logs = dir.path();
+    for (kit, why) in [
+        (kits.join("site-d"), "not enrolled in this run"),
+        (kits.join("site-c"), "is revoked"),
+        (forged, "does not trust the CA of this client's certificate"),
+        (other.join("site-a"), "does not trust the coordinator"),
+    ] {
+        let mut c = kit_client(&kit, port, logs, "refused");
+        // a client that retried would still be running after a minute (--retry-for 10m)
+        let status = c.wait_for_exit(Duration::from_secs(60));
+        let log = c.stderr_text();
+        assert!(status.is_some_and(|s| !s.success()), "{status:?}\n{log}");
+        assert!(log.contains(why), "{kit:?}: {log}");
+        assert!(!log.contains("reconnecting"), "{kit:?} retried: {log}");
+    }
+}
