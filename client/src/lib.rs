@@ -12,6 +12,7 @@
 //! - [`reconnect`]: staying connected, [`run_reconnecting`] (backoff, jitter, which errors
 //!   are retried);
 //! - `round`: one local round (read the round and the weights, train, reply with the update);
+//! - `state`: the client's state between rounds, by round, in memory or in files;
 //! - `behaviour`: [`Behaviour`], honest, a simulated fault (disconnect, stall) or byzantine;
 //! - `byzantine`: the corrupted updates of a simulated byzantine client (noise, sign flip);
 //! - `data`: [`DataSource`], where the training images come from, and their loading;
@@ -31,6 +32,7 @@ mod options;
 mod progress;
 mod round;
 mod session;
+mod state;
 
 pub use behaviour::Behaviour;
 pub use byzantine::Attack;

@@ -2,7 +2,6 @@
 //! backbone, ask the client's [`Behaviour`](crate::Behaviour), train on tokio's blocking pool
 //! (never on the workers that drive QUIC), and reply with the update (or why training failed).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -24,14 +23,14 @@ use tracing::warn;
 
 use crate::options::ClientOptions;
 use crate::progress::{round_bar, show_step};
+use crate::state::{Local, StateFiles};
 
 /// What every round of one session shares: the client's id and run, its images, its device,
 /// and its state between rounds: its local model (backbone and pretext heads) and its
 /// [`ClientState`] (local heads, BatchNorm tensors for FedBN, FedEMA/FedU scalars, BYOL's
-/// target), kept in memory, or, with `state_dir` (`simulate`), in the file
-/// `<state_dir>/<client id>.safetensors` (written atomically; the model is rebuilt and its
-/// heads read back each round, so an idle client holds no model in memory). Cloning shares
-/// the data and the state.
+/// target), kept by round ([`crate::state`]) in memory, or, with `state_dir` (`simulate`),
+/// in files (the model is rebuilt and its heads read back each round, so an idle client
+/// holds no model in memory). Cloning shares the data and the state.
 #[derive(Clone)]
 pub(crate) struct Learner {
     /// Id the coordinator gave this client.
@@ -45,45 +44,8 @@ pub(crate) struct Learner {
     /// The state kept in memory: the local model and its state (`None` until the first
     /// round; with `state_dir`, the model is never kept).
     pub local: Arc<Mutex<Local>>,
-    /// Where the state is kept between rounds, if in a file.
+    /// Where the state is kept between rounds, if in files ([`StateFiles`]).
     pub state_dir: Option<PathBuf>,
-}
-
-/// A client's model and state kept in memory between rounds, and across its reconnections
-/// to a coordinator that may have restarted from an earlier checkpoint
-/// (`serve --resume`): the state is kept by round, so that a round the coordinator runs again
-/// starts from the same state as it did the first time.
-#[derive(Default)]
-pub(crate) struct Local {
-    /// The local model (memory mode only).
-    pub model: Option<LocalModel>,
-    /// The round (0-based) whose successful training left `model` as it is (`None`: none yet).
-    pub model_round: Option<u32>,
-    /// The client's state after the rounds it trained (memory mode only), by 0-based round:
-    /// the newest before the round in progress, and that round's once it trained.
-    pub states: BTreeMap<u32, ClientState>,
-}
-
-impl Local {
-    /// The model and state that round `round` (0-based) starts from: the state of the newest
-    /// round before `round` that this client trained (states of `round` and later, left by a
-    /// coordinator that then restarted from an earlier checkpoint, are dropped, and so are
-    /// states older than the one used), and the model if that same round left it (`None`:
-    /// the caller rebuilds it from the state, as `state_dir` mode does every round).
-    fn start(&mut self, round: u32) -> (Option<LocalModel>, Option<ClientState>) {
-        self.states.retain(|&r, _| r < round);
-        let base = self.states.keys().next_back().copied();
-        if let Some(b) = base {
-            self.states.retain(|&r, _| r >= b);
-        }
-        let state = base.and_then(|b| self.states.get(&b).cloned());
-        let model = self.model.take();
-        if self.model_round == base {
-            (model, state)
-        } else {
-            (None, state)
-        }
-    }
 }
 
 /// Runs the round that the coordinator opened as the stream (`send`, `recv`) on `conn`.
@@ -182,19 +144,13 @@ impl Learner {
             .local
             .lock()
             .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
-        let path = self
+        let files = self
             .state_dir
             .as_ref()
-            .map(|d| d.join(format!("{}.safetensors", self.client_id)));
-        let (mut model, state) = match &path {
+            .map(|d| StateFiles::new(d, self.client_id));
+        let (mut model, state) = match &files {
             None => guard.start(round),
-            Some(p) if p.exists() => {
-                let st = ClientState {
-                    weights: WeightSet::load(p)?,
-                };
-                (None, Some(st))
-            }
-            Some(_) => (None, None),
+            Some(f) => (None, f.start(round)?),
         };
         let m = match model.take() {
             Some(m) => m,
@@ -212,23 +168,12 @@ impl Learner {
         };
         let mut m = m;
         let outcome = self.train_model(&mut m, config, global, state.as_ref(), bar);
-        let trained = outcome.is_ok();
-        let state = match outcome {
-            Ok((_, _, ref new_state)) => Some(new_state.clone()),
-            Err(_) => state,
-        };
-        match &path {
-            None => {
-                // A round that failed keeps the model as training left it, and the state.
-                guard.model = Some(m);
-                if let (true, Some(st)) = (trained, &state) {
-                    guard.model_round = Some(round);
-                    guard.states.insert(round, st.clone());
-                }
-            }
-            Some(p) => {
-                if let (Ok(_), Some(st)) = (&outcome, &state) {
-                    st.weights.save(p).with_context(|| {
+        let new_state = outcome.as_ref().ok().map(|(_, _, st)| st.clone());
+        match &files {
+            None => guard.end(round, m, new_state),
+            Some(f) => {
+                if let Some(st) = &new_state {
+                    f.save(round, st).with_context(|| {
                         format!("client {}: cannot save its state", self.client_id)
                     })?;
                 }
@@ -290,47 +235,5 @@ impl Learner {
         let keep = keeps_backbone(run.batch_norm, &run.local_update);
         let new_state = ClientState::capture(m, keep, d, lambda)?;
         Ok((stats, trained.to_safetensors()?, new_state))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fedssl_shared::weights::TensorData;
-
-    fn state(v: f32) -> ClientState {
-        let mut weights = WeightSet::default();
-        weights.tensors.insert(
-            "head.w".into(),
-            TensorData {
-                shape: vec![1],
-                data: vec![v],
-            },
-        );
-        ClientState { weights }
-    }
-
-    #[test]
-    fn a_repeated_round_starts_from_the_state_before_it() {
-        let mut local = Local::default();
-        assert!(local.start(0).1.is_none());
-        local.states.insert(0, state(0.0));
-        local.states.insert(2, state(2.0));
-        local.model_round = Some(2);
-        // round 3 builds on round 2's state; round 0's is dropped
-        let (m, st) = local.start(3);
-        assert!(m.is_none());
-        assert_eq!(st, Some(state(2.0)));
-        assert_eq!(local.states.keys().copied().collect::<Vec<_>>(), [2]);
-        local.states.insert(3, state(3.0));
-        local.model_round = Some(3);
-        // a coordinator restarted from checkpoint 2 runs round 3 again: round 2's state
-        // again, round 3's is gone, and the model (round 3's) is not reused
-        let (_, st) = local.start(3);
-        assert_eq!(st, Some(state(2.0)));
-        assert_eq!(local.states.keys().copied().collect::<Vec<_>>(), [2]);
-        // a new run of the same scenario: round 0 starts afresh
-        assert_eq!(local.start(0).1, None);
-        assert!(local.states.is_empty());
     }
 }

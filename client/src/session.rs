@@ -27,7 +27,8 @@ use tracing::{info, warn};
 use crate::data::resolve_data;
 use crate::options::{ClientOptions, SessionReport};
 use crate::reconnect::transient;
-use crate::round::{handle_round, Learner, Local};
+use crate::round::{handle_round, Learner};
+use crate::state::Local;
 use crate::tls::tls_refusal;
 
 /// Connects to the coordinator at `addr` whose certificate must be valid for `server_name`
