@@ -44,6 +44,8 @@ pub async fn connect(
 /// [`connect`], also returning the client's endpoint. A process that exits after its session
 /// awaits [`quinn::Endpoint::wait_idle`] first: otherwise its close frame (the reason it
 /// leaves) may never be sent, and the coordinator holds its shard until the idle timeout.
+/// A coordinator that cannot be reached is a [`Transient`](crate::reconnect::Transient)
+/// error; a TLS refusal or a coordinator certificate this client does not trust is not.
 pub async fn open(
     addr: SocketAddr,
     server_name: &str,
