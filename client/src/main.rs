@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fedssl_client::kit::read_kit;
-use fedssl_client::{open, run_session, ClientOptions, DataSource};
+use fedssl_client::{open, run_reconnecting, ClientOptions, DataSource};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,26 @@ struct Cli {
     /// No progress bars, and only warnings in the log.
     #[arg(long)]
     quiet: bool,
+    /// How long to keep reconnecting when the coordinator cannot be reached or the connection
+    /// drops (e.g. 30s, 10m, 1h; 0: never retry): exponential backoff from 0.5 s to 30 s
+    /// with jitter, one log line per attempt, then exit non-zero. A refusal (revoked, unknown
+    /// site, wrong CA) is never retried.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    retry_for: Duration,
+    /// QUIC idle timeout of this client's side (e.g. 20s): a silent coordinator is given up
+    /// after this long (or the coordinator's `federation.idle_timeout_seconds`, the shorter);
+    /// keep-alives go out at a quarter of it while training runs.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+}
+
+/// A duration as humantime writes it (`30s`, `10m`, `1h 30m`); `0` is zero.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}`: {e} (expected e.g. 30s, 10m, 1h)"))
 }
 
 fn parse_shard(s: &str) -> Result<(u32, u32)> {
@@ -138,9 +158,11 @@ async fn real_main(cli: Cli) -> Result<()> {
     let pem = std::fs::read(&ca)
         .with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
     let creds = kit.as_ref().map(|k| &k.credentials);
-    let ccfg = fedssl_client::tls::client_config_as(&pem, creds, Duration::from_secs(20))
+    if cli.idle_timeout < Duration::from_secs(1) {
+        bail!("--idle-timeout must be at least 1s");
+    }
+    let ccfg = fedssl_client::tls::client_config_as(&pem, creds, cli.idle_timeout)
         .with_context(|| format!("in {} or the kit", ca.display()))?;
-    let (endpoint, conn) = open(addr, &server_name, ccfg).await?;
     let name = cli
         .name
         .clone()
@@ -151,11 +173,8 @@ async fn real_main(cli: Cli) -> Result<()> {
     if !cli.quiet {
         opts.progress = Some(indicatif::MultiProgress::new());
     }
-    let report = run_session(conn, opts).await;
-    // Let the close frame (done, or why this client gives up) reach the coordinator before
-    // the process exits; a few seconds at most.
-    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
-    let report = report?;
+    let connect = || open(addr, &server_name, ccfg.clone());
+    let report = run_reconnecting(connect, &opts, cli.retry_for).await?;
     let bad = skipped.load(std::sync::atomic::Ordering::SeqCst);
     let bad = if bad > 0 {
         format!(" ({bad} bad image file(s) skipped)")

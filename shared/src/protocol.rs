@@ -1,12 +1,13 @@
 //! The wire protocol between coordinator and clients.
 //!
 //! Transport: QUIC (quinn, TLS 1.3). The client opens one bidirectional *control* stream
-//! and sends [`ClientMessage::Hello`]; the coordinator answers [`ServerMessage::Welcome`] or
-//! [`ServerMessage::Refused`]. For each round the coordinator opens a fresh bidirectional
-//! stream, sends [`ServerMessage::Round`] followed by the global backbone, and the client
-//! answers on it with [`ClientMessage::Update`] followed by its trained backbone (or
-//! [`ClientMessage::Failed`]). At the end the coordinator sends [`ServerMessage::Finished`] on
-//! the control stream and closes the connection.
+//! and sends [`ClientMessage::Hello`]; the coordinator answers [`ServerMessage::Welcome`],
+//! [`ServerMessage::Refused`] (for good) or [`ServerMessage::Busy`] (for now). For each
+//! round the coordinator opens a fresh bidirectional stream, sends [`ServerMessage::Round`]
+//! followed by the global backbone, and the client answers on it with
+//! [`ClientMessage::Update`] followed by its trained backbone (or [`ClientMessage::Failed`]).
+//! At the end the coordinator sends [`ServerMessage::Finished`] on the control stream and
+//! closes the connection.
 //!
 //! Framing:
 //! - a control message is `u32` little-endian length + bincode 2 (standard config) bytes,
@@ -32,8 +33,8 @@ use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
 /// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6:
-/// [`RunInfo::compression`] (updates as encoded deltas), the folder dataset and
-/// [`RunInfo::image_size`]).
+/// [`RunInfo::compression`] (updates as encoded deltas), the folder dataset,
+/// [`RunInfo::image_size`] and [`ServerMessage::Busy`]).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest control message accepted, in bytes (weights travel separately).
@@ -171,6 +172,14 @@ pub enum ServerMessage {
     Finished {
         /// One-line summary for the client's log.
         message: String,
+    },
+    /// Not admitted now, for a reason that passes (the client's slot is still held by a
+    /// connection of it that the coordinator has not yet seen die, or the run is full): a
+    /// client that retries (`fedssl-client --retry-for`) tries again later. The connection
+    /// closes after it. A [`ServerMessage::Refused`] client must not retry.
+    Busy {
+        /// Why, in one line.
+        reason: String,
     },
 }
 
@@ -332,11 +341,17 @@ mod tests {
             let back: ClientMessage = decode_body(&f[4..]).unwrap();
             assert_eq!(back, m);
         }
-        let s = ServerMessage::Finished {
-            message: "done".into(),
-        };
-        let back: ServerMessage = decode_body(&encode_frame(&s).unwrap()[4..]).unwrap();
-        assert_eq!(back, s);
+        for s in [
+            ServerMessage::Finished {
+                message: "done".into(),
+            },
+            ServerMessage::Busy {
+                reason: "shard 1 is held".into(),
+            },
+        ] {
+            let back: ServerMessage = decode_body(&encode_frame(&s).unwrap()[4..]).unwrap();
+            assert_eq!(back, s);
+        }
     }
 
     #[test]

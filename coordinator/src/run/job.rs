@@ -322,6 +322,7 @@ impl Federation {
                 idle,
                 progress.clone(),
                 &job.out,
+                job.resume,
             )?),
             _ => {
                 if let Mode::Serve { kit, .. } = &job.mode {

@@ -16,6 +16,35 @@ use tracing::info;
 
 use crate::server::handshake::Admitted;
 
+/// Why [`Registry::slot`] gives a peer no slot.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NoSlot {
+    /// For now: the run is full, or the peer's shard is held by a connection that may be a
+    /// vanished one (freed within `federation.idle_timeout_seconds`); sent as
+    /// [`ServerMessage::Busy`], and a retrying client tries again.
+    Busy(String),
+    /// For good: the shard does not fit the run, or a site asks for another id than its own;
+    /// sent as [`ServerMessage::Refused`].
+    Refused(String),
+}
+
+impl NoSlot {
+    /// The reason, in one line.
+    pub fn reason(&self) -> &str {
+        match self {
+            NoSlot::Busy(r) | NoSlot::Refused(r) => r,
+        }
+    }
+
+    /// The message that tells the peer.
+    pub fn message(&self) -> ServerMessage {
+        match self {
+            NoSlot::Busy(r) => ServerMessage::Busy { reason: r.clone() },
+            NoSlot::Refused(r) => ServerMessage::Refused { reason: r.clone() },
+        }
+    }
+}
+
 /// A connected client's control stream (the one its hello came on), shared by the messages
 /// sent on it.
 pub type ControlStream = Arc<tokio::sync::Mutex<quinn::SendStream>>;
@@ -143,7 +172,9 @@ impl Registry {
     /// shard does not fit the run, or another connected client holds it. A certified site
     /// gets the id it had before (or its bound id, or its shard's), and may replace its own
     /// earlier connection; a client without a shard gets the next id above the shards'.
-    pub fn slot(&self, shard: Option<(u32, u32)>, admitted: &Admitted) -> Result<u32, String> {
+    /// A full run and a held shard or id are [`NoSlot::Busy`] (a vanished connection frees
+    /// them), the rest [`NoSlot::Refused`].
+    pub fn slot(&self, shard: Option<(u32, u32)>, admitted: &Admitted) -> Result<u32, NoSlot> {
         let g = self.clients();
         let mut sites = self.site_ids.lock().unwrap_or_else(PoisonError::into_inner);
         let known = admitted
@@ -156,18 +187,18 @@ impl Registry {
                 .is_some_and(|r| r.site.is_some() && r.site == admitted.site)
         });
         if returning.is_none() && g.len() >= self.capacity {
-            return Err(format!(
+            return Err(NoSlot::Busy(format!(
                 "the run already has its {} clients (federation.clients)",
                 self.capacity
-            ));
+            )));
         }
         let id = match (known, shard) {
-            (Some(id), Some((k, _))) if k != id => Err(format!(
+            (Some(id), Some((k, _))) if k != id => Err(NoSlot::Refused(format!(
                 "site `{}` holds client id {id} in this run, not shard {k}",
                 admitted.site.as_deref().unwrap_or("?")
-            )),
-            (Some(id), _) if returning.is_none() && g.contains_key(&id) => Err(format!(
-                "client id {id} is already held by a connected client"
+            ))),
+            (Some(id), _) if returning.is_none() && g.contains_key(&id) => Err(NoSlot::Busy(
+                format!("client id {id} is already held by a connected client"),
             )),
             (Some(id), _) => Ok(id),
             (None, shard) => self.free_slot(&g, shard),
@@ -192,16 +223,16 @@ impl Registry {
         &self,
         g: &BTreeMap<u32, Registered>,
         shard: Option<(u32, u32)>,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, NoSlot> {
         match shard {
-            Some((k, n)) if n != self.run.num_clients || k >= n => Err(format!(
+            Some((k, n)) if n != self.run.num_clients || k >= n => Err(NoSlot::Refused(format!(
                 "shard {k}/{n} does not fit this run: it has {} shards, numbered 0..{}",
                 self.run.num_clients,
                 self.run.num_clients.saturating_sub(1)
-            )),
-            Some((k, _)) if g.contains_key(&k) => Err(format!(
+            ))),
+            Some((k, _)) if g.contains_key(&k) => Err(NoSlot::Busy(format!(
                 "shard {k} is already held by a connected client (a client that just vanished frees it within federation.idle_timeout_seconds; retry shortly)"
-            )),
+            ))),
             Some((k, _)) => Ok(k),
             None => Ok(self.next_id.fetch_add(1, Ordering::SeqCst)),
         }
