@@ -328,6 +328,61 @@ async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupte
     assert!(format!("{e:#}").contains("scenario.json"), "{e:#}");
 }
 
+/// With local heads and FedBN the clients' state is not in the checkpoint: `simulate --resume`
+/// reads each virtual client's state back from `<run>/clients/`, so stopping after round 1 and
+/// resuming to round 2 still gives exactly the weights of an uninterrupted 2-round run — and
+/// a client state started afresh would not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_simulation_restores_each_clients_local_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["federation.batch_norm=\"local\"", "eval.enabled=false"];
+    let whole = dir.path().join("whole");
+    simulate(scenario(&base), &whole).await.unwrap();
+    let part = dir.path().join("part");
+    simulate(scenario(&[base[0], base[1], "federation.rounds=1"]), &part)
+        .await
+        .unwrap();
+    let kept = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d.join("clients"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let after_1: Vec<String> = (0..3)
+        .map(|k| format!("{k}.after-round-0001.safetensors"))
+        .collect();
+    assert_eq!(kept(&part), after_1);
+    // the same first round, saved aside to start a second resume afresh
+    let fresh = dir.path().join("fresh");
+    std::fs::create_dir_all(fresh.join("checkpoints")).unwrap();
+    for f in [
+        "scenario.json",
+        "rounds.jsonl",
+        "checkpoints/round-0001.safetensors",
+    ] {
+        std::fs::copy(part.join(f), fresh.join(f)).unwrap();
+    }
+
+    let s = run(scenario(&base), &part, true).await.unwrap();
+    assert_eq!(s.resumed_after_round, Some(1));
+    let w = |d: &Path| std::fs::read(d.join("final.safetensors")).unwrap();
+    assert!(w(&part) == w(&whole), "the resumed run differs");
+    // at most two states per client: the one round 2 started from, and its own
+    let mut both = after_1.clone();
+    both.extend((0..3).map(|k| format!("{k}.after-round-0002.safetensors")));
+    both.sort();
+    assert_eq!(kept(&part), both);
+
+    // the control: the same resume without the clients' states is another run
+    run(scenario(&base), &fresh, true).await.unwrap();
+    assert!(
+        w(&fresh) != w(&whole),
+        "the clients' state made no difference"
+    );
+}
+
 /// A strategy with server state (FedAdam's moments, FedAvgM's momentum) checkpoints it next to
 /// each checkpoint: stopping after round 1 and resuming to round 2 gives exactly the weights and
 /// state of an uninterrupted 2-round run, and a step that differs from FedAvg's. FedProx with

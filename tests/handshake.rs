@@ -91,8 +91,9 @@ async fn right_version_is_welcomed_and_a_taken_shard_is_refused() {
     }
     assert_eq!(reg.ids(), vec![1]);
     match hello(addr, &pem, &h).await.unwrap() {
-        ServerMessage::Refused { reason } => assert!(reason.contains("already held"), "{reason}"),
-        other => panic!("expected a refusal, got {other:?}"),
+        // for now: a retrying client tries again (the holder may be a vanished connection)
+        ServerMessage::Busy { reason } => assert!(reason.contains("already held"), "{reason}"),
+        other => panic!("expected Busy, got {other:?}"),
     }
     let bad = ClientMessage::Hello {
         protocol_version: PROTOCOL_VERSION,

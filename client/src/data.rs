@@ -1,13 +1,16 @@
 //! Where a client's training images come from ([`DataSource`]) and how they are loaded once
 //! the coordinator has described the run ([`resolve_data`]): a simulation's in-memory shard,
-//! shard `k` of the scenario's partition into `n`, or the whole dataset of a site; then the
-//! run's feature skew ([`fedssl_shared::feature_skew`]) of this client.
+//! shard `k` of the scenario's partition into `n`, the whole dataset of a site, or a site's
+//! own folder of images ([`fedssl_shared::data::folder`], resized to the run's
+//! `data.image_size`); then the run's feature skew ([`fedssl_shared::feature_skew`]) of this
+//! client.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use fedssl_shared::data::ImageDataset;
+use anyhow::{bail, Context, Result};
+use fedssl_shared::data::{DatasetKind, ImageDataset};
 use fedssl_shared::protocol::RunInfo;
 
 /// Where a client's training images come from.
@@ -36,6 +39,17 @@ pub enum DataSource {
         /// CIFAR-10 folder (for the synthetic dataset, `None`).
         dir: Option<PathBuf>,
     },
+    /// This site's own folder of PNG/JPEG/WebP/BMP images, whatever the run's dataset
+    /// (`fedssl-client --dataset folder --data DIR`): read recursively, unlabelled, resized
+    /// to the run's `data.image_size`, through the folder's cache.
+    Folder {
+        /// The image folder.
+        dir: PathBuf,
+        /// Leave out (and count) files that cannot be decoded instead of failing.
+        skip_bad_images: bool,
+        /// Set once the folder is read: how many files were left out as bad.
+        skipped: Arc<AtomicUsize>,
+    },
 }
 
 impl DataSource {
@@ -44,7 +58,7 @@ impl DataSource {
         match self {
             DataSource::Shard { k, n, .. } => Some((*k, *n)),
             DataSource::InMemory { shard, .. } => *shard,
-            DataSource::Whole { .. } => None,
+            DataSource::Whole { .. } | DataSource::Folder { .. } => None,
         }
     }
 }
@@ -74,6 +88,12 @@ pub(crate) fn resolve_data(
 fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> {
     match source {
         DataSource::InMemory { data, .. } => Ok(data.clone()),
+        DataSource::Whole { dir } if run.dataset == DatasetKind::Folder => {
+            let dir = dir.as_ref().context(
+                "the run's dataset is a folder of images: this site's folder is --data DIR",
+            )?;
+            load_site_folder(dir, run.image_size, false, &Arc::default())
+        }
         DataSource::Whole { dir } => Ok(Arc::new(
             fedssl_shared::data::load_train_set(
                 run.dataset,
@@ -83,6 +103,14 @@ fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> 
             )?
             .unlabelled(),
         )),
+        DataSource::Folder {
+            dir,
+            skip_bad_images,
+            skipped,
+        } => load_site_folder(dir, run.image_size, *skip_bad_images, skipped),
+        DataSource::Shard { .. } if run.dataset == DatasetKind::Folder => bail!(
+            "--shard: the run's dataset is each site's own image folder, which is not partitioned; leave --shard out"
+        ),
         DataSource::Shard { dir, k, n } => {
             if *n != run.num_clients {
                 bail!(
@@ -111,11 +139,100 @@ fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> 
     }
 }
 
+/// This site's image folder `dir` at `image_size` pixels, unlabelled; the count of files
+/// left out as bad (with `skip_bad_images`) is stored in `skipped` and logged.
+fn load_site_folder(
+    dir: &std::path::Path,
+    image_size: usize,
+    skip_bad_images: bool,
+    skipped: &AtomicUsize,
+) -> Result<Arc<ImageDataset>> {
+    let opts = fedssl_shared::data::FolderOptions {
+        image_size,
+        skip_bad_images,
+        ..Default::default()
+    };
+    let load = fedssl_shared::data::load_folder(dir, &opts)?;
+    skipped.store(load.skipped.len(), Ordering::SeqCst);
+    if !load.skipped.is_empty() {
+        tracing::warn!(
+            folder = %dir.display(),
+            "left out {} bad image file(s) (--skip-bad-images): {}",
+            load.skipped.len(),
+            load.skipped
+                .iter()
+                .take(5)
+                .map(|b| b.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    tracing::info!(
+        folder = %dir.display(),
+        images = load.dataset.len(),
+        cached = load.from_cache,
+        "this site's images"
+    );
+    Ok(Arc::new(load.dataset.unlabelled()))
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use fedssl_shared::config::Scenario;
     use fedssl_shared::feature_skew::RotationSkew;
+
+    /// A run of the folder dataset at `image_size` pixels.
+    fn folder_run(image_size: usize) -> RunInfo {
+        let mut sc = Scenario::default();
+        sc.data.dataset = DatasetKind::Folder;
+        sc.data.image_size = image_size;
+        RunInfo::of(&sc)
+    }
+
+    #[test]
+    fn a_folder_run_reads_the_sites_data_as_a_folder_at_the_runs_size() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..3u8 {
+            image::RgbImage::from_pixel(30, 50, image::Rgb([i, 2, 3]))
+                .save(d.path().join(format!("{i}.png")))
+                .unwrap();
+        }
+        let run = folder_run(16);
+        let whole = DataSource::Whole {
+            dir: Some(d.path().to_path_buf()),
+        };
+        let ds = resolve_data(&whole, &run, 0).unwrap();
+        assert_eq!((ds.len(), ds.height, ds.width), (3, 16, 16));
+        assert!(ds.labels.is_empty());
+        assert!(ds.image(2).chunks(3).all(|p| p == [2, 2, 3]));
+        // the same through --dataset folder, with a bad file skipped and counted
+        std::fs::write(d.path().join("bad.webp"), b"RIFF").unwrap();
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let folder = DataSource::Folder {
+            dir: d.path().to_path_buf(),
+            skip_bad_images: true,
+            skipped: skipped.clone(),
+        };
+        assert_eq!(resolve_data(&folder, &run, 0).unwrap().len(), 3);
+        assert_eq!(skipped.load(Ordering::SeqCst), 1);
+        let e = format!("{:#}", resolve_data(&whole, &run, 0).unwrap_err());
+        assert!(e.contains("bad.webp"), "{e}");
+        // a folder is not partitioned, and needs its folder
+        let shard = DataSource::Shard {
+            dir: Some(d.path().to_path_buf()),
+            k: 0,
+            n: 3,
+        };
+        let e = format!("{:#}", resolve_data(&shard, &run, 0).unwrap_err());
+        assert!(e.contains("--shard"), "{e}");
+        let e = format!(
+            "{:#}",
+            resolve_data(&DataSource::Whole { dir: None }, &run, 0).unwrap_err()
+        );
+        assert!(e.contains("--data DIR"), "{e}");
+    }
 
     #[test]
     fn the_runs_feature_skew_applies_to_this_clients_shard() {

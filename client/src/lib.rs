@@ -6,8 +6,13 @@
 //! the backbone travels.
 //!
 //! Rooms (this file only hands their public names on):
-//! - `session`: [`connect`] / [`open`], hello and welcome, the control stream, [`run_session`];
+//! - `session`: [`connect`] / [`open`], hello and welcome, the control stream, [`run_session`]
+//!   (and [`run_session_keeping`], what a client keeps from one session to the next:
+//!   [`Retained`]);
+//! - [`reconnect`]: staying connected, [`run_reconnecting`] (backoff, jitter, which errors
+//!   are retried);
 //! - `round`: one local round (read the round and the weights, train, reply with the update);
+//! - `state`: the client's state between rounds, by round, in memory or in files;
 //! - `behaviour`: [`Behaviour`], honest, a simulated fault (disconnect, stall) or byzantine;
 //! - `byzantine`: the corrupted updates of a simulated byzantine client (noise, sign flip);
 //! - `data`: [`DataSource`], where the training images come from, and their loading;
@@ -17,6 +22,7 @@
 //! - [`kit`]: a site's startup kit (`--kit`).
 
 pub mod kit;
+pub mod reconnect;
 pub mod tls;
 
 mod behaviour;
@@ -26,9 +32,11 @@ mod options;
 mod progress;
 mod round;
 mod session;
+mod state;
 
 pub use behaviour::Behaviour;
 pub use byzantine::Attack;
 pub use data::DataSource;
 pub use options::{ClientOptions, SessionReport};
-pub use session::{connect, open, run_session};
+pub use reconnect::run_reconnecting;
+pub use session::{connect, open, run_session, run_session_keeping, Retained};

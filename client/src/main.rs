@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fedssl_client::kit::read_kit;
-use fedssl_client::{open, run_session, ClientOptions, DataSource};
+use fedssl_client::{open, run_reconnecting, ClientOptions, DataSource};
 
 #[derive(Parser)]
 #[command(
@@ -31,9 +31,18 @@ struct Cli {
     /// Name the coordinator's certificate must be valid for (default: HOST of --coordinator).
     #[arg(long)]
     server_name: Option<String>,
-    /// Dataset folder (CIFAR-10: the folder holding cifar-10-batches-bin). Not needed for the synthetic dataset.
+    /// Dataset folder (CIFAR-10: the folder holding cifar-10-batches-bin; a folder of
+    /// images: that folder, read recursively). Not needed for the synthetic dataset.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// What --data holds: `folder` (this site's own PNG/JPEG/WebP/BMP images, whatever the
+    /// run's dataset). Default: the run's data.dataset.
+    #[arg(long, value_parser = ["folder"])]
+    dataset: Option<String>,
+    /// Leave out (and count) image files that cannot be decoded instead of failing; implies
+    /// --dataset folder.
+    #[arg(long)]
+    skip_bad_images: bool,
     /// Keep shard K (0-based) of N of the scenario's partition, e.g. --shard 0/3.
     /// Without it the whole dataset in --data is this site's data.
     #[arg(long, value_name = "K/N")]
@@ -47,6 +56,26 @@ struct Cli {
     /// No progress bars, and only warnings in the log.
     #[arg(long)]
     quiet: bool,
+    /// How long to keep reconnecting when the coordinator cannot be reached or the connection
+    /// drops (e.g. 30s, 10m, 1h; 0: never retry): exponential backoff from 0.5 s to 30 s
+    /// with jitter, one log line per attempt, then exit non-zero. A refusal (revoked, unknown
+    /// site, wrong CA) is never retried.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    retry_for: Duration,
+    /// QUIC idle timeout of this client's side (e.g. 20s): a silent coordinator is given up
+    /// after this long (or the coordinator's `federation.idle_timeout_seconds`, the shorter);
+    /// keep-alives go out at a quarter of it while training runs.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+}
+
+/// A duration as humantime writes it (`30s`, `10m`, `1h 30m`); `0` is zero.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}`: {e} (expected e.g. 30s, 10m, 1h)"))
 }
 
 fn parse_shard(s: &str) -> Result<(u32, u32)> {
@@ -69,7 +98,20 @@ fn parse_shard(s: &str) -> Result<(u32, u32)> {
 
 async fn real_main(cli: Cli) -> Result<()> {
     let device = fedssl_shared::device::parse_device(&cli.device)?;
+    let skipped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let folder = cli.dataset.is_some() || cli.skip_bad_images;
     let data = match &cli.shard {
+        Some(_) if folder => {
+            bail!("--shard partitions the run's dataset; a site's own image folder (--dataset folder, --skip-bad-images) is not partitioned")
+        }
+        None if folder => DataSource::Folder {
+            dir: cli
+                .data
+                .clone()
+                .context("--dataset folder needs the folder: --data DIR")?,
+            skip_bad_images: cli.skip_bad_images,
+            skipped: skipped.clone(),
+        },
         Some(s) => {
             let (k, n) = parse_shard(s)?;
             DataSource::Shard {
@@ -116,9 +158,11 @@ async fn real_main(cli: Cli) -> Result<()> {
     let pem = std::fs::read(&ca)
         .with_context(|| format!("cannot read CA certificate {}", ca.display()))?;
     let creds = kit.as_ref().map(|k| &k.credentials);
-    let ccfg = fedssl_client::tls::client_config_as(&pem, creds, Duration::from_secs(20))
+    if cli.idle_timeout < Duration::from_secs(1) {
+        bail!("--idle-timeout must be at least 1s");
+    }
+    let ccfg = fedssl_client::tls::client_config_as(&pem, creds, cli.idle_timeout)
         .with_context(|| format!("in {} or the kit", ca.display()))?;
-    let (endpoint, conn) = open(addr, &server_name, ccfg).await?;
     let name = cli
         .name
         .clone()
@@ -129,13 +173,16 @@ async fn real_main(cli: Cli) -> Result<()> {
     if !cli.quiet {
         opts.progress = Some(indicatif::MultiProgress::new());
     }
-    let report = run_session(conn, opts).await;
-    // Let the close frame (done, or why this client gives up) reach the coordinator before
-    // the process exits; a few seconds at most.
-    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
-    let report = report?;
+    let connect = || open(addr, &server_name, ccfg.clone());
+    let report = run_reconnecting(connect, &opts, cli.retry_for).await?;
+    let bad = skipped.load(std::sync::atomic::Ordering::SeqCst);
+    let bad = if bad > 0 {
+        format!(" ({bad} bad image file(s) skipped)")
+    } else {
+        String::new()
+    };
     println!(
-        "client {}: trained {} round(s); {}",
+        "client {}: trained {} round(s){bad}; {}",
         report.client_id, report.rounds_trained, report.message
     );
     Ok(())

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use fedssl_shared::data::ImageDataset;
+use fedssl_shared::encoding::encode_update;
 use fedssl_shared::protocol::{
     read_message, read_weights, write_message, write_weights_bytes, ClientMessage, RoundConfig,
     RunInfo, ServerMessage,
@@ -23,14 +24,14 @@ use tracing::warn;
 
 use crate::options::ClientOptions;
 use crate::progress::{round_bar, show_step};
+use crate::state::{Local, StateFiles};
 
 /// What every round of one session shares: the client's id and run, its images, its device,
 /// and its state between rounds: its local model (backbone and pretext heads) and its
 /// [`ClientState`] (local heads, BatchNorm tensors for FedBN, FedEMA/FedU scalars, BYOL's
-/// target), kept in memory, or, with `state_dir` (`simulate`), in the file
-/// `<state_dir>/<client id>.safetensors` (written atomically; the model is rebuilt and its
-/// heads read back each round, so an idle client holds no model in memory). Cloning shares
-/// the data and the state.
+/// target), kept by round ([`crate::state`]) in memory, or, with `state_dir` (`simulate`),
+/// in files (the model is rebuilt and its heads read back each round, so an idle client
+/// holds no model in memory). Cloning shares the data and the state.
 #[derive(Clone)]
 pub(crate) struct Learner {
     /// Id the coordinator gave this client.
@@ -44,17 +45,8 @@ pub(crate) struct Learner {
     /// The state kept in memory: the local model and its state (`None` until the first
     /// round; with `state_dir`, the model is never kept).
     pub local: Arc<Mutex<Local>>,
-    /// Where the state is kept between rounds, if in a file.
+    /// Where the state is kept between rounds, if in files ([`StateFiles`]).
     pub state_dir: Option<PathBuf>,
-}
-
-/// A client's model and state kept in memory between rounds.
-#[derive(Default)]
-pub(crate) struct Local {
-    /// The local model (memory mode only).
-    pub model: Option<LocalModel>,
-    /// The state after the last round that trained (memory mode only).
-    pub state: Option<ClientState>,
 }
 
 /// Runs the round that the coordinator opened as the stream (`send`, `recv`) on `conn`.
@@ -88,11 +80,12 @@ pub(crate) async fn handle_round(
         .progress
         .as_ref()
         .map(|mp| round_bar(mp, client_id, shown));
-    let kept_global = opts.behaviour.needs_global().then(|| global.clone());
+    let compressed = !learner.run.compression.is_none();
+    let kept_global = (opts.behaviour.needs_global() || compressed).then(|| global.clone());
     let job = {
         let learner = learner.clone();
         let bar = bar.clone();
-        tokio::task::spawn_blocking(move || learner.train(&config, global, bar.as_ref()))
+        tokio::task::spawn_blocking(move || learner.train(round, &config, global, bar.as_ref()))
     };
     let outcome = job.await.context("training thread panicked")?;
     if let Some(b) = bar {
@@ -107,6 +100,10 @@ pub(crate) async fn handle_round(
                 client_id,
                 round,
             )?;
+            let bytes = match (&kept_global, compressed) {
+                (Some(g), true) => learner.encode(g, &bytes)?,
+                _ => bytes,
+            };
             write_message(
                 &mut send,
                 &ClientMessage::Update {
@@ -137,12 +134,44 @@ pub(crate) async fn handle_round(
 }
 
 impl Learner {
+    /// The update payload of the trained weights `trained` (safetensors bytes) under the
+    /// run's `federation.compression`, against the round's `global` weights; with error
+    /// feedback the residual is read from and written back to the client's state (memory,
+    /// or `<state_dir>/<id>.residual.safetensors`).
+    fn encode(&self, global: &WeightSet, trained: &[u8]) -> Result<Vec<u8>> {
+        let cfg = &self.run.compression;
+        let trained = WeightSet::from_safetensors(trained)?;
+        if !cfg.error_feedback() {
+            return encode_update(cfg, global, &trained, None);
+        }
+        let path = self
+            .state_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.residual.safetensors", self.client_id)));
+        let mut guard = self
+            .local
+            .lock()
+            .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
+        let mut residual = match &path {
+            Some(p) if p.exists() => WeightSet::load(p)?,
+            Some(_) => WeightSet::default(),
+            None => guard.residual.take().unwrap_or_default(),
+        };
+        let payload = encode_update(cfg, global, &trained, Some(&mut residual))?;
+        match &path {
+            Some(p) => residual.save(p)?,
+            None => guard.residual = Some(residual),
+        }
+        Ok(payload)
+    }
+
     /// Trains the local model from the `global` backbone with the round's `config` (on the
     /// calling thread: the caller puts it on the blocking pool) and returns the statistics
     /// and the trained backbone as safetensors bytes. Errors: the weights do not fit the
     /// model, training fails, or it diverged (non-finite weights).
     fn train(
         &self,
+        round: u32,
         config: &RoundConfig,
         global: WeightSet,
         bar: Option<&ProgressBar>,
@@ -152,19 +181,13 @@ impl Learner {
             .local
             .lock()
             .map_err(|_| anyhow::anyhow!("model lock poisoned"))?;
-        let path = self
+        let files = self
             .state_dir
             .as_ref()
-            .map(|d| d.join(format!("{}.safetensors", self.client_id)));
-        let (mut model, state) = match &path {
-            None => (guard.model.take(), guard.state.take()),
-            Some(p) if p.exists() => {
-                let st = ClientState {
-                    weights: WeightSet::load(p)?,
-                };
-                (None, Some(st))
-            }
-            Some(_) => (None, None),
+            .map(|d| StateFiles::new(d, self.client_id));
+        let (mut model, state) = match &files {
+            None => guard.start(round),
+            Some(f) => (None, f.start(round)?),
         };
         let m = match model.take() {
             Some(m) => m,
@@ -173,7 +196,8 @@ impl Learner {
                 let init_seed = seed::derive(run.seed, seed::INIT, 0);
                 let m =
                     LocalModel::new(&run.model, &run.pretext, init_seed, head_seed, &self.device)?;
-                if let (Some(_), Some(st)) = (&path, &state) {
+                // rebuilt from the state: a file's, or a repeated round's (memory mode)
+                if let Some(st) = &state {
                     st.restore_heads(&m)?;
                 }
                 m
@@ -181,18 +205,12 @@ impl Learner {
         };
         let mut m = m;
         let outcome = self.train_model(&mut m, config, global, state.as_ref(), bar);
-        let state = match outcome {
-            Ok((_, _, ref new_state)) => Some(new_state.clone()),
-            Err(_) => state,
-        };
-        match &path {
-            None => {
-                guard.model = Some(m);
-                guard.state = state.clone();
-            }
-            Some(p) => {
-                if let (Ok(_), Some(st)) = (&outcome, &state) {
-                    st.weights.save(p).with_context(|| {
+        let new_state = outcome.as_ref().ok().map(|(_, _, st)| st.clone());
+        match &files {
+            None => guard.end(round, m, new_state),
+            Some(f) => {
+                if let Some(st) = &new_state {
+                    f.save(round, st).with_context(|| {
                         format!("client {}: cannot save its state", self.client_id)
                     })?;
                 }

@@ -3,6 +3,14 @@
 //! rounds until the coordinator says the run is over ([`run_session`]). The coordinator
 //! opens one stream per round (see [`crate::round`]); the control stream carries the hello,
 //! the welcome and the closing message.
+//!
+//! A session that ends because the coordinator went away (it cannot be reached, the
+//! connection dropped, or it is [`ServerMessage::Busy`]) ends with a
+//! [`Transient`](crate::reconnect::Transient) error, which [`crate::reconnect`] retries; every
+//! other error (a refusal, a certificate the other side does not trust, a protocol error,
+//! data that cannot be loaded, a run that failed) is for good. What a client keeps from one
+//! session to the next of the same run — its data, its local state by round — is
+//! [`Retained`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,7 +26,9 @@ use tracing::{info, warn};
 
 use crate::data::resolve_data;
 use crate::options::{ClientOptions, SessionReport};
-use crate::round::{handle_round, Learner, Local};
+use crate::reconnect::transient;
+use crate::round::{handle_round, Learner};
+use crate::state::Local;
 use crate::tls::tls_refusal;
 
 /// Connects to the coordinator at `addr` whose certificate must be valid for `server_name`
@@ -34,6 +44,8 @@ pub async fn connect(
 /// [`connect`], also returning the client's endpoint. A process that exits after its session
 /// awaits [`quinn::Endpoint::wait_idle`] first: otherwise its close frame (the reason it
 /// leaves) may never be sent, and the coordinator holds its shard until the idle timeout.
+/// A coordinator that cannot be reached is a [`Transient`](crate::reconnect::Transient)
+/// error; a TLS refusal or a coordinator certificate this client does not trust is not.
 pub async fn open(
     addr: SocketAddr,
     server_name: &str,
@@ -59,10 +71,23 @@ pub async fn open(
                  signed by the CA this client was given (--ca, or the kit's ca.pem: a kit of \
                  another provisioning, or another run's cert.pem?) ({e})"
             ),
-            None => return Err(e).with_context(|| format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?)")),
+            None => return Err(transient(format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?): {e}"))),
         },
     };
     Ok((endpoint, conn))
+}
+
+/// What a client keeps from one session to the next of the same run (see
+/// [`crate::reconnect`]): its id, the run, its images and its local state by round. A welcome
+/// with another id or another run starts afresh.
+#[derive(Default)]
+pub struct Retained {
+    /// The previous session's learner (its data and state are shared, not copied).
+    learner: Option<Learner>,
+    /// Rounds trained and returned over all sessions.
+    rounds_trained: usize,
+    /// Welcomes received over all sessions.
+    pub(crate) welcomes: usize,
 }
 
 /// Runs one client session on an open connection until the coordinator says the run is over;
@@ -72,7 +97,17 @@ pub async fn open(
 /// bytes), so the coordinator logs why the client left and frees its shard at once; a
 /// connection the coordinator's TLS closed (a refused certificate) is an error saying why.
 pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
-    let res = session(&conn, opts).await;
+    run_session_keeping(conn, &opts, &mut Retained::default()).await
+}
+
+/// [`run_session`], continuing from what an earlier session of this client `kept` (and
+/// updating it): a client that reconnects to its run keeps its data and local state.
+pub async fn run_session_keeping(
+    conn: quinn::Connection,
+    opts: &ClientOptions,
+    kept: &mut Retained,
+) -> Result<SessionReport> {
+    let res = session(&conn, opts, kept).await;
     if res.is_err() {
         // A certificate the coordinator's TLS refused shows only once the handshake is over.
         if let Some(why) = conn.close_reason().as_ref().and_then(tls_refusal) {
@@ -89,26 +124,63 @@ pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result
     res
 }
 
-async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
-    // `ctrl_send` lives as long as the session: dropping it would end the control stream.
-    let (mut ctrl_send, mut ctrl_recv) = conn
-        .open_bi()
-        .await
-        .context("cannot open the control stream")?;
-    let (client_id, run) = join(&mut ctrl_send, &mut ctrl_recv, &opts).await?;
-    info!(client_id, scenario = %run.scenario, "joined");
-    let data = load_data(&opts, &run, client_id).await?;
-    let mut ctrl_rx = read_control(ctrl_recv);
+/// The error of a session that lost `conn` with `what`: [`Transient`](crate::reconnect::Transient)
+/// unless this client closed it itself (a simulated disconnect).
+fn lost(conn: &quinn::Connection, what: String) -> anyhow::Error {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::LocallyClosed) => anyhow::anyhow!("{what}"),
+        _ => transient(what),
+    }
+}
 
-    let learner = Learner {
+/// The learner of a session welcomed as `client_id` into `run`: the one `kept` from an
+/// earlier session of the same id and run, or a new one with this client's data loaded.
+async fn learner_for(
+    opts: &ClientOptions,
+    kept: &mut Retained,
+    client_id: u32,
+    run: RunInfo,
+) -> Result<Learner> {
+    if let Some(l) = kept.learner.take() {
+        if l.client_id == client_id && l.run == run {
+            info!(
+                client_id,
+                "rejoined the run with this client's data and local state"
+            );
+            return Ok(l);
+        }
+        warn!(
+            client_id,
+            "welcomed into another run or as another client: starting afresh"
+        );
+    }
+    let data = load_data(opts, &run, client_id).await?;
+    Ok(Learner {
         client_id,
         run,
         data,
         device: opts.device.clone(),
         local: Arc::new(Mutex::new(Local::default())),
         state_dir: opts.state_dir.clone(),
-    };
-    let mut rounds_trained = 0usize;
+    })
+}
+
+async fn session(
+    conn: &quinn::Connection,
+    opts: &ClientOptions,
+    kept: &mut Retained,
+) -> Result<SessionReport> {
+    // `ctrl_send` lives as long as the session: dropping it would end the control stream.
+    let (mut ctrl_send, mut ctrl_recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| lost(conn, format!("cannot open the control stream: {e}")))?;
+    let (client_id, run) = join(conn, &mut ctrl_send, &mut ctrl_recv, opts).await?;
+    kept.welcomes += 1;
+    info!(client_id, scenario = %run.scenario, "joined");
+    let learner = learner_for(opts, kept, client_id, run).await?;
+    kept.learner = Some(learner.clone());
+    let mut ctrl_rx = read_control(ctrl_recv);
     loop {
         tokio::select! {
             msg = ctrl_rx.recv() => {
@@ -120,22 +192,25 @@ async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<Sessio
                     Some(Ok(ServerMessage::Finished { message })) => {
                         info!(client_id, %message, "run finished");
                         conn.close(0u32.into(), b"done");
+                        let rounds_trained = kept.rounds_trained;
                         return Ok(SessionReport { client_id, rounds_trained, message });
                     }
                     Some(Ok(other)) => bail!("protocol error: unexpected {other:?} on the control stream"),
-                    Some(Err(e)) => bail!("lost the coordinator: {e:#}"),
-                    None => bail!("lost the coordinator"),
+                    Some(Err(e)) => return Err(lost(conn, format!("lost the coordinator: {e:#}"))),
+                    None => return Err(lost(conn, "lost the coordinator".into())),
                 }
             }
             stream = conn.accept_bi() => {
                 let (send, recv) = match stream {
                     Ok(s) => s,
-                    Err(e) => bail!("lost the coordinator: {e}"),
+                    Err(e) => return Err(lost(conn, format!("lost the coordinator: {e}"))),
                 };
-                match handle_round(conn, send, recv, &learner, &opts).await {
-                    Ok(()) => rounds_trained += 1,
+                match handle_round(conn, send, recv, &learner, opts).await {
+                    Ok(()) => kept.rounds_trained += 1,
                     // The connection is gone: the session is over.
-                    Err(e) if conn.close_reason().is_some() => bail!("lost the coordinator: {e:#}"),
+                    Err(e) if conn.close_reason().is_some() => {
+                        return Err(lost(conn, format!("lost the coordinator: {e:#}")))
+                    }
                     // Only this round's stream failed (e.g. the coordinator dropped this client
                     // from a round it was too slow for): stay for the next round.
                     Err(e) => warn!(client_id, "round abandoned: {e:#}"),
@@ -146,8 +221,10 @@ async fn session(conn: &quinn::Connection, opts: ClientOptions) -> Result<Sessio
 }
 
 /// Sends the hello on the control stream and waits (60 s at most) for the welcome: the
-/// client's id and the run. A refusal or any other answer is an error.
+/// client's id and the run. A refusal or any other answer is an error; `Busy`, a lost
+/// connection or no answer are [`Transient`](crate::reconnect::Transient).
 async fn join(
+    conn: &quinn::Connection,
     ctrl_send: &mut quinn::SendStream,
     ctrl_recv: &mut quinn::RecvStream,
     opts: &ClientOptions,
@@ -160,14 +237,19 @@ async fn join(
             shard: opts.data.shard(),
         },
     )
-    .await?;
+    .await
+    .map_err(|e| lost(conn, format!("cannot send the hello: {e:#}")))?;
     let first: ServerMessage =
         tokio::time::timeout(Duration::from_secs(60), read_message(ctrl_recv))
             .await
-            .context("the coordinator did not answer the hello within 60 s")??;
+            .map_err(|_| transient("the coordinator did not answer the hello within 60 s"))?
+            .map_err(|e| lost(conn, format!("no answer to the hello: {e:#}")))?;
     match first {
         ServerMessage::Welcome { client_id, run } => Ok((client_id, run)),
         ServerMessage::Refused { reason } => bail!("the coordinator refused this client: {reason}"),
+        ServerMessage::Busy { reason } => Err(transient(format!(
+            "the coordinator cannot take this client now: {reason}"
+        ))),
         other => bail!("protocol error: expected Welcome, got {other:?}"),
     }
 }

@@ -10,6 +10,7 @@ use fedssl_coordinator::eval::suite::eval_line;
 use fedssl_coordinator::experiments::compare::run_compare;
 use fedssl_coordinator::experiments::pretext_compare::{compare_pretexts, markdown};
 use fedssl_coordinator::run::checkpoint_eval::{eval_checkpoint, run_scenario_of};
+use fedssl_coordinator::run::features_export::export_features;
 use fedssl_coordinator::run::job::{run_job, Job, Mode};
 use fedssl_coordinator::run::outputs::result_line;
 use fedssl_shared::config::Scenario;
@@ -50,6 +51,15 @@ struct Common {
     /// scenario's `[logging] tensorboard = true` writes them into <out>/tb).
     #[arg(long, value_name = "DIR")]
     tensorboard: Option<PathBuf>,
+    /// Serve the read-only live run page (`/`, and its JSON at `/status.json`) on this TCP
+    /// address while the run goes: IP:PORT as given, a bare PORT on 127.0.0.1, or a HOST:PORT
+    /// that resolves to loopback (sets `[logging] status_addr`). Default: no page.
+    #[arg(long, value_name = "ADDR")]
+    status_addr: Option<String>,
+    /// Keep the live run page up this many seconds after the run ended (sets `[logging]
+    /// status_linger_seconds`; default 0).
+    #[arg(long, value_name = "SECONDS")]
+    status_linger: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +83,25 @@ enum Cmd {
         /// Override a scenario key, e.g. --set eval.per_layer=true (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+    /// Writes the backbone's pre-logits and stage maps on the first N test images, with the
+    /// images themselves, to one safetensors file (to check another implementation, e.g.
+    /// python/fedssl_torch, against fedssl's).
+    Features {
+        /// Backbone weights: a run's final.safetensors or checkpoints/round-*.safetensors.
+        checkpoint: PathBuf,
+        /// Number of test images (the first N of the scenario's test set).
+        #[arg(long, default_value_t = 100)]
+        images: usize,
+        /// Output file.
+        #[arg(long, default_value = "features.safetensors")]
+        out: PathBuf,
+        /// Scenario the backbone was trained with (default: its run's scenario.json).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Dataset folder (overrides data.path).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Runs several scenarios (simulate) into <out>/<scenario name>/ and writes the comparison
     /// tables (Markdown, CSV) and plots (PNG) of their evaluation suites into <out>.
@@ -192,6 +221,13 @@ fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
         sc.logging.tensorboard = true;
         sc.logging.tensorboard_dir = Some(dir.clone());
     }
+    if let Some(addr) = &common.status_addr {
+        sc.logging.status_addr = Some(addr.clone());
+    }
+    if let Some(s) = common.status_linger {
+        sc.logging.status_linger_seconds = s;
+    }
+    sc.logging.validate()?;
     let out = common
         .out
         .clone()
@@ -213,6 +249,13 @@ async fn real_main(cli: Cli) -> Result<()> {
             out,
             set,
         } => eval_cmd(checkpoint, scenario, data_dir, out, set).await,
+        Cmd::Features {
+            checkpoint,
+            images,
+            out,
+            scenario,
+            data_dir,
+        } => features_cmd(checkpoint, images, out, scenario, data_dir),
         Cmd::Compare {
             scenarios,
             out,
@@ -347,6 +390,48 @@ async fn compare_pretexts_cmd(common: Common, tasks: Vec<String>, reuse: bool) -
     Ok(())
 }
 
+/// The scenario of `checkpoint`'s run (or `scenario`), with `--data-dir`.
+fn checkpoint_scenario(
+    checkpoint: &std::path::Path,
+    scenario: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    set: &[String],
+) -> Result<Scenario> {
+    let scenario = match scenario {
+        Some(s) => s,
+        None => {
+            let s = run_scenario_of(checkpoint)?;
+            eprintln!("scenario: {} (the checkpoint's run)", s.display());
+            s
+        }
+    };
+    let mut sc = Scenario::load(&scenario, set)?;
+    if let Some(d) = data_dir {
+        sc.data.path = Some(d);
+    }
+    Ok(sc)
+}
+
+/// `features`: the backbone's outputs on the first `images` test images; names the file.
+fn features_cmd(
+    checkpoint: PathBuf,
+    images: usize,
+    out: PathBuf,
+    scenario: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> Result<()> {
+    let sc = checkpoint_scenario(&checkpoint, scenario, data_dir, &[])?;
+    let e = export_features(&sc, &checkpoint, images, &out)?;
+    println!(
+        "{}: pre_logits ({}, {}), {} stage maps, images (N, 3, H, W) normalised and images_u8",
+        out.display(),
+        e.images,
+        e.dim,
+        e.stages
+    );
+    Ok(())
+}
+
 /// `eval`: the suite on `checkpoint` with its run's scenario (or `--scenario`); writes and
 /// names `eval.json`.
 async fn eval_cmd(
@@ -356,18 +441,7 @@ async fn eval_cmd(
     out: Option<PathBuf>,
     set: Vec<String>,
 ) -> Result<()> {
-    let scenario = match scenario {
-        Some(s) => s,
-        None => {
-            let s = run_scenario_of(&checkpoint)?;
-            eprintln!("scenario: {} (the checkpoint's run)", s.display());
-            s
-        }
-    };
-    let mut sc = Scenario::load(&scenario, &set)?;
-    if let Some(d) = data_dir {
-        sc.data.path = Some(d);
-    }
+    let sc = checkpoint_scenario(&checkpoint, scenario, data_dir, &set)?;
     let out = out.unwrap_or_else(|| {
         checkpoint
             .parent()

@@ -10,7 +10,9 @@
 //!   and their losses.
 //! - [`train`]: local training (its hyper-parameters, the client's model, the loop);
 //!   [`optim`]: SGD with momentum and the learning-rate schedules.
+//! - [`encoding`]: how a client's update travels (`[federation.compression]`).
 //! - [`weights`]: named weights and safetensors; [`protocol`]: the wire messages and framing.
+//! - [`secagg`]: secure aggregation's quantisation, masks, shares and unmasking.
 //! - [`seed`]: every random stream of a run; [`device`]: device choice; [`cli`]: what both
 //!   binaries do around their command.
 
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod encoding;
 pub mod feature_skew;
 pub mod image;
 pub mod model;
@@ -27,6 +30,7 @@ pub mod optim;
 pub mod partition;
 pub mod pretext;
 pub mod protocol;
+pub mod secagg;
 pub mod seed;
 pub mod tagged;
 pub mod train;

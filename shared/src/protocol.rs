@@ -1,12 +1,13 @@
 //! The wire protocol between coordinator and clients.
 //!
 //! Transport: QUIC (quinn, TLS 1.3). The client opens one bidirectional *control* stream
-//! and sends [`ClientMessage::Hello`]; the coordinator answers [`ServerMessage::Welcome`] or
-//! [`ServerMessage::Refused`]. For each round the coordinator opens a fresh bidirectional
-//! stream, sends [`ServerMessage::Round`] followed by the global backbone, and the client
-//! answers on it with [`ClientMessage::Update`] followed by its trained backbone (or
-//! [`ClientMessage::Failed`]). At the end the coordinator sends [`ServerMessage::Finished`] on
-//! the control stream and closes the connection.
+//! and sends [`ClientMessage::Hello`]; the coordinator answers [`ServerMessage::Welcome`],
+//! [`ServerMessage::Refused`] (for good) or [`ServerMessage::Busy`] (for now). For each
+//! round the coordinator opens a fresh bidirectional stream, sends [`ServerMessage::Round`]
+//! followed by the global backbone, and the client answers on it with
+//! [`ClientMessage::Update`] followed by its trained backbone (or [`ClientMessage::Failed`]).
+//! At the end the coordinator sends [`ServerMessage::Finished`] on the control stream and
+//! closes the connection.
 //!
 //! Framing:
 //! - a control message is `u32` little-endian length + bincode 2 (standard config) bytes,
@@ -32,7 +33,8 @@ use crate::weights::WeightSet;
 
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
 /// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6:
-/// [`RunInfo::feature_skew`]).
+/// [`RunInfo::compression`] (updates as encoded deltas), the folder dataset,
+/// [`RunInfo::image_size`], [`ServerMessage::Busy`] and [`RunInfo::feature_skew`]).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest control message accepted, in bytes (weights travel separately).
@@ -101,6 +103,10 @@ pub struct RunInfo {
     pub batch_norm: crate::config::BatchNormPolicy,
     /// `federation.local_update`: how the client merges the global weights with its own.
     pub local_update: crate::config::LocalUpdateConfig,
+    /// `federation.compression`: how the client encodes its update ([`crate::encoding`]).
+    pub compression: crate::config::CompressionConfig,
+    /// `data.image_size`: the side in pixels a client resizes its own image folder to.
+    pub image_size: usize,
     /// `[feature_skew]`: the fixed transform of each client's training images.
     pub feature_skew: crate::feature_skew::FeatureSkewConfig,
 }
@@ -119,6 +125,8 @@ impl RunInfo {
             pretext: sc.pretext.clone(),
             batch_norm: sc.federation.batch_norm,
             local_update: sc.federation.local_update.clone(),
+            compression: sc.federation.compression.clone(),
+            image_size: sc.data.image_size,
             feature_skew: sc.feature_skew.clone(),
         }
     }
@@ -167,6 +175,14 @@ pub enum ServerMessage {
     Finished {
         /// One-line summary for the client's log.
         message: String,
+    },
+    /// Not admitted now, for a reason that passes (the client's slot is still held by a
+    /// connection of it that the coordinator has not yet seen die, or the run is full): a
+    /// client that retries (`fedssl-client --retry-for`) tries again later. The connection
+    /// closes after it. A [`ServerMessage::Refused`] client must not retry.
+    Busy {
+        /// Why, in one line.
+        reason: String,
     },
 }
 
@@ -253,12 +269,12 @@ pub async fn write_weights_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8])
     Ok(12 + bytes.len() as u64)
 }
 
-/// Reads a weights payload of at most `max_bytes`, checks its CRC and parses it.
-/// Returns the weights and the bytes read. Nothing is returned unless every check passes.
-pub async fn read_weights<R: AsyncRead + Unpin>(
+/// Reads a weights payload of at most `max_bytes` and checks its CRC. Returns the payload's
+/// bytes (unparsed: an encoded update, [`crate::encoding`]) and the bytes read.
+pub async fn read_weights_payload<R: AsyncRead + Unpin>(
     r: &mut R,
     max_bytes: u64,
-) -> Result<(WeightSet, u64)> {
+) -> Result<(Vec<u8>, u64)> {
     let mut h = [0u8; 12];
     r.read_exact(&mut h)
         .await
@@ -276,8 +292,18 @@ pub async fn read_weights<R: AsyncRead + Unpin>(
     if got != crc {
         bail!("weights checksum mismatch (announced {crc:08x}, computed {got:08x})");
     }
+    Ok((bytes, 12 + len))
+}
+
+/// Reads a weights payload of at most `max_bytes`, checks its CRC and parses it.
+/// Returns the weights and the bytes read. Nothing is returned unless every check passes.
+pub async fn read_weights<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: u64,
+) -> Result<(WeightSet, u64)> {
+    let (bytes, n) = read_weights_payload(r, max_bytes).await?;
     let w = WeightSet::from_safetensors(&bytes)?;
-    Ok((w, 12 + len))
+    Ok((w, n))
 }
 
 #[cfg(test)]
@@ -318,11 +344,17 @@ mod tests {
             let back: ClientMessage = decode_body(&f[4..]).unwrap();
             assert_eq!(back, m);
         }
-        let s = ServerMessage::Finished {
-            message: "done".into(),
-        };
-        let back: ServerMessage = decode_body(&encode_frame(&s).unwrap()[4..]).unwrap();
-        assert_eq!(back, s);
+        for s in [
+            ServerMessage::Finished {
+                message: "done".into(),
+            },
+            ServerMessage::Busy {
+                reason: "shard 1 is held".into(),
+            },
+        ] {
+            let back: ServerMessage = decode_body(&encode_frame(&s).unwrap()[4..]).unwrap();
+            assert_eq!(back, s);
+        }
     }
 
     #[test]
@@ -350,6 +382,13 @@ mod tests {
                     local_update: crate::config::LocalUpdateConfig::FedEma(
                         crate::config::FedEmaConfig { tau: 0.5 },
                     ),
+                    compression: crate::config::CompressionConfig::TopK(
+                        crate::config::compression::TopKConfig {
+                            fraction: 0.25,
+                            error_feedback: false,
+                        },
+                    ),
+                    image_size: 48,
                     feature_skew: crate::feature_skew::FeatureSkewConfig {
                         noise: 0.1,
                         rotation: crate::feature_skew::RotationSkew::QuarterTurns,

@@ -1,9 +1,13 @@
 //! Fixtures of fedssl's end-to-end tests (`e2e`, `handshake`, `processes` next to this
-//! crate's manifest): the one tiny scenario every test starts from, and the workspace's
-//! binaries, built if need be, for the tests that run them as a user would.
+//! crate's manifest): the one tiny scenario every test starts from, the workspace's
+//! binaries, built if need be, for the tests that run them as a user would, [`spawn`],
+//! those binaries started as processes, and [`relay`], a UDP impairment relay (delay,
+//! jitter, loss, outages) to put between a client and the coordinator.
 
 mod binaries;
+pub mod relay;
 mod scenario;
+pub mod spawn;
 
 pub use binaries::{binary, client_command};
 pub use scenario::{tiny, TINY};

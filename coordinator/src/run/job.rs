@@ -2,6 +2,7 @@
 //! resume point, the strategy, the server endpoint, the simulated clients' shards, the run
 //! folder, the clients, the rounds, the end of the federation, the central evaluation and
 //! `summary.json`. Each step lives in the room its name says; this is the order they run in.
+//! The live run page ([`crate::server::status`]), when asked for, follows every step.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ use crate::run::{data, serve};
 use crate::server::handshake::accept_loop;
 use crate::server::registry::Registry;
 use crate::server::rounds::{run_rounds, RoundsContext, RoundsOutcome};
+use crate::server::status::board::{Phase, StatusBoard};
+use crate::server::status::http::serve_status;
 use crate::server::tensorboard::EventWriter;
 
 /// How the clients of a run are provided.
@@ -74,8 +77,29 @@ pub struct Job {
     pub resume: bool,
 }
 
-/// Runs the job; returns the summary also written to `<out>/summary.json`.
+/// Runs the job; returns the summary also written to `<out>/summary.json`. With
+/// `[logging] status_addr` the live run page is served from the start (a bad address fails
+/// the run before anything is loaded) until the run ended and `status_linger_seconds` passed.
 pub async fn run_job(job: Job) -> Result<Summary> {
+    let status = StatusBoard::new(&job.scenario);
+    let page = match &job.scenario.logging.status_addr {
+        Some(spec) => Some(serve_status(spec, status.clone()).await?),
+        None => None,
+    };
+    let linger = job.scenario.logging.status_linger_seconds;
+    let result = run_job_with(job, &status).await;
+    match &result {
+        Ok(s) => status.finished(s.eval.as_ref().and_then(|e| serde_json::to_value(e).ok())),
+        Err(e) => status.failed(format!("{e:#}")),
+    }
+    if let Some(page) = page {
+        page.linger(linger).await;
+    }
+    result
+}
+
+/// [`run_job`], its steps reported on the live page's `status`.
+async fn run_job_with(job: Job, status: &Arc<StatusBoard>) -> Result<Summary> {
     let t0 = Instant::now();
     let sc = job.scenario.clone();
     outputs::refuse_a_file_in_place(&job.out)?;
@@ -87,7 +111,14 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     crate::strategy::check_buffer_bound(strategy.as_ref(), &sc, &initial)?;
     strategy.load_state(resumed.as_mut().and_then(|p| p.strategy_state.take()))?;
     let strategy_name = strategy.name();
-    let federation = Federation::start(&job, &train)?;
+    let federated = match job.mode {
+        Mode::Simulate => load_federated(&sc).await?,
+        Mode::Serve { .. } => None,
+    };
+    let federation = Federation::start(&job, federated.as_ref().unwrap_or(&train))?;
+    let train_images = federated.as_ref().unwrap_or(&train).len();
+    drop(federated);
+    status.attach(federation.registry.clone());
     let t_rounds = Instant::now();
     let outcome = run_rounds(
         RoundsContext {
@@ -99,6 +130,7 @@ pub async fn run_job(job: Job) -> Result<Summary> {
             start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
             monitor: KnnMonitor::new(&sc, &train, &test).map(Arc::new),
             strategy,
+            status: status.clone(),
         },
         resumed
             .as_ref()
@@ -106,10 +138,10 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     )
     .await;
     let train_seconds = t_rounds.elapsed().as_secs_f64();
+    status.set_phase(Phase::Evaluating);
     let outcome = federation
         .end(outcome, resumed.as_ref(), &sc, &job.out)
         .await?;
-    let train_images = train.len();
     let eval = evaluate(&sc, &outcome.global, initial, train, test).await?;
     if let Some(e) = &eval {
         write_eval_json(&job.out, &sc, backbone_values, e)?;
@@ -148,6 +180,13 @@ async fn load_data(sc: &Scenario) -> Result<(ImageDataset, ImageDataset)> {
     let (train, test) = tokio::task::spawn_blocking(move || data::load_sets(&sc)).await??;
     info!(train = train.len(), test = test.len(), "data loaded");
     Ok((train, test))
+}
+
+/// The training set of the simulated clients when `[eval] dataset` is another
+/// ([`data::load_federated`]), loaded off the async workers.
+async fn load_federated(sc: &Scenario) -> Result<Option<ImageDataset>> {
+    let sc = sc.clone();
+    tokio::task::spawn_blocking(move || data::load_federated(&sc)).await?
 }
 
 /// The federated weights of round 0: the backbone (and, with `pretext.share_heads`, the
@@ -202,6 +241,27 @@ struct Federation {
     progress: Option<MultiProgress>,
 }
 
+/// The size of every shard a `--shard K/N` client (or a simulated one) holds, where the
+/// coordinator knows them: the simulation's `shards`, or, serving, the scenario's partition
+/// of the run's dataset when `train` is that dataset (not `[eval] dataset`'s, not a folder:
+/// the sites' folders are their own). `None` when unknown.
+fn known_shard_sizes(
+    sc: &Scenario,
+    shards: Option<&[Vec<usize>]>,
+    train: &ImageDataset,
+) -> Option<Vec<u64>> {
+    let sizes = |parts: &[Vec<usize>]| parts.iter().map(|p| p.len() as u64).collect();
+    match shards {
+        Some(parts) => Some(sizes(parts)),
+        None if !data::eval_is_separate(sc)
+            && sc.data.dataset != fedssl_shared::data::DatasetKind::Folder =>
+        {
+            simulate::shards(sc, train).ok().map(|p| sizes(&p))
+        }
+        None => None,
+    }
+}
+
 impl Federation {
     /// Binds the endpoint of `job`'s mode, readies the run folder and lets the clients in:
     /// the simulated ones are started on their shards of `train`; for `serve`, how to join
@@ -243,6 +303,9 @@ impl Federation {
         // start: a run that fails before this point leaves the previous results untouched.
         outputs::start_run(&job.out, sc, job.resume, shards.as_deref(), train)?;
         let registry = Registry::new(RunInfo::of(sc));
+        if let Some(sizes) = known_shard_sizes(sc, shards.as_deref(), train) {
+            registry.set_shard_sizes(sizes);
+        }
         tokio::spawn(accept_loop(
             endpoint.clone(),
             registry.clone(),
@@ -259,6 +322,7 @@ impl Federation {
                 idle,
                 progress.clone(),
                 &job.out,
+                job.resume,
             )?),
             _ => {
                 if let Mode::Serve { kit, .. } = &job.mode {

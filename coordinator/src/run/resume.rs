@@ -8,9 +8,12 @@
 //! if any), keeps the lines of `rounds.jsonl` up to round `N` (dropping those of a round
 //! that failed after it), and continues with round `N + 1`.
 //!
-//! What is not restored: a client's local pretext heads (they stay local, so clients that
-//! restart begin them afresh) — the backbone, the round schedule, the sampling and every
-//! client's per-round seed are the same as in an uninterrupted run.
+//! The backbone, the round schedule, the sampling and every client's per-round seed are the
+//! same as in an uninterrupted run. The clients' local state (pretext heads, FedBN's
+//! BatchNorm, FedEMA/FedU scalars) is theirs: `serve`'s clients keep it in memory by round
+//! across their reconnections, `simulate`'s in `<out>/clients/` by round (kept by a resumed
+//! run), so that the run they resume is bit-identical to the uninterrupted one; a client
+//! restarted by hand begins its state afresh.
 
 use std::collections::BTreeSet;
 use std::path::Path;

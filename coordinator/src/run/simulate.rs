@@ -94,9 +94,10 @@ pub(crate) struct SimulatedClients {
 /// credentials of `kits`), connecting to `addr`; they share `simulation.concurrent_training` training slots
 /// (0: half the cores) and draw their bars in `progress`. A client's `simulation.faults`
 /// entry is injected in its round. Each keeps its state between rounds in
-/// `<out>/clients/<client id>.safetensors` ([`CLIENT_STATE_DIR`]), not in memory; the folder
-/// is emptied first, so a resumed run's clients start afresh, as they did when their
-/// state lived in memory. Errors when that folder cannot be emptied.
+/// `<out>/clients/<client id>.after-round-NNNN.safetensors` ([`CLIENT_STATE_DIR`]), by round,
+/// not in memory. A fresh run empties the folder first; a `resuming` run keeps it, so that
+/// each client continues from its state after the newest round before the one it is asked
+/// (the run is the uninterrupted one). Errors when that folder cannot be emptied.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn_clients(
     sc: &Scenario,
@@ -107,9 +108,10 @@ pub(crate) fn spawn_clients(
     idle: Duration,
     progress: Option<MultiProgress>,
     out: &std::path::Path,
+    resuming: bool,
 ) -> Result<SimulatedClients> {
     let state_dir = out.join(CLIENT_STATE_DIR);
-    if state_dir.exists() {
+    if state_dir.exists() && !resuming {
         std::fs::remove_dir_all(&state_dir)
             .with_context(|| format!("cannot empty {}", state_dir.display()))?;
     }

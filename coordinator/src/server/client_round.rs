@@ -6,13 +6,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context, Result};
+use fedssl_shared::config::CompressionConfig;
+use fedssl_shared::encoding::decode_update;
 use fedssl_shared::protocol::{
-    encode_frame, read_message, read_weights, write_message, write_weights_bytes, ClientMessage,
-    RoundConfig, ServerMessage,
+    encode_frame, read_message, read_weights, read_weights_payload, write_message,
+    write_weights_bytes, ClientMessage, RoundConfig, ServerMessage,
 };
 use fedssl_shared::weights::WeightSet;
 
 use crate::server::records::DropReason;
+use crate::server::samples::SampleRule;
+use crate::server::status::board::{ClientState, StatusBoard};
 
 /// What every client of a round shares.
 pub struct RoundShared {
@@ -26,6 +30,15 @@ pub struct RoundShared {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Bytes sent to each client this round.
     pub sent: SentBytes,
+    /// How the clients encode their updates (`federation.compression`).
+    pub compression: CompressionConfig,
+    /// The global weights the round starts from, when updates arrive as encoded deltas
+    /// (any compression but `"none"`) and are decoded against them.
+    pub global: Option<WeightSet>,
+    /// The sample counts n_k accepted ([`crate::server::samples`]).
+    pub samples: SampleRule,
+    /// The live run page's state: each client's progress (training, uploaded).
+    pub status: Arc<StatusBoard>,
 }
 
 /// An update that arrived, decoded; it holds one of the round's decode slots until dropped.
@@ -49,6 +62,7 @@ pub struct Arrived {
 enum Answer {
     Update(Arrived),
     Failed(String),
+    Refused(crate::strategy::validate::Refusal),
 }
 
 /// Client `id`'s round on `conn` with `config`: its decoded update, or why it is dropped.
@@ -61,6 +75,7 @@ pub async fn client_round(
     match exchange(id, conn, config, &shared).await {
         Ok(Answer::Update(a)) => Ok(a),
         Ok(Answer::Failed(reason)) => Err(DropReason::ClientFailed(reason)),
+        Ok(Answer::Refused(r)) => Err(DropReason::Refused(r)),
         Err(e) => Err(DropReason::Exchange(format!("{e:#}"))),
     }
 }
@@ -81,7 +96,9 @@ async fn exchange(
     let n = write_weights_bytes(&mut send, &shared.payload).await?;
     send.finish().ok();
     shared.sent.add(id, frame_len + n);
+    shared.status.client(id, ClientState::Training);
     let reply: ClientMessage = read_message(&mut recv).await?;
+    shared.status.heard_from(id);
     let reply_len = encode_frame(&reply)?.len() as u64;
     match reply {
         ClientMessage::Update {
@@ -94,8 +111,23 @@ async fn exchange(
             if r != round {
                 bail!("answered round {r} during round {round}");
             }
+            // a sample count that cannot be right: the weights are not even read
+            let num_samples = match shared.samples.weight(id, num_samples) {
+                Ok(n) => n,
+                Err(refusal) => return Ok(Answer::Refused(refusal)),
+            };
             let permit = shared.slots.clone().acquire_owned().await?;
-            let (weights, wbytes) = read_weights(&mut recv, shared.max_weights_bytes).await?;
+            let (weights, wbytes) = match &shared.global {
+                None => read_weights(&mut recv, shared.max_weights_bytes).await?,
+                Some(global) => {
+                    let (bytes, n) =
+                        read_weights_payload(&mut recv, shared.max_weights_bytes).await?;
+                    let w = decode_update(&shared.compression, global, &bytes)
+                        .context("bad encoded update")?;
+                    (w, n)
+                }
+            };
+            shared.status.client(id, ClientState::Uploaded);
             Ok(Answer::Update(Arrived {
                 id,
                 weights,

@@ -1,7 +1,7 @@
 //! Admission of a client, from the QUIC connection to the welcome: the TLS handshake, the
 //! client's `Hello` on its control stream (protocol version), the [`Authenticator`], then a
-//! slot in the [`Registry`]. A peer is refused — with a `Refused` message saying why, before
-//! any model byte is sent — at the first of these it fails.
+//! slot in the [`Registry`]. A peer is refused — with a `Refused` message saying why (`Busy`
+//! for a slot held for now), before any model byte is sent — at the first of these it fails.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use fedssl_shared::protocol::{
 };
 use tracing::{info, warn};
 
-use crate::server::registry::Registry;
+use crate::server::registry::{NoSlot, Registry};
 
 /// What an [`Authenticator`] knows of a peer: it completed the TLS handshake and sent a
 /// `Hello` of this protocol version.
@@ -94,26 +94,25 @@ async fn handshake(
         .context("no hello within 30 s")??;
     let (name, shard) = match check_hello(hello) {
         Ok(h) => h,
-        Err(reason) => return Err(refuse(send, &conn, reason).await),
+        Err(reason) => return Err(refuse(send, &conn, &NoSlot::Refused(reason)).await),
     };
     let peer = Peer {
         connection: &conn,
         client_name: &name,
         shard,
     };
-    let admitted = authenticator.admit(&peer);
-    let slot = admitted
-        .clone()
-        .and_then(|a| registry.slot(shard, &a).map(|id| (id, a)));
-    let (id, admitted) = match slot {
-        Ok(s) => s,
+    let (id, admitted) = match authenticator.admit(&peer) {
         Err(reason) => {
-            let who = admitted
-                .ok()
-                .and_then(|a| a.site)
-                .unwrap_or_else(|| name.clone());
-            return Err(refuse(send, &conn, reason).await).with_context(|| format!("`{who}`"));
+            let no = NoSlot::Refused(reason);
+            return Err(refuse(send, &conn, &no).await).with_context(|| format!("`{name}`"));
         }
+        Ok(a) => match registry.slot(shard, &a) {
+            Ok(id) => (id, a),
+            Err(no) => {
+                let who = a.site.unwrap_or_else(|| name.clone());
+                return Err(refuse(send, &conn, &no).await).with_context(|| format!("`{who}`"));
+            }
+        },
     };
     let site = admitted.site.clone();
     let ctrl = registry.insert(id, conn.clone(), send, name.clone(), site.clone());
@@ -174,23 +173,18 @@ async fn watch_close(registry: Arc<Registry>, id: u32, conn: quinn::Connection) 
     registry.remove(id, &conn);
 }
 
-/// Sends a refusal, lets the client read it, closes the connection; returns the reason as an error.
+/// Sends a refusal (`Refused`, or `Busy` for one that passes), lets the client read it,
+/// closes the connection; returns the reason as an error.
 async fn refuse(
     mut send: quinn::SendStream,
     conn: &quinn::Connection,
-    reason: String,
+    no: &NoSlot,
 ) -> anyhow::Error {
-    let _ = write_message(
-        &mut send,
-        &ServerMessage::Refused {
-            reason: reason.clone(),
-        },
-    )
-    .await;
+    let _ = write_message(&mut send, &no.message()).await;
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
     conn.close(1u32.into(), b"refused");
-    anyhow::anyhow!(reason)
+    anyhow::anyhow!("{}", no.reason())
 }
 
 #[cfg(test)]
@@ -244,6 +238,8 @@ mod tests {
             batch_norm: sc.federation.batch_norm,
             local_update: sc.federation.local_update.clone(),
             feature_skew: sc.feature_skew.clone(),
+            compression: sc.federation.compression.clone(),
+            image_size: 32,
         };
         let id = self_signed(&[]).unwrap();
         let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();

@@ -2,7 +2,8 @@
 //! ([`handshake`], with its [`handshake::Authenticator`] seam), the [`rounds`] loop with each
 //! client's part of a round (`client_round.rs`), what the rounds write ([`records`], and
 //! [`tensorboard`] event files), their progress on the terminal (`progress.rs`), the server's
-//! [`tls`], and the admission of enrolled sites ([`sites`], with the [`revocation`] list).
+//! [`tls`], the admission of enrolled sites ([`sites`], with the [`revocation`] list), the
+//! sample counts a round accepts ([`samples`]) and the live run page ([`status`]).
 
 mod client_round;
 pub mod handshake;
@@ -11,6 +12,8 @@ pub mod records;
 pub mod registry;
 pub mod revocation;
 pub mod rounds;
+pub mod samples;
 pub mod sites;
+pub mod status;
 pub mod tensorboard;
 pub mod tls;

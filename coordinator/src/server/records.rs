@@ -166,6 +166,7 @@ impl RoundsLog {
 /// The checkpoints folder of a run, `<out>/checkpoints`.
 pub struct Checkpoints {
     dir: PathBuf,
+    keep: Option<usize>,
 }
 
 impl Checkpoints {
@@ -174,7 +175,13 @@ impl Checkpoints {
         let dir = out.join("checkpoints");
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self { dir })
+        Ok(Self { dir, keep: None })
+    }
+
+    /// Keeps only the newest `keep` round checkpoints (`federation.keep_checkpoints`;
+    /// `None`: all): each [`Self::save`] then deletes the older ones, weights and state.
+    pub fn keeping(self, keep: Option<usize>) -> Self {
+        Self { keep, ..self }
     }
 
     /// Saves, when the strategy keeps one, its server `state` after round `round` (1-based),
@@ -185,7 +192,32 @@ impl Checkpoints {
         if let Some(state) = state {
             state.save(&self.dir.join(state_file(round)))?;
         }
-        global.save(&self.dir.join(weights_file(round)))
+        global.save(&self.dir.join(weights_file(round)))?;
+        if let Some(keep) = self.keep {
+            self.prune(round.saturating_sub(keep.max(1)))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the checkpoints (weights and state) of rounds `1..=upto`.
+    fn prune(&self, upto: usize) -> Result<()> {
+        for e in std::fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?
+        {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            let round = round_of_weights_file(&name).or_else(|| {
+                name.strip_prefix("round-")?
+                    .strip_suffix(".state.safetensors")?
+                    .parse()
+                    .ok()
+            });
+            if round.is_some_and(|r| r <= upto) {
+                let p = self.dir.join(&name);
+                std::fs::remove_file(&p)
+                    .with_context(|| format!("cannot delete old checkpoint {}", p.display()))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -211,6 +243,42 @@ pub fn round_of_weights_file(name: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_checkpoints_keeps_the_newest_k() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = WeightSet::default();
+        let ck = Checkpoints::create(dir.path()).unwrap().keeping(Some(2));
+        for r in 1..=4 {
+            ck.save(r, &w, Some(&w)).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "round-0003.safetensors",
+                "round-0003.state.safetensors",
+                "round-0004.safetensors",
+                "round-0004.state.safetensors"
+            ]
+        );
+        // the default keeps every round's
+        let all = tempfile::tempdir().unwrap();
+        let ck = Checkpoints::create(all.path()).unwrap();
+        for r in 1..=3 {
+            ck.save(r, &w, None).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_dir(all.path().join("checkpoints"))
+                .unwrap()
+                .count(),
+            3
+        );
+    }
 
     #[test]
     fn drop_reasons_are_recorded_in_words() {

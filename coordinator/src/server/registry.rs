@@ -16,6 +16,35 @@ use tracing::info;
 
 use crate::server::handshake::Admitted;
 
+/// Why [`Registry::slot`] gives a peer no slot.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NoSlot {
+    /// For now: the run is full, or the peer's shard is held by a connection that may be a
+    /// vanished one (freed within `federation.idle_timeout_seconds`); sent as
+    /// [`ServerMessage::Busy`], and a retrying client tries again.
+    Busy(String),
+    /// For good: the shard does not fit the run, or a site asks for another id than its own;
+    /// sent as [`ServerMessage::Refused`].
+    Refused(String),
+}
+
+impl NoSlot {
+    /// The reason, in one line.
+    pub fn reason(&self) -> &str {
+        match self {
+            NoSlot::Busy(r) | NoSlot::Refused(r) => r,
+        }
+    }
+
+    /// The message that tells the peer.
+    pub fn message(&self) -> ServerMessage {
+        match self {
+            NoSlot::Busy(r) => ServerMessage::Busy { reason: r.clone() },
+            NoSlot::Refused(r) => ServerMessage::Refused { reason: r.clone() },
+        }
+    }
+}
+
 /// A connected client's control stream (the one its hello came on), shared by the messages
 /// sent on it.
 pub type ControlStream = Arc<tokio::sync::Mutex<quinn::SendStream>>;
@@ -26,6 +55,22 @@ struct Registered {
     ctrl: ControlStream,
     name: String,
     site: Option<String>,
+    joined: Instant,
+}
+
+/// What the live run page shows of a connected client ([`Registry::connected`]).
+#[derive(Clone, Debug)]
+pub struct Connected {
+    /// Its client id.
+    pub id: u32,
+    /// The name its hello gave.
+    pub name: String,
+    /// Its certified site name, when it has one.
+    pub site: Option<String>,
+    /// The address its connection comes from.
+    pub remote: std::net::SocketAddr,
+    /// When it (last) joined.
+    pub joined: Instant,
 }
 
 /// Connected clients by id.
@@ -37,6 +82,10 @@ pub struct Registry {
     run: RunInfo,
     /// Every certified site that was given an id in this run, and its id.
     site_ids: Mutex<BTreeMap<String, u32>>,
+    /// The ids last given to a client that asked for their shard (`--shard K/N`, a
+    /// simulated client), and the size of each shard when the coordinator knows them
+    /// ([`Self::expected_samples`]).
+    shard_claims: Mutex<(std::collections::BTreeSet<u32>, Option<Vec<u64>>)>,
 }
 
 impl Registry {
@@ -49,7 +98,31 @@ impl Registry {
             capacity: run.num_clients as usize,
             run,
             site_ids: Mutex::new(BTreeMap::new()),
+            shard_claims: Mutex::new(Default::default()),
         })
+    }
+
+    /// The size of every shard of the run's partition (`sizes[k]`: images of shard `k`),
+    /// for the coordinator that knows them: a client holding shard `k` must then report
+    /// `sizes[k]` samples.
+    pub fn set_shard_sizes(&self, sizes: Vec<u64>) {
+        self.shard_claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1 = Some(sizes);
+    }
+
+    /// The samples client `id` must report: its shard's size when it asked for its shard
+    /// and the shard sizes are known; `None` otherwise.
+    pub fn expected_samples(&self, id: u32) -> Option<u64> {
+        let g = self
+            .shard_claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !g.0.contains(&id) {
+            return None;
+        }
+        g.1.as_ref()?.get(id as usize).copied()
     }
 
     /// The map of clients. Every critical section is one map operation that cannot panic
@@ -74,6 +147,20 @@ impl Registry {
         self.clients().get(&id).map(|r| r.conn.clone())
     }
 
+    /// The connected clients, by id.
+    pub fn connected(&self) -> Vec<Connected> {
+        self.clients()
+            .iter()
+            .map(|(id, r)| Connected {
+                id: *id,
+                name: r.name.clone(),
+                site: r.site.clone(),
+                remote: r.conn.remote_address(),
+                joined: r.joined,
+            })
+            .collect()
+    }
+
     /// The sites certified so far, `id → name` (connected or not).
     pub fn sites(&self) -> BTreeMap<u32, String> {
         let g = self.site_ids.lock().unwrap_or_else(PoisonError::into_inner);
@@ -85,7 +172,9 @@ impl Registry {
     /// shard does not fit the run, or another connected client holds it. A certified site
     /// gets the id it had before (or its bound id, or its shard's), and may replace its own
     /// earlier connection; a client without a shard gets the next id above the shards'.
-    pub fn slot(&self, shard: Option<(u32, u32)>, admitted: &Admitted) -> Result<u32, String> {
+    /// A full run and a held shard or id are [`NoSlot::Busy`] (a vanished connection frees
+    /// them), the rest [`NoSlot::Refused`].
+    pub fn slot(&self, shard: Option<(u32, u32)>, admitted: &Admitted) -> Result<u32, NoSlot> {
         let g = self.clients();
         let mut sites = self.site_ids.lock().unwrap_or_else(PoisonError::into_inner);
         let known = admitted
@@ -98,24 +187,33 @@ impl Registry {
                 .is_some_and(|r| r.site.is_some() && r.site == admitted.site)
         });
         if returning.is_none() && g.len() >= self.capacity {
-            return Err(format!(
+            return Err(NoSlot::Busy(format!(
                 "the run already has its {} clients (federation.clients)",
                 self.capacity
-            ));
+            )));
         }
         let id = match (known, shard) {
-            (Some(id), Some((k, _))) if k != id => Err(format!(
+            (Some(id), Some((k, _))) if k != id => Err(NoSlot::Refused(format!(
                 "site `{}` holds client id {id} in this run, not shard {k}",
                 admitted.site.as_deref().unwrap_or("?")
-            )),
-            (Some(id), _) if returning.is_none() && g.contains_key(&id) => Err(format!(
-                "client id {id} is already held by a connected client"
+            ))),
+            (Some(id), _) if returning.is_none() && g.contains_key(&id) => Err(NoSlot::Busy(
+                format!("client id {id} is already held by a connected client"),
             )),
             (Some(id), _) => Ok(id),
             (None, shard) => self.free_slot(&g, shard),
         }?;
         if let Some(site) = &admitted.site {
             sites.insert(site.clone(), id);
+        }
+        let mut claims = self
+            .shard_claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.is_some() {
+            claims.0.insert(id);
+        } else {
+            claims.0.remove(&id);
         }
         Ok(id)
     }
@@ -125,16 +223,16 @@ impl Registry {
         &self,
         g: &BTreeMap<u32, Registered>,
         shard: Option<(u32, u32)>,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, NoSlot> {
         match shard {
-            Some((k, n)) if n != self.run.num_clients || k >= n => Err(format!(
+            Some((k, n)) if n != self.run.num_clients || k >= n => Err(NoSlot::Refused(format!(
                 "shard {k}/{n} does not fit this run: it has {} shards, numbered 0..{}",
                 self.run.num_clients,
                 self.run.num_clients.saturating_sub(1)
-            )),
-            Some((k, _)) if g.contains_key(&k) => Err(format!(
+            ))),
+            Some((k, _)) if g.contains_key(&k) => Err(NoSlot::Busy(format!(
                 "shard {k} is already held by a connected client (a client that just vanished frees it within federation.idle_timeout_seconds; retry shortly)"
-            )),
+            ))),
             Some((k, _)) => Ok(k),
             None => Ok(self.next_id.fetch_add(1, Ordering::SeqCst)),
         }
@@ -159,6 +257,7 @@ impl Registry {
                 ctrl: ctrl.clone(),
                 name,
                 site,
+                joined: Instant::now(),
             },
         );
         if let Some(old) = old {

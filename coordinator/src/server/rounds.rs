@@ -9,7 +9,8 @@
 //! are held in memory at once, whatever the number of clients. After each round the global
 //! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
 //! appended to `rounds.jsonl` ([`crate::server::records`]) and, with `[logging] tensorboard`,
-//! its scalars to a TensorBoard event file ([`crate::server::tensorboard`]).
+//! its scalars to a TensorBoard event file ([`crate::server::tensorboard`]). The live run page's
+//! [`StatusBoard`] follows each round, client by client.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -31,6 +32,8 @@ use crate::server::client_round::{client_round, Arrived, RoundShared, SentBytes}
 use crate::server::progress::RoundsProgress;
 use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
 use crate::server::registry::Registry;
+use crate::server::samples::SampleRule;
+use crate::server::status::board::{ClientState, Phase, StatusBoard};
 use crate::server::tensorboard::EventWriter;
 use crate::strategy::{RoundAggregator, Strategy};
 
@@ -56,6 +59,8 @@ pub struct RoundsContext<'a> {
     pub monitor: Option<Arc<KnnMonitor>>,
     /// The aggregation strategy (with its state restored when resuming).
     pub strategy: Box<dyn Strategy>,
+    /// The live run page's state, fed as the rounds go.
+    pub status: Arc<StatusBoard>,
 }
 
 /// Totals of a finished federation.
@@ -104,9 +109,10 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         start_round,
         monitor,
         mut strategy,
+        status,
     } = ctx;
     let fed = &sc.federation;
-    let checkpoints = Checkpoints::create(out)?;
+    let checkpoints = Checkpoints::create(out)?.keeping(fed.keep_checkpoints);
     let mut log = RoundsLog::open(out, start_round > 0)?;
     let mut tb = match sc.logging.tensorboard_dir(out) {
         Some(dir) => Some(EventWriter::create(&dir, "rounds")?),
@@ -130,11 +136,15 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         } else {
             Duration::ZERO
         };
+        if round == start_round || registry.ids().len() < fed.min_clients {
+            status.set_phase(Phase::Waiting);
+        }
         registry
             .wait_for(fed.min_clients, fed.clients, grace, join_timeout)
             .await?;
         let started = Instant::now();
         let sampled = sample_clients(&registry.ids(), sc, round);
+        status.round_started(round + 1, &sampled);
         let lr = sc.round_lr(round);
         let shared = Arc::new(RoundShared {
             round: round as u32,
@@ -142,6 +152,16 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             max_weights_bytes: fed.max_weights_bytes,
             slots: slots.clone(),
             sent: SentBytes::default(),
+            compression: fed.compression.clone(),
+            global: (!fed.compression.is_none()).then(|| global.clone()),
+            samples: SampleRule {
+                expected: sampled
+                    .iter()
+                    .filter_map(|&id| Some((id, registry.expected_samples(id)?)))
+                    .collect(),
+                cap: fed.max_samples_per_client,
+            },
+            status: status.clone(),
         });
         let mut rec = RoundRecord::new(round + 1, lr);
         let in_flight = dispatch(
@@ -156,7 +176,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             started + Duration::from_secs_f64(fed.round_deadline_seconds),
         );
         let mut agg = strategy.begin_round(&global);
-        let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec).await;
+        let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
         close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
         let sites = registry.sites();
         rec.sites = sampled
@@ -164,12 +184,9 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             .filter_map(|id| Some((*id, sites.get(id)?.clone())))
             .collect();
         if agg.contributions() < fed.min_clients {
-            return Err(fail_round(
-                &mut log,
-                &mut rec,
-                agg.contributions(),
-                fed.min_clients,
-            ));
+            let e = fail_round(&mut log, &mut rec, agg.contributions(), fed.min_clients);
+            status.round_done(&rec);
+            return Err(e);
         }
         global = strategy.apply(&global, agg)?;
         rec.privacy = strategy.report();
@@ -178,6 +195,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             rec.knn_top1 = Some(knn_score(m, &global, round + 1).await?);
         }
         log.append(&rec)?;
+        status.round_done(&rec);
         if let Some(tb) = tb.as_mut() {
             tb.round(&rec)?;
         }
@@ -221,7 +239,7 @@ fn dispatch(
     };
     for &id in sampled {
         let Some(conn) = registry.conn(id) else {
-            rec.dropped_reasons.insert(id, DropReason::LeftBeforeRound);
+            drop_client(rec, &shared.status, id, DropReason::LeftBeforeRound);
             continue;
         };
         let base = RoundConfig {
@@ -249,13 +267,14 @@ fn dispatch(
 /// Collects the round's updates until every task ended or the `deadline` passed: each
 /// arrived update goes to `agg`, and `rec` gets the contributions, the bytes received and
 /// every drop with its reason (the clients still pending at the deadline miss it). Returns
-/// the sample-weighted sum of the accepted updates' losses.
+/// the sample-weighted sum of the accepted updates' losses. `status` follows each client.
 async fn collect(
     mut in_flight: InFlight,
     deadline: tokio::time::Instant,
     sc: &Scenario,
     agg: &mut dyn RoundAggregator,
     rec: &mut RoundRecord,
+    status: &StatusBoard,
 ) -> f64 {
     let mut loss_sum = 0.0;
     loop {
@@ -276,16 +295,17 @@ async fn collect(
                                 }
                                 rec.samples.insert(a.id, a.num_samples);
                                 loss_sum += a.loss * a.num_samples as f64;
+                                status.client(a.id, ClientState::Aggregated);
                             }
                             Err(r) => {
                                 warn!(client = id, round = rec.round, "update refused: {r}");
-                                rec.dropped_reasons.insert(id, DropReason::Refused(r));
+                                drop_client(rec, status, id, DropReason::Refused(r));
                             }
                         }
                     }
                     Err(reason) => {
                         warn!(client = id, round = rec.round, "dropped: {reason}");
-                        rec.dropped_reasons.insert(id, reason);
+                        drop_client(rec, status, id, reason);
                     }
                 }
             }
@@ -297,8 +317,7 @@ async fn collect(
                         round = rec.round,
                         "dropped: missed the round deadline"
                     );
-                    rec.dropped_reasons
-                        .insert(*id, DropReason::MissedDeadline { seconds });
+                    drop_client(rec, status, *id, DropReason::MissedDeadline { seconds });
                 }
                 in_flight.tasks.abort_all();
                 break;
@@ -306,6 +325,13 @@ async fn collect(
         }
     }
     loss_sum
+}
+
+/// Records in `rec` (and on the live page's `status`) that client `id` is dropped from the
+/// round for `reason`.
+fn drop_client(rec: &mut RoundRecord, status: &StatusBoard, id: u32, reason: DropReason) {
+    status.client(id, ClientState::Dropped(reason.to_string()));
+    rec.dropped_reasons.insert(id, reason);
 }
 
 /// Completes `rec` once the round's updates are in: bytes sent, contributors and dropped

@@ -50,6 +50,14 @@ pub enum Refusal {
         /// Its index in the tensor's row-major values.
         index: usize,
     },
+    /// The reported sample count n_k is not the size of the shard the coordinator knows
+    /// the client holds ([`crate::server::samples`]).
+    WrongSampleCount {
+        /// What the client reported.
+        claimed: u64,
+        /// The size of its shard.
+        shard: u64,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -79,6 +87,10 @@ impl fmt::Display for Refusal {
             Refusal::NonFinite { name, value, index } => write!(
                 f,
                 "tensor `{name}` holds a non-finite value ({value}) at index {index}"
+            ),
+            Refusal::WrongSampleCount { claimed, shard } => write!(
+                f,
+                "update claims {claimed} training samples, but the client's shard holds {shard}"
             ),
         }
     }

@@ -1,8 +1,12 @@
 //! `[eval]`: the central evaluation after the last round (probes on the frozen backbone) and
 //! the optional k-NN monitor during training.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::data::DatasetKind;
 
 use crate::pretext::EvalViewChoice;
 
@@ -70,6 +74,15 @@ pub struct EvalConfig {
     pub knn_train: usize,
     /// Test images of the k-NN monitor (default 1000).
     pub knn_test: usize,
+    /// The labelled dataset the probes and the k-NN monitor use (`"synthetic"`, `"cifar10"`
+    /// or `"folder"`, read with `data.labels`, `data.image_size`, `data.skip_bad_images`;
+    /// a folder needs `train/` and `test/` class folders); default: the training dataset
+    /// `data.dataset`. Pretrain on the sites' own images, probe on CIFAR-10 or a labelled
+    /// folder.
+    pub dataset: Option<DatasetKind>,
+    /// Folder of `eval.dataset` (relative to the scenario file; `--data-dir` does not
+    /// change it); default `data.path` when `eval.dataset` is `data.dataset`'s kind.
+    pub path: Option<PathBuf>,
 }
 
 /// A probe on frozen features.
@@ -118,6 +131,8 @@ impl Default for EvalConfig {
             knn_k: 20,
             knn_train: 2000,
             knn_test: 1000,
+            dataset: None,
+            path: None,
         }
     }
 }

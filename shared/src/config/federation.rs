@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::client_state::{BatchNormPolicy, LocalUpdateConfig};
+use super::compression::CompressionConfig;
 use super::privacy::DpConfig;
 use super::strategy::StrategyConfig;
 
@@ -49,6 +50,21 @@ pub struct FederationConfig {
     /// one of them is admitted, and site `i` of the list is client `i` (holds shard `i`).
     /// Empty (the default): every site the kit's CA certified may join.
     pub sites: Vec<String>,
+    /// How clients encode their updates (`[federation.compression] kind = "none" | "fp16" |
+    /// "bf16" | "int8" | "topk"`, [`CompressionConfig`]); default `"none"`.
+    pub compression: CompressionConfig,
+    /// Checkpoint retention: keep only the newest K round checkpoints
+    /// (`checkpoints/round-NNNN*.safetensors`, older ones deleted after each round); `None`
+    /// (the default): keep every round's. `--resume` continues from the newest that loads,
+    /// so K = 1 leaves no fallback if that one is damaged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_checkpoints: Option<usize>,
+    /// The trust boundary of FedAvg's weights n_k: a client whose shard the coordinator knows
+    /// (simulated clients, `--shard K/N` where the coordinator holds the run's dataset) must
+    /// report exactly its shard's size, else its update is refused; any other client's claim
+    /// is believed up to this many samples and capped to it. `None` (the default): no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_samples_per_client: Option<u64>,
 }
 
 impl Default for FederationConfig {
@@ -68,6 +84,9 @@ impl Default for FederationConfig {
             batch_norm: BatchNormPolicy::Aggregate,
             local_update: LocalUpdateConfig::default(),
             sites: Vec::new(),
+            compression: CompressionConfig::default(),
+            keep_checkpoints: None,
+            max_samples_per_client: None,
         }
     }
 }
@@ -113,6 +132,13 @@ impl FederationConfig {
             }
         }
         self.local_update.validate()?;
+        self.compression.validate()?;
+        if self.keep_checkpoints == Some(0) {
+            bail!("federation.keep_checkpoints must be at least 1 (or left out: keep all)");
+        }
+        if self.max_samples_per_client == Some(0) {
+            bail!("federation.max_samples_per_client must be at least 1 (or left out: no cap)");
+        }
         for (i, site) in self.sites.iter().enumerate() {
             if self.sites[..i].contains(site) {
                 let shown: String = site.chars().take(64).collect();

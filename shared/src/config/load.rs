@@ -39,10 +39,10 @@ impl Scenario {
             }
             Err(e) => return Err(blame_overrides(e, overrides, parse)),
         };
-        if let Some(p) = &sc.data.path {
+        for p in [&mut sc.data.path, &mut sc.eval.path].into_iter().flatten() {
             if p.is_relative() && !json {
                 let base = path.parent().unwrap_or(Path::new("."));
-                sc.data.path = Some(base.join(p));
+                *p = base.join(&*p);
             }
         }
         Ok(sc)
@@ -73,6 +73,7 @@ impl Scenario {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
+        super::limits::check_value_sizes(&value)?;
         let sc: Scenario = value
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", escape_controls(&e)))?;
@@ -98,9 +99,17 @@ fn blame_overrides(
         Err(p) if format!("{p:#}") == full => Some(&overrides[i]),
         _ => None,
     });
+    let shown = |o: &str| super::limits::shorten(o, super::limits::SHOWN_CHARS + 40);
     let context = match culprit {
-        Some(o) => format!("in --set {o}"),
-        None => format!("in --set {}", overrides.join(" --set ")),
+        Some(o) => format!("in --set {}", shown(o)),
+        None => format!(
+            "in --set {}",
+            overrides
+                .iter()
+                .map(|o| shown(o))
+                .collect::<Vec<_>>()
+                .join(" --set ")
+        ),
     };
     e.context(context)
 }
@@ -133,9 +142,10 @@ fn check_no_control_characters(text: &str) -> Result<()> {
 
 /// A parser's message with every control character but line breaks and tabs escaped, so that
 /// no byte of the file reaches the terminal raw.
+/// Lines longer than [`super::limits::MESSAGE_LINE_CHARS`] are shortened.
 fn escape_controls(e: &impl std::fmt::Display) -> String {
-    e.to_string()
-        .chars()
+    let msg = super::limits::shorten_lines(&e.to_string(), super::limits::MESSAGE_LINE_CHARS);
+    msg.chars()
         .map(|c| {
             if c.is_control() && c != '\n' && c != '\t' {
                 c.escape_default().to_string()

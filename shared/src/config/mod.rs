@@ -21,9 +21,11 @@
 //! run's name; every pluggable part's `kind = "…"` table is read by [`crate::tagged`].
 
 pub mod client_state;
+pub mod compression;
 pub mod data;
 pub mod eval;
 pub mod federation;
+pub mod limits;
 pub mod load;
 pub mod logging;
 pub mod name;
@@ -34,6 +36,7 @@ pub mod strategy;
 pub mod train;
 
 pub use client_state::{BatchNormPolicy, FedEmaConfig, FedUConfig, LocalUpdateConfig, PlainConfig};
+pub use compression::CompressionConfig;
 pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
@@ -48,12 +51,11 @@ pub use strategy::{
 };
 pub use train::TrainConfig;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::data::IMAGE_SIDE;
 use crate::feature_skew::FeatureSkewConfig;
-use crate::model::{BackboneKind, ModelConfig};
+use crate::model::ModelConfig;
 use crate::partition::PartitionConfig;
 use crate::pretext::PretextConfig;
 
@@ -115,30 +117,22 @@ impl Scenario {
     /// Checks value ranges and cross-field constraints; the message names the key.
     pub fn validate(&self) -> Result<()> {
         check_name(&self.name)?;
+        limits::check_counts(&self.federation)?;
         self.federation.validate()?;
         self.simulation
             .validate(self.federation.clients, self.federation.rounds)?;
         self.model.validate()?;
         self.pretext.validate(self.model.backbone)?;
         self.pretext.eval_view(self.eval.view)?;
-        // every dataset fedssl reads has 32×32 images: refuse layouts that cannot fit them
-        // now rather than in every client's first step
-        self.pretext
-            .check_image_size(IMAGE_SIDE, self.model.vit.patch_size)?;
-        if self.model.backbone == BackboneKind::Vit
-            && !IMAGE_SIDE.is_multiple_of(self.model.vit.patch_size)
-        {
-            bail!(
-                "model.vit.patch_size ({}) must divide the {IMAGE_SIDE}-pixel side of the images",
-                self.model.vit.patch_size
-            );
-        }
         self.data.validate()?;
         self.train.validate()?;
         self.partition.validate()?;
         self.eval.validate()?;
         self.feature_skew.validate()?;
-        Ok(())
+        self.logging.validate()?;
+        // the images' side against the layouts (now rather than in every client's first
+        // step), and the model's payload against federation.max_weights_bytes
+        limits::check(self)
     }
 
     /// The learning rate of round `round` (0-based): `train.lr` on `train.schedule` over the

@@ -26,14 +26,17 @@ pub(crate) fn json_to_toml(v: serde_json::Value) -> Option<toml::Value> {
 }
 
 /// Applies one `a.b.c=value` override to a TOML tree, creating tables as needed.
+/// An over-long override or key is shown shortened in the errors ([`super::limits::shorten`]).
 pub(crate) fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
+    let short = |s: &str| super::limits::shorten(s, super::limits::SHOWN_CHARS + 40);
     let (key, raw) = spec
         .split_once('=')
-        .with_context(|| format!("--set `{spec}`: expected key.path=value"))?;
+        .with_context(|| format!("--set `{}`: expected key.path=value", short(spec)))?;
     let key = key.trim();
     if key.is_empty() {
-        bail!("--set `{spec}`: empty key");
+        bail!("--set `{}`: empty key", short(spec));
     }
+    let key = &short(key);
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))

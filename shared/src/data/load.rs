@@ -1,11 +1,16 @@
 //! Loading a run's dataset: which one ([`DatasetKind`], the scenario's `data.dataset`) and its
 //! training and test splits, the same on the coordinator and on every client.
+//!
+//! The folder dataset ([`super::folder`]) has splits only when its folder does: with
+//! `<path>/train/` and `<path>/test/` these are its splits; otherwise the whole folder is the
+//! training split and it has no test split (a run then evaluates on `[eval] dataset`).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::folder::{load_folder, FolderOptions};
 use super::{cifar10, synthetic, ImageDataset};
 use crate::seed;
 
@@ -17,6 +22,8 @@ pub enum DatasetKind {
     Synthetic,
     /// CIFAR-10, binary version (`cifar-10-batches-bin`).
     Cifar10,
+    /// A folder of PNG/JPEG/WebP/BMP images of any size ([`super::folder`]).
+    Folder,
 }
 
 /// Loads the training split of a run's dataset: synthetic images are generated from the
@@ -30,7 +37,7 @@ pub fn load_train_set(
     limit: Option<usize>,
     seed: u64,
 ) -> Result<ImageDataset> {
-    load_split(dataset, dir, limit, seed, true)
+    load_split_with(dataset, dir, limit, seed, true, &FolderOptions::default())
 }
 
 /// Loads the test split of a run's dataset (see [`load_train_set`]; synthetic: stream
@@ -41,15 +48,20 @@ pub fn load_test_set(
     limit: Option<usize>,
     seed: u64,
 ) -> Result<ImageDataset> {
-    load_split(dataset, dir, limit, seed, false)
+    load_split_with(dataset, dir, limit, seed, false, &FolderOptions::default())
 }
 
-fn load_split(
+/// Loads the training (`train`) or test split of a dataset as [`load_train_set`] does, a
+/// folder dataset read as `folder` says (its first `limit` images in path order). Errors:
+/// those of the dataset's loader; a folder dataset without a folder, or asked for a test
+/// split it does not have (module docs).
+pub fn load_split_with(
     dataset: DatasetKind,
     dir: Option<&Path>,
     limit: Option<usize>,
     seed: u64,
     train: bool,
+    folder: &FolderOptions,
 ) -> Result<ImageDataset> {
     let (default_n, stream) = if train {
         (synthetic::DEFAULT_TRAIN_IMAGES, seed::SYNTHETIC_TRAIN)
@@ -70,6 +82,33 @@ fn load_split(
             } else {
                 cifar10::load_test(dir, limit)
             }
+        }
+        DatasetKind::Folder => {
+            let dir = dir.context(
+                "the folder dataset needs its folder: data.path (or eval.path) or --data-dir for the coordinator, --data for a client",
+            )?;
+            let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
+            let split = if train_dir.is_dir() && test_dir.is_dir() {
+                if train {
+                    train_dir
+                } else {
+                    test_dir
+                }
+            } else if train {
+                dir.to_path_buf()
+            } else {
+                anyhow::bail!(
+                    "the image folder {} has no test split (make {}/train/ and {}/test/, or evaluate on another dataset with [eval] dataset)",
+                    dir.display(),
+                    dir.display(),
+                    dir.display()
+                );
+            };
+            let mut ds = load_folder(&split, folder)?.dataset;
+            if let Some(n) = limit.filter(|&n| n < ds.len()) {
+                ds = ds.subset(&(0..n).collect::<Vec<_>>());
+            }
+            Ok(ds)
         }
     }
 }

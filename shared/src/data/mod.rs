@@ -1,23 +1,31 @@
 //! Image datasets held in memory as `u8` `(N, H, W, C)` bytes, decoded once at load, and
 //! their conversion to normalised `f32` `(B, C, H, W)` batches.
 //!
-//! Datasets: [`cifar10`] (the binary release of Krizhevsky 2009) and [`synthetic`]
-//! (procedural shapes and textures, for tests and offline demos); [`load`] picks a run's
+//! Datasets: [`cifar10`] (the binary release of Krizhevsky 2009), [`synthetic`]
+//! (procedural shapes and textures, for tests and offline demos) and [`folder`] (a site's own
+//! image files, with its cache [`folder_cache`]); [`load`] picks a run's
 //! dataset and loads its splits. A new dataset is one new file here, one variant of
 //! [`DatasetKind`] and one arm in [`load`].
 
 pub mod cifar10;
+pub mod folder;
+pub mod folder_cache;
 pub mod load;
 pub mod synthetic;
 
-pub use load::{load_test_set, load_train_set, DatasetKind};
+pub use folder::{load_folder, FolderLabels, FolderLoad, FolderOptions};
+pub use load::{load_split_with, load_test_set, load_train_set, DatasetKind};
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
-/// Side in pixels of the (square) images of every dataset fedssl reads (CIFAR-10 and the
-/// synthetic set); the scenario refuses layouts (patch grids, ViT patches) that do not fit it.
+/// Side in pixels of the (square) images of CIFAR-10 and the synthetic set, and the default
+/// `data.image_size` of the folder dataset; the scenario refuses layouts (patch grids, ViT
+/// patches) that do not fit the run's image size.
 pub const IMAGE_SIDE: usize = 32;
+
+/// Largest `data.image_size` (pixels per side) a scenario may ask of the folder dataset.
+pub const MAX_IMAGE_SIDE: usize = 1024;
 
 /// An in-memory labelled image dataset.
 ///
