@@ -24,6 +24,7 @@ use candle_core::{Device, Tensor};
 use fedssl_shared::config::Scenario;
 use fedssl_shared::data::load::load_test_set;
 use fedssl_shared::data::ImageDataset;
+use fedssl_shared::encoding::{f32_entry, serialize_entries, Entry};
 use fedssl_shared::weights::{write_atomic, WeightSet};
 
 use crate::eval::features::load_backbone;
@@ -40,14 +41,6 @@ pub struct FeaturesExport {
     pub dim: usize,
     /// Number of stage tensors (`stages.0 ..`).
     pub stages: usize,
-}
-
-/// One output tensor of the file: its name, dtype, shape and little-endian bytes.
-struct Out {
-    name: String,
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
 }
 
 /// Writes the features file `out` (layout in the module docs) for the backbone in
@@ -98,12 +91,12 @@ pub fn export_features(
         }
     }
     let dim = backbone.feature_dim();
-    outs.push(f32_out("pre_logits".into(), vec![n, dim], &pre));
+    outs.push(f32_entry("pre_logits".into(), vec![n, dim], &pre));
     let stages = stage_vals.len();
     for (s, (shape, vals)) in stage_vals.into_iter().enumerate() {
         let mut full = vec![n];
         full.extend(shape);
-        outs.push(f32_out(format!("stages.{s}"), full, &vals));
+        outs.push(f32_entry(format!("stages.{s}"), full, &vals));
     }
     let meta = metadata(&test, sc, checkpoint);
     write(&outs, meta, out)?;
@@ -115,27 +108,27 @@ pub fn export_features(
 }
 
 /// `images_u8`, `images` and (when labelled) `labels` of the first `n` images of `ds`.
-fn input_tensors(ds: &ImageDataset, n: usize) -> Result<Vec<Out>> {
+fn input_tensors(ds: &ImageDataset, n: usize) -> Result<Vec<Entry>> {
     let (h, w, c) = (ds.height, ds.width, ds.channels);
     let raw = ds.images[..n * ds.image_bytes()].to_vec();
     let idx: Vec<usize> = (0..n).collect();
     let x: Tensor = ds.batch_tensor(&idx, &Device::Cpu)?;
     let normalised = x.flatten_all()?.to_vec1::<f32>()?;
     let mut outs = vec![
-        Out {
+        Entry {
             name: "images_u8".into(),
             dtype: safetensors::Dtype::U8,
             shape: vec![n, h, w, c],
             bytes: raw,
         },
-        f32_out("images".into(), vec![n, c, h, w], &normalised),
+        f32_entry("images".into(), vec![n, c, h, w], &normalised),
     ];
     if !ds.labels.is_empty() {
         let bytes = ds.labels[..n]
             .iter()
             .flat_map(|&l| (l as i64).to_le_bytes())
             .collect();
-        outs.push(Out {
+        outs.push(Entry {
             name: "labels".into(),
             dtype: safetensors::Dtype::I64,
             shape: vec![n],
@@ -143,15 +136,6 @@ fn input_tensors(ds: &ImageDataset, n: usize) -> Result<Vec<Out>> {
         });
     }
     Ok(outs)
-}
-
-fn f32_out(name: String, shape: Vec<usize>, v: &[f32]) -> Out {
-    Out {
-        name,
-        dtype: safetensors::Dtype::F32,
-        shape,
-        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    }
 }
 
 /// The file's metadata: normalisation, backbone family, source checkpoint.
@@ -171,16 +155,8 @@ fn metadata(ds: &ImageDataset, sc: &Scenario, checkpoint: &Path) -> HashMap<Stri
 }
 
 /// Serialises `outs` with `meta` and writes them atomically to `path`.
-fn write(outs: &[Out], meta: HashMap<String, String>, path: &Path) -> Result<()> {
-    let views = outs
-        .iter()
-        .map(|o| {
-            let v = safetensors::tensor::TensorView::new(o.dtype, o.shape.clone(), &o.bytes)
-                .with_context(|| format!("tensor `{}`: shape and data disagree", o.name))?;
-            Ok((o.name.clone(), v))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta))?;
+fn write(outs: &[Entry], meta: HashMap<String, String>, path: &Path) -> Result<()> {
+    let bytes = serialize_entries(outs, meta)?;
     write_atomic(path, &bytes).with_context(|| format!("--out {}", path.display()))
 }
 

@@ -146,6 +146,13 @@ fn decode_entries(
 
 /// Safetensors bytes of `entries` with the metadata naming `kind`.
 fn serialize(entries: &[Entry], kind: &str) -> Result<Vec<u8>> {
+    let meta = HashMap::from([(METADATA_KEY.to_string(), kind.to_string())]);
+    serialize_entries(entries, meta)
+}
+
+/// Safetensors bytes of `entries` (any dtypes) with `meta` as the file's metadata. Errors,
+/// naming the entry, when an entry's bytes do not fit its dtype and shape.
+pub fn serialize_entries(entries: &[Entry], meta: HashMap<String, String>) -> Result<Vec<u8>> {
     let views = entries
         .iter()
         .map(|e| {
@@ -154,7 +161,6 @@ fn serialize(entries: &[Entry], kind: &str) -> Result<Vec<u8>> {
             Ok((e.name.clone(), v))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([(METADATA_KEY.to_string(), kind.to_string())]);
     Ok(safetensors::serialize(views, Some(meta))?)
 }
 
