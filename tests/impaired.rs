@@ -107,8 +107,18 @@ fn a_run_completes_through_delay_loss_and_a_five_second_outage() {
         "{rounds:?}"
     );
     assert!(out.join("final.safetensors").exists());
-    // the loss was real, on every path
-    for (k, r) in relays.iter().enumerate() {
-        assert!(r.dropped() > 0 && r.forwarded() > 0, "relay {k}");
-    }
+    // every path carried the run, and the relays really dropped datagrams (2 % of a few
+    // hundred per path: counted over the three paths, since one path's share can be 0)
+    let counts: Vec<(u64, u64)> = relays
+        .iter()
+        .map(|r| (r.forwarded(), r.dropped()))
+        .collect();
+    assert!(
+        counts.iter().all(|&(f, _)| f > 0),
+        "forwarded, dropped: {counts:?}"
+    );
+    assert!(
+        counts.iter().map(|&(_, d)| d).sum::<u64>() > 0,
+        "forwarded, dropped: {counts:?}"
+    );
 }

@@ -58,7 +58,7 @@ struct Common {
     status_addr: Option<String>,
     /// Keep the live run page up this many seconds after the run ended (sets `[logging]
     /// status_linger_seconds`; default 0).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     status_linger: Option<f64>,
 }
 
@@ -102,6 +102,9 @@ enum Cmd {
         /// Dataset folder (overrides data.path).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Override a scenario key, e.g. --set data.test_images=500 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Runs several scenarios (simulate) into <out>/<scenario name>/ and writes the comparison
     /// tables (Markdown, CSV) and plots (PNG) of their evaluation suites into <out>.
@@ -255,7 +258,8 @@ async fn real_main(cli: Cli) -> Result<()> {
             out,
             scenario,
             data_dir,
-        } => features_cmd(checkpoint, images, out, scenario, data_dir),
+            set,
+        } => features_cmd(checkpoint, images, out, scenario, data_dir, set),
         Cmd::Compare {
             scenarios,
             out,
@@ -397,6 +401,12 @@ fn checkpoint_scenario(
     data_dir: Option<PathBuf>,
     set: &[String],
 ) -> Result<Scenario> {
+    if !checkpoint.is_file() {
+        anyhow::bail!(
+            "cannot read checkpoint {}: no such file",
+            checkpoint.display()
+        );
+    }
     let scenario = match scenario {
         Some(s) => s,
         None => {
@@ -419,8 +429,9 @@ fn features_cmd(
     out: PathBuf,
     scenario: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    set: Vec<String>,
 ) -> Result<()> {
-    let sc = checkpoint_scenario(&checkpoint, scenario, data_dir, &[])?;
+    let sc = checkpoint_scenario(&checkpoint, scenario, data_dir, &set)?;
     let e = export_features(&sc, &checkpoint, images, &out)?;
     println!(
         "{}: pre_logits ({}, {}), {} stage maps, images (N, 3, H, W) normalised and images_u8",

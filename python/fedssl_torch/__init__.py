@@ -78,7 +78,13 @@ def load_checkpoint(module: torch.nn.Module, path: PathLike) -> torch.nn.Module:
     buffer of ``module`` with the same shape, and every one of ``module``'s must be in the
     file. Raises ``ValueError`` naming the file and the missing, unexpected or mis-shaped
     tensors; ``module`` is left untouched then. Returns ``module``."""
-    tensors = {k: v for k, v in load_file(str(path)).items() if not k.startswith(HEAD_PREFIX)}
+    try:
+        loaded = load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors' own error types: a truncated or foreign file
+        raise ValueError(f"{path}: not a readable safetensors checkpoint: {e}") from e
+    tensors = {k: v for k, v in loaded.items() if not k.startswith(HEAD_PREFIX)}
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
@@ -112,7 +118,10 @@ def load_run(run: PathLike, checkpoint: Optional[PathLike] = None) -> torch.nn.M
     ``FileNotFoundError`` naming a missing file and ``ValueError`` as above."""
     scenario_path = os.path.join(run, "scenario.json")
     with open(scenario_path, encoding="utf-8") as f:
-        scenario = json.load(f)
+        try:
+            scenario = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{scenario_path}: not a run's scenario.json: {e}") from e
     if "model" not in scenario:
         raise ValueError(f"{scenario_path}: no `model` section")
     module = build_backbone(scenario["model"])

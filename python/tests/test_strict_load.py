@@ -67,6 +67,16 @@ class StrictLoad(unittest.TestCase):
             fedssl_torch.load_checkpoint(fedssl_torch.build_backbone(MODEL), self.save(t))
         self.assertIn("stem.conv.weight: file (8, 3, 5, 5), module (8, 3, 3, 3)", str(e.exception))
 
+    def test_a_truncated_file_is_a_value_error_naming_it(self):
+        path = self.save(self.tensors)
+        with open(path, "rb") as f:
+            head = f.read(40)
+        with open(path, "wb") as f:
+            f.write(head)
+        with self.assertRaises(ValueError) as e:
+            fedssl_torch.load_checkpoint(fedssl_torch.build_backbone(MODEL), path)
+        self.assertIn(path, str(e.exception))
+
     def test_unknown_layout_key_is_refused(self):
         with self.assertRaises(ValueError) as e:
             fedssl_torch.build_backbone({"backbone": "resnet", "resnet": {"depth": 3}})

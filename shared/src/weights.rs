@@ -233,7 +233,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        // never leave the temporary file behind (e.g. `path` is a folder)
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot rename to {}", path.display()));
+    }
     Ok(())
 }
 

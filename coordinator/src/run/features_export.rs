@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use fedssl_shared::config::Scenario;
 use fedssl_shared::data::load::load_test_set;
@@ -55,6 +55,7 @@ pub fn export_features(
     n: usize,
     out: &Path,
 ) -> Result<FeaturesExport> {
+    check_out(out)?;
     let weights = WeightSet::load(checkpoint)
         .with_context(|| format!("cannot read checkpoint {}", checkpoint.display()))?;
     let backbone = load_backbone(&weights, &sc.model)
@@ -105,6 +106,30 @@ pub fn export_features(
         dim,
         stages,
     })
+}
+
+/// Refuses an `out` that is a folder, or an existing file that is not a features file (a
+/// checkpoint, say: it would be overwritten), before anything is computed.
+fn check_out(out: &Path) -> Result<()> {
+    if out.is_dir() {
+        bail!(
+            "--out {} is a folder; name the file to write",
+            out.display()
+        );
+    }
+    if out.exists() {
+        let bytes =
+            std::fs::read(out).with_context(|| format!("cannot read --out {}", out.display()))?;
+        let is_features = safetensors::SafeTensors::deserialize(&bytes)
+            .is_ok_and(|st| st.names().iter().any(|n| *n == "pre_logits"));
+        if !is_features {
+            bail!(
+                "--out {} exists and is not a features file (a checkpoint?): it would be overwritten; choose another path",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `images_u8`, `images` and (when labelled) `labels` of the first `n` images of `ds`.
@@ -230,5 +255,15 @@ mod tests {
         let e = export_features(&vit, &ck, 1, &out).unwrap_err();
         assert!(format!("{e:#}").contains("final.safetensors"), "{e:#}");
         assert!(!out.exists());
+        // the checkpoint itself, or a folder, as --out: refused before anything is written
+        let before = std::fs::read(&ck).unwrap();
+        let e = export_features(&sc, &ck, 1, &ck).unwrap_err();
+        assert!(format!("{e:#}").contains("is not a features file"), "{e:#}");
+        assert_eq!(std::fs::read(&ck).unwrap(), before);
+        let e = export_features(&sc, &ck, 1, dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("is a folder"), "{e:#}");
+        // an existing features file is replaced
+        export_features(&sc, &ck, 2, &out).unwrap();
+        export_features(&sc, &ck, 3, &out).unwrap();
     }
 }
