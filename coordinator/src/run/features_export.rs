@@ -121,7 +121,7 @@ fn check_out(out: &Path) -> Result<()> {
         let bytes =
             std::fs::read(out).with_context(|| format!("cannot read --out {}", out.display()))?;
         let is_features = safetensors::SafeTensors::deserialize(&bytes)
-            .is_ok_and(|st| st.names().iter().any(|n| *n == "pre_logits"));
+            .is_ok_and(|st| st.names().contains(&"pre_logits"));
         if !is_features {
             bail!(
                 "--out {} exists and is not a features file (a checkpoint?): it would be overwritten; choose another path",
