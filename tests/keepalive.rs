@@ -25,7 +25,7 @@ fn local_training_longer_than_the_idle_timeout_drops_no_client() {
             "data.train_images=300",
             "partition={kind = \"iid\"}",
             "train.batch_size=8",
-            "train.local_epochs=10",
+            "train.local_epochs=20",
             "federation.rounds=1",
             "federation.min_clients=3",
             "federation.round_deadline_seconds=300",
