@@ -82,7 +82,21 @@ impl Relay {
     /// # Errors
     /// If the loopback socket cannot be bound.
     pub async fn start(upstream: SocketAddr, imp: Impairment) -> std::io::Result<Self> {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream, imp).await
+    }
+
+    /// Starts a relay listening on `listen` (port 0: any free one) forwarding to `upstream`
+    /// with `imp`; its upstream sockets bind the unspecified address of `upstream`'s family.
+    /// Must be called inside a tokio runtime, which runs its tasks.
+    ///
+    /// # Errors
+    /// If `listen` cannot be bound.
+    pub async fn start_on(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        imp: Impairment,
+    ) -> std::io::Result<Self> {
+        let front = Arc::new(UdpSocket::bind(listen).await?);
         let addr = front.local_addr()?;
         let shared = Arc::new(Shared {
             imp,
@@ -148,7 +162,12 @@ async fn front_loop(front: Arc<UdpSocket>, upstream: SocketAddr, shared: Arc<Sha
         let up = match peers.get(&from) {
             Some(s) => s.clone(),
             None => {
-                let Ok(s) = UdpSocket::bind("127.0.0.1:0").await else {
+                let any: SocketAddr = if upstream.is_ipv4() {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let Ok(s) = UdpSocket::bind(any).await else {
                     continue;
                 };
                 if s.connect(upstream).await.is_err() {
