@@ -11,14 +11,22 @@ use fedssl_shared::data::load_train_set;
 use fedssl_shared::partition::report::HeterogeneityReport;
 
 use crate::run::outputs;
+use crate::run::resume::SCENARIO_FILE;
 use crate::run::simulate;
 
 /// Loads the training set of `sc`, draws its clients' shards and writes `partition.json` and
 /// `partition.png` into `out` (created if missing); returns the report. Errors name the
 /// data (as `simulate` does) or say why the split is impossible (the partitioner's message,
-/// behind the scenario's name), and nothing is written then.
+/// behind the scenario's name), or refuse an `out` that holds a run (its `scenario.json`),
+/// and nothing is written then.
 pub fn draw_split(sc: &Scenario, out: &Path) -> Result<HeterogeneityReport> {
     outputs::refuse_a_file_in_place(out)?;
+    if out.join(SCENARIO_FILE).exists() {
+        anyhow::bail!(
+            "{} holds a run ({SCENARIO_FILE}): its partition.json and partition.png are that run's record; write the split into another folder",
+            out.display()
+        );
+    }
     let train = load_train_set(
         sc.data.dataset,
         sc.data.path.as_deref(),
@@ -108,5 +116,17 @@ mod tests {
         );
         assert!(e.contains("covers at most 5 of the 10 classes"), "{e}");
         assert!(!out.exists());
+    }
+
+    #[test]
+    fn a_run_folder_is_refused_and_its_partition_files_left_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SCENARIO_FILE), "{}").unwrap();
+        std::fs::write(dir.path().join("partition.json"), "the run's").unwrap();
+        let e = format!("{:#}", draw_split(&scenario(&[]), dir.path()).unwrap_err());
+        assert!(e.contains("holds a run (scenario.json)"), "{e}");
+        let kept = std::fs::read_to_string(dir.path().join("partition.json")).unwrap();
+        assert_eq!(kept, "the run's");
+        assert!(!dir.path().join("partition.png").exists());
     }
 }

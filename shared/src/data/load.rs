@@ -54,7 +54,8 @@ pub fn load_test_set(
 /// Loads the training (`train`) or test split of a dataset as [`load_train_set`] does, a
 /// folder dataset read as `folder` says (its first `limit` images in path order). Errors:
 /// those of the dataset's loader; a folder dataset without a folder, or asked for a test
-/// split it does not have (module docs).
+/// split it does not have (module docs); a `limit` above the split's size (named as
+/// `data.train_images` / `data.test_images`: never a silent cap).
 pub fn load_split_with(
     dataset: DatasetKind,
     dir: Option<&Path>,
@@ -68,7 +69,7 @@ pub fn load_split_with(
     } else {
         (synthetic::DEFAULT_TEST_IMAGES, seed::SYNTHETIC_TEST)
     };
-    match dataset {
+    let ds = match dataset {
         DatasetKind::Synthetic => Ok(synthetic::generate(
             limit.unwrap_or(default_n),
             seed::derive(seed, stream, 0),
@@ -110,5 +111,50 @@ pub fn load_split_with(
             }
             Ok(ds)
         }
+    }?;
+    // A dataset smaller than asked for is an error, not a silent cap.
+    if let Some(n) = limit.filter(|&n| n > ds.len()) {
+        let (key, split) = if train {
+            ("data.train_images", "training")
+        } else {
+            ("data.test_images", "test")
+        };
+        let name = match dataset {
+            DatasetKind::Cifar10 => "CIFAR-10",
+            DatasetKind::Folder => "image folder's",
+            DatasetKind::Synthetic => "synthetic",
+        };
+        anyhow::bail!(
+            "{key} = {n}, but the {name} {split} split at {} holds only {} images: lower {key} or leave it out (all images)",
+            dir.map_or_else(|| "?".into(), |d| d.display().to_string()),
+            ds.len()
+        );
+    }
+    Ok(ds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_above_the_folder_size_is_an_error_naming_the_key_not_a_silent_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            image::RgbImage::from_pixel(5, 7, image::Rgb([i * 40, 9, 200]))
+                .save(dir.path().join(format!("{i}.png")))
+                .unwrap();
+        }
+        let opts = FolderOptions::default();
+        let load = |n| load_split_with(DatasetKind::Folder, Some(dir.path()), n, 0, true, &opts);
+        assert_eq!(load(Some(2)).unwrap().len(), 2);
+        assert_eq!(load(Some(3)).unwrap().len(), 3);
+        assert_eq!(load(None).unwrap().len(), 3);
+        let e = format!("{:#}", load(Some(5)).unwrap_err());
+        assert!(
+            e.starts_with("data.train_images = 5, but the image folder's training split at ")
+                && e.contains("holds only 3 images"),
+            "{e}"
+        );
     }
 }

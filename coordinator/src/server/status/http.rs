@@ -34,6 +34,11 @@ pub fn resolve_status_addr(spec: &str) -> Result<SocketAddr> {
     if let Ok(addr) = spec.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    let port = spec.rsplit(':').next().unwrap_or(spec);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_err()
+    {
+        bail!("{what} `{spec}`: port {port} is outside 0..=65535");
+    }
     let addrs: Vec<SocketAddr> = spec
         .to_socket_addrs()
         .with_context(|| format!("{what} `{spec}`: expected IP:PORT, PORT or HOST:PORT"))?
@@ -148,6 +153,10 @@ mod tests {
             .is_loopback());
         let e = resolve_status_addr("no port").unwrap_err().to_string();
         assert!(e.contains("--status-addr") && e.contains("no port"), "{e}");
+        for spec in ["70000", "127.0.0.1:70000"] {
+            let e = resolve_status_addr(spec).unwrap_err().to_string();
+            assert!(e.ends_with("port 70000 is outside 0..=65535"), "{e}");
+        }
     }
 
     #[test]
