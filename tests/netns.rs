@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use fedssl_tests::binary;
 use fedssl_tests::netns::Lan;
-use fedssl_tests::spawn::{wait_for_file, write_tiny, Proc};
+use fedssl_tests::spawn::{serve_as, wait_for_file, write_tiny, Proc};
 use rand::{Rng, SeedableRng};
 
 /// The run: 300 synthetic images in IID shards (site-c brings its own), all three sites
@@ -54,27 +54,11 @@ fn write_pngs(dir: &Path, n: usize) {
     }
 }
 
-/// `fedssl-coordinator serve` in host 0's namespace, listening on every address there.
+/// `fedssl-coordinator serve --kit kit` in host 0's namespace, listening on every address there.
 fn serve(lan: &Lan, scenario: &Path, out: &Path, kit: &Path, resume: bool) -> Proc {
-    let mut cmd = lan.command(0, &binary("fedssl-coordinator"));
-    cmd.arg("serve")
-        .arg(scenario)
-        .arg("--out")
-        .arg(out)
-        .args(["--listen", "0.0.0.0:4433", "--quiet", "--kit"])
-        .arg(kit);
-    for s in RUN {
-        cmd.args(["--set", s]);
-    }
-    if resume {
-        cmd.arg("--resume");
-    }
-    let log = out.with_extension(if resume {
-        "serve-resume.log"
-    } else {
-        "serve.log"
-    });
-    Proc::start(cmd, log)
+    let cmd = lan.command(0, &binary("fedssl-coordinator"));
+    let kit = ["--kit", kit.to_str().unwrap()];
+    serve_as(cmd, scenario, out, "0.0.0.0:4433", &kit, RUN, resume)
 }
 
 #[test]

@@ -88,12 +88,36 @@ impl Drop for Proc {
 /// `--set` for each of `sets`, and `--resume` when `resume`; stderr to `out`'s sibling
 /// `<out>.serve[-resume].log`.
 pub fn serve(scenario: &Path, out: &Path, port: u16, sets: &[&str], resume: bool) -> Proc {
-    let mut cmd = Command::new(binary("fedssl-coordinator"));
-    cmd.arg("serve").arg(scenario).arg("--out").arg(out).args([
-        "--listen",
+    let cmd = Command::new(binary("fedssl-coordinator"));
+    serve_as(
+        cmd,
+        scenario,
+        out,
         &format!("127.0.0.1:{port}"),
-        "--quiet",
-    ]);
+        &[],
+        sets,
+        resume,
+    )
+}
+
+/// As [`serve`], with `cmd` the coordinator binary's command (bare, or wrapped, as
+/// `ip netns exec NS fedssl-coordinator`), `--listen listen` and `extra` arguments of
+/// `serve` (such as `--kit DIR`).
+pub fn serve_as(
+    mut cmd: Command,
+    scenario: &Path,
+    out: &Path,
+    listen: &str,
+    extra: &[&str],
+    sets: &[&str],
+    resume: bool,
+) -> Proc {
+    cmd.arg("serve")
+        .arg(scenario)
+        .arg("--out")
+        .arg(out)
+        .args(["--listen", listen, "--quiet"])
+        .args(extra);
     for s in sets {
         cmd.args(["--set", s]);
     }
