@@ -188,6 +188,18 @@ fn three_sites_on_their_own_namespaces_finish_a_run_through_a_kill_and_resume() 
             "site {k} did not reconnect by itself:\n{}",
             c.stderr_text()
         );
+        // under --quiet a client still says it is back, and counts the round it trained again
+        // after the restart once
+        assert!(
+            c.stderr_text().contains("back with the coordinator after"),
+            "site {k}:\n{}",
+            c.stderr_text()
+        );
+        let said = c.stdout_text();
+        assert!(
+            said.contains("trained 3 round(s); run `netns` finished after 3 rounds"),
+            "site {k}: {said}"
+        );
     }
 
     let rounds: Vec<serde_json::Value> = std::fs::read_to_string(out.join("rounds.jsonl"))

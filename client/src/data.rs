@@ -63,6 +63,42 @@ impl DataSource {
     }
 }
 
+impl DataSource {
+    /// What can be checked of this source before the client connects, without knowing the
+    /// run: a site's image folder is readable and holds images
+    /// ([`fedssl_shared::data::check_folder`]; logged with its count); a `--data` folder of a
+    /// dataset exists. Errors name the folder or file and say which flag gave it.
+    pub fn check_before_connecting(&self) -> Result<()> {
+        match self {
+            DataSource::Folder {
+                dir,
+                skip_bad_images,
+                ..
+            } => {
+                let n = fedssl_shared::data::check_folder(
+                    dir,
+                    fedssl_shared::data::FolderLabels::None,
+                    *skip_bad_images,
+                )
+                .context("--data")?;
+                tracing::info!(folder = %dir.display(), images = n, "this site's image folder");
+                Ok(())
+            }
+            DataSource::Whole { dir: Some(dir) } | DataSource::Shard { dir: Some(dir), .. } => {
+                let meta = std::fs::metadata(dir)
+                    .with_context(|| format!("--data {}: cannot read it", dir.display()))?;
+                if !meta.is_dir() {
+                    bail!("--data {}: not a folder", dir.display());
+                }
+                Ok(())
+            }
+            DataSource::Whole { dir: None }
+            | DataSource::Shard { dir: None, .. }
+            | DataSource::InMemory { .. } => Ok(()),
+        }
+    }
+}
+
 /// Loads the training images this client owns, given the run described by the coordinator,
 /// through the run's `[feature_skew]` transform of this client (its shard index `K`, or
 /// `client_id` without a shard, of the run's clients; nothing is copied when it is off).
@@ -232,6 +268,51 @@ mod tests {
             resolve_data(&DataSource::Whole { dir: None }, &run, 0).unwrap_err()
         );
         assert!(e.contains("--data DIR"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_data_folder_is_found_before_connecting() {
+        let d = tempfile::tempdir().unwrap();
+        let folder = |dir: PathBuf, skip| DataSource::Folder {
+            dir,
+            skip_bad_images: skip,
+            skipped: Arc::default(),
+        };
+        let e = format!(
+            "{:#}",
+            folder(d.path().join("missing"), false)
+                .check_before_connecting()
+                .unwrap_err()
+        );
+        assert!(
+            e.starts_with("--data: cannot read the image folder") && e.contains("missing"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            folder(d.path().to_path_buf(), false)
+                .check_before_connecting()
+                .unwrap_err()
+        );
+        assert!(e.contains("holds no image"), "{e}");
+        image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]))
+            .save(d.path().join("a.png"))
+            .unwrap();
+        folder(d.path().to_path_buf(), false)
+            .check_before_connecting()
+            .unwrap();
+        let e = format!(
+            "{:#}",
+            DataSource::Whole {
+                dir: Some(d.path().join("a.png"))
+            }
+            .check_before_connecting()
+            .unwrap_err()
+        );
+        assert!(e.contains("not a folder"), "{e}");
+        DataSource::Whole { dir: None }
+            .check_before_connecting()
+            .unwrap();
     }
 
     #[test]

@@ -124,6 +124,7 @@ async fn real_main(cli: Cli) -> Result<()> {
             dir: cli.data.clone(),
         },
     };
+    data.check_before_connecting()?;
     let kit = cli.kit.as_deref().map(read_kit).transpose()?;
     let coordinator = match (&cli.coordinator, &kit) {
         (Some(c), _) => c.clone(),

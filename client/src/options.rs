@@ -55,7 +55,8 @@ impl ClientOptions {
 pub struct SessionReport {
     /// Id the coordinator gave this client.
     pub client_id: u32,
-    /// Rounds this client trained and returned.
+    /// Distinct rounds this client trained and returned (over every session of a client that
+    /// reconnected; a round trained again after a coordinator restart counts once).
     pub rounds_trained: usize,
     /// The coordinator's closing message.
     pub message: String,

@@ -86,6 +86,7 @@ where
     let mut failing_since: Option<Instant> = None;
     loop {
         let welcomes = kept.welcomes;
+        kept.attempts = attempt;
         let res = match connect().await {
             Ok((endpoint, conn)) => {
                 let r = run_session_keeping(conn, opts, &mut kept).await;

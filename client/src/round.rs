@@ -50,6 +50,8 @@ pub(crate) struct Learner {
 }
 
 /// Runs the round that the coordinator opened as the stream (`send`, `recv`) on `conn`.
+/// Returns the round (0-based) when this client trained it and sent its update, `None` when
+/// local training failed and the client said so (`Failed`).
 /// An error means this round's stream failed (or, if `conn` is closed, the session is over).
 pub(crate) async fn handle_round(
     conn: &quinn::Connection,
@@ -57,7 +59,7 @@ pub(crate) async fn handle_round(
     mut recv: quinn::RecvStream,
     learner: &Learner,
     opts: &ClientOptions,
-) -> Result<()> {
+) -> Result<Option<u32>> {
     let client_id = learner.client_id;
     let msg: ServerMessage = read_message(&mut recv).await?;
     let (round, config) = match msg {
@@ -91,7 +93,7 @@ pub(crate) async fn handle_round(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    match outcome {
+    let trained = match outcome {
         Ok((stats, bytes)) => {
             let bytes = opts.behaviour.after_training(
                 kept_global.as_ref(),
@@ -116,6 +118,7 @@ pub(crate) async fn handle_round(
             )
             .await?;
             write_weights_bytes(&mut send, &bytes).await?;
+            Some(round)
         }
         Err(e) => {
             warn!(client_id, round = shown, "local training failed: {e:#}");
@@ -127,10 +130,11 @@ pub(crate) async fn handle_round(
                 },
             )
             .await?;
+            None
         }
-    }
+    };
     send.finish().ok();
-    Ok(())
+    Ok(trained)
 }
 
 impl Learner {

@@ -84,10 +84,15 @@ pub async fn open(
 pub struct Retained {
     /// The previous session's learner (its data and state are shared, not copied).
     learner: Option<Learner>,
-    /// Rounds trained and returned over all sessions.
-    rounds_trained: usize,
+    /// The rounds (0-based) trained and returned over all sessions: a round trained again
+    /// after a coordinator restart counts once.
+    rounds_trained: std::collections::BTreeSet<u32>,
     /// Welcomes received over all sessions.
     pub(crate) welcomes: usize,
+    /// Reconnection attempts since this client last joined (set by
+    /// [`crate::reconnect::run_reconnecting`]); a welcome after any says so at `warn` level,
+    /// so that `--quiet` shows the client is back.
+    pub(crate) attempts: u32,
 }
 
 /// Runs one client session on an open connection until the coordinator says the run is over;
@@ -177,6 +182,12 @@ async fn session(
         .map_err(|e| lost(conn, format!("cannot open the control stream: {e}")))?;
     let (client_id, run) = join(conn, &mut ctrl_send, &mut ctrl_recv, opts).await?;
     kept.welcomes += 1;
+    if kept.attempts > 0 {
+        warn!(
+            client_id,
+            "back with the coordinator after {} reconnection attempt(s)", kept.attempts
+        );
+    }
     info!(client_id, scenario = %run.scenario, "joined");
     let learner = learner_for(opts, kept, client_id, run).await?;
     kept.learner = Some(learner.clone());
@@ -192,7 +203,7 @@ async fn session(
                     Some(Ok(ServerMessage::Finished { message })) => {
                         info!(client_id, %message, "run finished");
                         conn.close(0u32.into(), b"done");
-                        let rounds_trained = kept.rounds_trained;
+                        let rounds_trained = kept.rounds_trained.len();
                         return Ok(SessionReport { client_id, rounds_trained, message });
                     }
                     Some(Ok(other)) => bail!("protocol error: unexpected {other:?} on the control stream"),
@@ -206,7 +217,10 @@ async fn session(
                     Err(e) => return Err(lost(conn, format!("lost the coordinator: {e}"))),
                 };
                 match handle_round(conn, send, recv, &learner, opts).await {
-                    Ok(()) => kept.rounds_trained += 1,
+                    Ok(Some(round)) => {
+                        kept.rounds_trained.insert(round);
+                    }
+                    Ok(None) => {}
                     // The connection is gone: the session is over.
                     Err(e) if conn.close_reason().is_some() => {
                         return Err(lost(conn, format!("lost the coordinator: {e:#}")))

@@ -4,7 +4,7 @@
 //! for the test to read and to show when it fails), and a wait for a file's contents.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::binaries::binary;
@@ -40,18 +40,26 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `cmd` with stdout discarded and stderr written to `stderr`.
+    /// Starts `cmd` with stderr written to `stderr` and stdout to the same path with the
+    /// extension `stdout` ([`Proc::stdout_text`]).
     ///
     /// # Panics
-    /// If the file cannot be created or the process not started.
+    /// If the files cannot be created or the process not started.
     pub fn start(mut cmd: Command, stderr: PathBuf) -> Self {
         let f = std::fs::File::create(&stderr).expect("cannot create a stderr file");
+        let out = std::fs::File::create(stderr.with_extension("stdout"))
+            .expect("cannot create a stdout file");
         let child = cmd
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(f)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         Self { child, stderr }
+    }
+
+    /// What the process wrote to stdout so far.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.stderr.with_extension("stdout")).unwrap_or_default()
     }
 
     /// What the process wrote to stderr so far.

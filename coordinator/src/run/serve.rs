@@ -108,6 +108,7 @@ fn kit_identity(
     let ca_path = kit.join("ca.pem");
     let ca = std::fs::read(&ca_path)
         .with_context(|| format!("--kit: cannot read {}", ca_path.display()))?;
+    tls::check_coordinator_certificate(&id, &ca, &ca_path, kit)?;
     let verifier = tls::client_verifier(&ca, &ca_path)?;
     let revoked = match &how.revoked {
         Some(p) => Some(RevocationList::open(p)?),

@@ -146,6 +146,67 @@ pub fn client_verifier(ca_pem: &[u8], what: &Path) -> Result<Arc<dyn ClientCertV
         .with_context(|| format!("{}: cannot verify clients with this CA", what.display()))
 }
 
+/// Checks, when `serve --kit` starts, that the kit's certificate `id` is a coordinator's: it
+/// chains to the kit's CA `ca_pem` (read from `what`), is valid now, and is issued for
+/// server authentication (`provision` gives the coordinator `serverAuth` and each site
+/// `clientAuth`). Without this check a site's kit passed as the coordinator's would start and
+/// every client would fail the handshake with a misleading reason.
+///
+/// Errors: one line naming `kit` and what is wrong (another CA, expired, a site's
+/// certificate).
+pub fn check_coordinator_certificate(
+    id: &ServerIdentity,
+    ca_pem: &[u8],
+    what: &Path,
+    kit: &Path,
+) -> Result<()> {
+    let cas = pem_certs(ca_pem, what)?;
+    let anchors = cas
+        .iter()
+        .map(|c| {
+            webpki::anchor_from_trusted_cert(c)
+                .map(|a| a.to_owned())
+                .with_context(|| format!("{}: unusable CA certificate", what.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let leaf = id
+        .chain
+        .first()
+        .with_context(|| format!("--kit {}: no certificate", kit.display()))?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| anyhow::anyhow!("--kit {}: cert.pem cannot be parsed: {e}", kit.display()))?;
+    let algs = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    let verify = |usage| {
+        cert.verify_for_usage(
+            algs,
+            &anchors,
+            &id.chain[1..],
+            rustls::pki_types::UnixTime::now(),
+            usage,
+            None,
+            None,
+        )
+        .map(|_| ())
+    };
+    match verify(webpki::KeyUsage::server_auth()) {
+        Ok(()) => Ok(()),
+        Err(e) if verify(webpki::KeyUsage::client_auth()).is_ok() => bail!(
+            "--kit {}: this is a site's kit (its certificate is for client authentication, {e}); serve needs the coordinator's kit, `provision` writes it as <kits>/coordinator",
+            kit.display()
+        ),
+        Err(webpki::Error::UnknownIssuer) => bail!(
+            "--kit {}: cert.pem is not signed by the kit's ca.pem (files from two provisionings?)",
+            kit.display()
+        ),
+        Err(e) => bail!(
+            "--kit {}: cert.pem cannot serve as the coordinator's certificate: {e}",
+            kit.display()
+        ),
+    }
+}
+
 /// The quinn server configuration: TLS 1.3 (ring), ALPN `fedssl/1`, keep-alives so that a
 /// vanished client is noticed within `idle_timeout`. `client_auth` verifies client
 /// certificates (mutual TLS; e.g. `rustls::server::WebPkiClientVerifier` over the CA of the
@@ -191,6 +252,36 @@ mod tests {
         assert_eq!(back.chain, id.chain);
         assert_eq!(back.key.secret_der(), id.key.secret_der());
         assert!(server_config(&back, Duration::from_secs(5), None).is_ok());
+    }
+
+    #[test]
+    fn serve_takes_the_coordinators_kit_and_refuses_a_sites_or_another_cas() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = crate::provision::ProvisionRequest {
+            sites: vec!["site-a".into()],
+            coordinator_names: vec!["10.211.0.1".into()],
+            port: 4433,
+            days: 30,
+        };
+        let kits = dir.path().join("kits");
+        crate::provision::provision(&req, &kits).unwrap();
+        let other = dir.path().join("other");
+        crate::provision::provision(&req, &other).unwrap();
+        let check = |kit: &Path, ca: &Path| {
+            let id = load_identity(&kit.join("cert.pem"), &kit.join("key.pem")).unwrap();
+            let pem = std::fs::read(ca).unwrap();
+            check_coordinator_certificate(&id, &pem, ca, kit).map_err(|e| format!("{e:#}"))
+        };
+        let coordinator = kits.join("coordinator");
+        check(&coordinator, &coordinator.join("ca.pem")).unwrap();
+        let site = kits.join("site-a");
+        let e = check(&site, &site.join("ca.pem")).unwrap_err();
+        assert!(
+            e.contains("this is a site's kit") && e.contains("site-a"),
+            "{e}"
+        );
+        let e = check(&coordinator, &other.join("coordinator").join("ca.pem")).unwrap_err();
+        assert!(e.contains("not signed by the kit's ca.pem"), "{e}");
     }
 
     #[test]

@@ -142,6 +142,60 @@ pub fn load_folder(dir: &Path, opts: &FolderOptions) -> Result<FolderLoad> {
     Ok(load)
 }
 
+/// Checks `dir` before anything is decoded — what a client does before it connects, so that
+/// a site learns of a wrong folder at once rather than after joining: the folder is readable,
+/// holds at least one image, and every file has a supported extension and an image header
+/// that the `image` crate recognises (format and dimensions; the pixels are not decoded, so a
+/// file truncated after its header is found only by [`load_folder`]). Returns the number of
+/// files that passed (with `skip_bad_images`, the others are only counted out).
+///
+/// Errors, naming the file or folder: as [`load_folder`]'s, for the header.
+pub fn check_folder(dir: &Path, labels: FolderLabels, skip_bad_images: bool) -> Result<usize> {
+    let (entries, _) = list_files(dir, labels)?;
+    let mut good = 0usize;
+    for e in &entries {
+        let path = dir.join(&e.path);
+        match check_header(&path) {
+            Ok(()) => good += 1,
+            Err(_) if skip_bad_images => {}
+            Err(reason) => bail!(
+                "{}: {reason} (--skip-bad-images or data.skip_bad_images = true leaves such files out)",
+                path.display()
+            ),
+        }
+    }
+    if good == 0 {
+        bail!(
+            "the image folder {} holds no image (.png, .jpg, .jpeg, .webp or .bmp){}",
+            dir.display(),
+            if entries.is_empty() {
+                String::new()
+            } else {
+                format!("; {} other file(s) left out", entries.len())
+            }
+        );
+    }
+    Ok(good)
+}
+
+/// The extension and header of one file: a supported format whose dimensions can be read.
+fn check_header(path: &Path) -> std::result::Result<(), String> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !EXTENSIONS.contains(&ext.as_str()) {
+        return Err("not an image of a supported format (.png, .jpg, .jpeg, .webp, .bmp)".into());
+    }
+    image::io::Reader::open(path)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?
+        .into_dimensions()
+        .map(|_| ())
+        .map_err(|e| format!("cannot decode the image: {e}"))
+}
+
 /// Every file below `dir` (hidden ones left out), sorted by relative path, with its class;
 /// and the class names (empty when unlabelled).
 fn list_files(dir: &Path, labels: FolderLabels) -> Result<(Vec<FileEntry>, Vec<String>)> {
@@ -430,6 +484,60 @@ mod tests {
         let e = format!("{:#}", load_folder(d.path(), &skip).unwrap_err());
         assert!(
             e.contains("no readable image") && e.contains("2 skipped"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_check_before_connecting_names_a_missing_an_empty_and_a_bad_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        let e = format!(
+            "{:#}",
+            check_folder(&missing, FolderLabels::None, false).unwrap_err()
+        );
+        assert!(
+            e.contains("cannot read the image folder") && e.contains("nope"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            check_folder(d.path(), FolderLabels::None, false).unwrap_err()
+        );
+        assert!(e.contains("holds no image"), "{e}");
+        ramp(7, 5).save(d.path().join("a.png")).unwrap();
+        ramp(9, 3).save(d.path().join("b.jpg")).unwrap();
+        assert_eq!(
+            check_folder(d.path(), FolderLabels::None, false).unwrap(),
+            2
+        );
+        std::fs::write(d.path().join("README.txt"), b"site images").unwrap();
+        std::fs::write(d.path().join("c.png"), b"not a png").unwrap();
+        let e = format!(
+            "{:#}",
+            check_folder(d.path(), FolderLabels::None, false).unwrap_err()
+        );
+        assert!(
+            e.contains("README.txt") && e.contains("supported format"),
+            "{e}"
+        );
+        // skipped: only the two good files count
+        assert_eq!(check_folder(d.path(), FolderLabels::None, true).unwrap(), 2);
+        std::fs::remove_file(d.path().join("README.txt")).unwrap();
+        let e = format!(
+            "{:#}",
+            check_folder(d.path(), FolderLabels::None, false).unwrap_err()
+        );
+        assert!(e.contains("c.png") && e.contains("cannot decode"), "{e}");
+        // only bad files: refused even when skipping, with the count
+        let only_bad = tempfile::tempdir().unwrap();
+        std::fs::write(only_bad.path().join("notes.txt"), b"x").unwrap();
+        let e = format!(
+            "{:#}",
+            check_folder(only_bad.path(), FolderLabels::None, true).unwrap_err()
+        );
+        assert!(
+            e.contains("holds no image") && e.contains("1 other file(s)"),
             "{e}"
         );
     }

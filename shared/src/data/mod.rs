@@ -13,7 +13,7 @@ pub mod folder_cache;
 pub mod load;
 pub mod synthetic;
 
-pub use folder::{load_folder, FolderLabels, FolderLoad, FolderOptions};
+pub use folder::{check_folder, load_folder, FolderLabels, FolderLoad, FolderOptions};
 pub use load::{load_split_with, load_test_set, load_train_set, DatasetKind};
 
 use anyhow::{bail, Result};
