@@ -26,13 +26,18 @@ const PATIENCE: Duration = Duration::from_secs(600);
 struct PageRun {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl PageRun {
     /// Starts the tiny scenario (3 clients, 3 rounds, client 2 stalls in round 3) with the
     /// page on a free loopback port; returns once the page's address is announced.
     fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// [`PageRun::start`], with client 2's stall in round 3 or without it.
+    fn start_with(stall: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let toml = dir.path().join("tiny.toml");
         std::fs::write(&toml, fedssl_tests::TINY).unwrap();
@@ -50,20 +55,20 @@ impl PageRun {
             ])
             .args(["--set", "federation.rounds=3"])
             .args(["--set", "federation.round_deadline_seconds=30"])
-            .args([
-                "--set",
-                "simulation.faults=[{client = 2, round = 3, kind = \"stall\"}]",
-            ])
+            .args(if stall {
+                vec![
+                    "--set",
+                    "simulation.faults=[{client = 2, round = 3, kind = \"stall\"}]",
+                ]
+            } else {
+                vec![]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let addr = announced_addr(child.stderr.take().unwrap());
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
+        Self { child, addr, dir }
     }
 
     /// `GET path`: the status code, the head and the body.
@@ -182,6 +187,41 @@ fn check_snapshot(s: &Value, last_round: &mut u64) {
     if s["finished"] == true {
         assert_eq!((round, rounds.len()), (3, 3));
     }
+}
+
+/// A page first opened after the run finished still lists every site that took part (as
+/// `left`), names the last round's clients by site, and its clock stopped with the run.
+#[test]
+fn a_page_opened_after_the_run_lists_its_sites_and_a_stopped_clock() {
+    let run = PageRun::start_with(false);
+    let summary = run.dir.path().join("run").join("summary.json");
+    let t0 = Instant::now();
+    while !summary.is_file() {
+        assert!(t0.elapsed() < PATIENCE, "the run never finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let end = run.status();
+    assert_eq!(end["phase"], "finished");
+    let sites: Vec<(&str, &str)> = end["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["name"].as_str().unwrap(), x["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        sites,
+        [("sim-0", "left"), ("sim-1", "left"), ("sim-2", "left")],
+        "{end}"
+    );
+    let names: Vec<&str> = end["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sim-0", "sim-1", "sim-2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(run.status()["elapsed_seconds"], end["elapsed_seconds"]);
 }
 
 #[test]

@@ -75,6 +75,8 @@ struct Board {
     known: BTreeMap<u32, SiteView>,
     eval: Option<serde_json::Value>,
     error: Option<String>,
+    /// When the run finished or failed (the elapsed time stops there).
+    ended: Option<Instant>,
 }
 
 /// The live state of one run (shared by the rounds and the page's server).
@@ -165,6 +167,7 @@ impl StatusBoard {
                 known: BTreeMap::new(),
                 eval: None,
                 error: None,
+                ended: None,
             }),
         })
     }
@@ -189,6 +192,7 @@ impl StatusBoard {
     /// Round `round` (1-based) started with the clients `sampled`.
     pub fn round_started(&self, round: usize, sampled: &[u32]) {
         let mut b = self.board();
+        self.observe(&mut b);
         b.phase = Phase::Round;
         b.round = round;
         b.progress = sampled
@@ -204,7 +208,9 @@ impl StatusBoard {
 
     /// The coordinator heard from client `id` (an answer to a round).
     pub fn heard_from(&self, id: u32) {
-        self.board().heard.insert(id, Instant::now());
+        let mut b = self.board();
+        b.heard.insert(id, Instant::now());
+        self.observe(&mut b);
     }
 
     /// The record of a completed (or failed) round.
@@ -215,6 +221,8 @@ impl StatusBoard {
     /// The run finished, with the final evaluation `eval` (`summary.json`'s).
     pub fn finished(&self, eval: Option<serde_json::Value>) {
         let mut b = self.board();
+        self.observe(&mut b);
+        b.ended.get_or_insert_with(Instant::now);
         b.phase = Phase::Finished;
         b.eval = eval;
     }
@@ -222,18 +230,29 @@ impl StatusBoard {
     /// The run failed with `error`.
     pub fn failed(&self, error: String) {
         let mut b = self.board();
+        self.observe(&mut b);
+        b.ended.get_or_insert_with(Instant::now);
         b.phase = Phase::Failed;
         b.error = Some(error);
     }
 
     /// The page's JSON now.
     pub fn snapshot(&self) -> Snapshot {
+        let mut b = self.board();
+        self.observe(&mut b);
+        self.snapshot_of(&b)
+    }
+
+    /// Brings `b.known` up to date with the registry's connected clients: a site seen once
+    /// stays listed (as `left` once gone), whether or not the page was open while it was
+    /// connected — the rounds call this too, so a page opened after the run still lists
+    /// every site that took part.
+    fn observe(&self, b: &mut Board) {
         let connected = self
             .registry
             .get()
             .map(|r| r.connected())
             .unwrap_or_default();
-        let mut b = self.board();
         let now = Instant::now();
         for known in b.known.values_mut() {
             known.connected = false;
@@ -253,7 +272,6 @@ impl StatusBoard {
             };
             b.known.insert(c.id, view);
         }
-        self.snapshot_of(&b)
     }
 
     /// The snapshot of `b`, whose `known` sites are up to date.
@@ -268,7 +286,11 @@ impl StatusBoard {
             phase: b.phase,
             round: b.round,
             rounds: self.rounds,
-            elapsed_seconds: self.started.elapsed().as_secs_f64(),
+            elapsed_seconds: b
+                .ended
+                .unwrap_or_else(Instant::now)
+                .duration_since(self.started)
+                .as_secs_f64(),
             sites: b.known.values().cloned().collect(),
             progress: b
                 .progress
@@ -346,6 +368,10 @@ mod tests {
             (v["finished"].clone(), v["phase"].clone()),
             (true.into(), "finished".into())
         );
+        // the clock stops when the run ends
+        let at_end = b.snapshot().elapsed_seconds;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(b.snapshot().elapsed_seconds, at_end);
         b.failed("boom".into());
         let s = b.snapshot();
         assert!(!s.finished);
