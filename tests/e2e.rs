@@ -383,6 +383,47 @@ async fn a_resumed_simulation_restores_each_clients_local_state() {
     );
 }
 
+/// FedEMA (Zhuang et al. ICLR 2022) is not tied to BYOL: under SimCLR each client keeps its
+/// backbone and, from its second round on, starts local training from μ·own + (1 − μ)·global.
+/// Round 1 (no state yet) is plain FedAvg's bit for bit; round 2 departs from it; and a
+/// `simulate --resume` after round 1 ends on the uninterrupted run's weights (the state is read
+/// back from `<run>/clients/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedema_runs_with_simclr_and_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = ["pretext.task=\"simclr\"", "eval.enabled=false"];
+    let fedema = [
+        plain[0],
+        plain[1],
+        "federation.local_update={kind=\"fedema\",tau=0.7}",
+    ];
+    let w = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    let fedavg = dir.path().join("fedavg");
+    simulate(scenario(&plain), &fedavg).await.unwrap();
+    let whole = dir.path().join("whole");
+    let s = simulate(scenario(&fedema), &whole).await.unwrap();
+    assert_eq!((s.pretext.as_str(), s.rounds_completed), ("simclr", 2));
+    assert_eq!(
+        w(&whole, "checkpoints/round-0001.safetensors"),
+        w(&fedavg, "checkpoints/round-0001.safetensors"),
+        "FedEMA changed round 1, where no client has a state yet"
+    );
+    assert!(
+        w(&whole, "final.safetensors") != w(&fedavg, "final.safetensors"),
+        "FedEMA's round 2 is FedAvg's"
+    );
+    let part = dir.path().join("part");
+    let mut one = fedema.to_vec();
+    one.push("federation.rounds=1");
+    simulate(scenario(&one), &part).await.unwrap();
+    let s = run(scenario(&fedema), &part, true).await.unwrap();
+    assert_eq!(s.resumed_after_round, Some(1));
+    assert!(
+        w(&part, "final.safetensors") == w(&whole, "final.safetensors"),
+        "the resumed FedEMA run differs"
+    );
+}
+
 /// A strategy with server state (FedAdam's moments, FedAvgM's momentum) checkpoints it next to
 /// each checkpoint: stopping after round 1 and resuming to round 2 gives exactly the weights and
 /// state of an uninterrupted 2-round run, and a step that differs from FedAvg's. FedProx with
