@@ -178,15 +178,22 @@ pub fn check_folder(dir: &Path, labels: FolderLabels, skip_bad_images: bool) -> 
     Ok(good)
 }
 
-/// The extension and header of one file: a supported format whose dimensions can be read.
-fn check_header(path: &Path) -> std::result::Result<(), String> {
+/// Whether `path` has one of the [`EXTENSIONS`] (case-insensitive), or why not.
+fn supported_extension(path: &Path) -> std::result::Result<(), String> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    if !EXTENSIONS.contains(&ext.as_str()) {
-        return Err("not an image of a supported format (.png, .jpg, .jpeg, .webp, .bmp)".into());
+    if EXTENSIONS.contains(&ext.as_str()) {
+        Ok(())
+    } else {
+        Err("not an image of a supported format (.png, .jpg, .jpeg, .webp, .bmp)".into())
     }
+}
+
+/// The extension and header of one file: a supported format whose dimensions can be read.
+fn check_header(path: &Path) -> std::result::Result<(), String> {
+    supported_extension(path)?;
     image::io::Reader::open(path)
         .map_err(|e| format!("cannot read: {e}"))?
         .with_guessed_format()
@@ -352,13 +359,7 @@ fn decode_all(
 
 /// One file as `side × side × 3` RGB bytes (HWC), or why it cannot be read.
 pub fn decode_one(path: &Path, side: usize) -> std::result::Result<Vec<u8>, String> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if !EXTENSIONS.contains(&ext.as_str()) {
-        return Err("not an image of a supported format (.png, .jpg, .jpeg, .webp, .bmp)".into());
-    }
+    supported_extension(path)?;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let img = image::io::Reader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
@@ -490,20 +491,19 @@ mod tests {
 
     #[test]
     fn the_check_before_connecting_names_a_missing_an_empty_and_a_bad_folder() {
+        let refused = |dir: &Path, skip| {
+            format!(
+                "{:#}",
+                check_folder(dir, FolderLabels::None, skip).unwrap_err()
+            )
+        };
         let d = tempfile::tempdir().unwrap();
-        let missing = d.path().join("nope");
-        let e = format!(
-            "{:#}",
-            check_folder(&missing, FolderLabels::None, false).unwrap_err()
-        );
+        let e = refused(&d.path().join("nope"), false);
         assert!(
             e.contains("cannot read the image folder") && e.contains("nope"),
             "{e}"
         );
-        let e = format!(
-            "{:#}",
-            check_folder(d.path(), FolderLabels::None, false).unwrap_err()
-        );
+        let e = refused(d.path(), false);
         assert!(e.contains("holds no image"), "{e}");
         ramp(7, 5).save(d.path().join("a.png")).unwrap();
         ramp(9, 3).save(d.path().join("b.jpg")).unwrap();
@@ -513,10 +513,7 @@ mod tests {
         );
         std::fs::write(d.path().join("README.txt"), b"site images").unwrap();
         std::fs::write(d.path().join("c.png"), b"not a png").unwrap();
-        let e = format!(
-            "{:#}",
-            check_folder(d.path(), FolderLabels::None, false).unwrap_err()
-        );
+        let e = refused(d.path(), false);
         assert!(
             e.contains("README.txt") && e.contains("supported format"),
             "{e}"
@@ -524,18 +521,12 @@ mod tests {
         // skipped: only the two good files count
         assert_eq!(check_folder(d.path(), FolderLabels::None, true).unwrap(), 2);
         std::fs::remove_file(d.path().join("README.txt")).unwrap();
-        let e = format!(
-            "{:#}",
-            check_folder(d.path(), FolderLabels::None, false).unwrap_err()
-        );
+        let e = refused(d.path(), false);
         assert!(e.contains("c.png") && e.contains("cannot decode"), "{e}");
         // only bad files: refused even when skipping, with the count
         let only_bad = tempfile::tempdir().unwrap();
         std::fs::write(only_bad.path().join("notes.txt"), b"x").unwrap();
-        let e = format!(
-            "{:#}",
-            check_folder(only_bad.path(), FolderLabels::None, true).unwrap_err()
-        );
+        let e = refused(only_bad.path(), true);
         assert!(
             e.contains("holds no image") && e.contains("1 other file(s)"),
             "{e}"
