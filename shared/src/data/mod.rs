@@ -20,7 +20,10 @@ pub mod synthetic;
 
 pub use cifar100::Cifar100Labels;
 pub use folder::{check_folder, load_folder, FolderLabels, FolderLoad, FolderOptions};
-pub use load::{load_split_with, load_test_set, load_train_set, DatasetKind};
+pub use load::{
+    load_split_with, load_test_set, load_train_set, train_split_is_labelled, DatasetKind,
+    LoadOptions, Split,
+};
 pub use stl10::Stl10Split;
 
 use anyhow::{bail, Result};
