@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use fedssl_shared::data::{DatasetKind, ImageDataset};
+use fedssl_shared::data::{DatasetKind, ImageDataset, Split};
 use fedssl_shared::protocol::RunInfo;
 
 /// Where a client's training images come from.
@@ -24,10 +24,10 @@ pub enum DataSource {
         /// Which shard of how many, if any.
         shard: Option<(u32, u32)>,
     },
-    /// Load the run's dataset (synthetic needs no `dir`; CIFAR-10 needs it) and keep shard `k`
-    /// (0-based) of the coordinator's partition into `n` shards.
+    /// Load the run's dataset (synthetic needs no `dir`; CIFAR-10, CIFAR-100 and STL-10 need
+    /// it) and keep shard `k` (0-based) of the coordinator's partition into `n` shards.
     Shard {
-        /// CIFAR-10 folder; ignored for the synthetic dataset.
+        /// The release's folder; ignored for the synthetic dataset.
         dir: Option<PathBuf>,
         /// This client's shard, 0-based.
         k: u32,
@@ -36,7 +36,7 @@ pub enum DataSource {
     },
     /// Every training image of the dataset in `dir` is this site's data (a real deployment).
     Whole {
-        /// CIFAR-10 folder (for the synthetic dataset, `None`).
+        /// The release's folder (for the synthetic dataset, `None`).
         dir: Option<PathBuf>,
     },
     /// This site's own folder of PNG/JPEG/WebP/BMP images, whatever the run's dataset
@@ -130,15 +130,7 @@ fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> 
             )?;
             load_site_folder(dir, run.image_size, false, &Arc::default())
         }
-        DataSource::Whole { dir } => Ok(Arc::new(
-            fedssl_shared::data::load_train_set(
-                run.dataset,
-                dir.as_deref(),
-                run.train_images,
-                run.seed,
-            )?
-            .unlabelled(),
-        )),
+        DataSource::Whole { dir } => Ok(Arc::new(load_run_train_set(dir.as_deref(), run)?.unlabelled())),
         DataSource::Folder {
             dir,
             skip_bad_images,
@@ -157,12 +149,9 @@ fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> 
             if k >= n {
                 bail!("--shard {k}/{n}: K must be below N (shards are 0-based)");
             }
-            let full = fedssl_shared::data::load_train_set(
-                run.dataset,
-                dir.as_deref(),
-                run.train_images,
-                run.seed,
-            )?;
+            // as the coordinator draws it: an unlabelled set (STL-10's unlabelled images) is
+            // one class
+            let full = load_run_train_set(dir.as_deref(), run)?.one_class_if_unlabelled();
             let parts = fedssl_shared::partition::partition(
                 &full.labels,
                 full.num_classes,
@@ -173,6 +162,20 @@ fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> 
             Ok(Arc::new(full.subset(&parts[*k as usize]).unlabelled()))
         }
     }
+}
+
+/// The run's training split ([`Split::Train`]: STL-10's `data.stl10_split`) read from `dir`
+/// as the run says ([`RunInfo::load_options`]: its image size, CIFAR-100's labels), the first
+/// `train_images` of it.
+fn load_run_train_set(dir: Option<&std::path::Path>, run: &RunInfo) -> Result<ImageDataset> {
+    fedssl_shared::data::load_split_with(
+        run.dataset,
+        dir,
+        run.train_images,
+        run.seed,
+        Split::Train,
+        &run.load_options(),
+    )
 }
 
 /// This site's image folder `dir` at `image_size` pixels, unlabelled; the count of files
@@ -350,5 +353,56 @@ mod tests {
         let got = resolve_data(&whole, &run, 2).unwrap();
         let want = fedssl_shared::image::rotate90(data.image(0), 32, 32, 3, 2);
         assert_eq!(got.image(0), want.as_slice());
+    }
+
+    #[test]
+    fn an_stl10_site_reads_the_runs_split_at_the_runs_size_and_shards_it_as_one_class() {
+        use fedssl_shared::data::stl10::{IMAGE_BYTES, PLANE_BYTES};
+        let d = tempfile::tempdir().unwrap();
+        // 2 labelled and 4 unlabelled images; every pixel of image i is (base + i, 0, 0)
+        let x = |base: u8, k: u8| {
+            (0..k)
+                .flat_map(|i| {
+                    let mut img = vec![0u8; IMAGE_BYTES];
+                    img[..PLANE_BYTES].fill(base + i);
+                    img
+                })
+                .collect::<Vec<u8>>()
+        };
+        std::fs::write(d.path().join("train_X.bin"), x(0, 2)).unwrap();
+        std::fs::write(d.path().join("train_y.bin"), [3u8, 9]).unwrap();
+        std::fs::write(d.path().join("unlabeled_X.bin"), x(200, 4)).unwrap();
+        let mut sc = Scenario::default();
+        sc.data.dataset = DatasetKind::Stl10;
+        sc.data.image_size = 16;
+        sc.federation.clients = 2;
+        let run = RunInfo::of(&sc);
+        let whole = DataSource::Whole {
+            dir: Some(d.path().to_path_buf()),
+        };
+        let ds = resolve_data(&whole, &run, 0).unwrap();
+        assert_eq!((ds.len(), ds.height, ds.width), (6, 16, 16));
+        assert!(ds.labels.is_empty());
+        let reds: Vec<u8> = (0..6).map(|i| ds.image(i)[0]).collect();
+        assert_eq!(reds, vec![0, 1, 200, 201, 202, 203]);
+        // --shard K/2: the unlabelled set is one class, split in two disjoint halves
+        let mut seen = Vec::new();
+        for k in 0..2 {
+            let shard = DataSource::Shard {
+                dir: Some(d.path().to_path_buf()),
+                k,
+                n: 2,
+            };
+            let part = resolve_data(&shard, &run, k).unwrap();
+            assert_eq!(part.len(), 3);
+            assert!(part.labels.is_empty());
+            seen.extend((0..3).map(|i| part.image(i)[0]));
+        }
+        seen.sort();
+        assert_eq!(seen, reds);
+        // the labelled split, as the run says
+        sc.data.stl10_split = fedssl_shared::data::Stl10Split::Train;
+        let ds = resolve_data(&whole, &RunInfo::of(&sc), 0).unwrap();
+        assert_eq!(ds.len(), 2);
     }
 }

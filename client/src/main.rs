@@ -31,8 +31,9 @@ struct Cli {
     /// Name the coordinator's certificate must be valid for (default: HOST of --coordinator).
     #[arg(long)]
     server_name: Option<String>,
-    /// Dataset folder (CIFAR-10: the folder holding cifar-10-batches-bin; a folder of
-    /// images: that folder, read recursively). Not needed for the synthetic dataset.
+    /// Dataset folder (CIFAR-10, CIFAR-100, STL-10: the folder holding cifar-10-batches-bin,
+    /// cifar-100-binary or stl10_binary; a folder of images: that folder, read recursively).
+    /// Not needed for the synthetic dataset.
     #[arg(long)]
     data: Option<PathBuf>,
     /// What --data holds: `folder` (this site's own PNG/JPEG/WebP/BMP images, whatever the

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::Scenario;
-use crate::data::DatasetKind;
+use crate::data::{Cifar100Labels, DatasetKind, LoadOptions, Stl10Split};
 use crate::model::ModelConfig;
 use crate::partition::PartitionConfig;
 use crate::pretext::PretextConfig;
@@ -34,8 +34,9 @@ use crate::weights::WeightSet;
 /// Version of this protocol; bumped on any incompatible change (3: [`RunInfo::partition`]
 /// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6:
 /// [`RunInfo::compression`] (updates as encoded deltas), the folder dataset,
-/// [`RunInfo::image_size`], [`ServerMessage::Busy`] and [`RunInfo::feature_skew`]).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// [`RunInfo::image_size`], [`ServerMessage::Busy`] and [`RunInfo::feature_skew`]; 7: the
+/// CIFAR-100 and STL-10 datasets, [`RunInfo::cifar100_labels`] and [`RunInfo::stl10_split`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -105,8 +106,13 @@ pub struct RunInfo {
     pub local_update: crate::config::LocalUpdateConfig,
     /// `federation.compression`: how the client encodes its update ([`crate::encoding`]).
     pub compression: crate::config::CompressionConfig,
-    /// `data.image_size`: the side in pixels a client resizes its own image folder to.
+    /// `data.image_size`: the side in pixels a client resizes its own image folder (and
+    /// STL-10's images) to.
     pub image_size: usize,
+    /// `data.cifar100_labels`: the labels a `--shard` client of a CIFAR-100 run partitions by.
+    pub cifar100_labels: Cifar100Labels,
+    /// `data.stl10_split`: the images a client of an STL-10 run trains on.
+    pub stl10_split: Stl10Split,
     /// `[feature_skew]`: the fixed transform of each client's training images.
     pub feature_skew: crate::feature_skew::FeatureSkewConfig,
 }
@@ -127,8 +133,22 @@ impl RunInfo {
             local_update: sc.federation.local_update.clone(),
             compression: sc.federation.compression.clone(),
             image_size: sc.data.image_size,
+            cifar100_labels: sc.data.cifar100_labels,
+            stl10_split: sc.data.stl10_split,
             feature_skew: sc.feature_skew.clone(),
         }
+    }
+
+    /// How a client reads the run's dataset: at `image_size`, with `cifar100_labels` and
+    /// `stl10_split`; a folder unlabelled, its bad files an error, through its cache.
+    pub fn load_options(&self) -> LoadOptions {
+        let mut opts = LoadOptions {
+            cifar100_labels: self.cifar100_labels,
+            stl10_split: self.stl10_split,
+            ..LoadOptions::default()
+        };
+        opts.folder.image_size = self.image_size;
+        opts
     }
 }
 
@@ -372,7 +392,7 @@ mod tests {
                 run: RunInfo {
                     scenario: "s".into(),
                     seed: 9,
-                    dataset: DatasetKind::Cifar10,
+                    dataset: DatasetKind::Stl10,
                     train_images: Some(100),
                     partition,
                     num_clients: 4,
@@ -389,6 +409,8 @@ mod tests {
                         },
                     ),
                     image_size: 48,
+                    cifar100_labels: Cifar100Labels::Coarse,
+                    stl10_split: Stl10Split::Unlabeled,
                     feature_skew: crate::feature_skew::FeatureSkewConfig {
                         noise: 0.1,
                         rotation: crate::feature_skew::RotationSkew::QuarterTurns,
@@ -398,6 +420,13 @@ mod tests {
             };
             let back: ServerMessage = decode_body(&encode_frame(&m).unwrap()[4..]).unwrap();
             assert_eq!(back, m);
+            let ServerMessage::Welcome { run, .. } = back else {
+                unreachable!()
+            };
+            let opts = run.load_options();
+            assert_eq!(opts.folder.image_size, 48);
+            assert_eq!(opts.cifar100_labels, Cifar100Labels::Coarse);
+            assert_eq!(opts.stl10_split, Stl10Split::Unlabeled);
         }
         let r = ServerMessage::Round {
             round: 1,

@@ -22,7 +22,7 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use fedssl_shared::config::Scenario;
-use fedssl_shared::data::load::load_test_set;
+use fedssl_shared::data::load::{load_split_with, Split};
 use fedssl_shared::data::ImageDataset;
 use fedssl_shared::encoding::{f32_entry, serialize_entries, Entry};
 use fedssl_shared::weights::{write_atomic, WeightSet};
@@ -60,11 +60,13 @@ pub fn export_features(
         .with_context(|| format!("cannot read checkpoint {}", checkpoint.display()))?;
     let backbone = load_backbone(&weights, &sc.model)
         .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
-    let test = load_test_set(
+    let test = load_split_with(
         sc.data.dataset,
         sc.data.path.as_deref(),
         sc.data.test_images,
         sc.seed,
+        Split::Test,
+        &sc.data.load_options(),
     )?;
     ensure!(n > 0, "--images must be at least 1");
     ensure!(
@@ -212,7 +214,7 @@ mod tests {
         assert_eq!(st.tensor("images").unwrap().shape(), &[5, 3, 32, 32]);
         assert_eq!(st.tensor("stages.1").unwrap().shape(), &[5, 32, 16, 16]);
         // the same backbone applied directly gives the same pre-logits, bit for bit
-        let test = load_test_set(sc.data.dataset, None, Some(20), 3).unwrap();
+        let test = fedssl_shared::data::load_test_set(sc.data.dataset, None, Some(20), 3).unwrap();
         let net = load_backbone(&ws, &sc.model).unwrap();
         let x = test.batch_tensor(&[0, 1, 2, 3, 4], &Device::Cpu).unwrap();
         let want = net.forward_t(&x, false).unwrap().pre_logits;

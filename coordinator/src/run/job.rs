@@ -182,8 +182,9 @@ async fn load_data(sc: &Scenario) -> Result<(ImageDataset, ImageDataset)> {
     Ok((train, test))
 }
 
-/// The training set of the simulated clients when `[eval] dataset` is another
-/// ([`data::load_federated`]), loaded off the async workers.
+/// The training set of the simulated clients when it is not the probes' (`[eval] dataset`
+/// is another, or STL-10's clients train on its unlabelled images:
+/// [`data::load_federated`]), loaded off the async workers.
 async fn load_federated(sc: &Scenario) -> Result<Option<ImageDataset>> {
     let sc = sc.clone();
     tokio::task::spawn_blocking(move || data::load_federated(&sc)).await?
@@ -243,8 +244,9 @@ struct Federation {
 
 /// The size of every shard a `--shard K/N` client (or a simulated one) holds, where the
 /// coordinator knows them: the simulation's `shards`, or, serving, the scenario's partition
-/// of the run's dataset when `train` is that dataset (not `[eval] dataset`'s, not a folder:
-/// the sites' folders are their own). `None` when unknown.
+/// of the run's dataset when `train` is the clients' training set (not `[eval] dataset`'s,
+/// not STL-10's labelled split while the clients train on its unlabelled images, not a
+/// folder: the sites' folders are their own). `None` when unknown.
 fn known_shard_sizes(
     sc: &Scenario,
     shards: Option<&[Vec<usize>]>,
@@ -253,7 +255,7 @@ fn known_shard_sizes(
     let sizes = |parts: &[Vec<usize>]| parts.iter().map(|p| p.len() as u64).collect();
     match shards {
         Some(parts) => Some(sizes(parts)),
-        None if !data::eval_is_separate(sc)
+        None if !data::federated_is_separate(sc)
             && sc.data.dataset != fedssl_shared::data::DatasetKind::Folder =>
         {
             simulate::shards(sc, train).ok().map(|p| sizes(&p))

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use fedssl_shared::config::Scenario;
-use fedssl_shared::data::load_train_set;
+use fedssl_shared::data::{load_split_with, Split};
 use fedssl_shared::partition::report::HeterogeneityReport;
 
 use crate::run::outputs;
@@ -27,12 +27,15 @@ pub fn draw_split(sc: &Scenario, out: &Path) -> Result<HeterogeneityReport> {
             out.display()
         );
     }
-    let train = load_train_set(
+    let train = load_split_with(
         sc.data.dataset,
         sc.data.path.as_deref(),
         sc.data.train_images,
         sc.seed,
-    )?;
+        Split::Train,
+        &sc.data.load_options(),
+    )?
+    .one_class_if_unlabelled();
     let parts = simulate::shards(sc, &train).with_context(|| {
         format!(
             "scenario {}: cannot split {} images among {} clients",
@@ -83,7 +86,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sc = scenario(&["partition={kind=\"label_quantity\", classes_per_client=1}"]);
         let r = draw_split(&sc, dir.path()).unwrap();
-        let train = load_train_set(sc.data.dataset, None, Some(600), sc.seed).unwrap();
+        let train =
+            fedssl_shared::data::load_train_set(sc.data.dataset, None, Some(600), sc.seed).unwrap();
         let parts = simulate::shards(&sc, &train).unwrap();
         let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
         assert_eq!(

@@ -240,6 +240,8 @@ mod tests {
             feature_skew: sc.feature_skew.clone(),
             compression: sc.federation.compression.clone(),
             image_size: 32,
+            cifar100_labels: sc.data.cifar100_labels,
+            stl10_split: sc.data.stl10_split,
         };
         let id = self_signed(&[]).unwrap();
         let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();

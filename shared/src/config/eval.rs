@@ -74,11 +74,12 @@ pub struct EvalConfig {
     pub knn_train: usize,
     /// Test images of the k-NN monitor (default 1000).
     pub knn_test: usize,
-    /// The labelled dataset the probes and the k-NN monitor use (`"synthetic"`, `"cifar10"`
-    /// or `"folder"`, read with `data.labels`, `data.image_size`, `data.skip_bad_images`;
-    /// a folder needs `train/` and `test/` class folders); default: the training dataset
-    /// `data.dataset`. Pretrain on the sites' own images, probe on CIFAR-10 or a labelled
-    /// folder.
+    /// The labelled dataset the probes and the k-NN monitor use (`"synthetic"`, `"cifar10"`,
+    /// `"cifar100"` (with `data.cifar100_labels`), `"stl10"` (its labelled training split and
+    /// test split, at `data.image_size`) or `"folder"`, read with `data.labels`,
+    /// `data.image_size`, `data.skip_bad_images`; a folder needs `train/` and `test/` class
+    /// folders); default: the training dataset `data.dataset`. Pretrain on the sites' own
+    /// images, probe on CIFAR-10 or a labelled folder.
     pub dataset: Option<DatasetKind>,
     /// Folder of `eval.dataset` (relative to the scenario file; `--data-dir` does not
     /// change it); default `data.path` when `eval.dataset` is `data.dataset`'s kind.

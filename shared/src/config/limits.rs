@@ -8,7 +8,7 @@
 use anyhow::{bail, Result};
 
 use super::Scenario;
-use crate::data::{DatasetKind, IMAGE_SIDE};
+use crate::data::IMAGE_SIDE;
 use crate::model::{BackboneKind, ModelConfig};
 use crate::pretext::PretextConfig;
 
@@ -154,14 +154,15 @@ pub fn check(sc: &Scenario) -> Result<()> {
     Ok(())
 }
 
-/// The images' side: a non-32 `data.image_size` needs folder datasets for training and
-/// evaluation, and the patch layouts (patch-based tasks, ViT patches) must fit it.
+/// The images' side: a non-32 `data.image_size` needs datasets that are resized (folder,
+/// STL-10) for training and evaluation, and the patch layouts (patch-based tasks, ViT
+/// patches) must fit it.
 fn check_image_size(sc: &Scenario) -> Result<()> {
     let side = sc.data.image_size;
     let eval = sc.eval.dataset.unwrap_or(sc.data.dataset);
-    if side != IMAGE_SIDE && eval != DatasetKind::Folder {
+    if side != IMAGE_SIDE && !eval.resizes() {
         bail!(
-            "data.image_size = {side}: eval.dataset {eval:?} has {IMAGE_SIDE}×{IMAGE_SIDE} images; evaluate on a folder dataset, or keep data.image_size = {IMAGE_SIDE}"
+            "data.image_size = {side}: eval.dataset {eval:?} has {IMAGE_SIDE}×{IMAGE_SIDE} images; evaluate on a folder or STL-10 dataset, or keep data.image_size = {IMAGE_SIDE}"
         );
     }
     sc.pretext.check_image_size(side, sc.model.vit.patch_size)?;

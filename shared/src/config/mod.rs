@@ -125,6 +125,8 @@ impl Scenario {
         self.pretext.validate(self.model.backbone)?;
         self.pretext.eval_view(self.eval.view)?;
         self.data.validate()?;
+        self.data
+            .check_dataset_keys(self.eval.dataset, &self.partition)?;
         self.train.validate()?;
         self.partition.validate()?;
         self.eval.validate()?;

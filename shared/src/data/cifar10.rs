@@ -9,8 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
+use super::files::Release;
 use super::ImageDataset;
 
 /// Per-channel mean (R, G, B) of the CIFAR-10 training set on the 0..1 scale.
@@ -65,34 +66,19 @@ pub fn load_test(dir: &Path, limit: Option<usize>) -> Result<ImageDataset> {
 
 /// The `cifar-10-batches-bin` folder: `dir` itself, or `dir/cifar-10-batches-bin` if present.
 pub fn resolve_dir(dir: &Path) -> PathBuf {
-    let inner = dir.join("cifar-10-batches-bin");
-    if inner.is_dir() {
-        inner
-    } else {
-        dir.to_path_buf()
-    }
+    RELEASE.resolve(dir)
 }
+
+/// The release, for the messages of [`super::files`].
+const RELEASE: Release = Release {
+    name: "CIFAR-10",
+    inner: "cifar-10-batches-bin",
+    url: "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+};
 
 fn load(dir: &Path, files: &[&str], limit: Option<usize>) -> Result<ImageDataset> {
     let root = resolve_dir(dir);
-    if !root.is_dir() {
-        let what = if root.exists() {
-            "is not a folder".to_string()
-        } else if let Some(target) = dangling_link_target(&root) {
-            format!(
-                "is a dangling symbolic link (its target {} does not exist)",
-                target.display()
-            )
-        } else {
-            "does not exist".to_string()
-        };
-        bail!(
-            "CIFAR-10 folder {} {what}: pass the folder holding cifar-10-batches-bin with --data-dir \
-             (coordinator) or --data (client); get it from \
-             https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (the binary version)",
-            root.display()
-        );
-    }
+    RELEASE.check_folder(&root)?;
     let want = limit.unwrap_or(usize::MAX);
     let mut images = Vec::new();
     let mut labels = Vec::new();
@@ -125,16 +111,7 @@ fn read_batch_file(
     images: &mut Vec<u8>,
     labels: &mut Vec<u32>,
 ) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| match dangling_link_target(path) {
-        Some(target) => anyhow::anyhow!(
-            "CIFAR-10 file {} is a dangling symbolic link: its target {} does not exist",
-            path.display(),
-            target.display()
-        ),
-        None => {
-            anyhow::Error::new(e).context(format!("cannot read CIFAR-10 file {}", path.display()))
-        }
-    })?;
+    let bytes = RELEASE.read(path)?;
     if bytes.len() % RECORD_BYTES != 0 {
         bail!(
             "CIFAR-10 file {} is truncated or corrupt: {} bytes is not a multiple of the \
@@ -173,37 +150,8 @@ fn read_batch_file(
     Ok(())
 }
 
-/// The target of `path` when `path` is a symbolic link whose target does not exist (the
-/// target as the link holds it, relative to the link's folder if relative).
-fn dangling_link_target(path: &Path) -> Option<PathBuf> {
-    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    if !is_link || path.exists() {
-        return None;
-    }
-    std::fs::read_link(path).ok()
-}
-
 fn read_class_names(root: &Path) -> Result<Vec<String>> {
-    let path = root.join("batches.meta.txt");
-    if !path.exists() {
-        return Ok(DEFAULT_CLASS_NAMES.iter().map(|s| s.to_string()).collect());
-    }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    if names.len() != 10 {
-        bail!(
-            "{} lists {} class names, expected 10",
-            path.display(),
-            names.len()
-        );
-    }
-    Ok(names)
+    RELEASE.class_names(&root.join("batches.meta.txt"), &DEFAULT_CLASS_NAMES)
 }
 
 #[cfg(test)]

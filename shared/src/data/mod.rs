@@ -1,30 +1,41 @@
 //! Image datasets held in memory as `u8` `(N, H, W, C)` bytes, decoded once at load, and
 //! their conversion to normalised `f32` `(B, C, H, W)` batches.
 //!
-//! Datasets: [`cifar10`] (the binary release of Krizhevsky 2009), [`synthetic`]
-//! (procedural shapes and textures, for tests and offline demos) and [`folder`] (a site's own
-//! image files, with its cache [`folder_cache`]); [`load`] picks a run's
-//! dataset and loads its splits. A new dataset is one new file here, one variant of
-//! [`DatasetKind`] and one arm in [`load`].
+//! Datasets: [`cifar10`] and [`cifar100`] (the binary releases of Krizhevsky 2009),
+//! [`stl10`] (the binary release of Coates et al. 2011: 96×96 images, 100,000 of them
+//! unlabelled), [`synthetic`] (procedural shapes and textures, for tests and offline demos)
+//! and [`folder`] (a site's own image files, with its cache [`folder_cache`]); [`files`] holds
+//! what the binary releases' loaders share; [`load`] picks a run's dataset and loads its
+//! splits. A new dataset is one new file here, one variant of [`DatasetKind`] and one arm in
+//! [`load`].
 
 pub mod cifar10;
+pub mod cifar100;
+pub(crate) mod files;
 pub mod folder;
 pub mod folder_cache;
 pub mod load;
+pub mod stl10;
 pub mod synthetic;
 
+pub use cifar100::Cifar100Labels;
 pub use folder::{check_folder, load_folder, FolderLabels, FolderLoad, FolderOptions};
-pub use load::{load_split_with, load_test_set, load_train_set, DatasetKind};
+pub use load::{
+    load_split_with, load_test_set, load_train_set, train_split_is_labelled, DatasetKind,
+    LoadOptions, Split,
+};
+pub use stl10::Stl10Split;
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
-/// Side in pixels of the (square) images of CIFAR-10 and the synthetic set, and the default
-/// `data.image_size` of the folder dataset; the scenario refuses layouts (patch grids, ViT
+/// Side in pixels of the (square) images of CIFAR-10, CIFAR-100 and the synthetic set, and
+/// the default `data.image_size` of the folder and STL-10 datasets; the scenario refuses layouts (patch grids, ViT
 /// patches) that do not fit the run's image size.
 pub const IMAGE_SIDE: usize = 32;
 
-/// Largest `data.image_size` (pixels per side) a scenario may ask of the folder dataset.
+/// Largest `data.image_size` (pixels per side) a scenario may ask of the folder and STL-10
+/// datasets.
 pub const MAX_IMAGE_SIDE: usize = 1024;
 
 /// An in-memory labelled image dataset.
@@ -70,6 +81,19 @@ impl ImageDataset {
     /// see labels; a pretext task makes its own targets).
     pub fn unlabelled(mut self) -> ImageDataset {
         self.labels = Vec::new();
+        self
+    }
+
+    /// `self`, or, when it has no labels, the same images with every one in class 0 of a
+    /// single class `"unlabelled"`: how an unlabelled training set (a site's folder, STL-10's
+    /// unlabelled split) is partitioned among clients, the same way on the coordinator and on
+    /// a `--shard K/N` client.
+    pub fn one_class_if_unlabelled(mut self) -> ImageDataset {
+        if self.labels.is_empty() {
+            self.labels = vec![0; self.len()];
+            self.num_classes = 1;
+            self.class_names = vec!["unlabelled".into()];
+        }
         self
     }
 
@@ -295,5 +319,11 @@ mod unlabelled_tests {
         assert!(sub.labels.is_empty() && !is_labelled(&sub));
         assert_eq!(sub.image(1), ds.image(5));
         assert_eq!(sub.subset(&[2]).image(0), ds.image(7));
+        let one = sub.clone().one_class_if_unlabelled();
+        assert_eq!((one.labels.clone(), one.num_classes), (vec![0, 0, 0], 1));
+        assert_eq!(one.class_names, vec!["unlabelled"]);
+        assert_eq!(one.images, sub.images);
+        // a labelled set is left as it is
+        assert_eq!(ds.clone().one_class_if_unlabelled(), ds);
     }
 }
