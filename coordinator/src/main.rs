@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use fedssl_coordinator::eval::suite::eval_line;
 use fedssl_coordinator::experiments::compare::run_compare;
 use fedssl_coordinator::experiments::pretext_compare::{compare_pretexts, markdown};
+use fedssl_coordinator::experiments::sweep::{sweep, SweepSpec};
 use fedssl_coordinator::run::checkpoint_eval::{eval_checkpoint, run_scenario_of};
 use fedssl_coordinator::run::features_export::export_features;
 use fedssl_coordinator::run::job::{run_job, Job, Mode};
@@ -121,9 +122,38 @@ enum Cmd {
         /// Override a key of every scenario (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Keep a scenario's run when <out>/<name>/eval.json already exists.
+        /// Keep a scenario's run when <out>/<name>/ holds a finished run of the same scenario.
         #[arg(long)]
         reuse: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Runs every cell of a grid of scenario values × every seed (simulate, one after the
+    /// other, into <out>/<cell>/seed-<s>/; a finished run of the same scenario is skipped, a
+    /// changed or interrupted one runs again) and writes results.csv, results.md and top1.png
+    /// into <out>.
+    Sweep {
+        /// Base scenario file (TOML).
+        scenario: PathBuf,
+        /// A grid axis, KEY=[V1, V2, …], each value as --set takes it, e.g.
+        /// 'partition=[{kind="iid"}, {kind="dirichlet", alpha=0.1}]' or
+        /// 'federation.strategy.kind=[fedavg, fedprox]' (repeatable; the cells are the
+        /// product of the axes, the first axis is the plot's x axis).
+        #[arg(long = "grid", value_name = "KEY=[V1, V2, …]")]
+        grid: Vec<String>,
+        /// Comma-separated seeds, e.g. 0,1,2 (default: the scenario's seed).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Dataset folder (overrides data.path of every run).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Override a key of every run, applied before the grid's values (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
@@ -269,6 +299,30 @@ async fn real_main(cli: Cli) -> Result<()> {
             quiet,
         } => {
             run_compare(&scenarios, &out, data_dir.as_deref(), &set, reuse, !quiet).await?;
+            Ok(())
+        }
+        Cmd::Sweep {
+            scenario,
+            grid,
+            seeds,
+            out,
+            data_dir,
+            set,
+            quiet,
+        } => {
+            let spec = SweepSpec {
+                scenario,
+                grid,
+                seeds,
+                sets: set,
+                data_dir,
+                out,
+                progress: !quiet,
+            };
+            sweep(&spec).await?;
+            let md = spec.out.join("results.md");
+            print!("{}", std::fs::read_to_string(&md).unwrap_or_default());
+            println!("results: {}", md.display());
             Ok(())
         }
         Cmd::Simulate(c) => run_cmd(c, Mode::Simulate).await,

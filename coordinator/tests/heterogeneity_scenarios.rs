@@ -1,5 +1,5 @@
 //! The scenarios of `scenarios/heterogeneity/` load, are named after their file, say the
-//! split their name promises and, with CIFAR-10 at `../shared/data/cifar10` (relative to the
+//! split their name promises (the sweep's base `sweep-simclr` its IID default) and, with CIFAR-10 at `../shared/data/cifar10` (relative to the
 //! repository root; skipped with a printed reason otherwise), draw it.
 
 // A test file: a failed unwrap is a failed test.
@@ -54,6 +54,13 @@ fn every_heterogeneity_scenario_loads_and_says_its_split() {
                 assert_eq!(sc.feature_skew.rotation, RotationSkew::QuarterTurns);
             }
             "feature-noise" => assert_eq!(sc.feature_skew.noise, 0.1),
+            "sweep-simclr" => {
+                // the sweep's base: its grid replaces the partition and the strategy's kind
+                assert_eq!(sc.partition, PartitionConfig::default());
+                assert_eq!(sc.pretext.task, fedssl_shared::pretext::PretextKind::Simclr);
+                assert_eq!(sc.federation.strategy.name(), "fedavg");
+                assert_eq!(sc.federation.clients, 8);
+            }
             other => panic!("{other}: a new scenario needs its line here"),
         }
         assert_eq!(
@@ -77,7 +84,7 @@ fn every_heterogeneity_split_can_be_drawn_on_cifar10() {
         let out = dir.path().join(&sc.name);
         let r = draw_split(&sc, &out).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         assert_eq!(r.summary.clients, sc.federation.clients);
-        assert_eq!(r.summary.images, 10_000);
+        assert_eq!(Some(r.summary.images), sc.data.train_images);
         assert!(out.join("partition.png").is_file());
         if sc.name == "niid-c1" {
             // ten one-class clients covering the ten classes: mean EMD 1.8 exactly

@@ -8,6 +8,9 @@
 //! * `knn_rounds.png`: the k-NN monitor per round (when `eval.knn_every > 0`);
 //! * `report.md`: all the tables.
 //!
+//! `compare` is a preset of the experiments' runner (as `sweep` and `compare-pretexts`): each
+//! scenario file one run, kept with `--reuse` when it finished with the same scenario.
+//!
 //! The Revisiting experiment is `compare scenarios/revisiting-resnet.toml
 //! scenarios/revisiting-vgg.toml --out runs/revisiting`.
 
@@ -20,9 +23,8 @@ use crate::eval::few_labels::FewLabelResult;
 use crate::eval::probe::scoring::ProbeResult;
 use crate::eval::suite::EvalFile;
 use crate::experiments::plot::{self, Series};
+use crate::experiments::runner::{execute, Options, PlannedRun, Status};
 use crate::experiments::tables::{csv_row, markdown_header, markdown_row, pct};
-use crate::run::job::{run_job, Job, Mode};
-use crate::run::outputs::result_line;
 
 /// One finished run of the comparison.
 pub struct RunResult {
@@ -35,7 +37,10 @@ pub struct RunResult {
 }
 
 /// Runs (or, with `reuse`, reloads) every scenario and writes the comparison into `out`.
-/// Scenario errors name the file; every run must have `eval.enabled = true`.
+/// Scenario errors name the file; every run must have `eval.enabled = true`. The runs are
+/// made by the experiments' runner ([`crate::experiments::runner`], one `simulate` run per
+/// scenario in `<out>/<name>/`); with `reuse` a run that finished with the same scenario is
+/// kept. The first run that fails stops the comparison.
 pub async fn run_compare(
     scenarios: &[PathBuf],
     out: &Path,
@@ -60,26 +65,25 @@ pub async fn run_compare(
     }
     check_distinct_names(&loaded)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let planned = loaded
+        .iter()
+        .map(|(_, sc)| PlannedRun {
+            label: sc.name.clone(),
+            scenario: sc.clone(),
+            dir: out.join(&sc.name),
+        })
+        .collect();
+    let options = Options {
+        reuse,
+        progress,
+        keep_going: false,
+    };
     let mut runs = Vec::new();
-    for (path, sc) in loaded {
-        let dir = out.join(&sc.name);
-        let eval_path = dir.join("eval.json");
-        if reuse && eval_path.exists() {
-            eprintln!("{}: reusing {}", sc.name, eval_path.display());
-        } else {
-            eprintln!("{}: running {}", sc.name, path.display());
-            let summary = run_job(Job {
-                scenario: sc.clone(),
-                out: dir.clone(),
-                mode: Mode::Simulate,
-                progress,
-                resume: false,
-            })
-            .await
-            .with_context(|| format!("run of {} failed", path.display()))?;
-            eprintln!("{}", result_line(&summary, &dir));
+    for (outcome, (path, sc)) in execute(planned, options).await.into_iter().zip(&loaded) {
+        if let Status::Failed(e) = outcome.status {
+            return Err(e.context(format!("run of {} failed", path.display())));
         }
-        runs.push(load_run(&dir, &sc.name)?);
+        runs.push(load_run(&outcome.dir, &sc.name)?);
     }
     write_report(out, &runs)?;
     eprintln!("comparison written to {}", out.join("report.md").display());

@@ -64,6 +64,9 @@ pub enum XAxis {
     Linear,
     /// Logarithmic (base 10); all x must be positive.
     Log,
+    /// Named categories at x = 0, 1, …, n − 1 (points may sit a little off their category,
+    /// to keep lines apart); no vertical grid lines.
+    Categories(Vec<String>),
 }
 
 impl XAxis {
@@ -79,6 +82,7 @@ impl XAxis {
                 let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { 0.5 };
                 (x0 - pad, x1 + pad)
             }
+            XAxis::Categories(c) => (x0.min(0.0) - 0.5, x1.max(c.len() as f64 - 1.0) + 0.5),
         })
     }
 
@@ -86,7 +90,7 @@ impl XAxis {
     fn position(&self, x: f64) -> f64 {
         match self {
             XAxis::Log => x.log10(),
-            XAxis::Linear => x,
+            XAxis::Linear | XAxis::Categories(_) => x,
         }
     }
 
@@ -95,6 +99,8 @@ impl XAxis {
         match self {
             XAxis::Log => 60,
             XAxis::Linear => 10,
+            // one more than the categories: plotters then steps by 1
+            XAxis::Categories(c) => c.len() + 1,
         }
     }
 
@@ -116,6 +122,14 @@ impl XAxis {
                     format!("{x:.2}")
                 }
             }
+            XAxis::Categories(c) => {
+                let i = v.round();
+                if (v - i).abs() < 1e-6 && i >= 0.0 {
+                    c.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            }
             XAxis::Linear => {
                 let v = if v.abs() < 1e-9 { 0.0 } else { v };
                 if (v - v.round()).abs() < 1e-9 {
@@ -132,8 +146,8 @@ impl XAxis {
 type Chart<'a, 'b> =
     ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-/// A line chart of accuracies: `series` over `x`, y in % (0 to the largest value plus a
-/// margin), legend in the lower right. Writes a `SIZE` PNG at `path`. Errors on an empty
+/// A line chart of accuracies: `series` over `x`, y in % (0 to the largest value, error
+/// bars included, plus a margin), legend in the lower right. Writes a `SIZE` PNG at `path`. Errors on an empty
 /// chart, a non-positive x on a log axis or an unwritable path.
 pub fn line_chart(
     path: &Path,
@@ -144,12 +158,14 @@ pub fn line_chart(
     series: &[Series],
 ) -> Result<()> {
     init_font();
-    let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, 0f64);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y1 = y1.max(y);
+    for s in series {
+        for (i, &(x, y)) in s.points.iter().enumerate() {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            // the top of the point's error bar, if any, is drawn too
+            y1 = y1.max(y + s.err.get(i).copied().unwrap_or(0.0).max(0.0));
+        }
     }
     ensure!(x0.is_finite(), "plot {title}: no points");
     let ymax = 100.0 * (y1 * 1.15).clamp(0.05, 1.0);
@@ -163,9 +179,11 @@ pub fn line_chart(
         .y_label_area_size(60)
         .build_cartesian_2d(xa..xb, 0.0..ymax)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_label)
+    let mut mesh = chart.configure_mesh();
+    if matches!(x_axis, XAxis::Categories(_)) {
+        mesh.disable_x_mesh();
+    }
+    mesh.x_desc(x_label)
         .y_desc(y_label)
         .x_labels(x_axis.ticks())
         .x_label_formatter(&|v: &f64| x_axis.label(*v))
@@ -502,6 +520,26 @@ pub fn per_layer(path: &Path, runs: &[(String, Vec<(String, f64)>)]) -> Result<(
     )
 }
 
+/// Accuracies over named categories (e.g. the values of a sweep's first axis), one line per
+/// series, error bars from each series' `err`.
+pub fn categories_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[Series],
+) -> Result<()> {
+    line_chart(
+        path,
+        title,
+        x_label,
+        y_label,
+        XAxis::Categories(categories.to_vec()),
+        series,
+    )
+}
+
 /// Top-1 against labelled images per class (log axis), mean ± std over the draws.
 pub fn few_labels(path: &Path, series: &[Series]) -> Result<()> {
     line_chart(
@@ -584,6 +622,31 @@ mod tests {
         let knn = dir.path().join("knn.png");
         knn_per_round(&knn, &[("run".into(), vec![(1, 0.2), (2, 0.25)])]).unwrap();
         assert_eq!(png_size(&knn), SIZE);
+        let cat = dir.path().join("cat.png");
+        let cats = ["iid".to_string(), "dirichlet-0.1".to_string()];
+        let line = Series {
+            name: "strategy=fedavg".into(),
+            points: vec![(-0.05, 0.4), (0.95, 0.35)],
+            err: vec![0.01, 0.0],
+            baseline: false,
+        };
+        categories_chart(&cat, "t", "partition", "top-1", &cats, &[line]).unwrap();
+        assert_eq!(png_size(&cat), SIZE);
+        let axis = XAxis::Categories(cats.to_vec());
+        assert_eq!(
+            (
+                axis.label(0.0),
+                axis.label(1.0),
+                axis.label(0.5),
+                axis.label(2.0)
+            ),
+            (
+                "iid".into(),
+                "dirichlet-0.1".into(),
+                String::new(),
+                String::new()
+            )
+        );
         // text is drawn: a chart with a title has more non-white pixels than an empty frame
         assert!(std::fs::metadata(&bar).unwrap().len() > 2000);
         assert!(grouped_bar_chart(&bar, "x", "y", &[], &[]).is_err());

@@ -7,7 +7,8 @@
 //! a task needs its own (masked image modelling needs a ViT): such a task is compared with
 //! the random-init baseline of that backbone. Each task's run is a whole `simulate` run in
 //! `<out>/<task>/` (summary, rounds, checkpoints); the table goes to `<out>/compare.md` and
-//! `<out>/compare.csv`, the bar chart to `<out>/compare.png`.
+//! `<out>/compare.csv`, the bar chart to `<out>/compare.png`. It is a preset of the
+//! experiments' runner (as `sweep` and `compare`): one planned run per task.
 
 use std::path::{Path, PathBuf};
 
@@ -17,9 +18,8 @@ use fedssl_shared::pretext::PretextKind;
 use fedssl_shared::weights::write_atomic;
 use serde::Serialize;
 
+use crate::experiments::runner::{execute, Options, PlannedRun, Status};
 use crate::experiments::tables::{csv_row, markdown_header, markdown_row};
-use crate::run::job::{run_job, Job, Mode};
-use crate::run::outputs::Summary;
 
 /// One task's line of the comparison.
 #[derive(Clone, Debug, Serialize)]
@@ -57,7 +57,7 @@ impl CompareRow {
         100.0 * (self.top1 - self.random_init_top1)
     }
 
-    /// The row of a finished run from its `summary.json` (for `--reuse`).
+    /// The row of a finished run from its `summary.json`.
     fn from_summary_json(v: &serde_json::Value, run_dir: PathBuf) -> Result<Self> {
         let f = |path: &[&str]| -> Result<f64> {
             let mut x = v;
@@ -84,31 +84,6 @@ impl CompareRow {
             random_init_mlp_top1: f(&["eval", "random_init", "mlp", "top1"]).ok(),
             rounds_completed: f(&["rounds_completed"])? as usize,
             wall_seconds: f(&["wall_seconds"])?,
-            run_dir,
-        })
-    }
-
-    fn from_summary(s: &Summary, run_dir: PathBuf) -> Result<Self> {
-        let e = s
-            .eval
-            .as_ref()
-            .context("the run has no evaluation (eval.enabled = false)")?;
-        let r = e
-            .random_init
-            .as_ref()
-            .context("the run has no random-init baseline (eval.random_init_baseline = false)")?;
-        Ok(Self {
-            task: s.pretext.clone(),
-            backbone: s.backbone.clone(),
-            view: String::new(),
-            top1: e.linear.top1,
-            top5: e.linear.top5,
-            random_init_top1: r.linear.top1,
-            random_init_top5: r.linear.top5,
-            mlp_top1: e.mlp.as_ref().map(|m| m.top1),
-            random_init_mlp_top1: r.mlp.as_ref().map(|m| m.top1),
-            rounds_completed: s.rounds_completed,
-            wall_seconds: s.wall_seconds,
             run_dir,
         })
     }
@@ -139,24 +114,11 @@ fn view_name(sc: &Scenario) -> String {
     }
 }
 
-/// A finished run of `sc` in `dir` that can stand in for running it again: its
-/// `scenario.json` equals `sc` (keys missing from an older file take their defaults) and it has
-/// a `summary.json` with an evaluation. `None` otherwise.
-fn reusable(dir: &Path, sc: &Scenario) -> Option<CompareRow> {
-    let text = std::fs::read_to_string(dir.join(crate::run::resume::SCENARIO_FILE)).ok()?;
-    let before: Scenario = serde_json::from_str(&text).ok()?;
-    if &before != sc {
-        return None;
-    }
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).ok()?).ok()?;
-    CompareRow::from_summary_json(&summary, dir.to_path_buf()).ok()
-}
-
 /// Runs `simulate` for every task of `tasks` under `base`'s budget, one after the other, in
 /// `<out>/<task>/`, then writes `compare.md`, `compare.csv` and `compare.png` into `out`.
-/// With `reuse`, a task whose folder already holds a finished run of the same scenario is
-/// not run again.
+/// The runs are made by the experiments' runner ([`crate::experiments::runner`]): with
+/// `reuse`, a task whose folder already holds a finished run of the same scenario is not run
+/// again.
 /// A task whose run fails is reported (task and reason) and the others still run; the
 /// function then errors after writing the table of those that finished.
 pub async fn compare_pretexts(
@@ -173,24 +135,42 @@ pub async fn compare_pretexts(
         .iter()
         .map(|&t| Ok((t, scenario_for(base, t)?)))
         .collect::<Result<_>>()?;
+    let planned = scenarios
+        .iter()
+        .map(|(task, sc)| PlannedRun {
+            label: format!("pretext {} on {}", task.name(), sc.model.backbone.name()),
+            scenario: sc.clone(),
+            dir: out.join(task.name()),
+        })
+        .collect();
+    let options = Options {
+        reuse,
+        progress,
+        keep_going: true,
+    };
+    let outcomes = execute(planned, options).await;
     let mut rows = Vec::new();
     let mut failed = Vec::new();
-    for (i, (task, sc)) in scenarios.into_iter().enumerate() {
-        let dir = out.join(task.name());
-        eprintln!(
-            "[{}/{}] pretext {} on {} → {}",
-            i + 1,
-            tasks.len(),
-            task.name(),
-            sc.model.backbone.name(),
-            dir.display()
-        );
-        match task_row(sc, &dir, progress, reuse).await {
-            Ok(row) => rows.push(row),
-            Err(e) => {
-                eprintln!("      failed: {e:#}");
-                failed.push(format!("{}: {e:#}", task.name()));
+    for (o, (task, sc)) in outcomes.into_iter().zip(&scenarios) {
+        let row = match (o.status, o.summary) {
+            (Status::Failed(e), _) => Err(e),
+            (_, Some(summary)) => CompareRow::from_summary_json(&summary, o.dir.clone()),
+            (_, None) => Err(anyhow::anyhow!("no summary.json in {}", o.dir.display())),
+        };
+        match row {
+            Ok(mut row) => {
+                row.view = view_name(sc);
+                eprintln!(
+                    "      {}: top-1 {:.1}% (random init {:.1}%, {:+.1} points) in {:.0} s",
+                    task.name(),
+                    100.0 * row.top1,
+                    100.0 * row.random_init_top1,
+                    row.gain_points(),
+                    row.wall_seconds
+                );
+                rows.push(row);
             }
+            Err(e) => failed.push(format!("{}: {e:#}", task.name())),
         }
     }
     if !rows.is_empty() {
@@ -222,40 +202,6 @@ fn refuse_a_task_listed_twice(tasks: &[PretextKind]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// One task's row: reused from `dir` (with `reuse`, when it holds a finished run of `sc`)
-/// or from a fresh `simulate` run of `sc` into `dir`; says which on stderr.
-async fn task_row(sc: Scenario, dir: &Path, progress: bool, reuse: bool) -> Result<CompareRow> {
-    let view = view_name(&sc);
-    if let Some(mut row) = reuse.then(|| reusable(dir, &sc)).flatten() {
-        row.view = view;
-        eprintln!(
-            "      reused: top-1 {:.1}% (random init {:.1}%)",
-            100.0 * row.top1,
-            100.0 * row.random_init_top1
-        );
-        return Ok(row);
-    }
-    let job = Job {
-        scenario: sc,
-        out: dir.to_path_buf(),
-        mode: Mode::Simulate,
-        progress,
-        resume: false,
-    };
-    let mut row = run_job(job)
-        .await
-        .and_then(|s| CompareRow::from_summary(&s, dir.to_path_buf()))?;
-    row.view = view;
-    eprintln!(
-        "      top-1 {:.1}% (random init {:.1}%, {:+.1} points) in {:.0} s",
-        100.0 * row.top1,
-        100.0 * row.random_init_top1,
-        row.gain_points(),
-        row.wall_seconds
-    );
-    Ok(row)
 }
 
 /// Writes `compare.md` (Markdown table), `compare.csv` and `compare.png` into `out`: the

@@ -81,13 +81,20 @@ pub struct Job {
 /// `[logging] status_addr` the live run page is served from the start (a bad address fails
 /// the run before anything is loaded) until the run ended and `status_linger_seconds` passed.
 pub async fn run_job(job: Job) -> Result<Summary> {
+    run_job_in(job, None).await
+}
+
+/// [`run_job`], its progress bars (with `job.progress`) drawn in `bars` when given, instead
+/// of in a [`MultiProgress`] of its own: an experiment running several jobs one after the
+/// other keeps its own bar above theirs.
+pub async fn run_job_in(job: Job, bars: Option<MultiProgress>) -> Result<Summary> {
     let status = StatusBoard::new(&job.scenario);
     let page = match &job.scenario.logging.status_addr {
         Some(spec) => Some(serve_status(spec, status.clone()).await?),
         None => None,
     };
     let linger = job.scenario.logging.status_linger_seconds;
-    let result = run_job_with(job, &status).await;
+    let result = run_job_with(job, bars, &status).await;
     match &result {
         Ok(s) => status.finished(s.eval.as_ref().and_then(|e| serde_json::to_value(e).ok())),
         Err(e) => status.failed(format!("{e:#}")),
@@ -98,8 +105,12 @@ pub async fn run_job(job: Job) -> Result<Summary> {
     result
 }
 
-/// [`run_job`], its steps reported on the live page's `status`.
-async fn run_job_with(job: Job, status: &Arc<StatusBoard>) -> Result<Summary> {
+/// [`run_job_in`], its steps reported on the live page's `status`.
+async fn run_job_with(
+    job: Job,
+    bars: Option<MultiProgress>,
+    status: &Arc<StatusBoard>,
+) -> Result<Summary> {
     let t0 = Instant::now();
     let sc = job.scenario.clone();
     outputs::refuse_a_file_in_place(&job.out)?;
@@ -115,7 +126,7 @@ async fn run_job_with(job: Job, status: &Arc<StatusBoard>) -> Result<Summary> {
         Mode::Simulate => load_federated(&sc).await?,
         Mode::Serve { .. } => None,
     };
-    let federation = Federation::start(&job, federated.as_ref().unwrap_or(&train))?;
+    let federation = Federation::start(&job, bars, federated.as_ref().unwrap_or(&train))?;
     let train_images = federated.as_ref().unwrap_or(&train).len();
     drop(federated);
     status.attach(federation.registry.clone());
@@ -267,8 +278,9 @@ fn known_shard_sizes(
 impl Federation {
     /// Binds the endpoint of `job`'s mode, readies the run folder and lets the clients in:
     /// the simulated ones are started on their shards of `train`; for `serve`, how to join
-    /// is said on stderr.
-    fn start(job: &Job, train: &ImageDataset) -> Result<Self> {
+    /// is said on stderr. With `job.progress`, the bars are drawn in `bars` (a new
+    /// [`MultiProgress`] without).
+    fn start(job: &Job, bars: Option<MultiProgress>, train: &ImageDataset) -> Result<Self> {
         let sc = &job.scenario;
         let idle = Duration::from_secs_f64(sc.federation.idle_timeout_seconds);
         let (bound, kits) = match &job.mode {
@@ -313,7 +325,7 @@ impl Federation {
             registry.clone(),
             bound.authenticator,
         ));
-        let progress = job.progress.then(MultiProgress::new);
+        let progress = job.progress.then(|| bars.unwrap_or_default());
         let clients = match (&shards, kits) {
             (Some(shards), Some(kits)) => Some(simulate::spawn_clients(
                 sc,

@@ -25,6 +25,16 @@ pub(crate) fn json_to_toml(v: serde_json::Value) -> Option<toml::Value> {
     })
 }
 
+/// The value of a `--set key=value` override: `raw` read as a TOML value (`3`, `0.1`,
+/// `"fedprox"`, `[16, 32]`, `{kind = "iid"}`), or, when it is not one, `raw` itself as a
+/// string (`--set partition.kind=iid`).
+pub fn parse_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
 /// Applies one `a.b.c=value` override to a TOML tree, creating tables as needed.
 /// An over-long override or key is shown shortened in the errors ([`super::limits::shorten`]).
 pub(crate) fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
@@ -37,10 +47,7 @@ pub(crate) fn apply_override(root: &mut toml::Value, spec: &str) -> Result<()> {
         bail!("--set `{}`: empty key", short(spec));
     }
     let key = &short(key);
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let value = parse_value(raw);
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = root;
     for p in &parts[..parts.len() - 1] {
