@@ -847,3 +847,33 @@ fn the_strategy_scenarios_read() {
         ]
     );
 }
+
+/// A TensorBoard folder that cannot be made fails the run before the previous run in `--out`
+/// is touched: its results stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_tensorboard_folder_leaves_the_previous_run_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    simulate(scenario(&["eval.enabled=false"]), &out)
+        .await
+        .unwrap();
+    let before = std::fs::read(out.join("final.safetensors")).unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let tb = format!("logging.tensorboard_dir={:?}", file.to_str().unwrap());
+    let e = simulate(
+        scenario(&["eval.enabled=false", "logging.tensorboard=true", &tb]),
+        &out,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("logging.tensorboard_dir"),
+        "{e:#}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("final.safetensors")).unwrap(),
+        before
+    );
+    assert!(out.join("summary.json").is_file());
+}

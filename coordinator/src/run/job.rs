@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::Device;
 use fedssl_shared::config::Scenario;
 use fedssl_shared::data::ImageDataset;
@@ -114,6 +114,16 @@ async fn run_job_with(
     let t0 = Instant::now();
     let sc = job.scenario.clone();
     outputs::refuse_a_file_in_place(&job.out)?;
+    // The TensorBoard folder is made before anything in `out` is touched: a bad path must not
+    // cost a previous run its results.
+    if let Some(dir) = sc.logging.tensorboard_dir(&job.out) {
+        std::fs::create_dir_all(&dir).with_context(|| {
+            format!(
+                "--tensorboard / logging.tensorboard_dir: cannot create the folder {}",
+                dir.display()
+            )
+        })?;
+    }
     let (train, test) = load_data(&sc).await?;
     let initial = initial_weights(&sc)?;
     let backbone_values = initial.split_prefix("head.").1.num_values();
