@@ -192,8 +192,8 @@ pub fn check_coordinator_certificate(
     };
     match verify(webpki::KeyUsage::server_auth()) {
         Ok(()) => Ok(()),
-        Err(e) if verify(webpki::KeyUsage::client_auth()).is_ok() => bail!(
-            "--kit {}: this is a site's kit (its certificate is for client authentication, {e}); serve needs the coordinator's kit, `provision` writes it as <kits>/coordinator",
+        Err(_) if verify(webpki::KeyUsage::client_auth()).is_ok() => bail!(
+            "--kit {}: this is a site's kit (its certificate is for client authentication, not for a server); serve needs the coordinator's kit, `provision` writes it as <kits>/coordinator",
             kit.display()
         ),
         Err(webpki::Error::UnknownIssuer) => bail!(
