@@ -359,16 +359,6 @@ mod tests {
         tmp
     }
 
-    fn load(
-        dir: &Path,
-        parts: &[Part],
-        labelled: bool,
-        limit: Option<usize>,
-        side: usize,
-    ) -> Result<ImageDataset> {
-        load_parts(dir, parts, labelled, limit, side)
-    }
-
     /// The HWC pixel `(y, x)` of image `i`.
     fn px(ds: &ImageDataset, i: usize, y: usize, x: usize) -> [u8; 3] {
         let o = (y * ds.width + x) * 3;
@@ -378,7 +368,7 @@ mod tests {
     #[test]
     fn native_size_keeps_the_column_major_pixels_in_place() {
         let tmp = release();
-        let ds = load(tmp.path(), &[Part::Train], true, None, 96).unwrap();
+        let ds = load_parts(tmp.path(), &[Part::Train], true, None, 96).unwrap();
         assert_eq!((ds.len(), ds.height, ds.width, ds.channels), (3, 96, 96, 3));
         assert_eq!(ds.images.len(), 3 * 96 * 96 * 3);
         assert_eq!(ds.labels, vec![0, 9, 4]);
@@ -390,7 +380,7 @@ mod tests {
         assert_eq!(px(&ds, 2, 95, 0), [95, 0, 2]);
         assert_eq!(px(&ds, 1, 0, 95), [0, 95, 1]);
         // test split: labels 2, 3 → 1, 2
-        let t = load(tmp.path(), &[Part::Test], true, None, 96).unwrap();
+        let t = load_parts(tmp.path(), &[Part::Test], true, None, 96).unwrap();
         assert_eq!(t.labels, vec![1, 2]);
         assert_eq!(px(&t, 1, 10, 20), [10, 20, 51]);
     }
@@ -398,7 +388,7 @@ mod tests {
     #[test]
     fn resized_images_keep_their_orientation() {
         let tmp = release();
-        let ds = load(tmp.path(), &[Part::Test], true, None, 32).unwrap();
+        let ds = load_parts(tmp.path(), &[Part::Test], true, None, 32).unwrap();
         assert_eq!((ds.len(), ds.height, ds.width), (2, 32, 32));
         assert_eq!(ds.images.len(), 2 * 32 * 32 * 3);
         // 96 → 32: output pixel j covers input pixels 3j..3j+3 (centre 3j + 1); blue is constant
@@ -421,33 +411,35 @@ mod tests {
         let tmp = release();
         let both = [Part::Train, Part::Unlabeled];
         // train+unlabeled: 3 + 4 images, unlabelled, train first
-        let ds = load(tmp.path(), &both, false, None, 96).unwrap();
+        let ds = load_parts(tmp.path(), &both, false, None, 96).unwrap();
         assert_eq!(ds.len(), 7);
         assert!(ds.labels.is_empty());
         let blues: Vec<u8> = (0..7).map(|i| px(&ds, i, 0, 0)[2]).collect();
         assert_eq!(blues, vec![0, 1, 2, 100, 101, 102, 103]);
         // a limit into the second file reads only its first images
-        let ds = load(tmp.path(), &both, false, Some(5), 96).unwrap();
+        let ds = load_parts(tmp.path(), &both, false, Some(5), 96).unwrap();
         let blues: Vec<u8> = (0..5).map(|i| px(&ds, i, 0, 0)[2]).collect();
         assert_eq!(blues, vec![0, 1, 2, 100, 101]);
         // unlabeled alone
-        let ds = load(tmp.path(), &[Part::Unlabeled], false, Some(2), 16).unwrap();
+        let ds = load_parts(tmp.path(), &[Part::Unlabeled], false, Some(2), 16).unwrap();
         assert_eq!((ds.len(), ds.height), (2, 16));
         assert_eq!(px(&ds, 1, 3, 3)[2], 101);
         // train, labelled, with a limit
-        let ds = load(tmp.path(), &[Part::Train], true, Some(2), 96).unwrap();
+        let ds = load_parts(tmp.path(), &[Part::Train], true, Some(2), 96).unwrap();
         assert_eq!(ds.labels, vec![0, 9]);
         assert_eq!(ds.len(), 2);
         // a limit within the train file never opens unlabeled_X.bin
         let inner = resolve_dir(tmp.path());
         std::fs::remove_file(inner.join("unlabeled_X.bin")).unwrap();
         assert_eq!(
-            load(tmp.path(), &both, false, Some(3), 96).unwrap().len(),
+            load_parts(tmp.path(), &both, false, Some(3), 96)
+                .unwrap()
+                .len(),
             3
         );
         let e = format!(
             "{:#}",
-            load(tmp.path(), &both, false, Some(4), 96).unwrap_err()
+            load_parts(tmp.path(), &both, false, Some(4), 96).unwrap_err()
         );
         assert!(
             e.contains("unlabeled_X.bin does not exist")
@@ -502,7 +494,7 @@ mod tests {
         std::fs::write(&x, &bytes).unwrap();
         let e = format!(
             "{:#}",
-            load(tmp.path(), &[Part::Test], true, None, 32).unwrap_err()
+            load_parts(tmp.path(), &[Part::Test], true, None, 32).unwrap_err()
         );
         assert!(
             e.contains(&x.display().to_string())
@@ -516,7 +508,7 @@ mod tests {
         std::fs::write(&x, &bytes).unwrap();
         let e = format!(
             "{:#}",
-            load(tmp.path(), &[Part::Test], true, None, 32).unwrap_err()
+            load_parts(tmp.path(), &[Part::Test], true, None, 32).unwrap_err()
         );
         assert!(
             e.contains(&format!(
@@ -531,7 +523,7 @@ mod tests {
             std::fs::write(&y, bad).unwrap();
             let e = format!(
                 "{:#}",
-                load(tmp.path(), &[Part::Train], true, Some(1), 96).unwrap_err()
+                load_parts(tmp.path(), &[Part::Train], true, Some(1), 96).unwrap_err()
             );
             assert!(
                 e.contains(&format!(
@@ -545,19 +537,19 @@ mod tests {
         std::fs::write(&y, [1u8, 2]).unwrap();
         let e = format!(
             "{:#}",
-            load(tmp.path(), &[Part::Train], true, None, 96).unwrap_err()
+            load_parts(tmp.path(), &[Part::Train], true, None, 96).unwrap_err()
         );
         assert!(e.contains("train_y.bin holds 2 labels, but"), "{e}");
         // the train+unlabeled split checks train_y.bin too, though it keeps no label
         let e = format!(
             "{:#}",
-            load(tmp.path(), &[Part::Train, Part::Unlabeled], false, None, 96).unwrap_err()
+            load_parts(tmp.path(), &[Part::Train, Part::Unlabeled], false, None, 96).unwrap_err()
         );
         assert!(e.contains("train_y.bin"), "{e}");
         // a missing folder
         let e = format!(
             "{:#}",
-            load(&tmp.path().join("nope"), &[Part::Test], true, None, 32).unwrap_err()
+            load_parts(&tmp.path().join("nope"), &[Part::Test], true, None, 32).unwrap_err()
         );
         assert!(
             e.contains("STL-10 folder")
