@@ -28,7 +28,8 @@ struct Cli {
     /// --kit: the kit's ca.pem.
     #[arg(long, required_unless_present = "kit")]
     ca: Option<PathBuf>,
-    /// Name the coordinator's certificate must be valid for (default: HOST of --coordinator).
+    /// Name the coordinator's certificate must be valid for (default: the kit's server_name,
+    /// even beside --coordinator; without a kit, HOST of --coordinator).
     #[arg(long)]
     server_name: Option<String>,
     /// Dataset folder (CIFAR-10, CIFAR-100, STL-10: the folder holding cifar-10-batches-bin,
@@ -141,7 +142,7 @@ async fn real_main(cli: Cli) -> Result<()> {
         .with_context(|| format!("--coordinator `{coordinator}`: no address"))?;
     let server_name = match (&cli.server_name, &kit) {
         (Some(s), _) => s.clone(),
-        (None, Some(k)) if cli.coordinator.is_none() => k.config.server_name.clone(),
+        (None, Some(k)) => k.config.server_name.clone(),
         _ => {
             let host = coordinator
                 .rsplit_once(':')

@@ -66,6 +66,16 @@ pub async fn open(
         Ok(c) => c,
         Err(e) => match tls_refusal(&e) {
             Some(why) => bail!("{why}"),
+            None if e.to_string().contains("not valid for name") => bail!(
+                "the coordinator's certificate at {addr} is not valid for the name `{server_name}` \
+                 this client checks it against: connect by a name `provision --coordinator-name` \
+                 gave, or pass one as --server-name ({e})"
+            ),
+            None if e.to_string().contains("invalid peer certificate")
+                && e.to_string().to_lowercase().contains("expired") =>
+            {
+                bail!("the coordinator's certificate at {addr} has expired (provision anew) ({e})")
+            }
             None if e.to_string().contains("invalid peer certificate") => bail!(
                 "this client does not trust the coordinator at {addr}: its certificate is not \
                  signed by the CA this client was given (--ca, or the kit's ca.pem: a kit of \

@@ -161,24 +161,7 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     }
 }
 
-/// A site name is one lower-case DNS label: it is the certificate's DNS name and a folder name.
-pub fn check_site_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !ok {
-        let shown: String = name.chars().take(64).collect();
-        bail!("site name `{}`: use 1–63 lower-case letters, digits and inner hyphens (it is a DNS name and a folder name)", shown.escape_default());
-    }
-    if name == "ca" || name == "coordinator" {
-        bail!("site name `{name}` is reserved (it is a folder of the kits)");
-    }
-    Ok(())
-}
+use fedssl_shared::config::check_site_name;
 
 /// Writes the CA, the coordinator's kit and one kit per site into `out`; returns the kits'
 /// folders (coordinator first). Refuses a folder that already holds a CA (re-provisioning
@@ -192,6 +175,18 @@ pub fn provision(req: &ProvisionRequest, out: &Path) -> Result<Vec<PathBuf>> {
         check_site_name(s).context("in --sites")?;
         if req.sites[..i].contains(s) {
             bail!("--sites: `{s}` is named twice");
+        }
+    }
+    if req.coordinator_names.is_empty() {
+        bail!("--coordinator-name: at least one host name or IP address");
+    }
+    for n in &req.coordinator_names {
+        if rustls::pki_types::ServerName::try_from(n.as_str()).is_err() {
+            let shown: String = n.chars().take(64).collect();
+            bail!(
+                "--coordinator-name `{}`: not a host name or IP address (the sites check the coordinator's certificate against it)",
+                shown.escape_default()
+            );
         }
     }
     if out.join("ca").join("ca.pem").exists() {
@@ -261,22 +256,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn site_names_are_dns_labels() {
-        for ok in ["site-a", "h1", "a"] {
-            check_site_name(ok).unwrap();
-        }
-        for bad in [
-            "",
-            "Site",
-            "a_b",
-            "-a",
-            "a-",
-            "ca",
-            "coordinator",
-            "a/b",
-            "é",
-        ] {
-            assert!(check_site_name(bad).is_err(), "{bad}");
+    fn a_coordinator_name_that_is_no_host_name_or_address_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["not a host!", "", "a..b", "host:4433"] {
+            let req = ProvisionRequest {
+                sites: vec!["site-a".into()],
+                coordinator_names: vec!["coord.example".into(), bad.into()],
+                port: 4433,
+                days: 30,
+            };
+            let e = format!("{:#}", provision(&req, dir.path()).unwrap_err());
+            assert!(
+                e.contains("--coordinator-name") && e.contains("not a host name"),
+                "{bad}: {e}"
+            );
+            assert!(!dir.path().join("ca").exists(), "{bad}: nothing written");
         }
     }
 

@@ -135,7 +135,7 @@ pub fn parse(text: &str) -> Result<Revoked> {
                     .insert(if t.is_empty() { "0".into() } else { t.into() });
             }
             None => {
-                crate::provision::check_site_name(line)
+                fedssl_shared::config::check_site_name(line)
                     .with_context(|| format!("line {}", i + 1))?;
                 r.names.insert(line.to_string());
             }

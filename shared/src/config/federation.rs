@@ -1,6 +1,6 @@
 //! `[federation]`: clients, rounds, sampling, deadlines and the aggregation strategy.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::client_state::{BatchNormPolicy, LocalUpdateConfig};
@@ -139,7 +139,17 @@ impl FederationConfig {
         if self.max_samples_per_client == Some(0) {
             bail!("federation.max_samples_per_client must be at least 1 (or left out: no cap)");
         }
+        if !self.sites.is_empty() && self.sites.len() != self.clients {
+            bail!(
+                "federation.sites lists {} site(s) but federation.clients is {}: site i of the list is client i and holds shard i of {}, so list exactly {} (or leave federation.sites out to admit every site the kit's CA certified)",
+                self.sites.len(),
+                self.clients,
+                self.clients,
+                self.clients
+            );
+        }
         for (i, site) in self.sites.iter().enumerate() {
+            super::check_site_name(site).with_context(|| format!("federation.sites[{i}]"))?;
             if self.sites[..i].contains(site) {
                 let shown: String = site.chars().take(64).collect();
                 bail!("federation.sites names `{}` twice", shown.escape_default());
@@ -160,5 +170,39 @@ impl FederationConfig {
         ((self.participation * connected as f64).ceil() as usize)
             .max(self.min_clients)
             .min(connected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Scenario;
+
+    fn error_of(sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", Scenario::from_toml_str("", &sets).unwrap_err())
+    }
+
+    #[test]
+    fn an_allow_list_of_sites_must_name_one_valid_site_per_client() {
+        // the default scenario has 3 clients
+        let e = error_of(&["federation.sites=[\"site-a\", \"site-b\"]"]);
+        assert!(
+            e.contains("lists 2 site(s) but federation.clients is 3"),
+            "{e}"
+        );
+        let e = error_of(&["federation.sites=[\"a\", \"b\", \"c\", \"d\"]"]);
+        assert!(e.contains("lists 4 site(s)"), "{e}");
+        let e = error_of(&["federation.sites=[\"site-a\", \"Site B\", \"site-c\"]"]);
+        assert!(
+            e.contains("federation.sites[1]") && e.contains("Site B"),
+            "{e}"
+        );
+        let e = error_of(&["federation.sites=[\"site-a\", \"ca\", \"site-c\"]"]);
+        assert!(e.contains("reserved"), "{e}");
+        let e = error_of(&["federation.sites=[\"site-a\", \"site-a\", \"site-c\"]"]);
+        assert!(e.contains("names `site-a` twice"), "{e}");
+        let sets = vec!["federation.sites=[\"site-a\", \"site-b\", \"site-c\"]".to_string()];
+        let sc = Scenario::from_toml_str("", &sets).unwrap();
+        assert_eq!(sc.federation.sites, ["site-a", "site-b", "site-c"]);
     }
 }

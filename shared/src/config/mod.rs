@@ -41,7 +41,7 @@ pub use data::DataConfig;
 pub use eval::{EvalConfig, Pooling, ProbeKind};
 pub use federation::FederationConfig;
 pub use logging::LoggingConfig;
-pub use name::{check_name, MAX_NAME_CHARS};
+pub use name::{check_name, check_site_name, MAX_NAME_CHARS};
 pub use privacy::{AdaptiveClipConfig, DpConfig};
 pub use simulation::{AttackConfig, ByzantineConfig, Fault, FaultKind, SimulationConfig};
 pub use strategy::{
