@@ -380,3 +380,26 @@ async fn serve_resume_keeps_its_certificate_so_the_sites_cert_pem_still_works() 
     assert_eq!(done, 2);
     assert_eq!(std::fs::read(out.join("cert.pem")).unwrap(), pem);
 }
+
+/// A coordinator certificate that the CA signed for other names is said to be for other names
+/// (the client checks it against `--server-name` or the kit's `server_name`), not "not signed".
+#[tokio::test]
+async fn a_coordinator_certificate_for_another_name_is_named_as_such() {
+    let ca = Authority::new("test", 3).unwrap();
+    let (addr, _reg) = server(&ca, &[], None).await;
+    let site = creds(&ca.issue_site("site-a", 3).unwrap());
+    let cfg = client_config_as(
+        ca.cert_pem().as_bytes(),
+        Some(&site),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let e = match fedssl_client::open(addr, "coord.example", cfg).await {
+        Ok(_) => panic!("a certificate for `localhost` was accepted for `coord.example`"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("is not valid for the name `coord.example`") && !e.contains("not signed"),
+        "{e}"
+    );
+}
