@@ -403,3 +403,22 @@ async fn a_coordinator_certificate_for_another_name_is_named_as_such() {
         "{e}"
     );
 }
+
+/// A site asking for the shard another connected site holds is refused naming the holder
+/// (it would never free up), not told to retry.
+#[tokio::test]
+async fn a_site_asking_for_another_sites_shard_is_refused_naming_it() {
+    let ca = Authority::new("test", 3).unwrap();
+    let (addr, reg) = server(&ca, &[], None).await;
+    let pem = ca.cert_pem();
+    let a = creds(&ca.issue_site("site-a", 3).unwrap());
+    let b = creds(&ca.issue_site("site-b", 3).unwrap());
+    assert_eq!(join(addr, &pem, Some(&a), Some((0, 3))).await, Ok(0));
+    let e = join(addr, &pem, Some(&b), Some((0, 3))).await.unwrap_err();
+    assert_eq!(
+        e,
+        "shard 0 is held by site `site-a` in this run (each site trains on its own shard: check --shard)"
+    );
+    assert_eq!(join(addr, &pem, Some(&b), Some((1, 3))).await, Ok(1));
+    assert_eq!(reg.ids(), [0, 1]);
+}

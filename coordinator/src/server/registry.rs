@@ -201,7 +201,7 @@ impl Registry {
                 format!("client id {id} is already held by a connected client"),
             )),
             (Some(id), _) => Ok(id),
-            (None, shard) => self.free_slot(&g, shard),
+            (None, shard) => self.free_slot(&g, shard, admitted.site.as_deref()),
         }?;
         if let Some(site) = &admitted.site {
             sites.insert(site.clone(), id);
@@ -218,11 +218,15 @@ impl Registry {
         Ok(id)
     }
 
-    /// The id for `shard` (or the next free one) among the connected clients `g`.
+    /// The id for `shard` (or the next free one) among the connected clients `g`, for a
+    /// client certified as `site` (if any). A shard held by another certified site is refused
+    /// naming that site (it will not free up: each site keeps its own shard); one held by an
+    /// uncertified client is busy (it may be this client's own vanished connection).
     fn free_slot(
         &self,
         g: &BTreeMap<u32, Registered>,
         shard: Option<(u32, u32)>,
+        site: Option<&str>,
     ) -> Result<u32, NoSlot> {
         match shard {
             Some((k, n)) if n != self.run.num_clients || k >= n => Err(NoSlot::Refused(format!(
@@ -230,9 +234,16 @@ impl Registry {
                 self.run.num_clients,
                 self.run.num_clients.saturating_sub(1)
             ))),
-            Some((k, _)) if g.contains_key(&k) => Err(NoSlot::Busy(format!(
-                "shard {k} is already held by a connected client (a client that just vanished frees it within federation.idle_timeout_seconds; retry shortly)"
-            ))),
+            Some((k, _)) if g.contains_key(&k) => {
+                match g.get(&k).and_then(|r| r.site.as_deref()) {
+                    Some(holder) if Some(holder) != site => Err(NoSlot::Refused(format!(
+                        "shard {k} is held by site `{holder}` in this run (each site trains on its own shard: check --shard)"
+                    ))),
+                    _ => Err(NoSlot::Busy(format!(
+                        "shard {k} is already held by a connected client (a client that just vanished frees it within federation.idle_timeout_seconds; retry shortly)"
+                    ))),
+                }
+            }
             Some((k, _)) => Ok(k),
             None => Ok(self.next_id.fetch_add(1, Ordering::SeqCst)),
         }
