@@ -12,7 +12,7 @@ use fedssl_coordinator::experiments::pretext_compare::{compare_pretexts, markdow
 use fedssl_coordinator::experiments::sweep::{sweep, SweepSpec};
 use fedssl_coordinator::run::checkpoint_eval::{eval_checkpoint, run_scenario_of};
 use fedssl_coordinator::run::features_export::export_features;
-use fedssl_coordinator::run::job::{run_job, Job, Mode};
+use fedssl_coordinator::run::job::{run_job_reporting, Job, Mode};
 use fedssl_coordinator::run::outputs::result_line;
 use fedssl_shared::config::Scenario;
 use fedssl_shared::pretext::PretextKind;
@@ -393,8 +393,11 @@ async fn run_cmd(common: Common, mode: Mode) -> Result<()> {
         progress: !common.quiet,
         resume: common.resume,
     };
-    let summary = run_job(job).await.context("run failed")?;
-    println!("{}", result_line(&summary, &out));
+    run_job_reporting(job, None, |summary| {
+        println!("{}", result_line(summary, &out))
+    })
+    .await
+    .context("run failed")?;
     Ok(())
 }
 

@@ -88,6 +88,17 @@ pub async fn run_job(job: Job) -> Result<Summary> {
 /// of in a [`MultiProgress`] of its own: an experiment running several jobs one after the
 /// other keeps its own bar above theirs.
 pub async fn run_job_in(job: Job, bars: Option<MultiProgress>) -> Result<Summary> {
+    run_job_reporting(job, bars, |_| {}).await
+}
+
+/// [`run_job_in`], calling `report` with the run's summary as soon as it is written — before
+/// the live page lingers (`status_linger_seconds`), so that `simulate` and `serve` print their
+/// result line when the run ends, not when the page goes away.
+pub async fn run_job_reporting(
+    job: Job,
+    bars: Option<MultiProgress>,
+    report: impl FnOnce(&Summary),
+) -> Result<Summary> {
     let status = StatusBoard::new(&job.scenario);
     let page = match &job.scenario.logging.status_addr {
         Some(spec) => Some(serve_status(spec, status.clone()).await?),
@@ -98,6 +109,9 @@ pub async fn run_job_in(job: Job, bars: Option<MultiProgress>) -> Result<Summary
     match &result {
         Ok(s) => status.finished(s.eval.as_ref().and_then(|e| serde_json::to_value(e).ok())),
         Err(e) => status.failed(format!("{e:#}")),
+    }
+    if let Ok(summary) = &result {
+        report(summary);
     }
     if let Some(page) = page {
         page.linger(linger).await;
