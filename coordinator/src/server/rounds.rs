@@ -10,7 +10,9 @@
 //! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
 //! appended to `rounds.jsonl` ([`crate::server::records`]) and, with `[logging] tensorboard`,
 //! its scalars to a TensorBoard event file ([`crate::server::tensorboard`]). The live run page's
-//! [`StatusBoard`] follows each round, client by client.
+//! [`StatusBoard`] follows each round, client by client. With
+//! `federation.secure_aggregation` a round's messages are `secagg_round.rs`'s instead, and
+//! the strategy's server step takes the unmasked mean.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -33,6 +35,7 @@ use crate::server::progress::RoundsProgress;
 use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
 use crate::server::registry::Registry;
 use crate::server::samples::SampleRule;
+use crate::server::secagg_round::{secure_round, SecureRound};
 use crate::server::status::board::{ClientState, Phase, StatusBoard};
 use crate::server::tensorboard::EventWriter;
 use crate::strategy::{RoundAggregator, Strategy};
@@ -164,20 +167,43 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             status: status.clone(),
         });
         let mut rec = RoundRecord::new(round + 1, lr);
-        let in_flight = dispatch(
-            &registry,
-            strategy.as_ref(),
-            sc,
-            &sampled,
-            &shared,
-            &mut rec,
-        );
         let deadline = tokio::time::Instant::from_std(
             started + Duration::from_secs_f64(fed.round_deadline_seconds),
         );
-        let mut agg = strategy.begin_round(&global);
-        let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
-        close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
+        let agg = if fed.secure_aggregation.enabled {
+            let secure = SecureRound {
+                scenario: sc,
+                registry: &registry,
+                strategy: strategy.as_ref(),
+                sampled: &sampled,
+                global: &global,
+                samples: shared.samples.clone(),
+                deadline,
+                slots: slots.clone(),
+                status: status.clone(),
+            };
+            match secure_round(secure, &mut rec).await {
+                Ok(agg) => agg,
+                Err(reason) => {
+                    let e = fail_secure_round(&mut log, &mut rec, &reason);
+                    status.round_done(&rec);
+                    return Err(e);
+                }
+            }
+        } else {
+            let in_flight = dispatch(
+                &registry,
+                strategy.as_ref(),
+                sc,
+                &sampled,
+                &shared,
+                &mut rec,
+            );
+            let mut agg = strategy.begin_round(&global);
+            let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
+            close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
+            agg
+        };
         let sites = registry.sites();
         rec.sites = sampled
             .iter()
@@ -370,6 +396,21 @@ fn fail_round(
     }
     anyhow::anyhow!(
         "round {}: {reason} (dropped: {})",
+        rec.round,
+        rec.reasons_text()
+    )
+}
+
+/// A secure-aggregation round that failed for `reason` (too few clients at one of its
+/// steps, or the unmasking failed): writes its record (`failed`, nothing aggregated) and
+/// returns the run's error.
+fn fail_secure_round(log: &mut RoundsLog, rec: &mut RoundRecord, reason: &str) -> anyhow::Error {
+    rec.failed = Some(format!("{reason}; nothing was aggregated"));
+    if let Err(e) = log.append(rec) {
+        return e;
+    }
+    anyhow::anyhow!(
+        "round {}: {reason}; nothing was aggregated (dropped: {})",
         rec.round,
         rec.reasons_text()
     )
