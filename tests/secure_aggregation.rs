@@ -123,7 +123,10 @@ async fn secure_fedavg_equals_plain_fedavg_within_the_quantisation_error() {
             let ulp = (a.abs().max(b.abs()) as f64) * f32::EPSILON as f64;
             let bound = c / r * 1.0001 + 2.5 * ulp + 1e-12;
             let d = (*a as f64 - *b as f64).abs();
-            assert!(d <= bound, "{name}: plain {a}, secure {b}, |Δ| {d} > {bound}");
+            assert!(
+                d <= bound,
+                "{name}: plain {a}, secure {b}, |Δ| {d} > {bound}"
+            );
             worst = worst.max(d);
             changed += usize::from(a != b);
         }
@@ -184,13 +187,13 @@ fn what_secure_aggregation_cannot_serve_is_refused_when_the_scenario_loads() {
     }
     let e = format!(
         "{:#}",
-        Scenario::from_toml_str(
-            "",
-            &[on.clone(), "federation.compression=\"int8\"".into()]
-        )
-        .unwrap_err()
+        Scenario::from_toml_str("", &[on.clone(), "federation.compression=\"int8\"".into()])
+            .unwrap_err()
     );
-    assert!(e.contains("federation.compression") && e.contains("secure_aggregation"), "{e}");
+    assert!(
+        e.contains("federation.compression") && e.contains("secure_aggregation"),
+        "{e}"
+    );
     let e = format!(
         "{:#}",
         Scenario::from_toml_str(
@@ -199,7 +202,10 @@ fn what_secure_aggregation_cannot_serve_is_refused_when_the_scenario_loads() {
         )
         .unwrap_err()
     );
-    assert!(e.contains("drop_after_masking") && e.contains("secure_aggregation"), "{e}");
+    assert!(
+        e.contains("drop_after_masking") && e.contains("secure_aggregation"),
+        "{e}"
+    );
     // the scenario file reads
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let sc = Scenario::load(&root.join("scenarios/privacy/secure-aggregation.toml"), &[]).unwrap();

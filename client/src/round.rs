@@ -60,7 +60,6 @@ pub(crate) async fn handle_round(
     learner: &Learner,
     opts: &ClientOptions,
 ) -> Result<Option<u32>> {
-    let client_id = learner.client_id;
     let msg: ServerMessage = read_message(&mut recv).await?;
     let (round, config, secagg) = match msg {
         ServerMessage::Round {
@@ -75,8 +74,10 @@ pub(crate) async fn handle_round(
         .context("bad global weights")?;
     if let Some(params) = secagg {
         let streams = (send, recv);
-        return crate::secagg::secure_round(conn, streams, learner, opts, round, config, global, params)
-            .await;
+        return crate::secagg::secure_round(
+            conn, streams, learner, opts, round, config, global, params,
+        )
+        .await;
     }
     let compressed = !learner.run.compression.is_none();
     let kept_global = compressed.then(|| global.clone());

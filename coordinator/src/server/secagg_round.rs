@@ -303,7 +303,11 @@ pub async fn secure_round(
             );
             async move {
                 let (s, rv) = conn.open_bi().await.context("connection lost")?;
-                let mut peer = Peer { id, send: s, recv: rv };
+                let mut peer = Peer {
+                    id,
+                    send: s,
+                    recv: rv,
+                };
                 send(&mut peer, &msg, &model_bytes).await?;
                 model_bytes.sent(write_weights_bytes(&mut peer.send, &payload).await?);
                 status.client(id, ClientState::Training);
@@ -317,7 +321,10 @@ pub async fn secure_round(
                 }
             }
         },
-        |id, keys| agg.add_keys(id, keys).map_err(|e| Refused(format!("{e:#}")).into()),
+        |id, keys| {
+            agg.add_keys(id, keys)
+                .map_err(|e| Refused(format!("{e:#}")).into())
+        },
     )
     .await;
     drop_all(rec, &r.status, dropped);
@@ -360,7 +367,13 @@ pub async fn secure_round(
     drop_all(rec, &r.status, dropped);
     if let Err(e) = agg.begin_masking() {
         report.phases.insert("keys", keys_b.cost(keys_seconds));
-        return Err(fail(rec, report, started, &[&model_bytes, &keys_b, &shares_b], e));
+        return Err(fail(
+            rec,
+            report,
+            started,
+            &[&model_bytes, &keys_b, &shares_b],
+            e,
+        ));
     }
     report.shared = peers.iter().map(|p| p.id).collect();
     let shares_seconds = keys_started.elapsed().as_secs_f64();
@@ -415,7 +428,8 @@ pub async fn secure_round(
                     .await
                     .map_err(|e| Refused(format!("masked vector: {e:#}")))?;
                 masked_b.received(n);
-                let y = ring_from_bytes(&bytes, bits, len).map_err(|e| Refused(format!("{e:#}")))?;
+                let y =
+                    ring_from_bytes(&bytes, bits, len).map_err(|e| Refused(format!("{e:#}")))?;
                 status.client(peer.id, ClientState::Uploaded);
                 Ok((
                     peer,
@@ -451,10 +465,13 @@ pub async fn secure_round(
     }
     report.masked = rec.clients.clone();
     report.phases.insert("keys", keys_b.cost(keys_seconds));
-    report.phases.insert("shares", shares_b.cost(shares_seconds));
     report
         .phases
-        .insert("masked_upload", masked_b.cost(masked_started.elapsed().as_secs_f64()));
+        .insert("shares", shares_b.cost(shares_seconds));
+    report.phases.insert(
+        "masked_upload",
+        masked_b.cost(masked_started.elapsed().as_secs_f64()),
+    );
     let req = match agg.unmask_request() {
         Ok(req) => req,
         Err(e) => {
@@ -510,9 +527,10 @@ pub async fn secure_round(
     for mut p in peers {
         p.send.finish().ok();
     }
-    report
-        .phases
-        .insert("unmasking", unmask_b.cost(unmask_started.elapsed().as_secs_f64()));
+    report.phases.insert(
+        "unmasking",
+        unmask_b.cost(unmask_started.elapsed().as_secs_f64()),
+    );
     let all = [&model_bytes, &keys_b, &shares_b, &masked_b, &unmask_b];
     let (mean, total) = match result {
         Ok(m) => m,

@@ -170,7 +170,9 @@ impl RoundAggregation {
         );
         match self.sum.as_mut() {
             Some(s) => s.add(u, weight, y),
-            None => bail!("secure aggregation: client {u}'s masked vector came before the shares were routed"),
+            None => bail!(
+                "secure aggregation: client {u}'s masked vector came before the shares were routed"
+            ),
         }
     }
 
@@ -333,7 +335,12 @@ mod tests {
     fn mean_of(u: &[Vec<f32>], w: &[u64], keep: &[usize]) -> Vec<f64> {
         let total: u64 = keep.iter().map(|&k| w[k]).sum();
         (0..u[0].len())
-            .map(|i| keep.iter().map(|&k| w[k] as f64 * u[k][i] as f64).sum::<f64>() / total as f64)
+            .map(|i| {
+                keep.iter()
+                    .map(|&k| w[k] as f64 * u[k][i] as f64)
+                    .sum::<f64>()
+                    / total as f64
+            })
             .collect()
     }
 
@@ -369,7 +376,9 @@ mod tests {
     #[test]
     fn bad_shares_vectors_and_reveals_are_refused_naming_the_client() {
         let q = Quantizer::default();
-        let mut ps: Vec<Participant> = (0..3).map(|i| Participant::new(2, i, 2, q).unwrap()).collect();
+        let mut ps: Vec<Participant> = (0..3)
+            .map(|i| Participant::new(2, i, 2, q).unwrap())
+            .collect();
         let mut agg = RoundAggregation::new(2, 2, q, 4);
         for (i, p) in ps.iter().enumerate() {
             agg.add_keys(i as u32, p.public()).unwrap();
@@ -377,7 +386,10 @@ mod tests {
         let e = agg.add_keys(0, ps[0].public()).unwrap_err().to_string();
         assert!(e.contains("client 0 advertised its keys twice"), "{e}");
         let list = agg.key_list().unwrap();
-        let boxes: Vec<_> = ps.iter_mut().map(|p| p.share_keys(&list).unwrap()).collect();
+        let boxes: Vec<_> = ps
+            .iter_mut()
+            .map(|p| p.share_keys(&list).unwrap())
+            .collect();
         // shares for only one of the two others
         let e = agg
             .add_shares(1, boxes[1][..1].to_vec())

@@ -134,7 +134,9 @@ impl Participant {
         );
         for (from, sealed) in routed {
             let pk = self.keys.get(from).with_context(|| {
-                format!("secure aggregation: shares from client {from}, which is not in the key list")
+                format!(
+                    "secure aggregation: shares from client {from}, which is not in the key list"
+                )
             })?;
             ensure!(
                 *from != self.me && !self.held.contains_key(from),
