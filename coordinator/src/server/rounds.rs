@@ -174,7 +174,10 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             let secure = SecureRound {
                 scenario: sc,
                 registry: &registry,
-                strategy: strategy.as_ref(),
+                configs: sampled
+                    .iter()
+                    .map(|&id| (id, round_config(strategy.as_ref(), sc, round, id, lr)))
+                    .collect(),
                 sampled: &sampled,
                 global: &global,
                 samples: shared.samples.clone(),
@@ -268,19 +271,7 @@ fn dispatch(
             drop_client(rec, &shared.status, id, DropReason::LeftBeforeRound);
             continue;
         };
-        let base = RoundConfig {
-            train: LocalTrainConfig {
-                lr: rec.lr,
-                ..sc.train.local.clone()
-            },
-            seed: fedssl_shared::seed::derive(
-                sc.seed,
-                fedssl_shared::seed::CLIENT_TRAIN,
-                ((round as u64) << 32) | id as u64,
-            ),
-            proximal_mu: 0.0,
-        };
-        let config = strategy.configure(round, id, base);
+        let config = round_config(strategy, sc, round, id, rec.lr);
         in_flight.pending.insert(id);
         let shared = shared.clone();
         in_flight
@@ -288,6 +279,31 @@ fn dispatch(
             .spawn(async move { (id, client_round(id, conn, config, shared).await) });
     }
     in_flight
+}
+
+/// The round config of client `id` in round `round` (0-based) at learning rate `lr`: the
+/// scenario's local training and the client's `client-train` seed, as the strategy
+/// configures it.
+pub(crate) fn round_config(
+    strategy: &dyn Strategy,
+    sc: &Scenario,
+    round: usize,
+    id: u32,
+    lr: f64,
+) -> RoundConfig {
+    let base = RoundConfig {
+        train: LocalTrainConfig {
+            lr,
+            ..sc.train.local.clone()
+        },
+        seed: fedssl_shared::seed::derive(
+            sc.seed,
+            fedssl_shared::seed::CLIENT_TRAIN,
+            ((round as u64) << 32) | id as u64,
+        ),
+        proximal_mu: 0.0,
+    };
+    strategy.configure(round, id, base)
 }
 
 /// Collects the round's updates until every task ended or the `deadline` passed: each

@@ -34,7 +34,6 @@ use fedssl_shared::secagg::aggregator::RoundAggregation;
 use fedssl_shared::secagg::masking::PublicKeys;
 use fedssl_shared::secagg::participant::Reveal;
 use fedssl_shared::secagg::vector::{add_flat, ring_from_bytes};
-use fedssl_shared::train::LocalTrainConfig;
 use fedssl_shared::weights::WeightSet;
 use tokio::task::JoinSet;
 use tracing::warn;
@@ -44,7 +43,7 @@ use crate::server::registry::Registry;
 use crate::server::samples::SampleRule;
 use crate::server::status::board::{ClientState, StatusBoard};
 use crate::strategy::secure_mean::SecureMean;
-use crate::strategy::{RoundAggregator, Strategy};
+use crate::strategy::RoundAggregator;
 
 /// What a secure round needs from the round loop.
 pub struct SecureRound<'a> {
@@ -52,8 +51,8 @@ pub struct SecureRound<'a> {
     pub scenario: &'a Scenario,
     /// Connected clients.
     pub registry: &'a Registry,
-    /// The strategy (it configures each client's round).
-    pub strategy: &'a dyn Strategy,
+    /// Each sampled client's round config (as the strategy configured it).
+    pub configs: std::collections::BTreeMap<u32, RoundConfig>,
     /// The round's sampled client ids, sorted.
     pub sampled: &'a [u32],
     /// The global weights the round starts from.
@@ -271,21 +270,13 @@ pub async fn secure_round(
             drop_client(rec, &r.status, id, DropReason::LeftBeforeRound);
             continue;
         };
-        let base = RoundConfig {
-            train: LocalTrainConfig {
-                lr: rec.lr,
-                ..sc.train.local.clone()
-            },
-            seed: fedssl_shared::seed::derive(
-                sc.seed,
-                fedssl_shared::seed::CLIENT_TRAIN,
-                ((round as u64) << 32) | id as u64,
-            ),
-            proximal_mu: 0.0,
+        let Some(config) = r.configs.get(&id).cloned() else {
+            drop_client(rec, &r.status, id, DropReason::LeftBeforeRound);
+            continue;
         };
         let msg = ServerMessage::Round {
             round,
-            config: r.strategy.configure(round as usize, id, base),
+            config,
             secagg: Some(params.clone()),
         };
         items.push((id, (id, conn, msg)));
