@@ -196,6 +196,18 @@ mod tests {
             }
         );
         assert_eq!(Behaviour::simulated(&faults, 0), Behaviour::Honest);
+        let after = [Fault {
+            client: 3,
+            round: 2,
+            kind: FaultKind::DropAfterMasking,
+        }];
+        assert_eq!(
+            Behaviour::simulated(&after, 3),
+            Behaviour::Fault {
+                round: 1,
+                kind: FaultKind::DropAfterMasking
+            }
+        );
         assert_eq!(Behaviour::simulated(&[], 1), Behaviour::Honest);
         let byz = ByzantineConfig::SignFlip(fedssl_shared::config::AttackConfig {
             clients: vec![2],

@@ -578,3 +578,37 @@ fn fail(
     close(rec, report, started, bytes);
     format!("{e:#}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_become_typed_reasons_and_the_weight_bound_picks_the_ring() {
+        let r = reason_of(Refused("client 2's masked vector has 3 elements".into()).into());
+        assert_eq!(
+            r.to_string(),
+            "refused by secure aggregation: client 2's masked vector has 3 elements"
+        );
+        assert_eq!(
+            reason_of(ClientSaid("out of memory".into()).into()),
+            DropReason::ClientFailed("out of memory".into())
+        );
+        assert!(matches!(
+            reason_of(anyhow::anyhow!("connection lost")),
+            DropReason::Exchange(_)
+        ));
+        let rule = SampleRule {
+            expected: [(0, 80), (1, 70)].into_iter().collect(),
+            cap: None,
+        };
+        assert_eq!(max_total(&rule, &[0, 1]), Some(150));
+        // a client whose shard is unknown, without a cap: no bound (the 64-bit ring)
+        assert_eq!(max_total(&rule, &[0, 1, 2]), None);
+        let capped = SampleRule {
+            cap: Some(1000),
+            ..rule
+        };
+        assert_eq!(max_total(&capped, &[0, 1, 2]), Some(1150));
+    }
+}
