@@ -2,7 +2,8 @@
 //! simulation injects to study dropouts (a client that disconnects or stalls at the start of a
 //! round), or as a simulated byzantine client that trains and then sends a corrupted update
 //! ([`crate::byzantine`]). The round asks its behaviour before it trains
-//! ([`Behaviour::before_training`]) and after ([`Behaviour::after_training`]).
+//! ([`Behaviour::before_training`]) and after ([`Behaviour::after_training`]), and, with
+//! secure aggregation, once its masked update is sent ([`Behaviour::after_masking`]).
 
 use anyhow::{bail, Result};
 use fedssl_shared::config::{ByzantineConfig, Fault, FaultKind};
@@ -104,6 +105,34 @@ impl Behaviour {
         bad.to_safetensors()
     }
 
+    /// Called by a secure-aggregation round `round` (0-based) of client `client_id` once its
+    /// masked update is sent. A `drop_after_masking` fault of this round closes `conn` and
+    /// returns the error that ends the session (the client never answers the unmasking);
+    /// otherwise returns at once.
+    pub(crate) fn after_masking(
+        &self,
+        conn: &quinn::Connection,
+        client_id: u32,
+        round: u32,
+    ) -> Result<()> {
+        match *self {
+            Self::Fault {
+                round: r,
+                kind: FaultKind::DropAfterMasking,
+            } if r == round => {
+                let shown = round + 1;
+                warn!(
+                    client_id,
+                    round = shown,
+                    "simulated fault: disconnecting after sending the masked update"
+                );
+                conn.close(0u32.into(), b"simulated failure");
+                bail!("simulated disconnect after masking in round {shown}");
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Called by the round `round` (0-based) of client `client_id` before it trains. Honest:
     /// returns at once. A disconnect closes `conn` and returns the error that ends the
     /// session; a stall never returns (the coordinator's round deadline drops the client).
@@ -167,6 +196,18 @@ mod tests {
             }
         );
         assert_eq!(Behaviour::simulated(&faults, 0), Behaviour::Honest);
+        let after = [Fault {
+            client: 3,
+            round: 2,
+            kind: FaultKind::DropAfterMasking,
+        }];
+        assert_eq!(
+            Behaviour::simulated(&after, 3),
+            Behaviour::Fault {
+                round: 1,
+                kind: FaultKind::DropAfterMasking
+            }
+        );
         assert_eq!(Behaviour::simulated(&[], 1), Behaviour::Honest);
         let byz = ByzantineConfig::SignFlip(fedssl_shared::config::AttackConfig {
             clients: vec![2],

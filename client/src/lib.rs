@@ -12,6 +12,7 @@
 //! - [`reconnect`]: staying connected, [`run_reconnecting`] (backoff, jitter, which errors
 //!   are retried);
 //! - `round`: one local round (read the round and the weights, train, reply with the update);
+//! - `secagg`: a round under secure aggregation (keys, shares, masked update, unmasking);
 //! - `state`: the client's state between rounds, by round, in memory or in files;
 //! - `behaviour`: [`Behaviour`], honest, a simulated fault (disconnect, stall) or byzantine;
 //! - `byzantine`: the corrupted updates of a simulated byzantine client (noise, sign flip);
@@ -31,6 +32,7 @@ mod data;
 mod options;
 mod progress;
 mod round;
+mod secagg;
 mod session;
 mod state;
 

@@ -60,48 +60,29 @@ pub(crate) async fn handle_round(
     learner: &Learner,
     opts: &ClientOptions,
 ) -> Result<Option<u32>> {
-    let client_id = learner.client_id;
     let msg: ServerMessage = read_message(&mut recv).await?;
-    let (round, config) = match msg {
-        ServerMessage::Round { round, config } => (round, config),
+    let (round, config, secagg) = match msg {
+        ServerMessage::Round {
+            round,
+            config,
+            secagg,
+        } => (round, config, secagg),
         other => bail!("protocol error: expected Round, got {other:?}"),
     };
-    // `round` is 0-based on the wire; logs and progress count from 1, as the coordinator does.
-    let shown = round + 1;
     let (global, _) = read_weights(&mut recv, opts.max_weights_bytes)
         .await
         .context("bad global weights")?;
-    opts.behaviour
-        .before_training(conn, client_id, round)
-        .await?;
-    let _permit = match &opts.training_slots {
-        Some(s) => Some(s.clone().acquire_owned().await?),
-        None => None,
-    };
-    let bar = opts
-        .progress
-        .as_ref()
-        .map(|mp| round_bar(mp, client_id, shown));
-    let compressed = !learner.run.compression.is_none();
-    let kept_global = (opts.behaviour.needs_global() || compressed).then(|| global.clone());
-    let job = {
-        let learner = learner.clone();
-        let bar = bar.clone();
-        tokio::task::spawn_blocking(move || learner.train(round, &config, global, bar.as_ref()))
-    };
-    let outcome = job.await.context("training thread panicked")?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
+    if let Some(params) = secagg {
+        let streams = (send, recv);
+        return crate::secagg::secure_round(
+            conn, streams, learner, opts, round, config, global, params,
+        )
+        .await;
     }
-    let trained = match outcome {
+    let compressed = !learner.run.compression.is_none();
+    let kept_global = compressed.then(|| global.clone());
+    let trained = match train_round(conn, learner, opts, round, config, global).await? {
         Ok((stats, bytes)) => {
-            let bytes = opts.behaviour.after_training(
-                kept_global.as_ref(),
-                bytes,
-                learner.run.seed,
-                client_id,
-                round,
-            )?;
             let bytes = match (&kept_global, compressed) {
                 (Some(g), true) => learner.encode(g, &bytes)?,
                 _ => bytes,
@@ -121,7 +102,6 @@ pub(crate) async fn handle_round(
             Some(round)
         }
         Err(e) => {
-            warn!(client_id, round = shown, "local training failed: {e:#}");
             write_message(
                 &mut send,
                 &ClientMessage::Failed {
@@ -135,6 +115,61 @@ pub(crate) async fn handle_round(
     };
     send.finish().ok();
     Ok(trained)
+}
+
+/// Round `round` (0-based) of `learner` from the `global` weights with `config`: asks the
+/// behaviour before training (a simulated fault ends here), trains on the blocking pool
+/// (holding a training slot when the options share them) and hands the trained backbone to
+/// the behaviour (a byzantine client corrupts it). The outer error ends the round's stream;
+/// the inner one is a failed local training, which the client reports.
+pub(crate) async fn train_round(
+    conn: &quinn::Connection,
+    learner: &Learner,
+    opts: &ClientOptions,
+    round: u32,
+    config: RoundConfig,
+    global: WeightSet,
+) -> Result<Result<(TrainStats, Vec<u8>)>> {
+    let client_id = learner.client_id;
+    // `round` is 0-based on the wire; logs and progress count from 1, as the coordinator does.
+    let shown = round + 1;
+    opts.behaviour
+        .before_training(conn, client_id, round)
+        .await?;
+    let _permit = match &opts.training_slots {
+        Some(s) => Some(s.clone().acquire_owned().await?),
+        None => None,
+    };
+    let bar = opts
+        .progress
+        .as_ref()
+        .map(|mp| round_bar(mp, client_id, shown));
+    let kept_global = opts.behaviour.needs_global().then(|| global.clone());
+    let job = {
+        let learner = learner.clone();
+        let bar = bar.clone();
+        tokio::task::spawn_blocking(move || learner.train(round, &config, global, bar.as_ref()))
+    };
+    let outcome = job.await.context("training thread panicked")?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match outcome {
+        Ok((stats, bytes)) => {
+            let bytes = opts.behaviour.after_training(
+                kept_global.as_ref(),
+                bytes,
+                learner.run.seed,
+                client_id,
+                round,
+            )?;
+            Ok(Ok((stats, bytes)))
+        }
+        Err(e) => {
+            warn!(client_id, round = shown, "local training failed: {e:#}");
+            Ok(Err(e))
+        }
+    }
 }
 
 impl Learner {

@@ -9,6 +9,16 @@
 //! At the end the coordinator sends [`ServerMessage::Finished`] on the control stream and
 //! closes the connection.
 //!
+//! With secure aggregation ([`SecAggParams`] in the round message; Bonawitz et al. 2017,
+//! Figure 4) the round's stream carries, after the round message and the global weights:
+//! [`ClientMessage::SecAggKeys`] (the client's public keys) → [`ServerMessage::SecAggKeyList`]
+//! (every advertised key) → [`ClientMessage::SecAggShares`] (sealed Shamir shares, one per
+//! peer) → [`ServerMessage::SecAggRouted`] (the shares sealed for this client) → the client
+//! trains → [`ClientMessage::MaskedUpdate`] followed by a payload of the masked vector
+//! (`b/8` little-endian bytes per value, in the length-prefixed, CRC-checked weights framing)
+//! → [`ServerMessage::SecAggUnmask`] (whose vectors arrived, whose did not) →
+//! [`ClientMessage::SecAggReveal`] (the shares that unmask the sum).
+//!
 //! Framing:
 //! - a control message is `u32` little-endian length + bincode 2 (standard config) bytes,
 //!   decoded with an explicit limit of [`MAX_MESSAGE_BYTES`];
@@ -35,8 +45,9 @@ use crate::weights::WeightSet;
 /// travels as its kind and that kind's settings; 4: [`RoundConfig::proximal_mu`]; 6:
 /// [`RunInfo::compression`] (updates as encoded deltas), the folder dataset,
 /// [`RunInfo::image_size`], [`ServerMessage::Busy`] and [`RunInfo::feature_skew`]; 7: the
-/// CIFAR-100 and STL-10 datasets, [`RunInfo::cifar100_labels`] and [`RunInfo::stl10_split`]).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// CIFAR-100 and STL-10 datasets, [`RunInfo::cifar100_labels`] and [`RunInfo::stl10_split`];
+/// 8: secure aggregation, [`SecAggParams`] in [`ServerMessage::Round`] and its messages).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -71,6 +82,50 @@ pub enum ClientMessage {
         accuracy: Option<f64>,
         /// Wall seconds of local training.
         train_seconds: f64,
+    },
+    /// Secure aggregation, step 1: the client's public keys for this round (X25519 `C_u`
+    /// for sealing shares, `S_u` for masks; [`crate::secagg::masking`]).
+    SecAggKeys {
+        /// The round.
+        round: u32,
+        /// `C_u`.
+        seal: [u8; 32],
+        /// `S_u`.
+        mask: [u8; 32],
+    },
+    /// Secure aggregation, step 2: the client's Shamir shares of `b_u` and `s_u`, one sealed
+    /// box per other client of the key list (`(recipient id, ciphertext)`,
+    /// [`crate::secagg::shares::seal`]).
+    SecAggShares {
+        /// The round.
+        round: u32,
+        /// `(recipient, sealed shares)` for every other client of the key list.
+        shares: Vec<(u32, Vec<u8>)>,
+    },
+    /// Secure aggregation, step 3: the masked update, followed on the same stream by a payload
+    /// of the masked vector (`u32` or `u64` little-endian values, as the round's ring).
+    MaskedUpdate {
+        /// The round.
+        round: u32,
+        /// Training images of the shard (n_k: the update was multiplied by it in the ring).
+        num_samples: u64,
+        /// Mean pretext loss over the last local epoch.
+        loss: f64,
+        /// Pretext accuracy over the last local epoch, `None` for tasks without one.
+        accuracy: Option<f64>,
+        /// Wall seconds of local training.
+        train_seconds: f64,
+    },
+    /// Secure aggregation, step 4: the shares the coordinator asked for: of `b_u` for each
+    /// client `u` whose vector arrived, of `s_v` for each `v` whose vector did not
+    /// (`(owner id, 33-byte share)`).
+    SecAggReveal {
+        /// The round.
+        round: u32,
+        /// Shares of the self-mask seeds, by owner.
+        self_seeds: Vec<(u32, Vec<u8>)>,
+        /// Shares of the mask secret keys, by owner.
+        mask_keys: Vec<(u32, Vec<u8>)>,
     },
     /// The client could not train this round; no payload follows.
     Failed {
@@ -166,6 +221,32 @@ pub struct RoundConfig {
     pub proximal_mu: f64,
 }
 
+/// A secure-aggregation round's parameters, sent with [`ServerMessage::Round`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecAggParams {
+    /// t, the Shamir threshold.
+    pub threshold: u32,
+    /// Clipping range c of the quantiser.
+    pub clip: f32,
+    /// Quantisation range R.
+    pub range: u64,
+    /// Ring bits b (32 or 64).
+    pub bits: u32,
+    /// The ids of the round's sampled clients.
+    pub clients: Vec<u32>,
+}
+
+impl SecAggParams {
+    /// The quantiser these parameters describe.
+    pub fn quantizer(&self) -> crate::secagg::quantize::Quantizer {
+        crate::secagg::quantize::Quantizer {
+            clip: self.clip,
+            range: self.range,
+            bits: self.bits,
+        }
+    }
+}
+
 /// Messages the coordinator sends.
 // `Welcome` carries the run's pretext config (one table per task) and is sent once per
 // client, so its size does not matter.
@@ -190,6 +271,37 @@ pub enum ServerMessage {
         round: u32,
         /// Local training settings.
         config: RoundConfig,
+        /// Secure aggregation's parameters; `None`: a plain round (the update follows the
+        /// round's training at once).
+        secagg: Option<SecAggParams>,
+    },
+    /// Secure aggregation: every client's advertised public keys, sorted by id
+    /// (`(id, C_u, S_u)`).
+    SecAggKeyList {
+        /// The round.
+        round: u32,
+        /// `(id, C_u, S_u)` of every client whose keys arrived.
+        keys: Vec<(u32, [u8; 32], [u8; 32])>,
+    },
+    /// Secure aggregation: the shares sealed for this client by every client whose shares
+    /// arrived (`(sender id, ciphertext)`); the senders and this client are the clients the
+    /// update is masked against.
+    SecAggRouted {
+        /// The round.
+        round: u32,
+        /// `(sender, sealed shares)`.
+        shares: Vec<(u32, Vec<u8>)>,
+    },
+    /// Secure aggregation: whose masked vectors arrived (their self-mask shares are wanted)
+    /// and whose did not (their mask-key shares are wanted); a client refuses a request
+    /// that names a client in both.
+    SecAggUnmask {
+        /// The round.
+        round: u32,
+        /// Clients whose masked vector is in the sum.
+        arrived: Vec<u32>,
+        /// Clients of the masking whose vector is not.
+        dropped: Vec<u32>,
     },
     /// The run is over; the client may exit.
     Finished {
@@ -354,6 +466,27 @@ mod tests {
                 round: 1,
                 reason: "out of memory".into(),
             },
+            ClientMessage::SecAggKeys {
+                round: 2,
+                seal: [1; 32],
+                mask: [2; 32],
+            },
+            ClientMessage::SecAggShares {
+                round: 2,
+                shares: vec![(0, vec![9; 82]), (4, vec![8; 82])],
+            },
+            ClientMessage::MaskedUpdate {
+                round: 2,
+                num_samples: 80,
+                loss: 1.25,
+                accuracy: None,
+                train_seconds: 0.5,
+            },
+            ClientMessage::SecAggReveal {
+                round: 2,
+                self_seeds: vec![(0, vec![1; 33])],
+                mask_keys: vec![(4, vec![2; 33])],
+            },
         ];
         for m in msgs {
             let f = encode_frame(&m).unwrap();
@@ -370,6 +503,19 @@ mod tests {
             },
             ServerMessage::Busy {
                 reason: "shard 1 is held".into(),
+            },
+            ServerMessage::SecAggKeyList {
+                round: 2,
+                keys: vec![(0, [1; 32], [2; 32]), (4, [3; 32], [4; 32])],
+            },
+            ServerMessage::SecAggRouted {
+                round: 2,
+                shares: vec![(4, vec![7; 82])],
+            },
+            ServerMessage::SecAggUnmask {
+                round: 2,
+                arrived: vec![0],
+                dropped: vec![4],
             },
         ] {
             let back: ServerMessage = decode_body(&encode_frame(&s).unwrap()[4..]).unwrap();
@@ -429,6 +575,13 @@ mod tests {
             assert_eq!(opts.stl10_split, Stl10Split::Unlabeled);
         }
         let r = ServerMessage::Round {
+            secagg: Some(SecAggParams {
+                threshold: 3,
+                clip: 8.0,
+                range: 1 << 22,
+                bits: 64,
+                clients: vec![0, 2, 5],
+            }),
             round: 1,
             config: RoundConfig {
                 train: LocalTrainConfig {

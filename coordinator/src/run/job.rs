@@ -204,6 +204,7 @@ async fn run_job_with(
         eval,
         privacy: crate::privacy::accountant::run_spent(&sc, outcome.rounds_completed)?,
         sites: outcome.sites.clone(),
+        secure_aggregation: sc.federation.secure_aggregation.enabled,
     };
     outputs::write_summary(&job.out, &summary)?;
     Ok(summary)

@@ -61,6 +61,9 @@ pub struct Summary {
     /// `simulate`); absent when no client was authenticated.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sites: std::collections::BTreeMap<u32, String>,
+    /// Whether the rounds ran with secure aggregation (`federation.secure_aggregation`):
+    /// the coordinator saw only each round's sum, never one client's update.
+    pub secure_aggregation: bool,
 }
 
 /// Refuses an output folder whose place a file takes. Nothing is created: the folder is made

@@ -90,7 +90,11 @@ async fn exchange(
 ) -> Result<Answer> {
     let round = shared.round;
     let (mut send, mut recv) = conn.open_bi().await.context("connection lost")?;
-    let msg = ServerMessage::Round { round, config };
+    let msg = ServerMessage::Round {
+        round,
+        config,
+        secagg: None,
+    };
     let frame_len = encode_frame(&msg)?.len() as u64;
     write_message(&mut send, &msg).await?;
     let n = write_weights_bytes(&mut send, &shared.payload).await?;

@@ -27,6 +27,9 @@ pub enum DropReason {
     Exchange(String),
     /// The update arrived and the strategy refused it.
     Refused(Refusal),
+    /// Secure aggregation refused what the client sent (a masked vector of the wrong
+    /// length, a replay, shares for the wrong clients): the reason, naming the client.
+    SecAgg(String),
     /// No update before the round deadline of this many seconds.
     MissedDeadline {
         /// `federation.round_deadline_seconds`.
@@ -41,6 +44,7 @@ impl fmt::Display for DropReason {
             DropReason::ClientFailed(reason) => write!(f, "client reported failure: {reason}"),
             DropReason::Exchange(error) => write!(f, "{error}"),
             DropReason::Refused(r) => write!(f, "update refused: {r}"),
+            DropReason::SecAgg(r) => write!(f, "refused by secure aggregation: {r}"),
             DropReason::MissedDeadline { seconds } => {
                 write!(f, "missed the {seconds:.0} s round deadline")
             }
@@ -100,6 +104,48 @@ pub struct RoundRecord {
     /// `simulate`); absent when no client was authenticated.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sites: BTreeMap<u32, String>,
+    /// The round's secure aggregation (`federation.secure_aggregation`): who took part in
+    /// each step, and what each phase cost. Absent without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecAggRecord>,
+}
+
+/// The secure-aggregation part of a round's line of `rounds.jsonl`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SecAggRecord {
+    /// t, the Shamir threshold of the round.
+    pub threshold: usize,
+    /// b, the ring's bits (32 or 64).
+    pub bits: u32,
+    /// Clients whose public keys arrived (U1).
+    pub advertised: Vec<u32>,
+    /// Clients whose sealed shares arrived (U2): every update is masked against them.
+    pub shared: Vec<u32>,
+    /// Clients whose masked vector is in the sum (U3; `clients` of the line).
+    pub masked: Vec<u32>,
+    /// Clients that answered the unmasking (U4).
+    pub survivors: Vec<u32>,
+    /// Clients whose masked vector is in the sum but that did not answer the unmasking
+    /// (their self masks came from the survivors' shares), with why.
+    pub dropped_after_masking: BTreeMap<u32, DropReason>,
+    /// Each phase's cost: `keys` (from the round's start until every key arrived; bytes:
+    /// the key advertisements and the key list relayed), `shares` (the sealed shares up and
+    /// routed back), `masked_upload` (local training included: from the routed shares until
+    /// the last masked vector; bytes: the masked vectors), `unmasking` (the request, the
+    /// survivors' shares and the reconstruction). The round message and the global weights
+    /// count in none of them.
+    pub phases: BTreeMap<&'static str, PhaseCost>,
+}
+
+/// Wall seconds and application bytes of one secure-aggregation phase.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PhaseCost {
+    /// Wall seconds.
+    pub seconds: f64,
+    /// Bytes the coordinator sent in it.
+    pub bytes_sent: u64,
+    /// Bytes it received in it.
+    pub bytes_received: u64,
 }
 
 impl RoundRecord {
@@ -122,6 +168,7 @@ impl RoundRecord {
             failed: None,
             privacy: None,
             sites: BTreeMap::new(),
+            secure_aggregation: None,
         }
     }
 

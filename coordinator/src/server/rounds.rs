@@ -10,7 +10,9 @@
 //! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
 //! appended to `rounds.jsonl` ([`crate::server::records`]) and, with `[logging] tensorboard`,
 //! its scalars to a TensorBoard event file ([`crate::server::tensorboard`]). The live run page's
-//! [`StatusBoard`] follows each round, client by client.
+//! [`StatusBoard`] follows each round, client by client. With
+//! `federation.secure_aggregation` a round's messages are `secagg_round.rs`'s instead, and
+//! the strategy's server step takes the unmasked mean.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -33,6 +35,7 @@ use crate::server::progress::RoundsProgress;
 use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
 use crate::server::registry::Registry;
 use crate::server::samples::SampleRule;
+use crate::server::secagg_round::{secure_round, SecureRound};
 use crate::server::status::board::{ClientState, Phase, StatusBoard};
 use crate::server::tensorboard::EventWriter;
 use crate::strategy::{RoundAggregator, Strategy};
@@ -164,20 +167,46 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             status: status.clone(),
         });
         let mut rec = RoundRecord::new(round + 1, lr);
-        let in_flight = dispatch(
-            &registry,
-            strategy.as_ref(),
-            sc,
-            &sampled,
-            &shared,
-            &mut rec,
-        );
         let deadline = tokio::time::Instant::from_std(
             started + Duration::from_secs_f64(fed.round_deadline_seconds),
         );
-        let mut agg = strategy.begin_round(&global);
-        let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
-        close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
+        let agg = if fed.secure_aggregation.enabled {
+            let secure = SecureRound {
+                scenario: sc,
+                registry: &registry,
+                configs: sampled
+                    .iter()
+                    .map(|&id| (id, round_config(strategy.as_ref(), sc, round, id, lr)))
+                    .collect(),
+                sampled: &sampled,
+                global: &global,
+                samples: shared.samples.clone(),
+                deadline,
+                slots: slots.clone(),
+                status: status.clone(),
+            };
+            match secure_round(secure, &mut rec).await {
+                Ok(agg) => agg,
+                Err(reason) => {
+                    let e = fail_secure_round(&mut log, &mut rec, &reason);
+                    status.round_done(&rec);
+                    return Err(e);
+                }
+            }
+        } else {
+            let in_flight = dispatch(
+                &registry,
+                strategy.as_ref(),
+                sc,
+                &sampled,
+                &shared,
+                &mut rec,
+            );
+            let mut agg = strategy.begin_round(&global);
+            let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
+            close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
+            agg
+        };
         let sites = registry.sites();
         rec.sites = sampled
             .iter()
@@ -242,19 +271,7 @@ fn dispatch(
             drop_client(rec, &shared.status, id, DropReason::LeftBeforeRound);
             continue;
         };
-        let base = RoundConfig {
-            train: LocalTrainConfig {
-                lr: rec.lr,
-                ..sc.train.local.clone()
-            },
-            seed: fedssl_shared::seed::derive(
-                sc.seed,
-                fedssl_shared::seed::CLIENT_TRAIN,
-                ((round as u64) << 32) | id as u64,
-            ),
-            proximal_mu: 0.0,
-        };
-        let config = strategy.configure(round, id, base);
+        let config = round_config(strategy, sc, round, id, rec.lr);
         in_flight.pending.insert(id);
         let shared = shared.clone();
         in_flight
@@ -262,6 +279,31 @@ fn dispatch(
             .spawn(async move { (id, client_round(id, conn, config, shared).await) });
     }
     in_flight
+}
+
+/// The round config of client `id` in round `round` (0-based) at learning rate `lr`: the
+/// scenario's local training and the client's `client-train` seed, as the strategy
+/// configures it.
+pub(crate) fn round_config(
+    strategy: &dyn Strategy,
+    sc: &Scenario,
+    round: usize,
+    id: u32,
+    lr: f64,
+) -> RoundConfig {
+    let base = RoundConfig {
+        train: LocalTrainConfig {
+            lr,
+            ..sc.train.local.clone()
+        },
+        seed: fedssl_shared::seed::derive(
+            sc.seed,
+            fedssl_shared::seed::CLIENT_TRAIN,
+            ((round as u64) << 32) | id as u64,
+        ),
+        proximal_mu: 0.0,
+    };
+    strategy.configure(round, id, base)
 }
 
 /// Collects the round's updates until every task ended or the `deadline` passed: each
@@ -370,6 +412,21 @@ fn fail_round(
     }
     anyhow::anyhow!(
         "round {}: {reason} (dropped: {})",
+        rec.round,
+        rec.reasons_text()
+    )
+}
+
+/// A secure-aggregation round that failed for `reason` (too few clients at one of its
+/// steps, or the unmasking failed): writes its record (`failed`, nothing aggregated) and
+/// returns the run's error.
+fn fail_secure_round(log: &mut RoundsLog, rec: &mut RoundRecord, reason: &str) -> anyhow::Error {
+    rec.failed = Some(format!("{reason}; nothing was aggregated"));
+    if let Err(e) = log.append(rec) {
+        return e;
+    }
+    anyhow::anyhow!(
+        "round {}: {reason}; nothing was aggregated (dropped: {})",
         rec.round,
         rec.reasons_text()
     )

@@ -28,7 +28,8 @@
 //! on the buffered updates ([`buffered`]): [`median`], [`trimmed_mean`], [`krum`] (Krum and
 //! Multi-Krum), [`bulyan`]; [`ldawa`] (layer-wise cosine-weighted, streaming). Whatever the strategy, BatchNorm running statistics ([`is_running_stat`])
 //! take FedAvg's sample-weighted mean: the optimisers and robust rules apply to the learnable
-//! weights only.
+//! weights only. Under secure aggregation the round's mean arrives already unmasked
+//! ([`secure_mean`]) and only the strategy's server step runs.
 
 pub mod buffered;
 pub mod bulyan;
@@ -41,6 +42,7 @@ pub mod fedyogi;
 pub mod krum;
 pub mod ldawa;
 pub mod median;
+pub mod secure_mean;
 pub mod server_opt;
 pub mod trimmed_mean;
 pub mod validate;

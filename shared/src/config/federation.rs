@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::client_state::{BatchNormPolicy, LocalUpdateConfig};
 use super::compression::CompressionConfig;
 use super::privacy::DpConfig;
+use super::secure_aggregation::SecureAggregationConfig;
 use super::strategy::StrategyConfig;
 
 /// Federation section.
@@ -65,6 +66,11 @@ pub struct FederationConfig {
     /// is believed up to this many samples and capped to it. `None` (the default): no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_samples_per_client: Option<u64>,
+    /// Secure aggregation (`[federation.secure_aggregation]`, Bonawitz et al. 2017): the
+    /// coordinator learns only the round's weighted sum ([`SecureAggregationConfig`]); off
+    /// by default, and then not written into `scenario.json`.
+    #[serde(skip_serializing_if = "SecureAggregationConfig::is_default")]
+    pub secure_aggregation: SecureAggregationConfig,
 }
 
 impl Default for FederationConfig {
@@ -87,6 +93,7 @@ impl Default for FederationConfig {
             compression: CompressionConfig::default(),
             keep_checkpoints: None,
             max_samples_per_client: None,
+            secure_aggregation: SecureAggregationConfig::default(),
         }
     }
 }
@@ -155,7 +162,13 @@ impl FederationConfig {
                 bail!("federation.sites names `{}` twice", shown.escape_default());
             }
         }
-        self.strategy.validate(self.min_clients)
+        self.strategy.validate(self.min_clients)?;
+        self.secure_aggregation.check_with(
+            &self.strategy,
+            self.dp.as_ref(),
+            &self.compression,
+            self.max_sampled(),
+        )
     }
 
     /// The most clients a round samples: the participation fraction of all `clients`

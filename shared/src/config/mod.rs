@@ -31,6 +31,7 @@ pub mod logging;
 pub mod name;
 pub mod overrides;
 pub mod privacy;
+pub mod secure_aggregation;
 pub mod simulation;
 pub mod strategy;
 pub mod train;
@@ -43,6 +44,7 @@ pub use federation::FederationConfig;
 pub use logging::LoggingConfig;
 pub use name::{check_name, check_site_name, MAX_NAME_CHARS};
 pub use privacy::{AdaptiveClipConfig, DpConfig};
+pub use secure_aggregation::{MaskGraph, SecureAggregationConfig};
 pub use simulation::{AttackConfig, ByzantineConfig, Fault, FaultKind, SimulationConfig};
 pub use strategy::{
     AdaptiveConfig, BulyanConfig, FedAdagradConfig, FedAdamConfig, FedAvgConfig, FedAvgMConfig,
@@ -121,6 +123,8 @@ impl Scenario {
         self.federation.validate()?;
         self.simulation
             .validate(self.federation.clients, self.federation.rounds)?;
+        self.simulation
+            .check_secure_aggregation(self.federation.secure_aggregation.enabled)?;
         self.model.validate()?;
         self.pretext.validate(self.model.backbone)?;
         self.pretext.eval_view(self.eval.view)?;

@@ -93,9 +93,29 @@ pub enum FaultKind {
     /// The client stops answering but keeps its connection (a hung process): only the round
     /// deadline frees the round.
     Stall,
+    /// Secure aggregation only: the client trains and sends its masked update, then its
+    /// connection goes away before the unmasking (its update is still in the round's sum,
+    /// unmasked from the other clients' shares while `threshold` of them answer).
+    DropAfterMasking,
 }
 
 impl SimulationConfig {
+    /// Refuses a `drop_after_masking` fault in a run without secure aggregation
+    /// (`secure_aggregation`: `federation.secure_aggregation.enabled`), naming the fault.
+    pub fn check_secure_aggregation(&self, secure_aggregation: bool) -> Result<()> {
+        if secure_aggregation {
+            return Ok(());
+        }
+        if let Some(i) = self
+            .faults
+            .iter()
+            .position(|f| f.kind == FaultKind::DropAfterMasking)
+        {
+            bail!("simulation.faults[{i}]: kind \"drop_after_masking\" needs federation.secure_aggregation.enabled = true");
+        }
+        Ok(())
+    }
+
     /// Checks that every fault names a client below `clients` and a round in `1..=rounds`
     /// (the run's `federation.clients` and `federation.rounds`).
     pub fn validate(&self, clients: usize, rounds: usize) -> Result<()> {

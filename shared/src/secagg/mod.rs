@@ -21,6 +21,13 @@
 //!   self masks of the clients whose vectors arrived and the pairwise masks of those whose
 //!   vectors did not removed, from the survivors' shares.
 //!
+//!
+//! The protocol's two sides, without the network (the coordinator's `server/secagg_round.rs`
+//! and the client's `secagg.rs` carry their messages, [`crate::protocol`]):
+//! - [`participant`]: one client's steps (keys, sealed shares, masked vector, reveal);
+//! - [`aggregator`]: the coordinator's (key list, share routing, masked sum, unmasking);
+//! - [`vector`]: the update Δ = w_k − w_global as the flat vector that is masked, and back.
+//!
 //! Keys and self-mask seeds come from the operating system's generator (`ring`'s
 //! `SystemRandom`), never from the scenario's seed: anyone holding the scenario could
 //! otherwise remove the masks. The masks cancel exactly, so the unmasked sum — and the run's
@@ -29,10 +36,13 @@
 //! Limits: at most 255 clients per round (GF(256) share indices); `Σ n_k · range` must stay
 //! below `2^b` (checked when the sum is unmasked: a wrapped sum is an error, never a result).
 
+pub mod aggregator;
 pub mod masking;
+pub mod participant;
 pub mod quantize;
 pub mod shares;
 pub mod unmask;
+pub mod vector;
 
 /// A client's index in a secure-aggregation round (its id in the round's key list).
 pub type ClientIndex = u32;
