@@ -15,6 +15,7 @@ use fedssl_coordinator::run::features_export::export_features;
 use fedssl_coordinator::run::job::{run_job_reporting, Job, Mode};
 use fedssl_coordinator::run::outputs::result_line;
 use fedssl_shared::config::Scenario;
+use fedssl_shared::data::DatasetKind;
 use fedssl_shared::pretext::PretextKind;
 
 #[derive(Parser)]
@@ -244,10 +245,22 @@ fn resolve_listen(spec: &str) -> Result<SocketAddr> {
         .with_context(|| format!("--listen `{spec}`: the host name resolves to no address"))
 }
 
+/// Says on stderr that `--data-dir` is not read when the training data is generated
+/// (`data.dataset = "synthetic"`; `--data-dir` sets `data.path` only, not `eval.path`).
+fn warn_if_unused_data_dir(sc: &Scenario, dir: &std::path::Path) {
+    if matches!(sc.data.dataset, DatasetKind::Synthetic) {
+        eprintln!(
+            "warning: --data-dir {} is not read: data.dataset is \"synthetic\" (generated in memory, no files)",
+            dir.display()
+        );
+    }
+}
+
 /// The scenario of `common` with its overrides and `--data-dir`, and the output folder.
 fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
     let mut sc = Scenario::load(&common.scenario, &common.set)?;
     if let Some(d) = &common.data_dir {
+        warn_if_unused_data_dir(&sc, d);
         sc.data.path = Some(d.clone());
     }
     if let Some(dir) = &common.tensorboard {

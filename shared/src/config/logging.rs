@@ -35,8 +35,9 @@ fn is_zero(x: &f64) -> bool {
 }
 
 impl LoggingConfig {
-    /// Checks `status_linger_seconds` (finite, ≥ 0) and that `status_addr` is not empty; the
-    /// address itself is resolved when the coordinator binds it.
+    /// Checks `status_linger_seconds` (finite, ≥ 0), that `status_addr` is not empty (the
+    /// address itself is resolved when the coordinator binds it) and that `tensorboard_dir`
+    /// comes with `tensorboard = true` (alone it would be ignored).
     pub fn validate(&self) -> Result<()> {
         let s = self.status_linger_seconds;
         if !s.is_finite() || s < 0.0 {
@@ -48,6 +49,12 @@ impl LoggingConfig {
             .is_some_and(|a| a.trim().is_empty())
         {
             bail!("logging.status_addr is empty: give IP:PORT, HOST:PORT or a port");
+        }
+        if let (false, Some(dir)) = (self.tensorboard, &self.tensorboard_dir) {
+            bail!(
+                "logging.tensorboard_dir is {} but logging.tensorboard is false, so nothing would be written there: set tensorboard = true (or pass --tensorboard DIR)",
+                super::limits::shorten(&dir.display().to_string(), 120)
+            );
         }
         Ok(())
     }
@@ -86,6 +93,26 @@ mod tests {
             elsewhere.tensorboard_dir(out),
             Some(PathBuf::from("logs/tb"))
         );
+    }
+
+    #[test]
+    fn a_tensorboard_dir_without_tensorboard_is_refused_naming_both_keys() {
+        let dir_only = LoggingConfig {
+            tensorboard_dir: Some("logs/tb".into()),
+            ..LoggingConfig::default()
+        };
+        let e = dir_only.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("logging.tensorboard_dir is logs/tb")
+                && e.contains("logging.tensorboard is false"),
+            "{e}"
+        );
+        LoggingConfig {
+            tensorboard: true,
+            ..dir_only
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]
