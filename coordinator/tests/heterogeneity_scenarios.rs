@@ -9,15 +9,18 @@ use std::path::{Path, PathBuf};
 
 use fedssl_coordinator::run::split::draw_split;
 use fedssl_shared::config::Scenario;
-use fedssl_shared::feature_skew::RotationSkew;
 use fedssl_shared::data::mixed::MixedSource;
 use fedssl_shared::data::DatasetKind;
+use fedssl_shared::feature_skew::RotationSkew;
 use fedssl_shared::partition::PartitionConfig;
 
 /// Every scenario of `scenarios/heterogeneity/`, a sweep file's `[sweep]` table taken out
 /// (see [`sweep_tables`]).
 fn scenarios() -> Vec<(PathBuf, Scenario)> {
-    sweep_files().into_iter().map(|(p, sc, _)| (p, sc)).collect()
+    sweep_files()
+        .into_iter()
+        .map(|(p, sc, _)| (p, sc))
+        .collect()
 }
 
 fn sweep_files() -> Vec<(PathBuf, Scenario, Option<toml::Value>)> {
@@ -120,10 +123,9 @@ fn every_heterogeneity_split_can_be_drawn_on_cifar10() {
         assert_eq!(Some(r.summary.images), images);
         if sc.name == "domain-mixed" {
             // ten clients of 1,000 images, five per domain, each drawing from one
-            let v: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.join("partition.json")).unwrap(),
-            )
-            .unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("partition.json")).unwrap())
+                    .unwrap();
             let domains: Vec<&str> = v["clients"]
                 .as_array()
                 .unwrap()
@@ -153,8 +155,8 @@ fn the_sweep_file_holds_the_issues_grid() {
         .iter()
         .find(|(p, _, _)| p.ends_with("sweep-simclr.toml"))
         .unwrap();
-    let t = fedssl_coordinator::experiments::sweep::SweepTable::read(table.clone().unwrap())
-        .unwrap();
+    let t =
+        fedssl_coordinator::experiments::sweep::SweepTable::read(table.clone().unwrap()).unwrap();
     assert_eq!(t.seeds, vec![0, 1]);
     let specs = t.grid_specs(&[]);
     assert_eq!(

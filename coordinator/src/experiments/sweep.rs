@@ -131,7 +131,9 @@ pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
     for s in &spec.sets {
         let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
         if grid.axes.iter().any(|a| a.key == key) {
-            bail!("`{key}` is both a --set and a grid axis (--grid or [[sweep.axis]]): give it once");
+            bail!(
+                "`{key}` is both a --set and a grid axis (--grid or [[sweep.axis]]): give it once"
+            );
         }
     }
     let seeds = if !spec.seeds.is_empty() {

@@ -178,9 +178,15 @@ mod tests {
                 .unwrap();
         assert_eq!(v["domains"], serde_json::json!(["cifar100", "synthetic"]));
         let clients = v["clients"].as_array().unwrap();
-        let domains: Vec<&str> = clients.iter().map(|c| c["domain"].as_str().unwrap()).collect();
+        let domains: Vec<&str> = clients
+            .iter()
+            .map(|c| c["domain"].as_str().unwrap())
+            .collect();
         assert_eq!(domains, ["cifar100", "cifar100", "cifar100", "synthetic"]);
-        assert_eq!(clients[3]["domain_counts"], serde_json::json!({"synthetic": 30}));
+        assert_eq!(
+            clients[3]["domain_counts"],
+            serde_json::json!({"synthetic": 30})
+        );
         // the same split as simulate draws, seeded
         let train = crate::run::data::load_sets(&sc).unwrap().0;
         assert_eq!(train.domains.len(), 120);
@@ -190,7 +196,10 @@ mod tests {
         // a missing source is named by its index and folder
         let mut bad = sc.clone();
         bad.data.sources[0].path = Some("nowhere".into());
-        let e = format!("{:#}", draw_split(&bad, &dir.path().join("bad")).unwrap_err());
+        let e = format!(
+            "{:#}",
+            draw_split(&bad, &dir.path().join("bad")).unwrap_err()
+        );
         assert!(
             e.starts_with(&format!(
                 "data.sources[0] (cifar100 at {}): ",

@@ -324,17 +324,29 @@ mod tests {
             "dataset = \"mixed\"\n",
             "dataset = \"mixed\"\ntrain_images = 9\n",
         ));
-        assert!(e.starts_with("data.train_images does not apply to data.dataset = \"mixed\""), "{e}");
+        assert!(
+            e.starts_with("data.train_images does not apply to data.dataset = \"mixed\""),
+            "{e}"
+        );
         let e = refused("[[data.sources]]\ndataset = \"cifar10\"\n");
-        assert!(e.starts_with("data.sources applies to data.dataset = \"mixed\" only"), "{e}");
+        assert!(
+            e.starts_with("data.sources applies to data.dataset = \"mixed\" only"),
+            "{e}"
+        );
         let e = refused("[partition]\nkind = \"domain\"\n");
-        assert!(e.starts_with("partition.kind = \"domain\" gives each client the images of one domain"), "{e}");
+        assert!(
+            e.starts_with("partition.kind = \"domain\" gives each client the images of one domain"),
+            "{e}"
+        );
         let e = refused("[data]\ndataset = \"mixed\"\n[eval]\nenabled = false\n");
         assert!(e.contains("needs its sources"), "{e}");
         // STL-10's split applies to an STL-10 source
         parse(&format!(
             "{}[[data.sources]]\ndataset = \"stl10\"\n{probe}",
-            mixed.replace("dataset = \"mixed\"\n", "dataset = \"mixed\"\nstl10_split = \"unlabeled\"\n")
+            mixed.replace(
+                "dataset = \"mixed\"\n",
+                "dataset = \"mixed\"\nstl10_split = \"unlabeled\"\n"
+            )
         ))
         .unwrap();
     }

@@ -31,7 +31,10 @@ impl Scenario {
     /// the rest is read as the base scenario (so that it never reaches a run's scenario) and
     /// returned as it is written (`None` without one); the coordinator's sweep reads it. The
     /// `overrides` apply to the base scenario only: one that sets a `sweep.*` key is refused.
-    pub fn load_sweep_file(path: &Path, overrides: &[String]) -> Result<(Self, Option<toml::Value>)> {
+    pub fn load_sweep_file(
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<(Self, Option<toml::Value>)> {
         Self::load_with(path, overrides, true)
     }
 
@@ -73,7 +76,11 @@ impl Scenario {
             // the mixed dataset's sources' relative paths start from data.path, by default
             // the file's folder
             if sc.data.dataset == crate::data::DatasetKind::Mixed && sc.data.path.is_none() {
-                let here = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+                let here = if base.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base
+                };
                 sc.data.path = Some(here.to_path_buf());
             }
         }

@@ -173,7 +173,7 @@ pub fn load_mixed(
         );
         let offset = out.num_classes as u32;
         if ds.labels.is_empty() {
-            out.labels.extend(std::iter::repeat(offset).take(ds.len()));
+            out.labels.extend(std::iter::repeat_n(offset, ds.len()));
             out.class_names.push(format!("{name}/unlabelled"));
         } else {
             out.labels.extend(ds.labels.iter().map(|&l| offset + l));
@@ -181,8 +181,7 @@ pub fn load_mixed(
                 .extend(ds.class_names.iter().map(|c| format!("{name}/{c}")));
         }
         out.num_classes = out.class_names.len();
-        out.domains
-            .extend(std::iter::repeat(i as u32).take(ds.len()));
+        out.domains.extend(std::iter::repeat_n(i as u32, ds.len()));
         out.domain_names.push(name);
         out.images.extend_from_slice(&ds.images);
     }
@@ -203,7 +202,7 @@ mod tests {
         let mut bytes = Vec::new();
         for i in 0..n {
             bytes.extend([(i % 20) as u8, (i % 100) as u8]);
-            bytes.extend(std::iter::repeat(i as u8).take(cifar100::RECORD_BYTES - 2));
+            bytes.extend(std::iter::repeat_n(i as u8, cifar100::RECORD_BYTES - 2));
         }
         std::fs::write(inner.join("train.bin"), bytes).unwrap();
     }
@@ -255,7 +254,10 @@ mod tests {
         ]);
         let ds = load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap();
         // 5 + 7 + (3 train + 3 unlabelled), 32×32×3
-        assert_eq!((ds.len(), ds.height, ds.width, ds.channels), (18, 32, 32, 3));
+        assert_eq!(
+            (ds.len(), ds.height, ds.width, ds.channels),
+            (18, 32, 32, 3)
+        );
         assert_eq!(ds.images.len(), 18 * 32 * 32 * 3);
         assert_eq!(ds.domains, [vec![0; 5], vec![1; 7], vec![2; 6]].concat());
         assert_eq!(ds.domain_names, ["cifar100", "synthetic", "stl10"]);
@@ -271,15 +273,27 @@ mod tests {
         assert!(ds.image(3).iter().all(|&b| b == 3));
         assert_eq!(ds.image(12)[0], 100);
         // seeded: the same twice; the synthetic source is its own stream
-        assert_eq!(ds, load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap());
+        assert_eq!(
+            ds,
+            load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap()
+        );
         let plain = crate::data::load_train_set(DatasetKind::Synthetic, None, Some(7), 0).unwrap();
         assert_ne!(ds.image(5), plain.image(0));
         // a subset keeps the domains
         let sub = ds.subset(&[0, 17]);
-        assert_eq!((sub.domains.clone(), sub.domain_names.len()), (vec![0, 2], 3));
+        assert_eq!(
+            (sub.domains.clone(), sub.domain_names.len()),
+            (vec![0, 2], 3)
+        );
         // no test split
-        let e = format!("{:#}", load_mixed(Some(dir.path()), 0, Split::Test, &o).unwrap_err());
-        assert!(e.contains("no test split") && e.contains("[eval] dataset"), "{e}");
+        let e = format!(
+            "{:#}",
+            load_mixed(Some(dir.path()), 0, Split::Test, &o).unwrap_err()
+        );
+        assert!(
+            e.contains("no test split") && e.contains("[eval] dataset"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -290,7 +304,10 @@ mod tests {
             source(DatasetKind::Cifar100, Some("c100"), None),
             source(DatasetKind::Stl10, Some("nowhere"), None),
         ]);
-        let e = format!("{:#}", load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap_err()
+        );
         assert!(
             e.starts_with(&format!(
                 "data.sources[1] (stl10 at {}): ",
@@ -300,8 +317,14 @@ mod tests {
         );
         // more images than the source holds
         let o = opts(vec![source(DatasetKind::Cifar100, Some("c100"), Some(9))]);
-        let e = format!("{:#}", load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap_err());
-        assert!(e.starts_with("data.sources[0] (cifar100 at ") && e.contains("holds only 4"), "{e}");
+        let e = format!(
+            "{:#}",
+            load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap_err()
+        );
+        assert!(
+            e.starts_with("data.sources[0] (cifar100 at ") && e.contains("holds only 4"),
+            "{e}"
+        );
         // the sources' own checks
         for (sources, why) in [
             (vec![], "needs its sources"),
@@ -327,7 +350,10 @@ mod tests {
         let e = check_sources(&[source(DatasetKind::Cifar10, None, None)], 64)
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("data.sources[0] (cifar10): data.image_size = 64"), "{e}");
+        assert!(
+            e.starts_with("data.sources[0] (cifar10): data.image_size = 64"),
+            "{e}"
+        );
         check_sources(&[source(DatasetKind::Stl10, None, None)], 64).unwrap();
     }
 }

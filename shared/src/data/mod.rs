@@ -137,7 +137,11 @@ impl ImageDataset {
         let s = self.image_bytes();
         let mut images = Vec::with_capacity(idx.len() * s);
         let mut labels = Vec::with_capacity(idx.len());
-        let mut domains = Vec::with_capacity(if self.domains.is_empty() { 0 } else { idx.len() });
+        let mut domains = Vec::with_capacity(if self.domains.is_empty() {
+            0
+        } else {
+            idx.len()
+        });
         for &i in idx {
             images.extend_from_slice(self.image(i));
             if let Some(&l) = self.labels.get(i) {

@@ -141,7 +141,7 @@ mod tests {
         let domains: Vec<u32> = sizes
             .iter()
             .enumerate()
-            .flat_map(|(d, &k)| std::iter::repeat(d as u32).take(k))
+            .flat_map(|(d, &k)| std::iter::repeat_n(d as u32, k))
             .collect();
         ImageDataset {
             images: vec![0; n * 3],
@@ -191,7 +191,10 @@ mod tests {
         // as many clients as domains: one each (FedBN)
         let one = partition_dataset(&ds, 3, &domain(None), 0).unwrap();
         assert_eq!(shard_domains(&ds, &one), vec![0, 1, 2]);
-        assert_eq!(one.iter().map(Vec::len).collect::<Vec<_>>(), vec![600, 200, 200]);
+        assert_eq!(
+            one.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![600, 200, 200]
+        );
         // an explicit mapping
         let parts = partition_dataset(&ds, 4, &domain(Some(vec![1, 2, 1])), 0).unwrap();
         assert_eq!(shard_domains(&ds, &parts), vec![0, 1, 1, 2]);
@@ -234,7 +237,10 @@ mod tests {
         let c: PartitionConfig =
             toml::from_str("kind = \"domain\"\nclients_per_domain = [2, 1]").unwrap();
         assert_eq!(c, domain(Some(vec![2, 1])));
-        assert_eq!(toml::from_str::<PartitionConfig>("kind = \"domain\"").unwrap(), domain(None));
+        assert_eq!(
+            toml::from_str::<PartitionConfig>("kind = \"domain\"").unwrap(),
+            domain(None)
+        );
         let e = toml::from_str::<PartitionConfig>("kind = \"domain\"\nalpha = 1").unwrap_err();
         assert!(e.to_string().contains("alpha"), "{e}");
     }
