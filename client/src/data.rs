@@ -411,4 +411,25 @@ mod tests {
         let ds = resolve_data(&whole, &RunInfo::of(&sc), 0).unwrap();
         assert_eq!(ds.len(), 2);
     }
+
+    #[test]
+    fn a_site_of_a_mixed_run_is_refused_with_what_to_do() {
+        let mut sc = Scenario::default();
+        sc.data.dataset = DatasetKind::Mixed;
+        let run = RunInfo::of(&sc);
+        for source in [
+            DataSource::Shard {
+                dir: None,
+                k: 0,
+                n: 3,
+            },
+            DataSource::Whole { dir: None },
+        ] {
+            let e = format!("{:#}", resolve_data(&source, &run, 0).unwrap_err());
+            assert!(
+                e.starts_with("the run's dataset is mixed") && e.contains("--dataset folder"),
+                "{e}"
+            );
+        }
+    }
 }
