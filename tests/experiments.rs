@@ -1,8 +1,10 @@
 //! The experiments' one runner end to end, on the tiny synthetic scenario: `sweep` (a 2 × 1
 //! grid × 2 seeds: its runs, `results.csv` against every run's `summary.json`, `results.md`'s
 //! mean ± std against the CSV, skipping finished runs, running only new, changed or
-//! interrupted ones, refusing a bad axis before anything runs) and its preset `compare`
-//! (`--reuse` keeps a finished run of the same scenario).
+//! interrupted ones, refusing a bad axis before anything runs), the same sweep written as a
+//! `[sweep]` table of its file (the same cells and rows as the flags; flags override it;
+//! `simulate` refuses the table) and its preset `compare` (`--reuse` keeps a finished run of
+//! the same scenario).
 
 // A test file: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -10,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use fedssl_coordinator::experiments::sweep::{sweep, SweepSpec};
+use fedssl_coordinator::experiments::sweep::{plan, sweep, SweepSpec};
 use fedssl_tests::TINY;
 use serde_json::Value;
 
@@ -268,4 +270,105 @@ async fn compare_reuses_finished_runs_of_the_same_scenario() {
         .unwrap();
     assert_eq!(mtime(&out.join("a/summary.json")), t[0]);
     assert_eq!(summary(&out.join("b"))["seed"], 4);
+}
+
+/// `results.csv` without its `wall_seconds` column (the one number two runs of the same
+/// scenario do not share).
+fn rows_without_wall_seconds(out: &Path) -> Vec<String> {
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    csv.lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.pop();
+            f.join(",")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_file_is_the_same_sweep_as_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("tiny.toml");
+    std::fs::write(&plain, TINY).unwrap();
+    let file = dir.path().join("tiny-sweep.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{TINY}\n[sweep]\nseeds = [1]\n\n[[sweep.axis]]\nkey = \"partition\"\nvalues = [{{ kind = \"iid\" }}, {{ kind = \"dirichlet\", alpha = 0.5 }}]\n\n[[sweep.axis]]\nkey = \"federation.strategy.kind\"\nvalues = [\"fedprox\"]\n"
+        ),
+    )
+    .unwrap();
+    let spec = |scenario: &Path, grid: &[&str], seeds: &[u64], out: &Path| SweepSpec {
+        scenario: scenario.to_path_buf(),
+        grid: grid.iter().map(|g| g.to_string()).collect(),
+        seeds: seeds.to_vec(),
+        sets: small_sets(),
+        data_dir: None,
+        out: out.to_path_buf(),
+        progress: false,
+    };
+    let flags = [
+        r#"partition=[{kind="iid"}, {kind="dirichlet", alpha=0.5}]"#,
+        "federation.strategy.kind=[fedprox]",
+    ];
+
+    // the file alone, and the plain file with the same flags: the same cells and rows
+    let by_file = dir.path().join("by-file");
+    let a = sweep(&spec(&file, &[], &[], &by_file)).await.unwrap();
+    let by_flags = dir.path().join("by-flags");
+    let b = sweep(&spec(&plain, &flags, &[1], &by_flags)).await.unwrap();
+    assert_eq!(a.plan.cells, b.plan.cells);
+    assert_eq!(a.plan.seeds, vec![1]);
+    let names: Vec<&str> = a.plan.cells.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "partition=iid__strategy=fedprox",
+            "partition=dirichlet-0.5__strategy=fedprox"
+        ]
+    );
+    assert_eq!(a.ran.len(), 2);
+    let rows = rows_without_wall_seconds(&by_file);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows, rows_without_wall_seconds(&by_flags));
+    // the same scenarios exactly: the file's sweep into the flags' folder skips every run
+    let again = sweep(&spec(&file, &[], &[], &by_flags)).await.unwrap();
+    assert_eq!((again.ran.len(), again.skipped.len()), (0, 2));
+    // the [sweep] table never reaches a run's scenario
+    let run = by_file.join(names[0]).join("seed-1");
+    let json = std::fs::read_to_string(run.join("scenario.json")).unwrap();
+    assert!(!json.contains("sweep"), "{json}");
+
+    // flags next to the table: --grid replaces the axis of its key, in place; --seeds the seeds
+    let p = plan(&spec(
+        &file,
+        &["federation.strategy.kind=[fedavg, fedprox]"],
+        &[4, 5],
+        &by_file,
+    ))
+    .unwrap();
+    assert_eq!(p.seeds, vec![4, 5]);
+    assert_eq!(p.cells.len(), 4);
+    assert_eq!(p.cells[1].name, "partition=iid__strategy=fedprox");
+    let p = plan(&spec(&file, &["train.lr=[0.1, 0.2]"], &[], &by_file)).unwrap();
+    assert_eq!(p.grid.axes.len(), 3);
+    assert_eq!(p.grid.axes[2].key, "train.lr");
+    // a key of the table that is not one is refused by name
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, format!("{TINY}\n[sweep]\nseed = [1]\n")).unwrap();
+    let e = format!("{:#}", plan(&spec(&bad, &[], &[], &by_file)).unwrap_err());
+    assert!(
+        e.contains("[sweep] of") && e.contains("unknown field `seed`"),
+        "{e}"
+    );
+
+    // simulate (any single run) refuses the file, naming the table
+    let e = format!(
+        "{:#}",
+        fedssl_shared::config::Scenario::load(&file, &[]).unwrap_err()
+    );
+    assert!(
+        e.contains("tiny-sweep.toml") && e.contains("[sweep] is the grid and seeds of a sweep"),
+        "{e}"
+    );
 }

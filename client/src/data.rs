@@ -124,6 +124,13 @@ pub(crate) fn resolve_data(
 fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> {
     match source {
         DataSource::InMemory { data, .. } => Ok(data.clone()),
+        DataSource::Shard { .. } | DataSource::Whole { .. }
+            if run.dataset == DatasetKind::Mixed =>
+        {
+            bail!(
+                "the run's dataset is mixed (several datasets, one domain per client: a simulation's setup, whose sources are the coordinator's files); a site trains on its own data: --dataset folder --data DIR"
+            )
+        }
         DataSource::Whole { dir } if run.dataset == DatasetKind::Folder => {
             let dir = dir.as_ref().context(
                 "the run's dataset is a folder of images: this site's folder is --data DIR",
@@ -152,9 +159,8 @@ fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> 
             // as the coordinator draws it: an unlabelled set (STL-10's unlabelled images) is
             // one class
             let full = load_run_train_set(dir.as_deref(), run)?.one_class_if_unlabelled();
-            let parts = fedssl_shared::partition::partition(
-                &full.labels,
-                full.num_classes,
+            let parts = fedssl_shared::partition::partition_dataset(
+                &full,
                 *n as usize,
                 &run.partition,
                 fedssl_shared::seed::derive(run.seed, fedssl_shared::seed::PARTITION, 0),
@@ -404,5 +410,26 @@ mod tests {
         sc.data.stl10_split = fedssl_shared::data::Stl10Split::Train;
         let ds = resolve_data(&whole, &RunInfo::of(&sc), 0).unwrap();
         assert_eq!(ds.len(), 2);
+    }
+
+    #[test]
+    fn a_site_of_a_mixed_run_is_refused_with_what_to_do() {
+        let mut sc = Scenario::default();
+        sc.data.dataset = DatasetKind::Mixed;
+        let run = RunInfo::of(&sc);
+        for source in [
+            DataSource::Shard {
+                dir: None,
+                k: 0,
+                n: 3,
+            },
+            DataSource::Whole { dir: None },
+        ] {
+            let e = format!("{:#}", resolve_data(&source, &run, 0).unwrap_err());
+            assert!(
+                e.starts_with("the run's dataset is mixed") && e.contains("--dataset folder"),
+                "{e}"
+            );
+        }
     }
 }

@@ -133,17 +133,20 @@ enum Cmd {
     /// Runs every cell of a grid of scenario values × every seed (simulate, one after the
     /// other, into <out>/<cell>/seed-<s>/; a finished run of the same scenario is skipped, a
     /// changed or interrupted one runs again) and writes results.csv, results.md and top1.png
-    /// into <out>.
+    /// into <out>. The grid and seeds may be the file's own [sweep] table
+    /// ([[sweep.axis]] key = "…", values = […]; seeds = […]).
     Sweep {
-        /// Base scenario file (TOML).
+        /// Base scenario file (TOML), with or without a [sweep] table.
         scenario: PathBuf,
         /// A grid axis, KEY=[V1, V2, …], each value as --set takes it, e.g.
         /// 'partition=[{kind="iid"}, {kind="dirichlet", alpha=0.1}]' or
         /// 'federation.strategy.kind=[fedavg, fedprox]' (repeatable; the cells are the
-        /// product of the axes, the first axis is the plot's x axis).
+        /// product of the axes, the first axis is the plot's x axis). After the file's
+        /// [[sweep.axis]] axes; one of the same key replaces the file's.
         #[arg(long = "grid", value_name = "KEY=[V1, V2, …]")]
         grid: Vec<String>,
-        /// Comma-separated seeds, e.g. 0,1,2 (default: the scenario's seed).
+        /// Comma-separated seeds, e.g. 0,1,2 (default: the file's [sweep] seeds, else the
+        /// scenario's seed).
         #[arg(long, value_delimiter = ',')]
         seeds: Vec<u64>,
         /// Output folder.

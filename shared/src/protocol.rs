@@ -46,8 +46,10 @@ use crate::weights::WeightSet;
 /// [`RunInfo::compression`] (updates as encoded deltas), the folder dataset,
 /// [`RunInfo::image_size`], [`ServerMessage::Busy`] and [`RunInfo::feature_skew`]; 7: the
 /// CIFAR-100 and STL-10 datasets, [`RunInfo::cifar100_labels`] and [`RunInfo::stl10_split`];
-/// 8: secure aggregation, [`SecAggParams`] in [`ServerMessage::Round`] and its messages).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 8: secure aggregation, [`SecAggParams`] in [`ServerMessage::Round`] and its messages; 9:
+/// the mixed dataset as [`RunInfo::dataset`] and the `domain` partition in
+/// [`RunInfo::partition`], which an older client could not decode).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

@@ -57,6 +57,10 @@ pub const BYZANTINE: &str = "byzantine";
 pub const FEATURE_NOISE: &str = "feature-noise";
 /// Feature skew's colour tint gains of client `i` (index: the client's shard index).
 pub const FEATURE_TINT: &str = "feature-tint";
+/// The run seed each source of the mixed dataset is loaded with (index: the source's
+/// position in `data.sources`), so that two synthetic sources are different images
+/// ([`crate::data::mixed`]).
+pub const MIXED_SOURCE: &str = "mixed-source";
 
 /// SplitMix64 finaliser: a bijective 64-bit mix.
 pub fn splitmix64(mut z: u64) -> u64 {
@@ -87,7 +91,7 @@ mod tests {
     use super::*;
 
     /// Every stream of this module, once (a new stream is added here too).
-    const ALL: [&str; 20] = [
+    const ALL: [&str; 21] = [
         INIT,
         HEAD_INIT,
         CLIENT_HEAD,
@@ -108,6 +112,7 @@ mod tests {
         BYZANTINE,
         FEATURE_NOISE,
         FEATURE_TINT,
+        MIXED_SOURCE,
     ];
 
     #[test]

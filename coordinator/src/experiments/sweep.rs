@@ -14,6 +14,9 @@
 //! * `top1.png`: linear top-1 against the first axis's values, one line per value of the
 //!   other axes, error bars = std.
 //!
+//! The grid and seeds can be written in the scenario file itself, a `[sweep]` table
+//! ([`SweepTable`]), so that a sweep is one file; `--grid` and `--seeds` override it.
+//!
 //! A run that fails is said and the others still run; the command then errors after writing
 //! the results of those that finished.
 
@@ -35,9 +38,10 @@ use crate::run::outputs::plural;
 pub struct SweepSpec {
     /// The base scenario file.
     pub scenario: PathBuf,
-    /// `--grid KEY=[…]` specs, in order (the first is the plot's x axis).
+    /// `--grid KEY=[…]` specs, in order (the first is the plot's x axis), after the file's
+    /// `[[sweep.axis]]` ones; one of the same key replaces the file's ([`SweepTable`]).
     pub grid: Vec<String>,
-    /// `--seeds`; empty: the scenario's own seed.
+    /// `--seeds`; empty: the file's `[sweep] seeds`, else the scenario's own seed.
     pub seeds: Vec<u64>,
     /// `--set` overrides of every cell (applied before the grid's).
     pub sets: Vec<String>,
@@ -115,19 +119,29 @@ pub struct SweepReport {
 /// grid values, `seed`, `--data-dir`) and validated, nothing written. Errors name the cell
 /// and the axis (or the `--set`) to blame.
 pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
-    let grid = Grid::parse(&spec.grid)?;
+    // the base alone, with --set: its errors are the file's or a --set's
+    let (base, table) = Scenario::load_sweep_file(&spec.scenario, &spec.sets)?;
+    let table = match table {
+        Some(t) => SweepTable::read(t)
+            .with_context(|| format!("[sweep] of {}", spec.scenario.display()))?,
+        None => SweepTable::default(),
+    };
+    let specs = table.grid_specs(&spec.grid);
+    let grid = Grid::parse(&specs)?;
     for s in &spec.sets {
         let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
         if grid.axes.iter().any(|a| a.key == key) {
-            bail!("`{key}` is both a --set and a --grid axis: give it once");
+            bail!(
+                "`{key}` is both a --set and a grid axis (--grid or [[sweep.axis]]): give it once"
+            );
         }
     }
-    // the base alone, with --set: its errors are the file's or a --set's
-    let base = Scenario::load(&spec.scenario, &spec.sets)?;
-    let seeds = if spec.seeds.is_empty() {
-        vec![base.seed]
-    } else {
+    let seeds = if !spec.seeds.is_empty() {
         spec.seeds.clone()
+    } else if !table.seeds.is_empty() {
+        table.seeds.clone()
+    } else {
+        vec![base.seed]
     };
     if let Some((i, s)) = seeds
         .iter()
@@ -158,13 +172,90 @@ pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
     })
 }
 
+/// The `[sweep]` table of a sweep file: the seeds and the grid's axes, so that a sweep is one
+/// file. Written
+///
+/// ```toml
+/// [sweep]
+/// seeds = [0, 1]
+///
+/// [[sweep.axis]]
+/// key = "partition"
+/// values = [{ kind = "iid" }, { kind = "dirichlet", alpha = 0.5 }]
+///
+/// [[sweep.axis]]
+/// key = "federation.strategy.kind"
+/// values = ["fedavg", "fedprox"]
+/// ```
+///
+/// each axis exactly the `--grid KEY=[…]` of the same values, in file order (the first is
+/// the plot's x axis). On the command line, `--grid KEY=[…]` replaces the file's axis of the
+/// same key (in its place; a new key is appended) and `--seeds` replaces its seeds. The
+/// table never reaches a run's scenario ([`Scenario::load_sweep_file`]); `simulate` of the
+/// file refuses it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepTable {
+    /// `seeds`: the sweep's seeds (default: `--seeds`, or the scenario's `seed`).
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+    /// `[[sweep.axis]]`: the grid's axes in order.
+    #[serde(default)]
+    pub axis: Vec<AxisTable>,
+}
+
+/// One `[[sweep.axis]]`: a scenario key and its values, each as `--set KEY=` takes it.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AxisTable {
+    /// The scenario key, e.g. `"federation.strategy.kind"` or `"partition"`.
+    pub key: String,
+    /// Its values: TOML values (`"fedprox"`, `0.1`, `{ kind = "iid" }`).
+    pub values: Vec<toml::Value>,
+}
+
+impl SweepTable {
+    /// Reads a `[sweep]` table; unknown keys are refused by name.
+    pub fn read(value: toml::Value) -> Result<Self> {
+        value
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))
+    }
+
+    /// The `--grid` specs of the file's axes (`KEY=[v1, v2, …]`, each value as inline TOML),
+    /// with the command line's `flags` replacing the axis of their key or appended after.
+    pub fn grid_specs(&self, flags: &[String]) -> Vec<String> {
+        let key_of = |spec: &str| spec.split_once('=').map(|(k, _)| k.trim().to_string());
+        let mut specs: Vec<String> = self
+            .axis
+            .iter()
+            .map(|a| {
+                let values: Vec<String> = a.values.iter().map(|v| v.to_string()).collect();
+                format!("{}=[{}]", a.key, values.join(", "))
+            })
+            .collect();
+        for f in flags {
+            let replaced = key_of(f).and_then(|k| {
+                specs
+                    .iter()
+                    .position(|s| key_of(s).as_deref() == Some(k.as_str()))
+            });
+            match replaced {
+                Some(i) => specs[i] = f.clone(),
+                None => specs.push(f.clone()),
+            }
+        }
+        specs
+    }
+}
+
 /// The scenario of `cell` (its seed still the base's). An error is blamed on the first axis
 /// whose value makes the scenario invalid.
 fn load_cell(spec: &SweepSpec, grid: &Grid, cell: &Cell) -> Result<Scenario> {
     let with = |n: usize| {
         let mut o = spec.sets.clone();
         o.extend(grid.overrides(cell).into_iter().take(n));
-        Scenario::load(&spec.scenario, &o)
+        Scenario::load_sweep_file(&spec.scenario, &o).map(|(sc, _)| sc)
     };
     let axes = grid.axes.len();
     let mut sc = match with(axes) {

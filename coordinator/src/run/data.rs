@@ -5,6 +5,8 @@
 //! kept apart: the probes use the evaluation dataset's labelled split, the simulated clients
 //! the training one.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use fedssl_shared::config::Scenario;
 use fedssl_shared::data::{
@@ -12,15 +14,24 @@ use fedssl_shared::data::{
 };
 
 /// The dataset the probes use, and where: `eval.dataset` at `eval.path` (default
-/// `data.path` when it is the training dataset's kind), or the training dataset.
-fn eval_source(sc: &Scenario) -> (DatasetKind, Option<&std::path::Path>) {
+/// `data.path` when it is the training dataset's kind; for the mixed dataset, the folder of
+/// its first source of that kind), or the training dataset.
+fn eval_source(sc: &Scenario) -> (DatasetKind, Option<PathBuf>) {
     let kind = sc.eval.dataset.unwrap_or(sc.data.dataset);
     let same_kind = kind == sc.data.dataset;
+    let source_path = || {
+        sc.data
+            .sources
+            .iter()
+            .find(|s| s.dataset == kind)
+            .and_then(|s| s.resolved_path(sc.data.path.as_deref()))
+    };
     let path = sc
         .eval
         .path
-        .as_deref()
-        .or(sc.data.path.as_deref().filter(|_| same_kind));
+        .clone()
+        .or_else(|| sc.data.path.clone().filter(|_| same_kind))
+        .or_else(source_path);
     (kind, path)
 }
 
@@ -28,7 +39,7 @@ fn eval_source(sc: &Scenario) -> (DatasetKind, Option<&std::path::Path>) {
 /// `path` set and different).
 pub fn eval_is_separate(sc: &Scenario) -> bool {
     let (kind, path) = eval_source(sc);
-    kind != sc.data.dataset || path != sc.data.path.as_deref()
+    kind != sc.data.dataset || path.as_deref() != sc.data.path.as_deref()
 }
 
 /// True when the simulated clients train on other images than the probes' labelled training
@@ -49,6 +60,7 @@ pub fn federated_is_separate(sc: &Scenario) -> bool {
 /// Errors: a loader's; an evaluation on a dataset without labels.
 pub fn load_sets(sc: &Scenario) -> Result<(ImageDataset, ImageDataset)> {
     let (kind, path) = eval_source(sc);
+    let path = path.as_deref();
     let train_n = if federated_is_separate(sc) {
         None
     } else {
@@ -68,7 +80,7 @@ pub fn load_sets(sc: &Scenario) -> Result<(ImageDataset, ImageDataset)> {
         );
     }
     let train = train.one_class_if_unlabelled();
-    let test = if sc.eval.enabled || kind != DatasetKind::Folder {
+    let test = if sc.eval.enabled || !matches!(kind, DatasetKind::Folder | DatasetKind::Mixed) {
         load_split_with(kind, path, test_n, sc.seed, Split::Test, &opts)?
     } else {
         train.subset(&[])

@@ -98,7 +98,7 @@ pub fn start_run(
         resume::write_scenario(out, sc)?;
     }
     if let Some(parts) = shards {
-        write_partition_files(out, &train.labels, train.num_classes, parts)?;
+        write_partition_files(out, train, parts)?;
     }
     Ok(())
 }
@@ -148,35 +148,72 @@ pub const PARTITION_PNG: &str = "partition.png";
 /// `parts`, indices into `labels`), its number of images, its images per class (a
 /// `num_classes`-long list), its EMD and Jensen–Shannon divergence to the population; then
 /// `num_classes`, the population's `class_counts`, the `summary` (sizes, mean / max EMD,
-/// mean JS) and `definitions` (what the distances are). Returns the report.
+/// mean JS) and `definitions` (what the distances are). With `domains` (the mixed dataset's
+/// per-image domains and their names; empty slices otherwise), every client also has its
+/// `domain_counts` (images per domain name, the domains it draws from) and, when it draws from
+/// one, its `domain`; and the file lists the `domains`. Returns the report.
 pub fn write_partition_json(
     out: &Path,
     labels: &[u32],
     num_classes: usize,
     parts: &[Vec<usize>],
+    domains: (&[u32], &[String]),
 ) -> Result<HeterogeneityReport> {
     let r = report(labels, num_classes, parts);
-    let v = serde_json::json!({
-        "clients": r.clients,
+    let mut clients = serde_json::to_value(&r.clients)?;
+    let (of_image, names) = domains;
+    if !of_image.is_empty() {
+        if let Some(list) = clients.as_array_mut() {
+            for (c, idx) in list.iter_mut().zip(parts) {
+                let mut counts = vec![0usize; names.len()];
+                for &i in idx {
+                    counts[of_image[i] as usize] += 1;
+                }
+                let drawn: serde_json::Map<String, serde_json::Value> = names
+                    .iter()
+                    .zip(&counts)
+                    .filter(|(_, &n)| n > 0)
+                    .map(|(name, &n)| (name.clone(), n.into()))
+                    .collect();
+                if let Some(obj) = c.as_object_mut() {
+                    if drawn.len() == 1 {
+                        let only = drawn.keys().next().cloned().unwrap_or_default();
+                        obj.insert("domain".into(), only.into());
+                    }
+                    obj.insert("domain_counts".into(), drawn.into());
+                }
+            }
+        }
+    }
+    let mut v = serde_json::json!({
+        "clients": clients,
         "num_classes": r.num_classes,
         "population": { "class_counts": r.population },
         "summary": r.summary,
         "definitions": DEFINITIONS,
     });
+    if !of_image.is_empty() {
+        v["domains"] = serde_json::json!(names);
+    }
     let text = serde_json::to_string_pretty(&v)?;
     write_atomic(&out.join(PARTITION_FILE), text.as_bytes())?;
     Ok(r)
 }
 
-/// Writes `partition.json` and the heat map `partition.png` of the split `parts` of `labels`
-/// into `out`; returns the report.
+/// Writes `partition.json` and the heat map `partition.png` of the split `parts` of `train`
+/// (by its labels; its domains too, for the mixed dataset) into `out`; returns the report.
 pub fn write_partition_files(
     out: &Path,
-    labels: &[u32],
-    num_classes: usize,
+    train: &ImageDataset,
     parts: &[Vec<usize>],
 ) -> Result<HeterogeneityReport> {
-    let r = write_partition_json(out, labels, num_classes, parts)?;
+    let r = write_partition_json(
+        out,
+        &train.labels,
+        train.num_classes,
+        parts,
+        (&train.domains, &train.domain_names),
+    )?;
     crate::experiments::heatmap::partition_heatmap(&out.join(PARTITION_PNG), &r)?;
     Ok(r)
 }
@@ -251,6 +288,7 @@ mod tests {
             &labels,
             3,
             &[vec![0, 1, 2], vec![3, 4, 5], vec![]],
+            (&[], &[]),
         )
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(

@@ -70,12 +70,11 @@ pub(crate) fn loopback_endpoint(sc: &Scenario, idle: Duration) -> Result<(Bound,
 }
 
 /// The simulated clients' shards of `train`: `federation.clients` disjoint index lists drawn
-/// by `[partition]` with the scenario's `partition` seed stream. Errors when the data cannot
-/// satisfy the partition.
+/// by `[partition]` (by label, or by domain for `kind = "domain"`) with the scenario's
+/// `partition` seed stream. Errors when the data cannot satisfy the partition.
 pub(crate) fn shards(sc: &Scenario, train: &ImageDataset) -> Result<Vec<Vec<usize>>> {
-    fedssl_shared::partition::partition(
-        &train.labels,
-        train.num_classes,
+    fedssl_shared::partition::partition_dataset(
+        train,
         sc.federation.clients,
         &sc.partition,
         fedssl_shared::seed::derive(sc.seed, fedssl_shared::seed::PARTITION, 0),

@@ -45,7 +45,7 @@ pub fn draw_split(sc: &Scenario, out: &Path) -> Result<HeterogeneityReport> {
         )
     })?;
     outputs::create_out_dir(out)?;
-    outputs::write_partition_files(out, &train.labels, train.num_classes, &parts)
+    outputs::write_partition_files(out, &train, &parts)
 }
 
 /// The figures of `r` as a small Markdown table: clients, images, shard sizes
@@ -132,5 +132,80 @@ mod tests {
         let kept = std::fs::read_to_string(dir.path().join("partition.json")).unwrap();
         assert_eq!(kept, "the run's");
         assert!(!dir.path().join("partition.png").exists());
+    }
+
+    /// `cifar-100-binary/train.bin` in `dir` with `n` records (fine label `i % 100`).
+    fn cifar100(dir: &Path, n: usize) {
+        let inner = dir.join("cifar-100-binary");
+        std::fs::create_dir_all(&inner).unwrap();
+        let rec = fedssl_shared::data::cifar100::RECORD_BYTES;
+        let bytes: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                let mut r = vec![i as u8; rec];
+                (r[0], r[1]) = ((i % 20) as u8, (i % 100) as u8);
+                r
+            })
+            .collect();
+        std::fs::write(inner.join("train.bin"), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_domain_split_of_the_mixed_dataset_reports_each_clients_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        cifar100(&dir.path().join("c100"), 90);
+        let data = toml::Value::from(dir.path().display().to_string());
+        let sc = Scenario::from_toml_str(
+            "",
+            &[
+                "name=\"mixed\"".to_string(),
+                "data.dataset=\"mixed\"".into(),
+                format!("data.path={data}"),
+                "data.sources=[{dataset=\"cifar100\", path=\"c100\"}, {dataset=\"synthetic\", images=30}]".into(),
+                "partition={kind=\"domain\"}".into(),
+                "federation.clients=4".into(),
+                "eval.enabled=false".into(),
+            ],
+        )
+        .unwrap();
+        let out = dir.path().join("split");
+        let r = draw_split(&sc, &out).unwrap();
+        // 90 + 30 images among 4 clients: 3 of CIFAR-100 and 1 synthetic, 30 each
+        assert_eq!(r.summary.images, 120);
+        assert_eq!(r.num_classes, 110);
+        assert!(r.clients.iter().all(|c| c.images == 30));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("partition.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["domains"], serde_json::json!(["cifar100", "synthetic"]));
+        let clients = v["clients"].as_array().unwrap();
+        let domains: Vec<&str> = clients
+            .iter()
+            .map(|c| c["domain"].as_str().unwrap())
+            .collect();
+        assert_eq!(domains, ["cifar100", "cifar100", "cifar100", "synthetic"]);
+        assert_eq!(
+            clients[3]["domain_counts"],
+            serde_json::json!({"synthetic": 30})
+        );
+        // the same split as simulate draws, seeded
+        let train = crate::run::data::load_sets(&sc).unwrap().0;
+        assert_eq!(train.domains.len(), 120);
+        let parts = simulate::shards(&sc, &train).unwrap();
+        assert_eq!(parts, simulate::shards(&sc, &train).unwrap());
+        assert!(parts[3].iter().all(|&i| train.domains[i] == 1));
+        // a missing source is named by its index and folder
+        let mut bad = sc.clone();
+        bad.data.sources[0].path = Some("nowhere".into());
+        let e = format!(
+            "{:#}",
+            draw_split(&bad, &dir.path().join("bad")).unwrap_err()
+        );
+        assert!(
+            e.starts_with(&format!(
+                "data.sources[0] (cifar100 at {}): ",
+                dir.path().join("nowhere").display()
+            )),
+            "{e}"
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::data::mixed::{check_sources, MixedSource};
 use crate::data::{
     Cifar100Labels, DatasetKind, FolderLabels, FolderOptions, LoadOptions, Stl10Split, IMAGE_SIDE,
     MAX_IMAGE_SIDE,
@@ -20,13 +21,21 @@ pub const MIN_IMAGE_SIDE: usize = 8;
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// `"synthetic"` (default), `"cifar10"`, `"cifar100"`, `"stl10"` (the binary releases,
-    /// [`crate::data::cifar10`], [`crate::data::cifar100`], [`crate::data::stl10`]) or
-    /// `"folder"` (a folder of PNG/JPEG/WebP/BMP images, [`crate::data::folder`]).
+    /// [`crate::data::cifar10`], [`crate::data::cifar100`], [`crate::data::stl10`]),
+    /// `"folder"` (a folder of PNG/JPEG/WebP/BMP images, [`crate::data::folder`]) or
+    /// `"mixed"` (the datasets of `sources` concatenated, each image's source its domain,
+    /// [`crate::data::mixed`]).
     pub dataset: DatasetKind,
     /// The release's folder (the one holding `cifar-10-batches-bin`, `cifar-100-binary` or
     /// `stl10_binary`, or that folder itself), or the image folder (relative to the scenario
-    /// file, or overridden by `--data-dir`).
+    /// file, or overridden by `--data-dir`). Mixed dataset: the folder the sources' relative
+    /// paths start from (default: the scenario file's folder).
     pub path: Option<PathBuf>,
+    /// The mixed dataset's sources, `[[data.sources]]` tables of `dataset`, `path`, `images`
+    /// and `name` ([`MixedSource`]), in domain order; only with `dataset = "mixed"`, which
+    /// needs at least one. Not written when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<MixedSource>,
     /// Use only the first N training images (of the release's training split; STL-10: of
     /// `stl10_split`), or generate N (synthetic). `None`: all / 10,000 (synthetic).
     pub train_images: Option<usize>,
@@ -64,6 +73,7 @@ impl Default for DataConfig {
             train_images: None,
             test_images: None,
             image_size: IMAGE_SIDE,
+            sources: Vec::new(),
             labels: FolderLabels::None,
             skip_bad_images: false,
             cifar100_labels: Cifar100Labels::Fine,
@@ -73,8 +83,28 @@ impl Default for DataConfig {
 }
 
 impl DataConfig {
-    /// Checks the image counts and size; the message names the `data.*` keys.
+    /// Checks the image counts and size, and the mixed dataset's sources
+    /// ([`check_sources`]); the message names the `data.*` keys.
     pub fn validate(&self) -> Result<()> {
+        if self.dataset == DatasetKind::Mixed {
+            if let Some(key) = [
+                ("data.train_images", self.train_images.is_some()),
+                ("data.test_images", self.test_images.is_some()),
+            ]
+            .iter()
+            .find_map(|(k, set)| set.then_some(k))
+            {
+                bail!(
+                    "{key} does not apply to data.dataset = \"mixed\": give each source its `images` (its training images; a mixed run is tested on [eval] dataset)"
+                );
+            }
+            check_sources(&self.sources, self.image_size)?;
+        } else if !self.sources.is_empty() {
+            bail!(
+                "data.sources applies to data.dataset = \"mixed\" only (data.dataset is {:?}): set it, or leave the sources out",
+                self.dataset.key()
+            );
+        }
         if self.train_images == Some(0) || self.test_images == Some(0) {
             bail!("data.train_images and data.test_images must be at least 1 (or left out)");
         }
@@ -104,15 +134,21 @@ impl DataConfig {
         eval_dataset: Option<DatasetKind>,
         partition: &PartitionConfig,
     ) -> Result<()> {
-        let reads = |kind| self.dataset == kind || eval_dataset == Some(kind);
+        let reads = |kind| {
+            self.dataset == kind
+                || eval_dataset == Some(kind)
+                || self.sources.iter().any(|s| s.dataset == kind)
+        };
         if self.cifar100_labels != Cifar100Labels::default() && !reads(DatasetKind::Cifar100) {
             bail!(
                 "data.cifar100_labels = \"coarse\" applies to the CIFAR-100 dataset only: set data.dataset or eval.dataset = \"cifar100\", or leave the key out"
             );
         }
-        if self.stl10_split != Stl10Split::default() && self.dataset != DatasetKind::Stl10 {
+        let trains_on_stl10 = self.dataset == DatasetKind::Stl10
+            || self.sources.iter().any(|s| s.dataset == DatasetKind::Stl10);
+        if self.stl10_split != Stl10Split::default() && !trains_on_stl10 {
             bail!(
-                "data.stl10_split = \"{}\" applies to the STL-10 dataset only (data.dataset = \"stl10\"): leave the key out",
+                "data.stl10_split = \"{}\" applies to the STL-10 dataset only (data.dataset = \"stl10\", or a source of the mixed dataset): leave the key out",
                 self.stl10_split.name()
             );
         }
@@ -120,8 +156,15 @@ impl DataConfig {
             PartitionConfig::Dirichlet(_) => Some("dirichlet"),
             PartitionConfig::LabelQuantity(_) => Some("label_quantity"),
             PartitionConfig::Shards(_) => Some("shards"),
-            PartitionConfig::Iid(_) | PartitionConfig::Quantity(_) => None,
+            PartitionConfig::Iid(_) | PartitionConfig::Quantity(_) | PartitionConfig::Domain(_) => {
+                None
+            }
         };
+        if matches!(partition, PartitionConfig::Domain(_)) && self.dataset != DatasetKind::Mixed {
+            bail!(
+                "partition.kind = \"domain\" gives each client the images of one domain, a source of the mixed dataset: set data.dataset = \"mixed\" with its [[data.sources]], or another partition.kind"
+            );
+        }
         if let Some(kind) = label_skew {
             if self.dataset == DatasetKind::Stl10 && !self.stl10_split.is_labelled() {
                 bail!(
@@ -150,6 +193,7 @@ impl DataConfig {
             folder: self.folder_options(),
             cifar100_labels: self.cifar100_labels,
             stl10_split: self.stl10_split,
+            sources: self.sources.clone(),
         }
     }
 }
@@ -250,5 +294,80 @@ mod tests {
         .unwrap();
         parse("[data]\ndataset = \"stl10\"\n[partition]\nkind = \"quantity\"\n").unwrap();
         parse(&format!("[data]\ndataset = \"cifar100\"\n{dir}")).unwrap();
+    }
+
+    #[test]
+    fn the_mixed_dataset_is_read_and_its_mistakes_refused_by_key() {
+        let mixed = "[data]\ndataset = \"mixed\"\n[[data.sources]]\ndataset = \"cifar10\"\npath = \"c10\"\nimages = 500\n[[data.sources]]\ndataset = \"synthetic\"\nimages = 200\nname = \"toy\"\n";
+        let probe = "[eval]\ndataset = \"cifar10\"\n[partition]\nkind = \"domain\"\n";
+        let sc = parse(&format!("{mixed}{probe}")).unwrap();
+        assert_eq!(sc.data.dataset, DatasetKind::Mixed);
+        let names: Vec<String> = sc.data.sources.iter().map(|s| s.domain_name()).collect();
+        assert_eq!(names, ["cifar10", "toy"]);
+        assert_eq!(sc.data.sources[0].images, Some(500));
+        assert_eq!(sc.data.load_options().sources, sc.data.sources);
+        // the probes need one labelled dataset
+        let e = refused(mixed);
+        assert!(
+            e.starts_with("data.dataset = \"mixed\": its sources have different label spaces")
+                && e.contains("eval.dataset"),
+            "{e}"
+        );
+        parse(&format!("{mixed}[eval]\nenabled = false\n")).unwrap();
+        let e = refused(&format!("{mixed}[eval]\ndataset = \"mixed\"\n"));
+        assert!(e.starts_with("eval.dataset = \"mixed\""), "{e}");
+        // an unknown key of a source is named
+        let e = refused(&format!("{mixed}sizes = 3\n{probe}"));
+        assert!(e.contains("unknown field `sizes`"), "{e}");
+        // keys that do not apply
+        let e = refused(&format!("{mixed}{probe}").replace(
+            "dataset = \"mixed\"\n",
+            "dataset = \"mixed\"\ntrain_images = 9\n",
+        ));
+        assert!(
+            e.starts_with("data.train_images does not apply to data.dataset = \"mixed\""),
+            "{e}"
+        );
+        let e = refused("[[data.sources]]\ndataset = \"cifar10\"\n");
+        assert!(
+            e.starts_with("data.sources applies to data.dataset = \"mixed\" only"),
+            "{e}"
+        );
+        let e = refused("[partition]\nkind = \"domain\"\n");
+        assert!(
+            e.starts_with("partition.kind = \"domain\" gives each client the images of one domain"),
+            "{e}"
+        );
+        let e = refused("[data]\ndataset = \"mixed\"\n[eval]\nenabled = false\n");
+        assert!(e.contains("needs its sources"), "{e}");
+        // STL-10's split applies to an STL-10 source
+        parse(&format!(
+            "{}[[data.sources]]\ndataset = \"stl10\"\n{probe}",
+            mixed.replace(
+                "dataset = \"mixed\"\n",
+                "dataset = \"mixed\"\nstl10_split = \"unlabeled\"\n"
+            )
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn a_mixed_datasets_sources_start_from_data_path_or_the_files_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        let text = "[data]\ndataset = \"mixed\"\n[[data.sources]]\ndataset = \"cifar10\"\npath = \"c10\"\n[eval]\nenabled = false\n";
+        std::fs::write(&p, text).unwrap();
+        let sc = Scenario::load(&p, &[]).unwrap();
+        assert_eq!(sc.data.path.as_deref(), Some(dir.path()));
+        assert_eq!(
+            sc.data.sources[0].resolved_path(sc.data.path.as_deref()),
+            Some(dir.path().join("c10"))
+        );
+        std::fs::write(&p, text.replace("[data]\n", "[data]\npath = \"d\"\n")).unwrap();
+        let sc = Scenario::load(&p, &[]).unwrap();
+        assert_eq!(
+            sc.data.sources[0].resolved_path(sc.data.path.as_deref()),
+            Some(dir.path().join("d").join("c10"))
+        );
     }
 }

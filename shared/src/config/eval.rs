@@ -78,11 +78,14 @@ pub struct EvalConfig {
     /// `"cifar100"` (with `data.cifar100_labels`), `"stl10"` (its labelled training split and
     /// test split, at `data.image_size`) or `"folder"`, read with `data.labels`,
     /// `data.image_size`, `data.skip_bad_images`; a folder needs `train/` and `test/` class
-    /// folders); default: the training dataset `data.dataset`. Pretrain on the sites' own
-    /// images, probe on CIFAR-10 or a labelled folder.
+    /// folders); default: the training dataset `data.dataset` (required when that is
+    /// `"mixed"`, whose sources' label spaces differ; never `"mixed"`). Pretrain on the sites'
+    /// own images, probe on CIFAR-10 or a labelled folder.
     pub dataset: Option<DatasetKind>,
     /// Folder of `eval.dataset` (relative to the scenario file; `--data-dir` does not
-    /// change it); default `data.path` when `eval.dataset` is `data.dataset`'s kind.
+    /// change it); default `data.path` when `eval.dataset` is `data.dataset`'s kind, or, for
+    /// the mixed dataset (which needs `eval.dataset`), the folder of its first source of that
+    /// kind.
     pub path: Option<PathBuf>,
 }
 

@@ -17,21 +17,48 @@ impl Scenario {
     /// into its output folder (the resolved scenario), so that a run's backbone can be
     /// evaluated or a run repeated with exactly its scenario. Its `data.path` was already
     /// resolved when the run started and is taken as it is; a relative `data.path` of a TOML
-    /// file is resolved against the file's folder.
+    /// file is resolved against the file's folder, and the mixed dataset's `data.path` (where
+    /// its sources' relative paths start) defaults to that folder.
+    ///
+    /// A sweep file's `[sweep]` table ([`SWEEP_TABLE`]) is refused, naming it:
+    /// [`Scenario::load_sweep_file`] reads such a file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        Ok(Self::load_with(path, overrides, false)?.0)
+    }
+
+    /// Reads a sweep file as [`Scenario::load`] reads a scenario, its `[sweep]` table
+    /// ([`SWEEP_TABLE`]: the grid and seeds of `fedssl-coordinator sweep`) taken out before
+    /// the rest is read as the base scenario (so that it never reaches a run's scenario) and
+    /// returned as it is written (`None` without one); the coordinator's sweep reads it. The
+    /// `overrides` apply to the base scenario only: one that sets a `sweep.*` key is refused.
+    pub fn load_sweep_file(
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<(Self, Option<toml::Value>)> {
+        Self::load_with(path, overrides, true)
+    }
+
+    fn load_with(
+        path: &Path,
+        overrides: &[String],
+        take_sweep: bool,
+    ) -> Result<(Self, Option<toml::Value>)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read scenario {}", path.display()))?;
         let json = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        let parse = |overrides: &[String]| {
+        let parse_with_sweep = |overrides: &[String]| {
             if json {
-                Self::from_json_str(&text, overrides)
+                let value = json_value(&text)?;
+                Self::from_value_with(value, overrides, take_sweep)
             } else {
-                Self::from_toml_str(&text, overrides)
+                let value = toml_value(&text)?;
+                Self::from_value_with(value, overrides, take_sweep)
             }
         };
-        let mut sc = match parse(overrides) {
+        let parse = |overrides: &[String]| parse_with_sweep(overrides).map(|(sc, _)| sc);
+        let (mut sc, sweep) = match parse_with_sweep(overrides) {
             Ok(sc) => sc,
             // Blame the file only if the file alone is wrong; otherwise the --set overrides.
             Err(e) if overrides.is_empty() || parse(&[]).is_err() => {
@@ -39,47 +66,92 @@ impl Scenario {
             }
             Err(e) => return Err(blame_overrides(e, overrides, parse)),
         };
-        for p in [&mut sc.data.path, &mut sc.eval.path].into_iter().flatten() {
-            if p.is_relative() && !json {
-                let base = path.parent().unwrap_or(Path::new("."));
-                *p = base.join(&*p);
+        if !json {
+            let base = path.parent().unwrap_or(Path::new("."));
+            for p in [&mut sc.data.path, &mut sc.eval.path].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+            // the mixed dataset's sources' relative paths start from data.path, by default
+            // the file's folder
+            if sc.data.dataset == crate::data::DatasetKind::Mixed && sc.data.path.is_none() {
+                let here = if base.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base
+                };
+                sc.data.path = Some(here.to_path_buf());
             }
         }
-        Ok(sc)
+        Ok((sc, sweep))
     }
 
-    /// Parses scenario TOML text with overrides and validates it.
+    /// Parses scenario TOML text with overrides and validates it. A `[sweep]` table is
+    /// refused ([`Scenario::load`]).
     pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Self> {
-        check_no_control_characters(text)?;
-        let value: toml::Value =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", escape_controls(&e)))?;
-        Self::from_value(value, overrides)
+        Ok(Self::from_value_with(toml_value(text)?, overrides, false)?.0)
     }
 
     /// Parses a scenario in JSON (a run's `scenario.json`) with overrides and validates it.
     /// `null` values (options left unset) count as absent keys.
     pub fn from_json_str(text: &str, overrides: &[String]) -> Result<Self> {
-        check_no_control_characters(text)?;
-        let json: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{}", escape_controls(&e)))?;
-        if !json.is_object() {
-            bail!("a scenario in JSON must be an object");
-        }
-        let value = json_to_toml(json).context("a scenario in JSON cannot hold null in a list")?;
-        Self::from_value(value, overrides)
+        Ok(Self::from_value_with(json_value(text)?, overrides, false)?.0)
     }
 
-    fn from_value(mut value: toml::Value, overrides: &[String]) -> Result<Self> {
+    /// The scenario of `value` with `overrides`, validated; its `[sweep]` table taken out and
+    /// returned when `take_sweep`, refused otherwise (and a `[sweep]` an override makes,
+    /// always).
+    fn from_value_with(
+        mut value: toml::Value,
+        overrides: &[String],
+        take_sweep: bool,
+    ) -> Result<(Self, Option<toml::Value>)> {
+        let sweep = match value.as_table_mut() {
+            Some(t) if take_sweep => t.remove(SWEEP_TABLE),
+            _ => None,
+        };
+        if value.get(SWEEP_TABLE).is_some() {
+            bail!(
+                "[{SWEEP_TABLE}] is the grid and seeds of a sweep, not a key of a run: run this file with `fedssl-coordinator sweep FILE --out DIR`, or leave the table out"
+            );
+        }
         for o in overrides {
             apply_override(&mut value, o)?;
+        }
+        if value.get(SWEEP_TABLE).is_some() {
+            bail!("--set {SWEEP_TABLE}.…: the sweep's grid and seeds are not scenario keys; --grid and --seeds give them");
         }
         super::limits::check_value_sizes(&value)?;
         let sc: Scenario = value
             .try_into()
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", escape_controls(&e)))?;
         sc.validate()?;
-        Ok(sc)
+        Ok((sc, sweep))
     }
+}
+
+/// The top-level table of a sweep file that holds the sweep's grid and seeds
+/// (`fedssl-coordinator sweep`); never part of a run's scenario ([`Scenario::load`] refuses
+/// it, [`Scenario::load_sweep_file`] takes it out).
+pub const SWEEP_TABLE: &str = "sweep";
+
+/// `text` as a TOML tree, after refusing control characters.
+fn toml_value(text: &str) -> Result<toml::Value> {
+    check_no_control_characters(text)?;
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", escape_controls(&e)))
+}
+
+/// `text` (a JSON object) as a TOML tree, after refusing control characters; `null` values
+/// are absent keys.
+fn json_value(text: &str) -> Result<toml::Value> {
+    check_no_control_characters(text)?;
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{}", escape_controls(&e)))?;
+    if !json.is_object() {
+        bail!("a scenario in JSON must be an object");
+    }
+    json_to_toml(json).context("a scenario in JSON cannot hold null in a list")
 }
 
 /// The error `e` of a scenario that is valid without its `overrides`, blamed on the override

@@ -131,6 +131,7 @@ impl Scenario {
         self.data.validate()?;
         self.data
             .check_dataset_keys(self.eval.dataset, &self.partition)?;
+        self.check_mixed_eval()?;
         self.train.validate()?;
         self.partition.validate()?;
         self.eval.validate()?;
@@ -139,6 +140,23 @@ impl Scenario {
         // the images' side against the layouts (now rather than in every client's first
         // step), and the model's payload against federation.max_weights_bytes
         limits::check(self)
+    }
+
+    /// The probes of a mixed run need one labelled dataset: `eval.dataset` is required with
+    /// `data.dataset = "mixed"` (unless `eval.enabled = false`), and is never `"mixed"`.
+    fn check_mixed_eval(&self) -> Result<()> {
+        use crate::data::DatasetKind::Mixed;
+        if self.eval.dataset == Some(Mixed) {
+            anyhow::bail!(
+                "eval.dataset = \"mixed\": the probes use one labelled dataset (cifar10, cifar100, stl10, folder or synthetic)"
+            );
+        }
+        if self.data.dataset == Mixed && self.eval.enabled && self.eval.dataset.is_none() {
+            anyhow::bail!(
+                "data.dataset = \"mixed\": its sources have different label spaces, so the probes need one labelled dataset: set eval.dataset (e.g. \"cifar10\"; its folder is eval.path, by default the folder of the first source of that dataset), or eval.enabled = false"
+            );
+        }
+        Ok(())
     }
 
     /// The learning rate of round `round` (0-based): `train.lr` on `train.schedule` over the

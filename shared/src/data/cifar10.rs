@@ -101,6 +101,8 @@ fn load(dir: &Path, files: &[&str], limit: Option<usize>) -> Result<ImageDataset
         class_names,
         mean: MEAN,
         std: STD,
+        domains: Vec::new(),
+        domain_names: Vec::new(),
     })
 }
 

@@ -301,6 +301,8 @@ fn load(
         class_names,
         mean: MEAN,
         std: STD,
+        domains: Vec::new(),
+        domain_names: Vec::new(),
     })
 }
 

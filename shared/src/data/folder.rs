@@ -349,6 +349,8 @@ fn decode_all(
         class_names,
         mean,
         std,
+        domains: Vec::new(),
+        domain_names: Vec::new(),
     };
     Ok(FolderLoad {
         dataset,

@@ -131,6 +131,8 @@ fn parse(bytes: &[u8], want: &Key) -> Result<Option<FolderLoad>, String> {
         class_names: header.key.class_names,
         mean: header.mean,
         std: header.std,
+        domains: Vec::new(),
+        domain_names: Vec::new(),
     };
     Ok(Some(FolderLoad {
         dataset,

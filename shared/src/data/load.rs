@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cifar100::Cifar100Labels;
 use super::folder::{load_folder, FolderOptions};
+use super::mixed::{self, MixedSource};
 use super::stl10::Stl10Split;
 use super::{cifar10, cifar100, stl10, synthetic, ImageDataset};
 use crate::seed;
@@ -39,6 +40,9 @@ pub enum DatasetKind {
     /// STL-10, binary version (`stl10_binary`; 96×96 images resized to `data.image_size`,
     /// [`stl10`]).
     Stl10,
+    /// Several of the others concatenated, each image's source its domain (`data.sources`,
+    /// [`mixed`]): the data of a domain-skew run.
+    Mixed,
 }
 
 impl DatasetKind {
@@ -50,13 +54,30 @@ impl DatasetKind {
             DatasetKind::Folder => "image folder",
             DatasetKind::Cifar100 => "CIFAR-100",
             DatasetKind::Stl10 => "STL-10",
+            DatasetKind::Mixed => "mixed",
+        }
+    }
+
+    /// The dataset's key in a scenario (`"cifar10"`, `"stl10"`, …).
+    pub fn key(self) -> &'static str {
+        match self {
+            DatasetKind::Synthetic => "synthetic",
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Folder => "folder",
+            DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::Stl10 => "stl10",
+            DatasetKind::Mixed => "mixed",
         }
     }
 
     /// True for the datasets whose images are resized to `data.image_size` (the folder and
-    /// STL-10); the others are 32×32 only.
+    /// STL-10), and for the mixed dataset, whose sources are checked one by one
+    /// ([`mixed::check_sources`]); the others are 32×32 only.
     pub fn resizes(self) -> bool {
-        matches!(self, DatasetKind::Folder | DatasetKind::Stl10)
+        matches!(
+            self,
+            DatasetKind::Folder | DatasetKind::Stl10 | DatasetKind::Mixed
+        )
     }
 }
 
@@ -83,6 +104,8 @@ pub struct LoadOptions {
     pub cifar100_labels: Cifar100Labels,
     /// STL-10: the images the clients train on (`data.stl10_split`).
     pub stl10_split: Stl10Split,
+    /// The mixed dataset's sources (`data.sources`; empty for the other datasets).
+    pub sources: Vec<MixedSource>,
 }
 
 /// True when the images the clients train on ([`Split::Train`]) are the probes' labelled
@@ -135,7 +158,9 @@ pub fn load_test_set(
 /// Loads `split` of a dataset as [`load_train_set`] does, read as `opts` says: a folder
 /// dataset as `opts.folder` says (its first `limit` images in path order), CIFAR-100 with
 /// `opts.cifar100_labels`, STL-10 with `opts.stl10_split` (for [`Split::Train`]) at
-/// `opts.folder.image_size` pixels. Images are `u8` `(N, H, W, 3)`.
+/// `opts.folder.image_size` pixels, the mixed dataset as `opts.sources` says (`dir`: the
+/// folder their relative paths start from; [`mixed::load_mixed`]). Images are `u8`
+/// `(N, H, W, 3)`.
 ///
 /// Errors: those of the dataset's loader; a dataset that needs a folder without one; a folder
 /// dataset asked for a test split it does not have (module docs); a `limit` above the split's
@@ -192,6 +217,7 @@ pub fn load_split_with(
                 Split::Test => stl10::load_test(dir, limit, side),
             }
         }
+        DatasetKind::Mixed => mixed::load_mixed(dir, seed, split, opts),
         DatasetKind::Folder => {
             let dir = dir.context(
                 "the folder dataset needs its folder: data.path (or eval.path) or --data-dir for the coordinator, --data for a client",

@@ -4,7 +4,8 @@
 //! Datasets: [`cifar10`] and [`cifar100`] (the binary releases of Krizhevsky 2009),
 //! [`stl10`] (the binary release of Coates et al. 2011: 96×96 images, 100,000 of them
 //! unlabelled), [`synthetic`] (procedural shapes and textures, for tests and offline demos)
-//! and [`folder`] (a site's own image files, with its cache [`folder_cache`]); [`files`] holds
+//! [`folder`] (a site's own image files, with its cache [`folder_cache`]) and [`mixed`]
+//! (several of these concatenated, each image's source kept as its domain); [`files`] holds
 //! what the binary releases' loaders share; [`load`] picks a run's dataset and loads its
 //! splits. A new dataset is one new file here, one variant of [`DatasetKind`] and one arm in
 //! [`load`].
@@ -15,6 +16,7 @@ pub(crate) mod files;
 pub mod folder;
 pub mod folder_cache;
 pub mod load;
+pub mod mixed;
 pub mod stl10;
 pub mod synthetic;
 
@@ -64,6 +66,14 @@ pub struct ImageDataset {
     pub mean: [f32; 3],
     /// Per-channel standard deviation on the 0..1 scale.
     pub std: [f32; 3],
+    /// `N` domain indices into [`ImageDataset::domain_names`] (which source of the
+    /// [`mixed`] dataset each image came from), or empty for a dataset of one source (every
+    /// dataset but `mixed`). Not a label: the `domain` partitioner
+    /// ([`crate::partition::domain`]) splits by it.
+    pub domains: Vec<u32>,
+    /// The domains' names (`data.sources[i].name`, default the source's dataset key), one per
+    /// source; empty when `domains` is.
+    pub domain_names: Vec<String>,
 }
 
 impl ImageDataset {
@@ -127,10 +137,18 @@ impl ImageDataset {
         let s = self.image_bytes();
         let mut images = Vec::with_capacity(idx.len() * s);
         let mut labels = Vec::with_capacity(idx.len());
+        let mut domains = Vec::with_capacity(if self.domains.is_empty() {
+            0
+        } else {
+            idx.len()
+        });
         for &i in idx {
             images.extend_from_slice(self.image(i));
             if let Some(&l) = self.labels.get(i) {
                 labels.push(l);
+            }
+            if let Some(&d) = self.domains.get(i) {
+                domains.push(d);
             }
         }
         ImageDataset {
@@ -143,6 +161,8 @@ impl ImageDataset {
             class_names: self.class_names.clone(),
             mean: self.mean,
             std: self.std,
+            domains,
+            domain_names: self.domain_names.clone(),
         }
     }
 
@@ -266,6 +286,8 @@ mod tests {
             class_names: vec!["a".into(), "b".into()],
             mean: [0.0, 0.5, 0.0],
             std: [1.0, 0.5, 2.0],
+            domains: Vec::new(),
+            domain_names: Vec::new(),
         }
     }
 

@@ -244,6 +244,8 @@ fn load_parts(
         class_names,
         mean: MEAN,
         std: STD,
+        domains: Vec::new(),
+        domain_names: Vec::new(),
     })
 }
 

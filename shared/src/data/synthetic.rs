@@ -66,6 +66,8 @@ fn generate_stream(n: usize, stream_seed: u64) -> ImageDataset {
         class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
         mean,
         std,
+        domains: Vec::new(),
+        domain_names: Vec::new(),
     }
 }
 

@@ -6,6 +6,9 @@
 //! * [`label_quantity`]: #C = k classes per client (NIID-Bench).
 //! * [`shards`]: McMahan et al. 2017's sort-and-shard.
 //! * [`quantity`]: skewed shard sizes (Dirichlet or power law), IID labels.
+//! * [`domain`]: domain skew, each client's images from one source of the mixed dataset
+//!   ([`crate::data::mixed`]); it splits by the images' domains rather than their labels
+//!   ([`Partitioner::splits_by`], [`partition_dataset`]).
 //!
 //! [`report`] measures a split: per-client class histograms, EMD and Jensen–Shannon
 //! divergence to the population.
@@ -16,6 +19,7 @@
 //! implementing [`Partitioner`], and one variant of [`PartitionConfig`].
 
 pub mod dirichlet;
+pub mod domain;
 pub mod iid;
 pub mod label_quantity;
 pub mod quantity;
@@ -24,6 +28,7 @@ pub mod shards;
 mod sizes;
 
 pub use dirichlet::DirichletConfig;
+pub use domain::DomainConfig;
 pub use iid::IidConfig;
 pub use label_quantity::LabelQuantityConfig;
 pub use quantity::{QuantityConfig, SizeLaw};
@@ -31,7 +36,17 @@ pub use shards::ShardsConfig;
 
 use anyhow::{bail, Result};
 
+use crate::data::ImageDataset;
 use crate::tagged::{tagged_serde, Tagged};
+
+/// What a partitioner splits the images by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitBy {
+    /// Their class labels (every partitioner but `domain`).
+    Labels,
+    /// Their domains, the sources of the mixed dataset ([`ImageDataset::domains`]).
+    Domains,
+}
 
 /// A way of splitting images among clients; implemented by each partitioner's config struct.
 pub trait Partitioner {
@@ -41,8 +56,15 @@ pub trait Partitioner {
         Ok(())
     }
 
+    /// What [`Self::split`] receives as `labels` from [`partition_dataset`]: the images'
+    /// class labels (default) or their domains.
+    fn splits_by(&self) -> SplitBy {
+        SplitBy::Labels
+    }
+
     /// Splits the image indices `0..labels.len()` among `clients` clients, deterministically
-    /// from `seed`. Called by [`partition`] with valid settings, `1 <= clients <= labels.len()`
+    /// from `seed`. (`labels` are the domains, and `num_classes` their count, for a
+    /// partitioner that [`Self::splits_by`] domains.) Called by [`partition`] with valid settings, `1 <= clients <= labels.len()`
     /// and every label `< num_classes`; must return `clients` non-empty shards in which every
     /// index appears exactly once (in any order: [`partition`] sorts them).
     fn split(
@@ -69,6 +91,8 @@ pub enum PartitionConfig {
     Shards(ShardsConfig),
     /// Skewed shard sizes, IID labels.
     Quantity(QuantityConfig),
+    /// Each client's images from one domain of the mixed dataset.
+    Domain(DomainConfig),
 }
 
 tagged_serde!(PartitionConfig {
@@ -77,6 +101,7 @@ tagged_serde!(PartitionConfig {
     "label_quantity" => LabelQuantity(LabelQuantityConfig),
     "shards" => Shards(ShardsConfig),
     "quantity" => Quantity(QuantityConfig),
+    "domain" => Domain(DomainConfig),
 });
 
 impl Default for PartitionConfig {
@@ -95,6 +120,7 @@ impl PartitionConfig {
             PartitionConfig::LabelQuantity(c) => c,
             PartitionConfig::Shards(c) => c,
             PartitionConfig::Quantity(c) => c,
+            PartitionConfig::Domain(c) => c,
         }
     }
 
@@ -146,6 +172,37 @@ pub fn partition(
     check_shards(&parts, labels.len(), num_clients)
         .map_err(|e| e.context(format!("partitioner `{}` is broken", config.kind())))?;
     Ok(parts)
+}
+
+/// Splits the images of `ds` among `num_clients` clients as [`partition`] does, by their
+/// labels (`ds.labels`, `ds.num_classes`) or, for a partitioner that splits by domain
+/// (`kind = "domain"`), by their domains (`ds.domains`, one per name of `ds.domain_names`).
+/// The same guarantees and errors as [`partition`]; also an error when the partitioner splits
+/// by domain and `ds` has none (not the mixed dataset).
+pub fn partition_dataset(
+    ds: &ImageDataset,
+    num_clients: usize,
+    config: &PartitionConfig,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>> {
+    match config.partitioner().splits_by() {
+        SplitBy::Labels => partition(&ds.labels, ds.num_classes, num_clients, config, seed),
+        SplitBy::Domains => {
+            if ds.domains.is_empty() || ds.domains.len() != ds.len() {
+                bail!(
+                    "partition.kind = \"{}\" splits by domain, and these images have none: it needs data.dataset = \"mixed\" with its [[data.sources]]",
+                    config.kind()
+                );
+            }
+            partition(
+                &ds.domains,
+                ds.domain_names.len(),
+                num_clients,
+                config,
+                seed,
+            )
+        }
+    }
 }
 
 /// Errors unless `parts` are `clients` non-empty shards holding each of `0..n` once.

@@ -516,6 +516,8 @@ mod tests {
             class_names: vec!["a".into()],
             mean: [0.0; 3],
             std: [1.0 / 255.0; 3],
+            domains: Vec::new(),
+            domain_names: Vec::new(),
         }
     }
 

@@ -580,6 +580,8 @@ mod tests {
             class_names: vec!["x".into()],
             mean: [0.0; 3],
             std: [1.0; 3],
+            domains: Vec::new(),
+            domain_names: Vec::new(),
         };
         let b = relative_patch_batch(&coded, &[0, 0], &all, &mut rng, &dev).unwrap();
         for r in 0..18 {
