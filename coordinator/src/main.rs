@@ -15,7 +15,6 @@ use fedssl_coordinator::run::features_export::export_features;
 use fedssl_coordinator::run::job::{run_job_reporting, Job, Mode};
 use fedssl_coordinator::run::outputs::result_line;
 use fedssl_shared::config::Scenario;
-use fedssl_shared::data::DatasetKind;
 use fedssl_shared::pretext::PretextKind;
 
 #[derive(Parser)]
@@ -248,10 +247,10 @@ fn resolve_listen(spec: &str) -> Result<SocketAddr> {
         .with_context(|| format!("--listen `{spec}`: the host name resolves to no address"))
 }
 
-/// Says on stderr that `--data-dir` is not read when the training data is generated
-/// (`data.dataset = "synthetic"`; `--data-dir` sets `data.path` only, not `eval.path`).
-fn warn_if_unused_data_dir(sc: &Scenario, dir: &std::path::Path) {
-    if matches!(sc.data.dataset, DatasetKind::Synthetic) {
+/// Applies `--data-dir` to `sc` ([`Scenario::set_data_dir`]), saying on stderr when it is not
+/// read (synthetic data).
+fn apply_data_dir(sc: &mut Scenario, dir: &std::path::Path) {
+    if !sc.set_data_dir(dir) {
         eprintln!(
             "warning: --data-dir {} is not read: data.dataset is \"synthetic\" (generated in memory, no files)",
             dir.display()
@@ -263,8 +262,7 @@ fn warn_if_unused_data_dir(sc: &Scenario, dir: &std::path::Path) {
 fn load(common: &Common) -> Result<(Scenario, PathBuf)> {
     let mut sc = Scenario::load(&common.scenario, &common.set)?;
     if let Some(d) = &common.data_dir {
-        warn_if_unused_data_dir(&sc, d);
-        sc.data.path = Some(d.clone());
+        apply_data_dir(&mut sc, d);
     }
     if let Some(dir) = &common.tensorboard {
         sc.logging.tensorboard = true;
@@ -338,7 +336,6 @@ async fn real_main(cli: Cli) -> Result<()> {
             sweep(&spec).await?;
             let md = spec.out.join("results.md");
             print!("{}", std::fs::read_to_string(&md).unwrap_or_default());
-            println!("results: {}", md.display());
             Ok(())
         }
         Cmd::Simulate(c) => run_cmd(c, Mode::Simulate).await,
@@ -387,7 +384,7 @@ fn partition_cmd(
 ) -> Result<()> {
     let mut sc = Scenario::load(scenario, set)?;
     if let Some(d) = data_dir {
-        sc.data.path = Some(d);
+        apply_data_dir(&mut sc, &d);
     }
     let r = fedssl_coordinator::run::split::draw_split(&sc, out)?;
     print!("{}", fedssl_coordinator::run::split::figures_table(&r));
@@ -490,7 +487,7 @@ fn checkpoint_scenario(
     };
     let mut sc = Scenario::load(&scenario, set)?;
     if let Some(d) = data_dir {
-        sc.data.path = Some(d);
+        apply_data_dir(&mut sc, &d);
     }
     Ok(sc)
 }

@@ -59,7 +59,7 @@ pub async fn run_compare(
             path.display()
         );
         if let Some(d) = data_dir {
-            sc.data.path = Some(d.to_path_buf());
+            sc.set_data_dir(d);
         }
         loaded.push((path, sc));
     }

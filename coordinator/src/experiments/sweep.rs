@@ -279,7 +279,7 @@ fn load_cell(spec: &SweepSpec, grid: &Grid, cell: &Cell) -> Result<Scenario> {
         cell.name
     );
     if let Some(d) = &spec.data_dir {
-        sc.data.path = Some(d.clone());
+        sc.set_data_dir(d); // unread on synthetic data: `sweep` says so once
     }
     Ok(sc)
 }
@@ -299,6 +299,18 @@ fn without_set_blame(e: &anyhow::Error) -> String {
 /// a run failed.
 pub async fn sweep(spec: &SweepSpec) -> Result<SweepReport> {
     let plan = plan(spec)?;
+    if let Some(d) = &spec.data_dir {
+        if plan
+            .runs
+            .iter()
+            .all(|r| r.scenario.data.path.as_ref() != Some(d))
+        {
+            eprintln!(
+                "warning: --data-dir {} is not read: the sweep's data is synthetic (generated in memory, no files)",
+                d.display()
+            );
+        }
+    }
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("cannot create output folder {}", spec.out.display()))?;
     eprintln!(

@@ -52,7 +52,7 @@ impl LoggingConfig {
         }
         if let (false, Some(dir)) = (self.tensorboard, &self.tensorboard_dir) {
             bail!(
-                "logging.tensorboard_dir is {} but logging.tensorboard is false, so nothing would be written there: set tensorboard = true (or pass --tensorboard DIR)",
+                "logging.tensorboard_dir is {} but logging.tensorboard is false, so nothing would be written there: set logging.tensorboard = true as well (on the command line, --tensorboard DIR alone sets both)",
                 super::limits::shorten(&dir.display().to_string(), 120)
             );
         }

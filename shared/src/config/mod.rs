@@ -116,6 +116,19 @@ impl Default for Scenario {
 }
 
 impl Scenario {
+    /// Applies `--data-dir DIR`: the training data's folder (`data.path`) becomes `dir` —
+    /// unless the data is generated (`data.dataset = "synthetic"`), which reads no files:
+    /// then the scenario stays as it is (so that `scenario.json`, and a sweep's or compare's
+    /// test of whether a run is the same, do not change) and `false` is returned for the
+    /// caller to say so.
+    pub fn set_data_dir(&mut self, dir: &std::path::Path) -> bool {
+        if matches!(self.data.dataset, crate::data::DatasetKind::Synthetic) {
+            return false;
+        }
+        self.data.path = Some(dir.to_path_buf());
+        true
+    }
+
     /// Checks value ranges and cross-field constraints; the message names the key.
     pub fn validate(&self) -> Result<()> {
         check_name(&self.name)?;

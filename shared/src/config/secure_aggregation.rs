@@ -103,7 +103,8 @@ impl SecureAggregationConfig {
 
     /// Checks the keys' ranges and what secure aggregation is combined with: `strategy`,
     /// `dp`, `compression` and the most clients a round samples (`max_sampled`). Errors name the key, and for a refused combination both
-    /// sides. Nothing is checked when `enabled` is false.
+    /// sides. A table that sets keys without `enabled = true` is refused (it would silently
+    /// run the rounds unmasked); an absent or all-default table is off.
     pub fn check_with(
         &self,
         strategy: &StrategyConfig,
@@ -112,6 +113,11 @@ impl SecureAggregationConfig {
         max_sampled: usize,
     ) -> Result<()> {
         if !self.enabled {
+            if !self.is_default() {
+                bail!(
+                    "federation.secure_aggregation sets keys but not enabled = true, so the rounds would run without it (updates unmasked): add enabled = true, or remove the table"
+                );
+            }
             return Ok(());
         }
         if !(self.clip_range.is_finite() && self.clip_range > 0.0) {
@@ -192,6 +198,29 @@ impl SecureAggregationConfig {
 mod tests {
     use super::*;
     use crate::config::Scenario;
+
+    #[test]
+    fn a_table_with_keys_but_not_enabled_is_refused_not_run_unmasked() {
+        for set in [
+            "federation.secure_aggregation={threshold=2}",
+            "federation.secure_aggregation={enabled=false, threshold=9}",
+        ] {
+            let e = format!(
+                "{:#}",
+                Scenario::from_toml_str("", &[set.to_string()]).unwrap_err()
+            );
+            assert!(
+                e.contains("sets keys but not enabled = true") && e.contains("unmasked"),
+                "{set}: {e}"
+            );
+        }
+        let off = Scenario::from_toml_str(
+            "",
+            &["federation.secure_aggregation={enabled=false}".to_string()],
+        )
+        .unwrap();
+        assert!(!off.federation.secure_aggregation.enabled);
+    }
 
     #[test]
     fn defaults_threshold_and_ring_bits() {

@@ -332,18 +332,6 @@ mod tests {
             .collect()
     }
 
-    fn mean_of(u: &[Vec<f32>], w: &[u64], keep: &[usize]) -> Vec<f64> {
-        let total: u64 = keep.iter().map(|&k| w[k]).sum();
-        (0..u[0].len())
-            .map(|i| {
-                keep.iter()
-                    .map(|&k| w[k] as f64 * u[k][i] as f64)
-                    .sum::<f64>()
-                    / total as f64
-            })
-            .collect()
-    }
-
     fn close(a: &[f64], b: &[f64]) {
         let tol = Quantizer::default().max_error() * 1.0001;
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -357,14 +345,14 @@ mod tests {
         let w = [30, 10, 20, 50, 40];
         let (m, total) = round(&u, &w, 3, &[], &[]).unwrap();
         assert_eq!(total, 150);
-        close(&m, &mean_of(&u, &w, &[0, 1, 2, 3, 4]));
+        close(&m, &super::super::weighted_mean(&u, &w, &[0, 1, 2, 3, 4]));
         // id 13 (the fifth) drops after masking: its update is in the mean
         let (m, _) = round(&u, &w, 3, &[], &[13]).unwrap();
-        close(&m, &mean_of(&u, &w, &[0, 1, 2, 3, 4]));
+        close(&m, &super::super::weighted_mean(&u, &w, &[0, 1, 2, 3, 4]));
         // id 4 (the second) drops before masking: the mean of the others
         let (m, total) = round(&u, &w, 3, &[4], &[13]).unwrap();
         assert_eq!(total, 140);
-        close(&m, &mean_of(&u, &w, &[0, 2, 3, 4]));
+        close(&m, &super::super::weighted_mean(&u, &w, &[0, 2, 3, 4]));
         // two drop after masking with threshold 4: 3 survivors cannot unmask
         let e = round(&u, &w, 4, &[], &[10, 13]).unwrap_err().to_string();
         assert!(

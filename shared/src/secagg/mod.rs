@@ -46,3 +46,18 @@ pub mod vector;
 
 /// A client's index in a secure-aggregation round (its id in the round's key list).
 pub type ClientIndex = u32;
+
+/// The FedAvg mean of the updates `u[k]` weighted by `w[k]` over the clients `keep`, in
+/// `f64`: what a secure sum must reproduce within the quantisation error (the tests' reference).
+#[cfg(test)]
+fn weighted_mean(u: &[Vec<f32>], w: &[u64], keep: &[usize]) -> Vec<f64> {
+    let total: u64 = keep.iter().map(|&k| w[k]).sum();
+    (0..u[0].len())
+        .map(|i| {
+            keep.iter()
+                .map(|&k| w[k] as f64 * u[k][i] as f64)
+                .sum::<f64>()
+                / total as f64
+        })
+        .collect()
+}

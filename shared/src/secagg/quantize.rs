@@ -38,17 +38,17 @@ impl Quantizer {
     pub fn validate(&self) -> Result<()> {
         ensure!(
             self.clip.is_finite() && self.clip > 0.0,
-            "secure_aggregation.clipping_range must be positive and finite, got {}",
+            "federation.secure_aggregation.clip_range must be positive and finite, got {}",
             self.clip
         );
         ensure!(
             self.bits == 32 || self.bits == 64,
-            "secure_aggregation.modulus_bits must be 32 or 64, got {}",
+            "secure aggregation: the ring must have 32 or 64 bits, got {}",
             self.bits
         );
         ensure!(
             self.range > 0 && (self.bits == 64 || self.range < 1u64 << self.bits),
-            "secure_aggregation.quantization_range must be in 1..2^{}, got {}",
+            "federation.secure_aggregation.quant_range must be in 1..2^{}, got {}",
             self.bits,
             self.range
         );
@@ -98,9 +98,14 @@ impl Quantizer {
         let max = (total_weight as u128) * (self.range as u128);
         if max >= 1u128 << self.bits {
             bail!(
-                "secure aggregation: total weight {total_weight} × quantization_range {} = {max} does not fit the 2^{} ring (the sum could wrap); lower quantization_range or use modulus_bits = 64",
+                "secure aggregation: total weight {total_weight} × federation.secure_aggregation.quant_range {} = {max} does not fit the 2^{} ring (the sum could wrap); {}",
                 self.range,
-                self.bits
+                self.bits,
+                if self.bits < 64 {
+                    "a 64-bit ring would hold it"
+                } else {
+                    "lower quant_range"
+                }
             );
         }
         let c = self.clip as f64;
@@ -152,7 +157,7 @@ mod tests {
         // 1024 · 2^22 = 2^32: could wrap in the 32-bit ring
         let e = q.decode_mean(&[0], 1024).unwrap_err().to_string();
         assert!(
-            e.contains("total weight 1024") && e.contains("modulus_bits = 64"),
+            e.contains("total weight 1024") && e.contains("a 64-bit ring would hold it"),
             "{e}"
         );
         assert!(q.decode_mean(&[0], 1023).is_ok());

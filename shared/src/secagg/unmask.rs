@@ -301,18 +301,6 @@ mod tests {
             .collect()
     }
 
-    fn plain_mean(u: &[Vec<f32>], w: &[u64], keep: &[usize]) -> Vec<f64> {
-        let total: u64 = keep.iter().map(|&k| w[k]).sum();
-        (0..u[0].len())
-            .map(|i| {
-                keep.iter()
-                    .map(|&k| w[k] as f64 * u[k][i] as f64)
-                    .sum::<f64>()
-                    / total as f64
-            })
-            .collect()
-    }
-
     fn assert_close(a: &[f64], b: &[f64], tol: f64) {
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             // c/R is reached at exact ties; 1e-4 relative slack for the f64 arithmetic
@@ -329,7 +317,7 @@ mod tests {
             let keep: Vec<usize> = (0..n).collect();
             assert_close(
                 &got,
-                &plain_mean(&u, &w, &keep),
+                &super::super::weighted_mean(&u, &w, &keep),
                 Quantizer::default().max_error(),
             );
         }
@@ -412,13 +400,25 @@ mod tests {
         let tol = Quantizer::default().max_error();
         // client 4 drops after masking: its update is in the mean, its b_4 from others' shares
         let got = run(&u, &w, 3, &[], &[4]).unwrap();
-        assert_close(&got, &plain_mean(&u, &w, &[0, 1, 2, 3, 4]), tol);
+        assert_close(
+            &got,
+            &super::super::weighted_mean(&u, &w, &[0, 1, 2, 3, 4]),
+            tol,
+        );
         // client 1 drops before masking: the mean of the others, its pairwise masks removed
         let got = run(&u, &w, 3, &[1], &[]).unwrap();
-        assert_close(&got, &plain_mean(&u, &w, &[0, 2, 3, 4]), tol);
+        assert_close(
+            &got,
+            &super::super::weighted_mean(&u, &w, &[0, 2, 3, 4]),
+            tol,
+        );
         // one of each: 3 survivors answer, the threshold
         let got = run(&u, &w, 3, &[1], &[4]).unwrap();
-        assert_close(&got, &plain_mean(&u, &w, &[0, 2, 3, 4]), tol);
+        assert_close(
+            &got,
+            &super::super::weighted_mean(&u, &w, &[0, 2, 3, 4]),
+            tol,
+        );
     }
 
     #[test]
