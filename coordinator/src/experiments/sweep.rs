@@ -64,6 +64,9 @@ pub struct SweepPlan {
     pub seeds: Vec<u64>,
     /// One run per cell × seed, cell-major: run `c · seeds + s` is cell `c`, seed `s`.
     pub runs: Vec<PlannedRun>,
+    /// Whether `--data-dir` is read by some run: `false` without `--data-dir`, or when every
+    /// cell's data is synthetic ([`Scenario::set_data_dir`]).
+    pub data_dir_read: bool,
 }
 
 /// One finished run's line of `results.csv`.
@@ -152,8 +155,10 @@ pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
     }
     let cells = grid.cells();
     let mut runs = Vec::with_capacity(cells.len() * seeds.len());
+    let mut data_dir_read = false;
     for cell in &cells {
-        let sc = load_cell(spec, &grid, cell)?;
+        let (sc, read) = load_cell(spec, &grid, cell)?;
+        data_dir_read |= read;
         for &seed in &seeds {
             let mut sc = sc.clone();
             sc.seed = seed;
@@ -169,6 +174,7 @@ pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
         cells,
         seeds,
         runs,
+        data_dir_read,
     })
 }
 
@@ -249,9 +255,9 @@ impl SweepTable {
     }
 }
 
-/// The scenario of `cell` (its seed still the base's). An error is blamed on the first axis
-/// whose value makes the scenario invalid.
-fn load_cell(spec: &SweepSpec, grid: &Grid, cell: &Cell) -> Result<Scenario> {
+/// The scenario of `cell` (its seed still the base's) and whether it reads `--data-dir`. An
+/// error is blamed on the first axis whose value makes the scenario invalid.
+fn load_cell(spec: &SweepSpec, grid: &Grid, cell: &Cell) -> Result<(Scenario, bool)> {
     let with = |n: usize| {
         let mut o = spec.sets.clone();
         o.extend(grid.overrides(cell).into_iter().take(n));
@@ -278,10 +284,11 @@ fn load_cell(spec: &SweepSpec, grid: &Grid, cell: &Cell) -> Result<Scenario> {
         "sweep cell `{}`: a sweep tabulates the linear probe, so it needs eval.enabled = true",
         cell.name
     );
-    if let Some(d) = &spec.data_dir {
-        sc.set_data_dir(d); // unread on synthetic data: `sweep` says so once
-    }
-    Ok(sc)
+    let read = match &spec.data_dir {
+        Some(d) => sc.set_data_dir(d), // unread on synthetic data: `sweep` says so once
+        None => false,
+    };
+    Ok((sc, read))
 }
 
 /// `e` without the `in --set …` context that [`Scenario::load`] puts on an override's error
@@ -299,17 +306,11 @@ fn without_set_blame(e: &anyhow::Error) -> String {
 /// a run failed.
 pub async fn sweep(spec: &SweepSpec) -> Result<SweepReport> {
     let plan = plan(spec)?;
-    if let Some(d) = &spec.data_dir {
-        if plan
-            .runs
-            .iter()
-            .all(|r| r.scenario.data.path.as_ref() != Some(d))
-        {
-            eprintln!(
-                "warning: --data-dir {} is not read: the sweep's data is synthetic (generated in memory, no files)",
-                d.display()
-            );
-        }
+    if let (Some(d), false) = (&spec.data_dir, plan.data_dir_read) {
+        eprintln!(
+            "warning: --data-dir {} is not read: the sweep's data is synthetic (generated in memory, no files)",
+            d.display()
+        );
     }
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("cannot create output folder {}", spec.out.display()))?;

@@ -109,18 +109,24 @@ impl Participant {
                 self.held.insert(v, plain);
                 continue;
             }
-            let key = agree(
-                &self.secrets.seal,
-                &pk.seal,
-                PURPOSE_SEAL,
-                self.round,
-                self.me,
-                v,
-            )?;
+            let key = self.seal_key(v, pk)?;
             out.push((v, seal(&key, self.round, self.me, v, &plain)?));
         }
         self.keys = map;
         Ok(out)
+    }
+
+    /// The key that seals the shares between this client and `peer` (either direction):
+    /// Diffie–Hellman of this client's seal key with `pk.seal`, bound to the round and pair.
+    fn seal_key(&self, peer: ClientIndex, pk: &PublicKeys) -> Result<[u8; 32]> {
+        agree(
+            &self.secrets.seal,
+            &pk.seal,
+            PURPOSE_SEAL,
+            self.round,
+            self.me,
+            peer,
+        )
     }
 
     /// Opens the shares the other clients sealed for this one (`(sender, ciphertext)`); the
@@ -142,14 +148,7 @@ impl Participant {
                 *from != self.me && !self.held.contains_key(from),
                 "secure aggregation: shares from client {from} routed twice"
             );
-            let key = agree(
-                &self.secrets.seal,
-                &pk.seal,
-                PURPOSE_SEAL,
-                self.round,
-                self.me,
-                *from,
-            )?;
+            let key = self.seal_key(*from, pk)?;
             let plain = open(&key, self.round, *from, self.me, sealed)?;
             ensure!(
                 plain.len() == 2 * SHARE_BYTES,
