@@ -117,7 +117,9 @@ async fn a_sweep_runs_its_cells_tabulates_them_and_resumes() {
             "mlp_top1",
             "random_init_top1",
             "rounds",
-            "wall_seconds"
+            "wall_seconds",
+            "epsilon_rdp",
+            "delta"
         ]
     );
     assert_eq!(lines.len(), 5, "{csv}");
@@ -134,6 +136,8 @@ async fn a_sweep_runs_its_cells_tabulates_them_and_resumes() {
         assert_eq!(num(7), at("/eval/random_init/linear/top1"));
         assert_eq!(row[8], "2");
         assert_eq!(num(9), at("/wall_seconds"));
+        // no [federation.dp]: no privacy spent to report
+        assert_eq!(row[10..], ["", ""]);
         assert_eq!(s["strategy"], row[1]);
     }
     assert_eq!(lines[1][1..3], ["fedavg", "iid"]);
@@ -220,6 +224,13 @@ async fn a_sweep_runs_its_cells_tabulates_them_and_resumes() {
         "the rerun wrote its own scenario"
     );
     assert!(avgm1.join("summary.json").is_file());
+    // --out one run's folder: refused, naming it, before anything is written there
+    let e = format!(
+        "{:#}",
+        sweep(&spec(&base, &runs[1], "fedavg")).await.unwrap_err()
+    );
+    assert!(e.contains("holds a run"), "{e}");
+    assert!(!runs[1].join("results.md").exists());
 }
 
 /// `compare`, a preset of the same runner: two scenario files, then `--reuse` keeps both
@@ -276,10 +287,12 @@ async fn compare_reuses_finished_runs_of_the_same_scenario() {
 /// scenario do not share).
 fn rows_without_wall_seconds(out: &Path) -> Vec<String> {
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let wall = header.iter().position(|h| *h == "wall_seconds").unwrap();
     csv.lines()
         .map(|l| {
             let mut f: Vec<&str> = l.split(',').collect();
-            f.pop();
+            f.remove(wall);
             f.join(",")
         })
         .collect()

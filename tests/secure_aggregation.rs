@@ -154,7 +154,7 @@ async fn fewer_survivors_than_the_threshold_fail_the_round_and_keep_the_weights(
     let e = format!("{:#}", run(sc, &out).await.unwrap_err());
     assert!(
         e.contains("round 2")
-            && e.contains("3 survivor(s) answered the unmasking, the threshold is 4")
+            && e.contains("3 survivor(s) answered the unmasking, the threshold is 4; clients 3, 4 left after masking")
             && e.contains("nothing was aggregated"),
         "{e}"
     );

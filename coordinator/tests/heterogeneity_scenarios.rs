@@ -157,17 +157,21 @@ fn the_sweep_file_holds_the_issues_grid() {
         .unwrap();
     let t =
         fedssl_coordinator::experiments::sweep::SweepTable::read(table.clone().unwrap()).unwrap();
-    assert_eq!(t.seeds, vec![0, 1]);
-    let specs = t.grid_specs(&[]);
+    assert_eq!(t.seeds, Some(vec![0, 1]));
+    let file = std::path::Path::new("sweep-simclr.toml");
+    let specs = t.grid_specs(&[], file);
+    assert!(specs
+        .iter()
+        .all(|s| s.origin == "[[sweep.axis]] of sweep-simclr.toml"));
     assert_eq!(
-        specs,
+        specs.iter().map(|s| s.spec.as_str()).collect::<Vec<_>>(),
         vec![
             // a table's keys come back sorted: the same values
             "partition=[{ kind = \"iid\" }, { alpha = 0.5, kind = \"dirichlet\" }, { alpha = 0.1, kind = \"dirichlet\" }, { classes_per_client = 2, kind = \"label_quantity\" }]",
             "federation.strategy.kind=[\"fedavg\", \"fedprox\", \"fedavgm\"]",
         ]
     );
-    let grid = fedssl_coordinator::experiments::grid::Grid::parse(&specs).unwrap();
+    let grid = fedssl_coordinator::experiments::grid::Grid::parse_specs(&specs).unwrap();
     let names: Vec<String> = grid.cells().into_iter().map(|c| c.name).collect();
     assert_eq!(names.len(), 12);
     assert_eq!(names[0], "partition=iid__strategy=fedavg");

@@ -64,14 +64,41 @@ pub struct Grid {
     pub axes: Vec<Axis>,
 }
 
+/// One axis spec, `KEY=[v1, v2, …]`, and where it was written (`--grid`, or a sweep file's
+/// `[[sweep.axis]]`): errors name that place.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AxisSpec {
+    /// `KEY=[v1, v2, …]`.
+    pub spec: String,
+    /// Where it was written, e.g. `--grid` or `[[sweep.axis]] of sweep.toml`.
+    pub origin: String,
+}
+
+impl AxisSpec {
+    /// A `--grid` flag's spec.
+    pub fn flag(spec: &str) -> Self {
+        Self {
+            spec: spec.to_string(),
+            origin: "--grid".into(),
+        }
+    }
+}
+
 impl Grid {
     /// Reads `--grid` specs (`KEY=[v1, v2, …]`). Errors name the spec and what is wrong.
     pub fn parse(specs: &[String]) -> Result<Self> {
+        let specs: Vec<AxisSpec> = specs.iter().map(|s| AxisSpec::flag(s)).collect();
+        Self::parse_specs(&specs)
+    }
+
+    /// Reads axis specs from wherever they were written; errors name the place, the spec and
+    /// what is wrong.
+    pub fn parse_specs(specs: &[AxisSpec]) -> Result<Self> {
         let mut axes = specs
             .iter()
-            .map(|s| parse_axis(s))
+            .map(|s| parse_axis(&s.spec, &s.origin))
             .collect::<Result<Vec<_>>>()?;
-        check_keys(&axes)?;
+        check_keys(&axes, specs)?;
         let short: Vec<String> = axes.iter().map(|a| short_key(&a.key)).collect();
         for (i, a) in axes.iter_mut().enumerate() {
             let shared = short.iter().filter(|s| **s == short[i]).count() > 1;
@@ -141,31 +168,31 @@ impl Grid {
 
 /// One `KEY=[v1, v2, …]` spec, its values named (compactly, or with their keys where the
 /// compact names would collide).
-fn parse_axis(spec: &str) -> Result<Axis> {
+fn parse_axis(spec: &str, origin: &str) -> Result<Axis> {
     let (key, list) = spec
         .split_once('=')
-        .with_context(|| format!("--grid `{spec}`: expected KEY=[v1, v2, …]"))?;
+        .with_context(|| format!("{origin} `{spec}`: expected KEY=[v1, v2, …]"))?;
     let key = key.trim();
-    ensure!(!key.is_empty(), "--grid `{spec}`: empty key");
+    ensure!(!key.is_empty(), "{origin} `{spec}`: empty key");
     ensure!(
         key.split('.')
             .all(|p| !p.trim().is_empty() && p == p.trim()),
-        "--grid `{spec}`: `{key}` is not a key path (a.b.c)"
+        "{origin} `{spec}`: `{key}` is not a key path (a.b.c)"
     );
     ensure!(
         key != "seed",
-        "--grid `{spec}`: the seed is not a grid axis; give the seeds with --seeds"
+        "{origin} `{spec}`: the seed is not a grid axis; give the seeds with --seeds or the file's [sweep] seeds"
     );
-    let raws = split_list(list.trim()).with_context(|| format!("--grid `{key}`"))?;
+    let raws = split_list(list.trim()).with_context(|| format!("{origin} `{key}`"))?;
     ensure!(
         !raws.is_empty(),
-        "--grid `{key}`: the list of values is empty"
+        "{origin} `{key}`: the list of values is empty"
     );
     let values: Vec<toml::Value> = raws.iter().map(|r| parse_value(r)).collect();
     for (i, v) in values.iter().enumerate() {
         if let Some(j) = values[..i].iter().position(|w| w == v) {
             bail!(
-                "--grid `{key}`: the value `{}` is listed twice (as `{}` and `{}`)",
+                "{origin} `{key}`: the value `{}` is listed twice (as `{}` and `{}`)",
                 raws[i],
                 raws[j],
                 raws[i]
@@ -178,7 +205,7 @@ fn parse_axis(spec: &str) -> Result<Axis> {
     }
     if let Some((i, j)) = first_duplicate(&labels) {
         bail!(
-            "--grid `{key}`: the values `{}` and `{}` would share the folder name `{}`",
+            "{origin} `{key}`: the values `{}` and `{}` would share the folder name `{}`",
             raws[j],
             raws[i],
             labels[i]
@@ -198,16 +225,17 @@ fn parse_axis(spec: &str) -> Result<Axis> {
 
 /// Refuses two axes on the same key, or one inside the other (`partition` and
 /// `partition.alpha`: the later override would undo part of the earlier one).
-fn check_keys(axes: &[Axis]) -> Result<()> {
+fn check_keys(axes: &[Axis], specs: &[AxisSpec]) -> Result<()> {
     for (i, a) in axes.iter().enumerate() {
-        for b in &axes[..i] {
+        for (j, b) in axes[..i].iter().enumerate() {
+            let (oa, ob) = (&specs[i].origin, &specs[j].origin);
             if a.key == b.key {
-                bail!("--grid `{}` is given twice: one axis per key", a.key);
+                bail!("{ob} `{}` is given twice: one axis per key", a.key);
             }
             let inside = |x: &str, y: &str| x.starts_with(&format!("{y}."));
             if inside(&a.key, &b.key) || inside(&b.key, &a.key) {
                 bail!(
-                    "--grid `{}` and --grid `{}`: one key is inside the other; give one axis of whole values instead",
+                    "{ob} `{}` and {oa} `{}`: one key is inside the other; give one axis of whole values instead",
                     b.key,
                     a.key
                 );

@@ -3,10 +3,12 @@
 //! runs a [`grid`] of scenario values × seeds and tabulates the linear probe; its presets
 //! [`compare`] runs several scenario files and tabulates their evaluation suites, and
 //! [`pretext_compare`] trains every pretext task under one budget. They write their tables
-//! with [`tables`] and their charts with [`plot`]; [`heatmap`] draws a split's clients ×
+//! with [`tables`] and their charts with [`plot`] ([`epsilon_chart`]: a DP sweep's top-1 against
+//! ε); [`heatmap`] draws a split's clients ×
 //! classes heat map.
 
 pub mod compare;
+pub mod epsilon_chart;
 pub mod grid;
 pub mod heatmap;
 pub mod plot;

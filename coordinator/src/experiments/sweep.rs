@@ -12,7 +12,10 @@
 //! * `results.md`: one row per cell in grid order — linear top-1 % mean ± sample std
 //!   (n − 1) over its seeds (`–` for the std of one seed), random-init top-1 % mean, seeds;
 //! * `top1.png`: linear top-1 against the first axis's values, one line per value of the
-//!   other axes, error bars = std.
+//!   other axes, error bars = std;
+//! * with `[federation.dp]`: the (ε, δ) each run spent (the Rényi bound,
+//!   [`crate::privacy::accountant`]) in both tables, and `top1_vs_epsilon.png`, linear top-1
+//!   against ε ([`crate::experiments::epsilon_chart`]).
 //!
 //! The grid and seeds can be written in the scenario file itself, a `[sweep]` table
 //! ([`SweepTable`]), so that a sweep is one file; `--grid` and `--seeds` override it.
@@ -27,7 +30,8 @@ use fedssl_shared::config::Scenario;
 use fedssl_shared::weights::write_atomic;
 use serde_json::Value;
 
-use crate::experiments::grid::{Cell, Grid};
+use crate::experiments::epsilon_chart;
+use crate::experiments::grid::{AxisSpec, Cell, Grid};
 use crate::experiments::plot::{self, Series};
 use crate::experiments::runner::{execute, Options, PlannedRun, Status};
 use crate::experiments::tables::{csv_row, markdown_header, markdown_row, pct};
@@ -88,6 +92,12 @@ pub struct ResultRow {
     pub rounds: u64,
     /// Wall seconds of the run.
     pub wall_seconds: f64,
+    /// ε of the sampled-Gaussian Rényi bound the run spent under `federation.dp`
+    /// (`f64::INFINITY` with noise multiplier 0, which `summary.json` writes as `null`);
+    /// `None` without DP.
+    pub epsilon: Option<f64>,
+    /// The δ of `epsilon`.
+    pub delta: Option<f64>,
 }
 
 /// A cell's line of `results.md`.
@@ -101,6 +111,11 @@ pub struct CellStats {
     pub random_init_mean: Option<f64>,
     /// Finished seeds.
     pub n: usize,
+    /// ε its runs spent (the same for every seed: it depends on z, the sampling rate and the
+    /// rounds only; the largest if they differ); `None` without DP.
+    pub epsilon: Option<f64>,
+    /// The δ of `epsilon`.
+    pub delta: Option<f64>,
 }
 
 /// What a sweep did.
@@ -129,8 +144,8 @@ pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
             .with_context(|| format!("[sweep] of {}", spec.scenario.display()))?,
         None => SweepTable::default(),
     };
-    let specs = table.grid_specs(&spec.grid);
-    let grid = Grid::parse(&specs)?;
+    let specs = table.grid_specs(&spec.grid, &spec.scenario);
+    let grid = Grid::parse_specs(&specs)?;
     for s in &spec.sets {
         let key = s.split_once('=').map_or(s.as_str(), |(k, _)| k).trim();
         if grid.axes.iter().any(|a| a.key == key) {
@@ -139,25 +154,30 @@ pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
             );
         }
     }
-    let seeds = if !spec.seeds.is_empty() {
-        spec.seeds.clone()
-    } else if !table.seeds.is_empty() {
-        table.seeds.clone()
+    let (seeds, from) = if !spec.seeds.is_empty() {
+        (spec.seeds.clone(), "--seeds".to_string())
+    } else if let Some(seeds) = &table.seeds {
+        let from = format!("[sweep] seeds of {}", spec.scenario.display());
+        ensure!(
+            !seeds.is_empty(),
+            "{from} is empty: list at least one seed, or leave the key out for the scenario's seed"
+        );
+        (seeds.clone(), from)
     } else {
-        vec![base.seed]
+        (vec![base.seed], "seed".to_string())
     };
     if let Some((i, s)) = seeds
         .iter()
         .enumerate()
         .find(|(i, s)| seeds[..*i].contains(s))
     {
-        bail!("--seeds: seed {s} is listed twice (position {})", i + 1);
+        bail!("{from}: seed {s} is listed twice (position {})", i + 1);
     }
     let cells = grid.cells();
     let mut runs = Vec::with_capacity(cells.len() * seeds.len());
     let mut data_dir_read = false;
     for cell in &cells {
-        let (sc, read) = load_cell(spec, &grid, cell)?;
+        let (sc, read) = load_cell(spec, &grid, &specs, cell)?;
         data_dir_read |= read;
         for &seed in &seeds {
             let mut sc = sc.clone();
@@ -202,9 +222,10 @@ pub fn plan(spec: &SweepSpec) -> Result<SweepPlan> {
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepTable {
-    /// `seeds`: the sweep's seeds (default: `--seeds`, or the scenario's `seed`).
+    /// `seeds`: the sweep's seeds (`--seeds` replaces them; absent: the scenario's `seed`;
+    /// an empty list is refused).
     #[serde(default)]
-    pub seeds: Vec<u64>,
+    pub seeds: Option<Vec<u64>>,
     /// `[[sweep.axis]]`: the grid's axes in order.
     #[serde(default)]
     pub axis: Vec<AxisTable>,
@@ -228,27 +249,31 @@ impl SweepTable {
             .map_err(|e: toml::de::Error| anyhow::anyhow!("{}", e.message()))
     }
 
-    /// The `--grid` specs of the file's axes (`KEY=[v1, v2, …]`, each value as inline TOML),
-    /// with the command line's `flags` replacing the axis of their key or appended after.
-    pub fn grid_specs(&self, flags: &[String]) -> Vec<String> {
+    /// The axis specs of `file`'s axes (`KEY=[v1, v2, …]`, each value as inline TOML, named
+    /// `[[sweep.axis]] of FILE` in errors), with the command line's `flags` (`--grid`)
+    /// replacing the axis of their key or appended after.
+    pub fn grid_specs(&self, flags: &[String], file: &Path) -> Vec<AxisSpec> {
         let key_of = |spec: &str| spec.split_once('=').map(|(k, _)| k.trim().to_string());
-        let mut specs: Vec<String> = self
+        let mut specs: Vec<AxisSpec> = self
             .axis
             .iter()
             .map(|a| {
                 let values: Vec<String> = a.values.iter().map(|v| v.to_string()).collect();
-                format!("{}=[{}]", a.key, values.join(", "))
+                AxisSpec {
+                    spec: format!("{}=[{}]", a.key, values.join(", ")),
+                    origin: format!("[[sweep.axis]] of {}", file.display()),
+                }
             })
             .collect();
         for f in flags {
             let replaced = key_of(f).and_then(|k| {
                 specs
                     .iter()
-                    .position(|s| key_of(s).as_deref() == Some(k.as_str()))
+                    .position(|s| key_of(&s.spec).as_deref() == Some(k.as_str()))
             });
             match replaced {
-                Some(i) => specs[i] = f.clone(),
-                None => specs.push(f.clone()),
+                Some(i) => specs[i] = AxisSpec::flag(f),
+                None => specs.push(AxisSpec::flag(f)),
             }
         }
         specs
@@ -257,7 +282,12 @@ impl SweepTable {
 
 /// The scenario of `cell` (its seed still the base's) and whether it reads `--data-dir`. An
 /// error is blamed on the first axis whose value makes the scenario invalid.
-fn load_cell(spec: &SweepSpec, grid: &Grid, cell: &Cell) -> Result<(Scenario, bool)> {
+fn load_cell(
+    spec: &SweepSpec,
+    grid: &Grid,
+    specs: &[AxisSpec],
+    cell: &Cell,
+) -> Result<(Scenario, bool)> {
     let with = |n: usize| {
         let mut o = spec.sets.clone();
         o.extend(grid.overrides(cell).into_iter().take(n));
@@ -271,8 +301,9 @@ fn load_cell(spec: &SweepSpec, grid: &Grid, cell: &Cell) -> Result<(Scenario, bo
             let a = &grid.axes[culprit - 1];
             let v = &a.values[cell.index[culprit - 1]];
             bail!(
-                "sweep cell `{}`: --grid {}={}: {}",
+                "sweep cell `{}`: {} {}={}: {}",
                 cell.name,
+                specs[culprit - 1].origin,
                 a.key,
                 v.raw,
                 without_set_blame(&e)
@@ -312,6 +343,12 @@ pub async fn sweep(spec: &SweepSpec) -> Result<SweepReport> {
             d.display()
         );
     }
+    ensure!(
+        !spec.out.join("summary.json").exists(),
+        "--out {} holds a run (its summary.json): a sweep writes its runs in folders below --out \
+         and its results beside them; choose another folder",
+        spec.out.display()
+    );
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("cannot create output folder {}", spec.out.display()))?;
     eprintln!(
@@ -390,6 +427,10 @@ pub fn row_of(summary: &Value, cell: usize, seed: u64) -> Result<ResultRow> {
             .and_then(Value::as_u64)
             .context("summary.json has no rounds_completed")?,
         wall_seconds: f("/wall_seconds").context("summary.json has no wall_seconds")?,
+        epsilon: summary
+            .pointer("/privacy")
+            .map(|_| f("/privacy/epsilon_rdp").unwrap_or(f64::INFINITY)),
+        delta: f("/privacy/delta"),
     })
 }
 
@@ -408,11 +449,19 @@ pub fn cell_stats(cells: usize, rows: &[ResultRow]) -> Vec<CellStats> {
                 .filter_map(|r| r.random_init_top1)
                 .collect();
             let (mean, std) = mean_std(&v);
+            let largest = |g: fn(&ResultRow) -> Option<f64>| {
+                rows.iter()
+                    .filter(|r| r.cell == c)
+                    .filter_map(g)
+                    .reduce(f64::max)
+            };
             CellStats {
                 mean,
                 std,
                 random_init_mean: mean_std(&ri).0,
                 n: v.len(),
+                epsilon: largest(|r| r.epsilon),
+                delta: largest(|r| r.delta),
             }
         })
         .collect()
@@ -430,7 +479,8 @@ pub fn mean_std(v: &[f64]) -> (Option<f64>, Option<f64>) {
     (Some(mean), std)
 }
 
-/// Writes `results.csv`, `results.md` and `top1.png` into `out`.
+/// Writes `results.csv`, `results.md`, `top1.png` and, with DP, `top1_vs_epsilon.png` into
+/// `out`.
 pub fn write_results(out: &Path, plan: &SweepPlan, rows: &[ResultRow]) -> Result<()> {
     write_atomic(&out.join("results.csv"), results_csv(plan, rows).as_bytes())?;
     let stats = cell_stats(plan.cells.len(), rows);
@@ -438,6 +488,9 @@ pub fn write_results(out: &Path, plan: &SweepPlan, rows: &[ResultRow]) -> Result
     if !plan.grid.axes.is_empty() && stats.iter().any(|s| s.mean.is_some()) {
         top1_chart(&out.join("top1.png"), plan, &stats)?;
         md += "\n![linear top-1](top1.png)\n";
+    }
+    if epsilon_chart::draw(&out.join("top1_vs_epsilon.png"), plan, &stats)? {
+        md += "\n![linear top-1 against ε](top1_vs_epsilon.png)\n";
     }
     write_atomic(&out.join("results.md"), md.as_bytes())
 }
@@ -455,6 +508,8 @@ pub fn results_csv(plan: &SweepPlan, rows: &[ResultRow]) -> String {
             "random_init_top1",
             "rounds",
             "wall_seconds",
+            "epsilon_rdp",
+            "delta",
         ]
         .map(String::from),
     );
@@ -472,6 +527,8 @@ pub fn results_csv(plan: &SweepPlan, rows: &[ResultRow]) -> String {
             opt(r.random_init_top1),
             r.rounds.to_string(),
             r.wall_seconds.to_string(),
+            opt(r.epsilon),
+            opt(r.delta),
         ]);
         s += &csv_row(&line);
     }
@@ -490,7 +547,12 @@ pub fn results_md(plan: &SweepPlan, stats: &[CellStats]) -> String {
     if header.is_empty() {
         header.push("cell");
     }
-    header.extend(["linear top-1 %", "random init top-1 %", "seeds"]);
+    header.extend(["linear top-1 %", "random init top-1 %"]);
+    let dp = stats.iter().any(|st| st.epsilon.is_some());
+    if dp {
+        header.extend(["ε (RDP)", "δ"]);
+    }
+    header.push("seeds");
     s += &markdown_header(&header);
     for (cell, st) in plan.cells.iter().zip(stats) {
         let mut line = plan.grid.labels(cell);
@@ -502,30 +564,56 @@ pub fn results_md(plan: &SweepPlan, stats: &[CellStats]) -> String {
             None => "–".into(),
         });
         line.push(st.random_init_mean.map_or("–".into(), pct));
+        if dp {
+            line.push(st.epsilon.map_or("–".into(), epsilon_label));
+            line.push(st.delta.map_or("–".into(), |d| format!("{d:.3e}")));
+        }
         line.push(st.n.to_string());
         s += &markdown_row(&line);
     }
     s
 }
 
+/// ε as the tables write it: two decimals, `∞` for an unbounded one (noise multiplier 0).
+pub fn epsilon_label(e: f64) -> String {
+    if e.is_finite() {
+        format!("{e:.2}")
+    } else {
+        "∞".into()
+    }
+}
+
+/// The lines of a sweep's charts: one per combination of the values of every axis but the
+/// first (`per_x` of them), named `label=value, …` (empty with a single axis); line `j`'s
+/// cell at the first axis's value `x` is `x · per_x + j`. Returns `(per_x, names)`.
+pub fn lines(plan: &SweepPlan) -> (usize, Vec<String>) {
+    let axes = &plan.grid.axes;
+    let per_x = plan.cells.len() / axes[0].values.len();
+    let names = (0..per_x)
+        .map(|j| {
+            axes[1..]
+                .iter()
+                .zip(&plan.cells[j].index[1..])
+                .map(|(a, &v)| format!("{}={}", a.label, a.values[v].label))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    (per_x, names)
+}
+
 /// `top1.png`: x the first axis's values, one line per combination of the other axes' values
 /// (one line with a single axis), error bars = std; the lines are drawn slightly apart so
 /// that their bars do not hide each other.
 fn top1_chart(path: &Path, plan: &SweepPlan, stats: &[CellStats]) -> Result<()> {
-    let axes = &plan.grid.axes;
-    let first = &axes[0];
+    let first = &plan.grid.axes[0];
     let categories: Vec<String> = first.values.iter().map(|v| v.label.clone()).collect();
-    let per_x = plan.cells.len() / first.values.len();
+    let (per_x, names) = lines(plan);
     let spread = 0.15_f64.min(0.6 / per_x as f64);
-    let series: Vec<Series> = (0..per_x)
-        .map(|j| {
-            let rest = &plan.cells[j].index[1..];
-            let name = axes[1..]
-                .iter()
-                .zip(rest)
-                .map(|(a, &v)| format!("{}={}", a.label, a.values[v].label))
-                .collect::<Vec<_>>()
-                .join(", ");
+    let series: Vec<Series> = names
+        .into_iter()
+        .enumerate()
+        .map(|(j, name)| {
             let dx = (j as f64 - (per_x as f64 - 1.0) / 2.0) * spread;
             let (mut points, mut err) = (vec![], vec![]);
             for x in 0..first.values.len() {
@@ -589,6 +677,49 @@ mod tests {
     }
 
     #[test]
+    fn a_dp_run_reports_its_epsilon_and_z_0_is_unbounded() {
+        let summary = |privacy: &str| -> Value {
+            serde_json::from_str(&format!(
+                r#"{{"eval": {{"linear": {{"top1": 0.3, "top5": 0.8}}}},
+                    "rounds_completed": 2, "wall_seconds": 9.5{privacy}}}"#
+            ))
+            .unwrap()
+        };
+        let plain = row_of(&summary(""), 0, 0).unwrap();
+        assert_eq!((plain.epsilon, plain.delta), (None, None));
+        // serde_json writes the accountant's ε = ∞ (z = 0) as null
+        let z0 = row_of(
+            &summary(r#", "privacy": {"epsilon_rdp": null, "delta": 0.125}"#),
+            1,
+            0,
+        )
+        .unwrap();
+        assert_eq!(z0.epsilon, Some(f64::INFINITY));
+        let z1 = row_of(
+            &summary(r#", "privacy": {"epsilon_rdp": 2.69, "delta": 0.125}"#),
+            2,
+            0,
+        )
+        .unwrap();
+        assert_eq!((z1.epsilon, z1.delta), (Some(2.69), Some(0.125)));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), &["federation.rounds=[1, 2, 3]"]);
+        s.seeds = vec![0];
+        let p = plan(&s).unwrap();
+        let stats = cell_stats(3, &[plain, z0, z1.clone()]);
+        let md = results_md(&p, &stats);
+        assert!(md.contains("| ε (RDP) | δ | seeds |"), "{md}");
+        assert!(md.contains("| 30.0 ± – | – | – | – | 1 |"), "{md}");
+        assert!(md.contains("| ∞ | 1.250e-1 |"), "{md}");
+        assert!(md.contains("| 2.69 | 1.250e-1 |"), "{md}");
+        let csv = results_csv(&p, &[z1]);
+        assert!(
+            csv.lines().nth(1).unwrap().ends_with(",9.5,2.69,0.125"),
+            "{csv}"
+        );
+    }
+
+    #[test]
     fn the_plan_is_cells_times_seeds_in_their_folders() {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(
@@ -610,6 +741,51 @@ mod tests {
         assert_eq!(r.scenario.federation.rounds, 1);
         assert_eq!(r.scenario.federation.strategy.name(), "fedprox");
         assert!(!s.out.exists(), "planning writes nothing");
+    }
+
+    #[test]
+    fn a_bad_sweep_table_is_blamed_on_the_table_not_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        let err = |table: &str, seeds: Vec<u64>| {
+            std::fs::write(&file, format!("name = \"b\"\n{table}")).unwrap();
+            let s = SweepSpec {
+                scenario: file.clone(),
+                seeds,
+                out: dir.path().join("out"),
+                ..SweepSpec::default()
+            };
+            format!("{:#}", plan(&s).unwrap_err())
+        };
+        let f = file.display();
+        let e = err("[sweep]\nseeds = []\n", vec![]);
+        assert!(
+            e.starts_with(&format!("[sweep] seeds of {f} is empty")),
+            "{e}"
+        );
+        let e = err("[sweep]\nseeds = [1, 1]\n", vec![]);
+        assert!(
+            e.starts_with(&format!("[sweep] seeds of {f}: seed 1 is listed twice")),
+            "{e}"
+        );
+        let e = err("[sweep]\nseeds = [1]\n", vec![2, 2]);
+        assert!(e.starts_with("--seeds: seed 2 is listed twice"), "{e}");
+        let axis = |key: &str, values: &str| {
+            format!("[[sweep.axis]]\nkey = \"{key}\"\nvalues = {values}\n")
+        };
+        let e = err(&axis("federation.rounds", "[]"), vec![]);
+        assert_eq!(
+            e,
+            format!("[[sweep.axis]] of {f} `federation.rounds`: the list of values is empty")
+        );
+        let e = err(&axis("federation.clients", "[3, 0]"), vec![]);
+        assert!(
+            e.starts_with(&format!(
+                "sweep cell `clients=0`: [[sweep.axis]] of {f} federation.clients=0:"
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("--grid") && !e.contains("--set"), "{e}");
     }
 
     #[test]

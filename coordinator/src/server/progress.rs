@@ -33,9 +33,9 @@ impl RoundsProgress {
     /// Reports a completed round.
     pub fn round_done(&self, rec: &RoundRecord) {
         let mut msg = format!(
-            "loss {:.3} | {} clients, {} dropped | {:.1} s",
+            "loss {:.3} | {}, {} dropped | {:.1} s",
             rec.mean_loss.unwrap_or(f64::NAN),
-            rec.clients.len(),
+            crate::run::outputs::plural(rec.clients.len(), "client", "clients"),
             rec.dropped.len(),
             rec.seconds
         );

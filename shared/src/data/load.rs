@@ -173,6 +173,25 @@ pub fn load_split_with(
     split: Split,
     opts: &LoadOptions,
 ) -> Result<ImageDataset> {
+    let ds = load_split_capped(dataset, dir, limit, seed, split, opts)?;
+    let key = match split {
+        Split::Train | Split::Labelled => "data.train_images",
+        Split::Test => "data.test_images",
+    };
+    check_count(&ds, limit, key, dataset, dir, split)?;
+    Ok(ds)
+}
+
+/// [`load_split_with`] without its last check: a split smaller than `limit` comes back
+/// smaller (the caller checks with [`check_count`], naming its own key).
+pub fn load_split_capped(
+    dataset: DatasetKind,
+    dir: Option<&Path>,
+    limit: Option<usize>,
+    seed: u64,
+    split: Split,
+    opts: &LoadOptions,
+) -> Result<ImageDataset> {
     let train = split != Split::Test;
     let (default_n, stream) = if train {
         (synthetic::DEFAULT_TRAIN_IMAGES, seed::SYNTHETIC_TRAIN)
@@ -246,12 +265,25 @@ pub fn load_split_with(
             Ok(ds)
         }
     }?;
-    // A dataset smaller than asked for is an error, not a silent cap.
+    Ok(ds)
+}
+
+/// A dataset smaller than asked for is an error, not a silent cap: errors when `ds` (split
+/// `split` of `dataset` at `dir`) holds fewer than `limit` images, naming `key` (the setting
+/// that asked for them, e.g. `data.train_images`).
+pub fn check_count(
+    ds: &ImageDataset,
+    limit: Option<usize>,
+    key: &str,
+    dataset: DatasetKind,
+    dir: Option<&Path>,
+    split: Split,
+) -> Result<()> {
     if let Some(n) = limit.filter(|&n| n > ds.len()) {
-        let (key, which) = match split {
-            Split::Train => ("data.train_images", "training"),
-            Split::Labelled => ("data.train_images", "labelled training"),
-            Split::Test => ("data.test_images", "test"),
+        let which = match split {
+            Split::Train => "training",
+            Split::Labelled => "labelled training",
+            Split::Test => "test",
         };
         let name = match dataset {
             DatasetKind::Folder => "image folder's".to_string(),
@@ -263,7 +295,7 @@ pub fn load_split_with(
             ds.len()
         );
     }
-    Ok(ds)
+    Ok(())
 }
 
 #[cfg(test)]

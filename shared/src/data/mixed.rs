@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::load::{load_split_with, DatasetKind, LoadOptions, Split};
+use super::load::{check_count, load_split_capped, DatasetKind, LoadOptions, Split};
 use super::ImageDataset;
 use crate::seed;
 
@@ -76,7 +76,9 @@ impl MixedSource {
 
 /// Checks the sources of `data.sources` (for `data.dataset = "mixed"`, at `image_size`
 /// pixels): at least one; none of them `"mixed"`; every one resized when `image_size` is not
-/// 32; `images` at least 1; distinct domain names. Messages name `data.sources[i]`.
+/// 32; `images` at least 1; no `path` on a synthetic source (it reads no files); domain names
+/// of letters, digits, `-`, `_` and `.` (they become class-name prefixes and report labels),
+/// distinct. Messages name `data.sources[i]`.
 pub fn check_sources(sources: &[MixedSource], image_size: usize) -> Result<()> {
     ensure!(
         !sources.is_empty(),
@@ -98,9 +100,21 @@ pub fn check_sources(sources: &[MixedSource], image_size: usize) -> Result<()> {
                 super::IMAGE_SIDE
             );
         }
+        if s.dataset == DatasetKind::Synthetic && s.path.is_some() {
+            bail!("data.sources[{i}].path is set, but a synthetic source is generated in memory and reads no files: remove the path");
+        }
         let name = s.domain_name();
         if name.trim().is_empty() {
             bail!("data.sources[{i}].name is empty");
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        {
+            bail!(
+                "data.sources[{i}].name `{}`: {c:?} is not allowed; use letters, digits, '-', '_' and '.'",
+                name.escape_debug()
+            );
         }
         if let Some(j) = sources[..i].iter().position(|o| o.domain_name() == name) {
             bail!(
@@ -112,7 +126,7 @@ pub fn check_sources(sources: &[MixedSource], image_size: usize) -> Result<()> {
 }
 
 /// Loads the mixed dataset: every source of `opts.sources` (its folder resolved against
-/// `base`, `data.path`) loaded by its dataset's loader ([`load_split_with`], its training
+/// `base`, `data.path`) loaded by its dataset's loader ([`load_split_capped`], its training
 /// split, its `images` limit, the run seed's [`seed::MIXED_SOURCE`] stream with its index as
 /// its seed), concatenated in source order into `u8` `(N, H, W, 3)` images with the disjoint
 /// union of the sources' classes as labels and each image's source as its domain (module
@@ -154,13 +168,22 @@ pub fn load_mixed(
             .as_ref()
             .map_or_else(String::new, |d| format!(" at {}", d.display()));
         let what = || format!("data.sources[{i}] ({name}{at})");
-        let ds = load_split_with(
+        let ds = load_split_capped(
             s.dataset,
             dir.as_deref(),
             s.images,
             seed::derive(seed, seed::MIXED_SOURCE, i as u64),
             Split::Train,
             opts,
+        )
+        .with_context(what)?;
+        check_count(
+            &ds,
+            s.images,
+            "images",
+            s.dataset,
+            dir.as_deref(),
+            Split::Train,
         )
         .with_context(what)?;
         ensure!(
@@ -322,7 +345,10 @@ mod tests {
             load_mixed(Some(dir.path()), 0, Split::Train, &o).unwrap_err()
         );
         assert!(
-            e.starts_with("data.sources[0] (cifar100 at ") && e.contains("holds only 4"),
+            e.starts_with("data.sources[0] (cifar100 at ")
+                && e.contains("images = 9, but the CIFAR-100 training split at")
+                && e.contains("holds only 4")
+                && !e.contains("data.train_images"),
             "{e}"
         );
         // the sources' own checks
@@ -342,6 +368,17 @@ mod tests {
                     source(DatasetKind::Synthetic, None, None),
                 ],
                 "data.sources[1]: the domain name `synthetic` is also data.sources[0]'s",
+            ),
+            (
+                vec![source(DatasetKind::Synthetic, Some("s"), None)],
+                "data.sources[0].path is set, but a synthetic source",
+            ),
+            (
+                vec![MixedSource {
+                    name: Some("a/b".into()),
+                    ..source(DatasetKind::Synthetic, None, None)
+                }],
+                "data.sources[0].name `a/b`: '/' is not allowed",
             ),
         ] {
             let e = check_sources(&sources, 32).unwrap_err().to_string();

@@ -39,7 +39,7 @@ impl DomainConfig {
         if let Some(c) = &self.clients_per_domain {
             ensure!(
                 c.len() == d,
-                "partition.clients_per_domain has {} entries, and the mixed dataset {} domains (data.sources): one number per source",
+                "partition.clients_per_domain lists {} number(s), and the mixed dataset has {} domain(s) (data.sources): one number per source",
                 c.len(),
                 d
             );
@@ -51,7 +51,7 @@ impl DomainConfig {
             for (i, (&k, &n)) in c.iter().zip(sizes).enumerate() {
                 ensure!(
                     k <= n,
-                    "partition.clients_per_domain gives domain {i} {k} clients, and it has only {n} images"
+                    "partition.clients_per_domain gives domain {i} {k} client(s), and it has only {n} image(s)"
                 );
             }
             return Ok(c.clone());
@@ -220,10 +220,11 @@ mod tests {
             format!("{:#}", partition_dataset(&ds, clients, &c, 0).unwrap_err())
         };
         assert!(e(domain(None), 2).contains("2 clients cannot cover the 3 domains"));
-        assert!(e(domain(Some(vec![1, 1])), 2).contains("has 2 entries"));
+        assert!(e(domain(Some(vec![1, 1])), 2)
+            .contains("lists 2 number(s), and the mixed dataset has 3 domain(s)"));
         assert!(e(domain(Some(vec![1, 1, 1])), 4).contains("sums to 3, and federation.clients = 4"));
         assert!(e(domain(Some(vec![1, 1, 0])), 2).contains("clients_per_domain[2] is 0"));
-        assert!(e(domain(Some(vec![1, 11, 1])), 13).contains("domain 1 11 clients"));
+        assert!(e(domain(Some(vec![1, 11, 1])), 13).contains("domain 1 11 client(s)"));
         // a dataset without domains
         let mut plain = mixed(&[10]);
         plain.domains.clear();

@@ -151,9 +151,10 @@ impl RoundAggregation {
         let u2 = self.masking_clients();
         ensure!(
             u2.len() >= self.threshold,
-            "secure aggregation: {} client(s) sent their shares, the threshold is {}",
+            "secure aggregation: {} client(s) sent their shares, the threshold is {}; {} sent keys but no shares",
             u2.len(),
-            self.threshold
+            self.threshold,
+            missing(self.keys.keys(), &u2)
         );
         let keys = u2.iter().map(|u| (*u, self.keys[u].mask)).collect();
         self.sum = Some(MaskedSum::new(self.q, self.round, self.len, keys));
@@ -185,9 +186,10 @@ impl RoundAggregation {
         let req = sum.request();
         ensure!(
             req.arrived.len() >= self.threshold,
-            "secure aggregation: {} masked vector(s) arrived, the threshold is {}",
+            "secure aggregation: {} masked vector(s) arrived, the threshold is {}; none from {}",
             req.arrived.len(),
-            self.threshold
+            self.threshold,
+            missing(self.shares.keys(), &req.arrived)
         );
         self.request = Some(req.clone());
         Ok(req)
@@ -245,9 +247,10 @@ impl RoundAggregation {
         };
         ensure!(
             self.answered.len() >= self.threshold,
-            "secure aggregation: {} survivor(s) answered the unmasking, the threshold is {}",
+            "secure aggregation: {} survivor(s) answered the unmasking, the threshold is {}; {} left after masking",
             self.answered.len(),
-            self.threshold
+            self.threshold,
+            missing(req.arrived.iter(), &self.answered)
         );
         let mut seeds = BTreeMap::new();
         for u in &req.arrived {
@@ -264,6 +267,21 @@ impl RoundAggregation {
         let (ring, total) = sum.unmask(&seeds, &secrets)?;
         let mean = self.q.decode_mean(&ring, total)?;
         Ok((mean, total))
+    }
+}
+
+/// The clients of `all` not in `present`, for an error: `client 4` or `clients 3, 4`.
+fn missing<'a>(
+    all: impl Iterator<Item = &'a ClientIndex>,
+    present: &BTreeSet<ClientIndex>,
+) -> String {
+    let gone: Vec<String> = all
+        .filter(|u| !present.contains(u))
+        .map(|u| u.to_string())
+        .collect();
+    match gone.len() {
+        1 => format!("client {}", gone[0]),
+        _ => format!("clients {}", gone.join(", ")),
     }
 }
 
@@ -356,7 +374,9 @@ mod tests {
         // two drop after masking with threshold 4: 3 survivors cannot unmask
         let e = round(&u, &w, 4, &[], &[10, 13]).unwrap_err().to_string();
         assert!(
-            e.contains("3 survivor(s) answered the unmasking, the threshold is 4"),
+            e.contains(
+                "3 survivor(s) answered the unmasking, the threshold is 4; clients 10, 13 left after masking"
+            ),
             "{e}"
         );
     }
