@@ -211,3 +211,58 @@ fn what_secure_aggregation_cannot_serve_is_refused_when_the_scenario_loads() {
     let sc = Scenario::load(&root.join("scenarios/privacy/secure-aggregation.toml"), &[]).unwrap();
     assert!(sc.federation.secure_aggregation.enabled);
 }
+
+/// SecAgg+'s k-regular graph (`graph = "k_regular"`, k = 4 of 7 clients): client 1 leaves
+/// before masking (its masks with its four neighbours removed through their shares of its
+/// key) and client 4 after (its self mask rebuilt from its neighbours' shares). The masks
+/// cancel exactly, so the weights are the same bytes as the complete graph's, and each
+/// client sealed 4 share boxes instead of 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_k_regular_graph_gives_the_complete_graphs_weights_with_fewer_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_with = |graph: &'static str, out: std::path::PathBuf| async move {
+        let sets = [
+            "federation.clients=7",
+            "federation.min_clients=5",
+            "federation.rounds=1",
+            "eval.enabled=false",
+            "simulation.faults=[{client = 1, round = 1, kind = \"disconnect\"}, {client = 4, round = 1, kind = \"drop_after_masking\"}]",
+            graph,
+        ];
+        run(tiny(&sets), &out).await.unwrap();
+        out
+    };
+    let complete = run_with(
+        "federation.secure_aggregation={enabled = true, threshold = 3}",
+        dir.path().join("complete"),
+    )
+    .await;
+    let sparse = run_with(
+        "federation.secure_aggregation={enabled = true, threshold = 3, graph = \"k_regular\", k = 4}",
+        dir.path().join("sparse"),
+    )
+    .await;
+    let bytes = |d: &Path| std::fs::read(d.join("final.safetensors")).unwrap();
+    assert!(
+        bytes(&complete) == bytes(&sparse),
+        "the k-regular run's weights differ from the complete graph's"
+    );
+    let (c, s) = (&lines(&complete)[0], &lines(&sparse)[0]);
+    assert_eq!(ids(&s["clients"]), vec![0, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        ids(&s["secure_aggregation"]["survivors"]),
+        vec![0, 2, 3, 5, 6]
+    );
+    let shares = |r: &Value| {
+        r["secure_aggregation"]["phases"]["shares"]["bytes_received"]
+            .as_u64()
+            .unwrap()
+    };
+    // 7 clients × 6 boxes against 7 × 4 (plus the same framing per message)
+    assert!(
+        shares(s) * 10 < shares(c) * 8,
+        "k-regular shares {} B, complete {} B",
+        shares(s),
+        shares(c)
+    );
+}

@@ -1,6 +1,7 @@
 //! A secure-aggregation round on the client (the round message carried [`SecAggParams`];
 //! Bonawitz et al. 2017, Figure 4): advertise fresh keys, send sealed Shamir shares of the
-//! round's secrets to every client of the key list, open the shares routed to this client,
+//! round's secrets to every neighbour in the masking graph (every client of the key list with
+//! the complete graph), open the shares routed to this client,
 //! train, send the masked update Δ·n_k (quantised, [`fedssl_shared::secagg::vector`]), and
 //! answer the unmasking with the shares it asks for, refusing a request that would reveal
 //! both secrets of a client. The cryptography is [`Participant`]'s; this file carries its
@@ -13,6 +14,7 @@ use fedssl_shared::protocol::{
     read_message, write_message, write_weights_bytes, ClientMessage, RoundConfig, SecAggParams,
     ServerMessage,
 };
+use fedssl_shared::secagg::graph::MaskingGraph;
 use fedssl_shared::secagg::masking::PublicKeys;
 use fedssl_shared::secagg::participant::Participant;
 use fedssl_shared::secagg::unmask::UnmaskRequest;
@@ -44,7 +46,8 @@ pub(crate) async fn secure_round(
         round + 1
     );
     let q = params.quantizer();
-    let mut p = Participant::new(round as u64, me, params.threshold as usize, q)?;
+    let graph = MaskingGraph::from_wire(params.neighbours)?;
+    let mut p = Participant::new(round as u64, me, params.threshold as usize, q)?.with_graph(graph);
     let pk = p.public();
     write_message(
         &mut send,

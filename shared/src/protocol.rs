@@ -48,8 +48,9 @@ use crate::weights::WeightSet;
 /// CIFAR-100 and STL-10 datasets, [`RunInfo::cifar100_labels`] and [`RunInfo::stl10_split`];
 /// 8: secure aggregation, [`SecAggParams`] in [`ServerMessage::Round`] and its messages; 9:
 /// the mixed dataset as [`RunInfo::dataset`] and the `domain` partition in
-/// [`RunInfo::partition`], which an older client could not decode).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// [`RunInfo::partition`], which an older client could not decode; 10:
+/// [`SecAggParams::neighbours`], SecAgg+'s k-regular masking graph).
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -236,6 +237,10 @@ pub struct SecAggParams {
     pub bits: u32,
     /// The ids of the round's sampled clients.
     pub clients: Vec<u32>,
+    /// The masking graph: 0 for the complete graph (every pair), else k, the neighbours of
+    /// each client in SecAgg+'s k-regular graph over the key list
+    /// ([`crate::secagg::graph::MaskingGraph`]).
+    pub neighbours: u32,
 }
 
 impl SecAggParams {
@@ -583,6 +588,7 @@ mod tests {
                 range: 1 << 22,
                 bits: 64,
                 clients: vec![0, 2, 5],
+                neighbours: 4,
             }),
             round: 1,
             config: RoundConfig {

@@ -237,7 +237,8 @@ pub async fn secure_round(
     let t = cfg.threshold_of(r.sampled.len());
     let q = cfg.quantizer(max_total(&r.samples, r.sampled));
     let len = r.global.num_values();
-    let mut agg = RoundAggregation::new(round as u64, t, q, len);
+    let graph = cfg.masking_graph();
+    let mut agg = RoundAggregation::new(round as u64, t, q, len).with_graph(graph);
     let mut report = SecAggRecord {
         threshold: t,
         bits: q.bits,
@@ -257,6 +258,7 @@ pub async fn secure_round(
         range: q.range,
         bits: q.bits,
         clients: r.sampled.to_vec(),
+        neighbours: graph.to_wire(),
     };
     let payload = match r.global.to_safetensors() {
         Ok(p) => Arc::new(p),

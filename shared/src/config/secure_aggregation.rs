@@ -5,8 +5,9 @@
 //! ```toml
 //! [federation.secure_aggregation]
 //! enabled = true
-//! # threshold = 3        # t: survivors needed to unmask; default max(2, ⌈2m/3⌉) of the m sampled
-//! # graph = "complete"   # every pair of the round's clients masks ("k_regular": not yet)
+//! # threshold = 3        # t: shares needed to rebuild a secret; default max(2, ⌈2s/3⌉) of its s shares
+//! # graph = "complete"   # every pair of the round's clients masks; "k_regular": SecAgg+, k neighbours
+//! # k = 8                # graph = "k_regular" only: neighbours per client (even)
 //! # clip_range = 8.0     # c: each update value Δ = w_k − w_global is clipped to [−c, c]
 //! # quant_range = 4194304  # R = 2²²: [−c, c] maps onto the integers 0..=R
 //! ```
@@ -32,8 +33,8 @@ pub enum MaskGraph {
     /// Every pair (Bonawitz et al. 2017): O(m²) key agreements and shares per round.
     #[default]
     Complete,
-    /// SecAgg+'s sparse graph (Bell et al. 2020): each client masks with `k` neighbours.
-    /// Not yet supported: refused when the scenario loads.
+    /// SecAgg+'s sparse graph (Bell et al. 2020): each client masks with, and shares its
+    /// secrets among, `k` neighbours ([`crate::secagg::graph`]).
     KRegular,
 }
 
@@ -43,15 +44,18 @@ pub enum MaskGraph {
 pub struct SecureAggregationConfig {
     /// Run the rounds with secure aggregation (default false).
     pub enabled: bool,
-    /// t: the Shamir threshold, the clients that must answer the unmasking for the round to
-    /// complete; at least 2, at most the clients a round samples. Default (absent):
-    /// `max(2, ⌈2m/3⌉)` of the round's m sampled clients ([`Self::threshold_of`]).
+    /// t: the Shamir threshold, the shares that rebuild a client's secret, so the clients
+    /// that must answer the unmasking for the round to complete (with `"k_regular"`: of every
+    /// client's neighbourhood); at least 2, at most the shares of a secret (the clients a round
+    /// samples, or k + 1). Default (absent): `max(2, ⌈2s/3⌉)` of the s shares
+    /// ([`Self::threshold_of`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<usize>,
-    /// `"complete"` (default): every pair of clients masks; `"k_regular"` (SecAgg+): not yet
-    /// supported, refused.
+    /// `"complete"` (default): every pair of clients masks; `"k_regular"` (SecAgg+): each
+    /// client with `k` neighbours.
     pub graph: MaskGraph,
-    /// k of `graph = "k_regular"` (neighbours per client); unused by `"complete"`.
+    /// k of `graph = "k_regular"` (neighbours per client, even, at least 2; required there);
+    /// refused with `"complete"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub k: Option<usize>,
     /// c: every value of a client's update Δ = w_k − w_global is clipped to [−c, c] before
@@ -83,10 +87,20 @@ impl SecureAggregationConfig {
     }
 
     /// The threshold t of a round that sampled `m` clients: `threshold`, or by default
-    /// `max(2, ⌈2m/3⌉)` (Bonawitz et al. 2017 need t > m/2 for their security argument;
-    /// ⌈2m/3⌉ leaves a third of the clients free to drop).
+    /// `max(2, ⌈2s/3⌉)` of the s shares of a secret (s = m, or k + 1 with the k-regular
+    /// graph; Bonawitz et al. 2017 need t > s/2 for their security argument; ⌈2s/3⌉ leaves a
+    /// third of the clients free to drop).
     pub fn threshold_of(&self, m: usize) -> usize {
-        self.threshold.unwrap_or_else(|| (2 * m).div_ceil(3).max(2))
+        self.threshold
+            .unwrap_or_else(|| self.masking_graph().default_threshold(m))
+    }
+
+    /// The masking graph of the rounds ([`crate::secagg::graph::MaskingGraph`]).
+    pub fn masking_graph(&self) -> crate::secagg::graph::MaskingGraph {
+        match (self.graph, self.k) {
+            (MaskGraph::KRegular, Some(k)) => crate::secagg::graph::MaskingGraph::KRegular { k },
+            _ => crate::secagg::graph::MaskingGraph::Complete,
+        }
     }
 
     /// The quantiser of a round whose total weight Σ n_k is at most `max_total` (`None`:
@@ -132,15 +146,23 @@ impl SecureAggregationConfig {
                 self.quant_range
             );
         }
-        if self.graph == MaskGraph::KRegular {
-            bail!(
-                "federation.secure_aggregation.graph = \"k_regular\" (SecAgg+'s sparse graph) is \
-                 not yet supported; use graph = \"complete\""
-            );
-        }
-        if self.k.is_some() {
-            bail!("federation.secure_aggregation.k is only for graph = \"k_regular\", which is not yet supported");
-        }
+        let shares = match (self.graph, self.k) {
+            (MaskGraph::Complete, None) => max_sampled,
+            (MaskGraph::Complete, Some(_)) => bail!(
+                "federation.secure_aggregation.k is only for graph = \"k_regular\" (the complete graph masks every pair)"
+            ),
+            (MaskGraph::KRegular, None) => bail!(
+                "federation.secure_aggregation.graph = \"k_regular\" needs k, the neighbours of each client (an even number, e.g. k = 8)"
+            ),
+            (MaskGraph::KRegular, Some(k)) => {
+                if k < 2 || k % 2 != 0 {
+                    bail!(
+                        "federation.secure_aggregation.k must be an even number of at least 2 (the circulant graph links each client to k/2 on either side), got {k}"
+                    );
+                }
+                max_sampled.min(k + 1)
+            }
+        };
         if max_sampled > 255 {
             bail!(
                 "federation.secure_aggregation supports at most 255 clients per round (GF(256) \
@@ -151,10 +173,14 @@ impl SecureAggregationConfig {
             bail!("federation.secure_aggregation needs at least 2 clients per round");
         }
         if let Some(t) = self.threshold {
-            if t < 2 || t > max_sampled {
+            if t < 2 || t > shares {
+                let of = if shares == max_sampled {
+                    "the clients a round samples"
+                } else {
+                    "k + 1, the shares of each secret: a client's neighbours and itself"
+                };
                 bail!(
-                    "federation.secure_aggregation.threshold must be in 2..={max_sampled} \
-                     (the clients a round samples), got {t}"
+                    "federation.secure_aggregation.threshold must be in 2..={shares} ({of}), got {t}"
                 );
             }
         }
@@ -256,8 +282,45 @@ mod tests {
         );
         bad(
             &["federation.secure_aggregation.graph=\"k_regular\""],
-            &["k_regular", "not yet supported"],
+            &["k_regular", "needs k"],
         );
+        bad(
+            &[
+                "federation.secure_aggregation.graph=\"k_regular\"",
+                "federation.secure_aggregation.k=3",
+            ],
+            &["federation.secure_aggregation.k", "even", "got 3"],
+        );
+        bad(
+            &["federation.secure_aggregation.k=4"],
+            &["federation.secure_aggregation.k is only for graph = \"k_regular\""],
+        );
+        bad(
+            &[
+                "federation.clients=20",
+                "federation.secure_aggregation.graph=\"k_regular\"",
+                "federation.secure_aggregation.k=4",
+                "federation.secure_aggregation.threshold=6",
+            ],
+            &["threshold must be in 2..=5 (k + 1", "got 6"],
+        );
+        let sparse = Scenario::from_toml_str(
+            "",
+            &[
+                "federation.clients=20".into(),
+                "federation.secure_aggregation.enabled=true".into(),
+                "federation.secure_aggregation.graph=\"k_regular\"".into(),
+                "federation.secure_aggregation.k=4".into(),
+            ],
+        )
+        .unwrap();
+        let sa = &sparse.federation.secure_aggregation;
+        assert_eq!(
+            sa.masking_graph(),
+            crate::secagg::graph::MaskingGraph::KRegular { k: 4 }
+        );
+        // 5 shares of each secret (4 neighbours and the client): t = ⌈10/3⌉ = 4
+        assert_eq!(sa.threshold_of(20), 4);
         bad(
             &["federation.secure_aggregation.clip_range=0.0"],
             &["clip_range"],

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, ensure, Result};
 
+use super::graph::MaskingGraph;
 use super::masking::PublicKeys;
 use super::participant::{Reveal, SHARE_BYTES};
 use super::quantize::Quantizer;
@@ -25,6 +26,7 @@ pub struct RoundAggregation {
     round: u64,
     threshold: usize,
     q: Quantizer,
+    graph: MaskingGraph,
     len: usize,
     keys: BTreeMap<ClientIndex, PublicKeys>,
     /// Sealed shares by sender, then recipient.
@@ -44,6 +46,7 @@ impl RoundAggregation {
             round,
             threshold,
             q,
+            graph: MaskingGraph::Complete,
             len,
             keys: BTreeMap::new(),
             shares: BTreeMap::new(),
@@ -53,6 +56,17 @@ impl RoundAggregation {
             answered: BTreeSet::new(),
             request: None,
         }
+    }
+
+    /// The same round with masking graph `graph` (default: the complete graph).
+    pub fn with_graph(mut self, graph: MaskingGraph) -> Self {
+        self.graph = graph;
+        self
+    }
+
+    /// Every client of the key list U1 with its neighbours in the masking graph.
+    fn neighbours(&self) -> BTreeMap<ClientIndex, BTreeSet<ClientIndex>> {
+        self.graph.neighbours(&self.keys.keys().copied().collect())
     }
 
     /// The threshold t.
@@ -94,8 +108,9 @@ impl RoundAggregation {
         Ok(self.keys.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    /// Client `u`'s sealed shares, `(recipient, box)`: exactly one for every other client of
-    /// the key list, each at most [`SEALED_BYTES`]. Refused otherwise, naming the client.
+    /// Client `u`'s sealed shares, `(recipient, box)`: exactly one for every neighbour of `u`
+    /// in the masking graph over the key list (every other client with the complete graph),
+    /// each at most [`SEALED_BYTES`]. Refused otherwise, naming the client.
     pub fn add_shares(&mut self, u: ClientIndex, boxes: Vec<(ClientIndex, Vec<u8>)>) -> Result<()> {
         ensure!(
             self.keys.contains_key(&u),
@@ -105,11 +120,16 @@ impl RoundAggregation {
             self.sum.is_none() && !self.shares.contains_key(&u),
             "secure aggregation: client {u}'s shares came twice or too late"
         );
+        let near = self.neighbours().remove(&u).unwrap_or_default();
         let mut by_recipient = BTreeMap::new();
         for (v, b) in boxes {
             ensure!(
                 v != u && self.keys.contains_key(&v),
                 "secure aggregation: client {u} sent shares for client {v}, not another client of the key list"
+            );
+            ensure!(
+                near.contains(&v),
+                "secure aggregation: client {u} sent shares for client {v}, which is not its neighbour in the masking graph"
             );
             ensure!(
                 b.len() <= SEALED_BYTES,
@@ -122,10 +142,14 @@ impl RoundAggregation {
             );
         }
         ensure!(
-            by_recipient.len() + 1 == self.keys.len(),
-            "secure aggregation: client {u} sent shares for {} of the {} other clients",
+            by_recipient.len() == near.len(),
+            "secure aggregation: client {u} sent shares for {} of the {} {}",
             by_recipient.len(),
-            self.keys.len() - 1
+            near.len(),
+            match self.graph {
+                MaskingGraph::Complete => "other clients",
+                MaskingGraph::KRegular { .. } => "neighbours it has in the masking graph",
+            }
         );
         self.shares.insert(u, by_recipient);
         Ok(())
@@ -157,7 +181,11 @@ impl RoundAggregation {
             missing(self.keys.keys(), &u2)
         );
         let keys = u2.iter().map(|u| (*u, self.keys[u].mask)).collect();
-        self.sum = Some(MaskedSum::new(self.q, self.round, self.len, keys));
+        let mut sum = MaskedSum::new(self.q, self.round, self.len, keys);
+        if self.graph != MaskingGraph::Complete {
+            sum = sum.with_neighbours(self.neighbours());
+        }
+        self.sum = Some(sum);
         Ok(())
     }
 
@@ -300,6 +328,18 @@ mod tests {
         before: &[u32],
         after: &[u32],
     ) -> Result<(Vec<f64>, u64)> {
+        round_on(MaskingGraph::Complete, updates, weights, t, before, after)
+    }
+
+    /// [`round`] with masking graph `graph`; ids are 1, 4, 7, … (3k + 1).
+    fn round_on(
+        graph: MaskingGraph,
+        updates: &[Vec<f32>],
+        weights: &[u64],
+        t: usize,
+        before: &[u32],
+        after: &[u32],
+    ) -> Result<(Vec<f64>, u64)> {
         let q = Quantizer {
             bits: 64,
             ..Quantizer::default()
@@ -308,15 +348,22 @@ mod tests {
         let ids: Vec<u32> = (0..n as u32).map(|i| i * 3 + 1).collect();
         let mut ps: Vec<Participant> = ids
             .iter()
-            .map(|&id| Participant::new(5, id, t, q).unwrap())
+            .map(|&id| Participant::new(5, id, t, q).unwrap().with_graph(graph))
             .collect();
-        let mut agg = RoundAggregation::new(5, t, q, updates[0].len());
+        let mut agg = RoundAggregation::new(5, t, q, updates[0].len()).with_graph(graph);
         for (p, &id) in ps.iter().zip(&ids) {
             agg.add_keys(id, p.public())?;
         }
         let list = agg.key_list()?;
         for (p, &id) in ps.iter_mut().zip(&ids) {
             let boxes = p.share_keys(&list)?;
+            if let MaskingGraph::KRegular { k } = graph {
+                assert_eq!(
+                    boxes.len(),
+                    k.min(n - 1),
+                    "client {id}: one box per neighbour"
+                );
+            }
             agg.add_shares(id, boxes)?;
         }
         agg.begin_masking()?;
@@ -355,6 +402,37 @@ mod tests {
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!((x - y).abs() <= tol, "value {i}: {x} vs {y}");
         }
+    }
+
+    #[test]
+    fn a_k_regular_round_gives_the_weighted_mean_with_dropouts() {
+        // 9 clients (ids 1, 4, …, 25), each masking with 4 neighbours, t = 3 of 5 shares
+        let g = MaskingGraph::KRegular { k: 4 };
+        let u = updates(9, 200);
+        let w = [30, 10, 20, 50, 40, 15, 25, 35, 45];
+        let all: Vec<usize> = (0..9).collect();
+        let (m, total) = round_on(g, &u, &w, 3, &[], &[]).unwrap();
+        assert_eq!(total, 270);
+        close(&m, &super::super::weighted_mean(&u, &w, &all));
+        // id 4 (the second) drops before masking, id 13 (the fifth) after
+        let (m, total) = round_on(g, &u, &w, 3, &[4], &[13]).unwrap();
+        assert_eq!(total, 260);
+        close(
+            &m,
+            &super::super::weighted_mean(&u, &w, &[0, 2, 3, 4, 5, 6, 7, 8]),
+        );
+        // two dropped before masking, far apart in the graph
+        let (m, _) = round_on(g, &u, &w, 3, &[4, 16], &[]).unwrap();
+        close(
+            &m,
+            &super::super::weighted_mean(&u, &w, &[0, 2, 3, 4, 6, 7, 8]),
+        );
+        // three of client 1's four neighbours (4, 7, 22, 25) leave after masking: 6
+        // survivors are more than t, but client 1's self mask has only 2 shares left
+        let e = round_on(g, &u, &w, 3, &[], &[4, 7, 25])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client 1's self-mask seed"), "{e}");
     }
 
     #[test]

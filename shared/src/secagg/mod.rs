@@ -26,7 +26,10 @@
 //! and the client's `secagg.rs` carry their messages, [`crate::protocol`]):
 //! - [`participant`]: one client's steps (keys, sealed shares, masked vector, reveal);
 //! - [`aggregator`]: the coordinator's (key list, share routing, masked sum, unmasking);
-//! - [`vector`]: the update Δ = w_k − w_global as the flat vector that is masked, and back.
+//! - [`vector`]: the update Δ = w_k − w_global as the flat vector that is masked, and back;
+//! - [`graph`]: which clients mask with each other — every pair, or SecAgg+'s k-regular graph
+//!   (Bell et al. 2020), where each client masks with and shares its secrets among k
+//!   neighbours.
 //!
 //! Keys and self-mask seeds come from the operating system's generator (`ring`'s
 //! `SystemRandom`), never from the scenario's seed: anyone holding the scenario could
@@ -37,6 +40,7 @@
 //! below `2^b` (checked when the sum is unmasked: a wrapped sum is an error, never a result).
 
 pub mod aggregator;
+pub mod graph;
 pub mod masking;
 pub mod participant;
 pub mod quantize;

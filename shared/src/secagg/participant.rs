@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::graph::MaskingGraph;
 use super::masking::{agree, mask_update, ClientSecrets, PublicKeys, PURPOSE_SEAL};
 use super::quantize::Quantizer;
 use super::shares::{open, seal, split};
@@ -37,9 +38,12 @@ pub struct Participant {
     me: ClientIndex,
     threshold: usize,
     q: Quantizer,
+    graph: MaskingGraph,
     secrets: ClientSecrets,
     /// The key list the shares were made for (U1), set by [`Self::share_keys`].
     keys: BTreeMap<ClientIndex, PublicKeys>,
+    /// This client's neighbours in the masking graph over U1, set by [`Self::share_keys`].
+    neighbours: BTreeSet<ClientIndex>,
     /// The shares this client holds, by owner: `share of b_owner ‖ share of s_owner`.
     held: BTreeMap<ClientIndex, Vec<u8>>,
 }
@@ -59,10 +63,18 @@ impl Participant {
             me,
             threshold,
             q,
+            graph: MaskingGraph::Complete,
             secrets: ClientSecrets::generate()?,
             keys: BTreeMap::new(),
+            neighbours: BTreeSet::new(),
             held: BTreeMap::new(),
         })
+    }
+
+    /// The same participation with masking graph `graph` (default: the complete graph).
+    pub fn with_graph(mut self, graph: MaskingGraph) -> Self {
+        self.graph = graph;
+        self
     }
 
     /// This client's public keys `(C_u, S_u)`, to advertise.
@@ -75,10 +87,12 @@ impl Participant {
         &self.q
     }
 
-    /// Shares of `b_u` and `s_u` for every client of the key list `keys` (U1), each sealed
-    /// for its recipient: `(recipient, ciphertext)` for every client but this one, whose own
-    /// share it keeps. Errors when the list does not hold this client with its own keys,
-    /// names a client twice, has fewer clients than the threshold or more than 255.
+    /// Shares of `b_u` and `s_u` for this client's neighbours in the masking graph over the key
+    /// list `keys` (U1; with the complete graph, every client of it), each sealed for its
+    /// recipient: `(recipient, ciphertext)` for every neighbour, this client keeping its own
+    /// share. Errors when the list does not hold this client with its own keys, names a
+    /// client twice, gives it fewer neighbours than the threshold needs (threshold − 1) or
+    /// more than 254.
     pub fn share_keys(
         &mut self,
         keys: &[(ClientIndex, PublicKeys)],
@@ -93,16 +107,37 @@ impl Participant {
             "secure aggregation: the key list does not hold client {}'s own keys",
             self.me
         );
-        let n = map.len();
+        ensure!(
+            map.len() >= self.threshold,
+            "secure aggregation: {} clients advertised keys, the threshold is {}",
+            map.len(),
+            self.threshold
+        );
+        let ids: BTreeSet<ClientIndex> = map.keys().copied().collect();
+        self.neighbours = self
+            .graph
+            .neighbours(&ids)
+            .remove(&self.me)
+            .unwrap_or_default();
+        // the shares go to the neighbours and this client, in id order
+        let holders: BTreeMap<ClientIndex, PublicKeys> = map
+            .iter()
+            .filter(|(v, _)| **v == self.me || self.neighbours.contains(v))
+            .map(|(v, pk)| (*v, *pk))
+            .collect();
+        let n = holders.len();
         ensure!(
             n >= self.threshold,
-            "secure aggregation: {n} clients advertised keys, the threshold is {}",
-            self.threshold
+            "secure aggregation: client {} has {} neighbour(s) in the masking graph, the threshold {} needs {}",
+            self.me,
+            n - 1,
+            self.threshold,
+            self.threshold - 1
         );
         let b = split(&self.secrets.self_seed, self.threshold, n)?;
         let s = split(&self.secrets.mask.to_bytes(), self.threshold, n)?;
         let mut out = Vec::with_capacity(n - 1);
-        for (i, (&v, pk)) in map.iter().enumerate() {
+        for (i, (&v, pk)) in holders.iter().enumerate() {
             let mut plain = b[i].clone();
             plain.extend_from_slice(&s[i]);
             if v == self.me {
@@ -147,6 +182,11 @@ impl Participant {
             ensure!(
                 *from != self.me && !self.held.contains_key(from),
                 "secure aggregation: shares from client {from} routed twice"
+            );
+            ensure!(
+                self.neighbours.contains(from),
+                "secure aggregation: shares from client {from}, which is not a neighbour of client {} in the masking graph",
+                self.me
             );
             let key = self.seal_key(*from, pk)?;
             let plain = open(&key, self.round, *from, self.me, sealed)?;
@@ -195,10 +235,28 @@ impl Participant {
 
     /// The shares `req` asks for ([`UnmaskRequest`]: `b` of the arrived clients, `s` of the
     /// dropped ones), after checking it ([`UnmaskRequest::check`]: disjoint sets that are
-    /// exactly U2, at least the threshold arrived). Errors, revealing nothing, otherwise.
+    /// exactly U2, at least the threshold arrived; with the k-regular graph, U2 as this
+    /// client sees it: itself and its neighbours that sent shares, the request read within
+    /// its neighbourhood). Errors, revealing nothing, otherwise.
     pub fn reveal(&self, req: &UnmaskRequest) -> Result<Reveal> {
         let u2 = self.masking_clients();
-        req.check(&u2, self.threshold)?;
+        match self.graph {
+            MaskingGraph::Complete => req.check(&u2, self.threshold)?,
+            MaskingGraph::KRegular { .. } => {
+                ensure!(
+                    req.arrived.len() >= self.threshold,
+                    "secure aggregation: {} masked vectors arrived, the threshold is {}",
+                    req.arrived.len(),
+                    self.threshold
+                );
+                let near = |c: &&ClientIndex| **c == self.me || self.neighbours.contains(c);
+                let local = UnmaskRequest {
+                    arrived: req.arrived.iter().filter(near).copied().collect(),
+                    dropped: req.dropped.iter().filter(near).copied().collect(),
+                };
+                local.check(&u2, 0)?;
+            }
+        }
         if !req.arrived.contains(&self.me) {
             bail!(
                 "secure aggregation: client {} is asked to unmask a sum its own vector is not in",

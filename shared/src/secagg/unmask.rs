@@ -5,7 +5,8 @@
 //!   `PRG(b_u)` is subtracted;
 //! - for every client `v` that published keys but whose vector did not arrive, its mask
 //!   secret `s_v`: for each `u` whose vector arrived the pairwise mask `u` added for `v`
-//!   (`+PRG(s_{u,v})` if `u < v`, `−PRG(s_{u,v})` otherwise) is taken back out.
+//!   (`+PRG(s_{u,v})` if `u < v`, `−PRG(s_{u,v})` otherwise) is taken back out — with a
+//!   sparse masking graph ([`super::graph`]), for each such `u` that is `v`'s neighbour.
 //!
 //! No client may be asked for both secrets of the same peer (that would unmask its vector):
 //! [`UnmaskRequest::check`] is what a client checks before answering.
@@ -56,6 +57,8 @@ pub struct MaskedSum {
     q: Quantizer,
     round: u64,
     clients: BTreeMap<ClientIndex, [u8; 32]>,
+    /// The masking graph's neighbours of each client; `None`: the complete graph.
+    neighbours: Option<BTreeMap<ClientIndex, BTreeSet<ClientIndex>>>,
     weights: BTreeMap<ClientIndex, u64>,
     sum: Vec<u64>,
 }
@@ -73,9 +76,21 @@ impl MaskedSum {
             q,
             round,
             clients,
+            neighbours: None,
             weights: BTreeMap::new(),
             sum: vec![0; len],
         }
+    }
+
+    /// The same sum for clients that masked only with their neighbours in a sparse masking
+    /// graph ([`super::graph::MaskingGraph::neighbours`] over the key list): a dropped
+    /// client's pairwise masks are removed for its arrived neighbours only.
+    pub fn with_neighbours(
+        mut self,
+        neighbours: BTreeMap<ClientIndex, BTreeSet<ClientIndex>>,
+    ) -> Self {
+        self.neighbours = Some(neighbours);
+        self
     }
 
     /// Adds client `u`'s masked vector `y` and its public weight `n_k`. Refused, naming the
@@ -143,7 +158,12 @@ impl MaskedSum {
                 format!("secure aggregation: no mask key of dropped client {v}")
             })?;
             let sk = StaticSecret::from(*sk);
-            for u in &req.arrived {
+            let masked_with_v = |u: &&ClientIndex| {
+                self.neighbours
+                    .as_ref()
+                    .is_none_or(|n| n.get(v).is_some_and(|near| near.contains(u)))
+            };
+            for u in req.arrived.iter().filter(masked_with_v) {
                 let seed = agree(&sk, &self.clients[u], PURPOSE_MASK, self.round, *v, *u)?;
                 // u added +PRG(s_uv) when u < v: take back what it added
                 apply_mask(&mut self.sum, &seed, *u > *v, &self.q);
