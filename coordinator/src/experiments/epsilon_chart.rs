@@ -4,7 +4,7 @@
 //! multiplier `federation.dp.noise_multiplier` on the sweep's first axis: one line is drawn per
 //! combination of the other axes' values ([`crate::experiments::sweep::lines`]), through its
 //! cells with a finite ε on a log axis. A cell with ε = ∞ (z = 0: clipping only) has no place on
-//! that axis, so it is a flat line "… z = 0 (ε = ∞)" at its top-1 across the chart, and the
+//! that axis, so it is a flat line "… z = 0 (epsilon = inf)" at its top-1 across the chart, and the
 //! random-init probe is a flat line too: where a curve crosses it, the noise has cost all that
 //! pretraining gave.
 
@@ -69,7 +69,8 @@ pub fn draw(path: &Path, plan: &SweepPlan, stats: &[CellStats]) -> Result<bool> 
             .find(|s| s.epsilon == Some(f64::INFINITY))
             .and_then(|s| s.mean)
         {
-            series.push(flat(format!("{prefix}z = 0 (ε = ∞)"), m));
+            // the chart's font has no Greek letters: plain words on the image
+            series.push(flat(format!("{prefix}z = 0 (epsilon = inf)"), m));
         }
     }
     let ri: Vec<f64> = done.iter().filter_map(|s| s.random_init_mean).collect();
@@ -83,7 +84,7 @@ pub fn draw(path: &Path, plan: &SweepPlan, stats: &[CellStats]) -> Result<bool> 
     plot::line_chart(
         path,
         "Linear probe top-1 against privacy spent (bars: std)",
-        &format!("ε (Rényi DP, δ = {delta:.3e}; log)"),
+        &format!("epsilon (Renyi DP, delta = {delta}; log axis)"),
         "linear top-1",
         XAxis::Log,
         &series,
