@@ -231,6 +231,13 @@ async fn a_sweep_runs_its_cells_tabulates_them_and_resumes() {
     );
     assert!(e.contains("holds a run"), "{e}");
     assert!(!runs[1].join("results.md").exists());
+    // nor a folder inside one
+    let inside = runs[1].join("checkpoints");
+    let e = format!(
+        "{:#}",
+        sweep(&spec(&base, &inside, "fedavg")).await.unwrap_err()
+    );
+    assert!(e.contains("holds a run"), "{e}");
 }
 
 /// `compare`, a preset of the same runner: two scenario files, then `--reuse` keeps both

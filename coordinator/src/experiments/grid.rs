@@ -190,7 +190,7 @@ fn parse_axis(spec: &str, origin: &str) -> Result<Axis> {
     );
     let values: Vec<toml::Value> = raws.iter().map(|r| parse_value(r)).collect();
     for (i, v) in values.iter().enumerate() {
-        if let Some(j) = values[..i].iter().position(|w| w == v) {
+        if let Some(j) = values[..i].iter().position(|w| same_value(w, v)) {
             bail!(
                 "{origin} `{key}`: the value `{}` is listed twice (as `{}` and `{}`)",
                 raws[i],
@@ -221,6 +221,24 @@ fn parse_axis(spec: &str, origin: &str) -> Result<Axis> {
             .map(|((raw, value), label)| AxisValue { raw, value, label })
             .collect(),
     })
+}
+
+/// Whether two grid values set the same scenario: equal, counting an integer and a float of
+/// the same number (`1`, `1.0`) as equal, also inside arrays and tables.
+fn same_value(a: &toml::Value, b: &toml::Value) -> bool {
+    use toml::Value::{Array, Float, Integer, Table};
+    match (a, b) {
+        (Integer(i), Float(f)) | (Float(f), Integer(i)) => *i as f64 == *f,
+        (Array(x), Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_value(p, q))
+        }
+        (Table(x), Table(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, p)| y.get(k).is_some_and(|q| same_value(p, q)))
+        }
+        _ => a == b,
+    }
 }
 
 /// Refuses two axes on the same key, or one inside the other (`partition` and
@@ -477,6 +495,9 @@ mod tests {
         assert!(err(&["a=[]"]).contains("--grid `a`: the list of values is empty"));
         assert!(err(&["a=[1, 2, 1]"]).contains("`1` is listed twice"));
         assert!(err(&["a=[x, \"x\"]"]).contains("listed twice"));
+        // the same number written as an integer and as a float is the same run
+        assert!(err(&["a=[1, 1.0]"]).contains("`1.0` is listed twice (as `1` and `1.0`)"));
+        assert!(err(&["a=[{b=2}, {b=2.0}]"]).contains("listed twice"));
         assert!(err(&["a=[1]", "a=[2]"]).contains("`a` is given twice"));
         assert!(err(&["partition=[iid]", "partition.alpha=[0.1]"]).contains("inside the other"));
         assert!(err(&["a..b=[1]"]).contains("not a key path"));

@@ -343,12 +343,18 @@ pub async fn sweep(spec: &SweepSpec) -> Result<SweepReport> {
             d.display()
         );
     }
-    ensure!(
-        !spec.out.join("summary.json").exists(),
-        "--out {} holds a run (its summary.json): a sweep writes its runs in folders below --out \
-         and its results beside them; choose another folder",
-        spec.out.display()
-    );
+    let absolute = std::path::absolute(&spec.out).unwrap_or_else(|_| spec.out.clone());
+    if let Some(run) = absolute
+        .ancestors()
+        .find(|d| d.join("summary.json").is_file())
+    {
+        bail!(
+            "--out {}: {} holds a run (its summary.json): a sweep writes its runs in folders \
+             below --out and its results beside them, never inside another run; choose another folder",
+            spec.out.display(),
+            run.display()
+        );
+    }
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("cannot create output folder {}", spec.out.display()))?;
     eprintln!(

@@ -425,10 +425,14 @@ fn fail_secure_round(log: &mut RoundsLog, rec: &mut RoundRecord, reason: &str) -
     if let Err(e) = log.append(rec) {
         return e;
     }
+    let dropped = if rec.dropped_reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" (dropped: {})", rec.reasons_text())
+    };
     anyhow::anyhow!(
-        "round {}: {reason}; nothing was aggregated (dropped: {})",
-        rec.round,
-        rec.reasons_text()
+        "round {}: {reason}; nothing was aggregated{dropped}",
+        rec.round
     )
 }
 

@@ -18,6 +18,10 @@ pub const MAX_ROUNDS: usize = 100_000;
 pub const MAX_CLIENTS: usize = 100_000;
 /// Longest string value in a scenario, in characters (a path, a name, a site).
 pub const MAX_VALUE_CHARS: usize = 4096;
+/// Most images a scenario may ask for in one count (`data.train_images`, `data.test_images`,
+/// `data.sources[i].images`): 30 GB of 32×32 RGB bytes, beyond every dataset fedssl reads, so
+/// that a typo is one line, not an allocation the machine cannot make.
+pub const MAX_IMAGES: usize = 10_000_000;
 /// Most elements of one list in a scenario.
 pub const MAX_LIST_LEN: usize = 100_000;
 /// Characters of an over-long value shown before it is cut.
@@ -139,9 +143,22 @@ pub fn check_counts(fed: &super::FederationConfig) -> Result<()> {
     Ok(())
 }
 
-/// The images' side and the weights payload (module docs); the message names the key.
+/// The images' side, the image counts and the weights payload (module docs); the message
+/// names the key.
 pub fn check(sc: &Scenario) -> Result<()> {
     let fed = &sc.federation;
+    let mut counts = vec![
+        ("data.train_images".to_string(), sc.data.train_images),
+        ("data.test_images".to_string(), sc.data.test_images),
+    ];
+    for (i, src) in sc.data.sources.iter().enumerate() {
+        counts.push((format!("data.sources[{i}].images"), src.images));
+    }
+    for (key, n) in counts {
+        if let Some(n) = n.filter(|&n| n > MAX_IMAGES) {
+            bail!("{key} = {n} is more than the {MAX_IMAGES} images a run may ask for");
+        }
+    }
     check_image_size(sc)?;
     let need = model_payload_bytes(&sc.model, &sc.pretext)?;
     if fed.max_weights_bytes < need {
@@ -194,6 +211,22 @@ mod tests {
         let e = refused(&["federation.clients=100001"]);
         assert!(e.contains("federation.clients"), "{e}");
         Scenario::from_toml_str("", &["federation.rounds=100000".into()]).unwrap();
+    }
+
+    #[test]
+    fn image_counts_beyond_the_limit_are_refused_by_key() {
+        let e = refused(&["data.train_images=100000000000"]);
+        assert!(
+            e.contains("data.train_images = 100000000000 is more than the 10000000 images"),
+            "{e}"
+        );
+        let e = refused(&[
+            "data.dataset=\"mixed\"",
+            "data.sources=[{dataset=\"synthetic\", images=100000000}]",
+            "eval.enabled=false",
+        ]);
+        assert!(e.contains("data.sources[0].images = 100000000"), "{e}");
+        Scenario::from_toml_str("", &["data.train_images=10000000".into()]).unwrap();
     }
 
     #[test]

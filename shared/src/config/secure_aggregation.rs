@@ -155,7 +155,7 @@ impl SecureAggregationConfig {
                 "federation.secure_aggregation.graph = \"k_regular\" needs k, the neighbours of each client (an even number, e.g. k = 8)"
             ),
             (MaskGraph::KRegular, Some(k)) => {
-                if k < 2 || k % 2 != 0 {
+                if k < 2 || !k.is_multiple_of(2) {
                     bail!(
                         "federation.secure_aggregation.k must be an even number of at least 2 (the circulant graph links each client to k/2 on either side), got {k}"
                     );

@@ -77,8 +77,8 @@ impl MixedSource {
 /// Checks the sources of `data.sources` (for `data.dataset = "mixed"`, at `image_size`
 /// pixels): at least one; none of them `"mixed"`; every one resized when `image_size` is not
 /// 32; `images` at least 1; no `path` on a synthetic source (it reads no files); domain names
-/// of letters, digits, `-`, `_` and `.` (they become class-name prefixes and report labels),
-/// distinct. Messages name `data.sources[i]`.
+/// of letters, digits, `-`, `_` and `.`, not starting with `.` (they become class-name
+/// prefixes and report labels), distinct. Messages name `data.sources[i]`.
 pub fn check_sources(sources: &[MixedSource], image_size: usize) -> Result<()> {
     ensure!(
         !sources.is_empty(),
@@ -106,6 +106,12 @@ pub fn check_sources(sources: &[MixedSource], image_size: usize) -> Result<()> {
         let name = s.domain_name();
         if name.trim().is_empty() {
             bail!("data.sources[{i}].name is empty");
+        }
+        if name.starts_with('.') {
+            bail!(
+                "data.sources[{i}].name `{}` starts with '.': start it with a letter or digit",
+                name.escape_debug()
+            );
         }
         if let Some(c) = name
             .chars()
@@ -379,6 +385,13 @@ mod tests {
                     ..source(DatasetKind::Synthetic, None, None)
                 }],
                 "data.sources[0].name `a/b`: '/' is not allowed",
+            ),
+            (
+                vec![MixedSource {
+                    name: Some("..".into()),
+                    ..source(DatasetKind::Synthetic, None, None)
+                }],
+                "data.sources[0].name `..` starts with '.'",
             ),
         ] {
             let e = check_sources(&sources, 32).unwrap_err().to_string();

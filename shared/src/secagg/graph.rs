@@ -39,7 +39,7 @@ impl MaskingGraph {
         }
         let k = neighbours as usize;
         ensure!(
-            k >= 2 && k % 2 == 0,
+            k >= 2 && k.is_multiple_of(2),
             "secure aggregation: a k-regular masking graph needs an even k of at least 2, got {k}"
         );
         Ok(Self::KRegular { k })
