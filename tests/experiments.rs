@@ -392,3 +392,21 @@ async fn a_sweep_file_is_the_same_sweep_as_its_flags() {
         "{e}"
     );
 }
+
+/// Runs that all fail for one reason (here a missing dataset folder) are said once, and no
+/// results file is promised when none was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_whose_runs_all_fail_alike_says_the_reason_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.toml");
+    std::fs::write(&base, TINY).unwrap();
+    let out = dir.path().join("out");
+    let mut s = spec(&base, &out, "fedavg, fedprox");
+    s.sets.push("data.dataset=\"cifar10\"".into());
+    s.data_dir = Some(dir.path().join("no-such-folder"));
+    let e = format!("{:#}", sweep(&s).await.unwrap_err());
+    assert!(e.starts_with("4 of 4 sweep runs failed (each: "), "{e}");
+    assert_eq!(e.matches("no-such-folder").count(), 1, "{e}");
+    assert!(!e.contains("lists the others"), "{e}");
+    assert!(!out.join("results.csv").exists());
+}

@@ -401,12 +401,28 @@ pub async fn sweep(spec: &SweepSpec) -> Result<SweepReport> {
         eprintln!("results: {}", spec.out.join("results.md").display());
     }
     if !failed.is_empty() {
+        // the same reason for every failed run (a missing dataset folder, say) is said once
+        let reasons: Vec<&str> = failed
+            .iter()
+            .map(|f| f.split_once(": ").map_or(f.as_str(), |(_, r)| r))
+            .collect();
+        let what = if failed.len() > 1 && reasons.iter().all(|r| *r == reasons[0]) {
+            format!("each: {}", reasons[0])
+        } else {
+            failed.join("; ")
+        };
+        let others = if rows.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} lists the others",
+                spec.out.join("results.csv").display()
+            )
+        };
         bail!(
-            "{} of {} sweep runs failed ({}); {} lists the others",
+            "{} of {} sweep runs failed ({what}){others}",
             failed.len(),
             plan.runs.len(),
-            failed.join("; "),
-            spec.out.join("results.csv").display()
         );
     }
     Ok(SweepReport {
