@@ -146,8 +146,8 @@ impl SecureAggregationConfig {
                 self.quant_range
             );
         }
-        let shares = match (self.graph, self.k) {
-            (MaskGraph::Complete, None) => max_sampled,
+        match (self.graph, self.k) {
+            (MaskGraph::Complete, None) => {}
             (MaskGraph::Complete, Some(_)) => bail!(
                 "federation.secure_aggregation.k is only for graph = \"k_regular\" (the complete graph masks every pair)"
             ),
@@ -155,14 +155,14 @@ impl SecureAggregationConfig {
                 "federation.secure_aggregation.graph = \"k_regular\" needs k, the neighbours of each client (an even number, e.g. k = 8)"
             ),
             (MaskGraph::KRegular, Some(k)) => {
-                if k < 2 || !k.is_multiple_of(2) {
+                if !crate::secagg::graph::MaskingGraph::is_valid_k(k) {
                     bail!(
                         "federation.secure_aggregation.k must be an even number of at least 2 (the circulant graph links each client to k/2 on either side), got {k}"
                     );
                 }
-                max_sampled.min(k + 1)
             }
-        };
+        }
+        let shares = self.masking_graph().shares(max_sampled);
         if max_sampled > 255 {
             bail!(
                 "federation.secure_aggregation supports at most 255 clients per round (GF(256) \

@@ -39,10 +39,25 @@ impl MaskingGraph {
         }
         let k = neighbours as usize;
         ensure!(
-            k >= 2 && k.is_multiple_of(2),
+            Self::is_valid_k(k),
             "secure aggregation: a k-regular masking graph needs an even k of at least 2, got {k}"
         );
         Ok(Self::KRegular { k })
+    }
+
+    /// Whether `k` can be the degree of the circulant graph: even and at least 2 (module
+    /// docs).
+    pub fn is_valid_k(k: usize) -> bool {
+        k >= 2 && k.is_multiple_of(2)
+    }
+
+    /// How many shares each client's secrets are split into in a round of `sampled` clients:
+    /// all of them with the complete graph, else the k neighbours and the client itself.
+    pub fn shares(self, sampled: usize) -> usize {
+        match self {
+            Self::Complete => sampled,
+            Self::KRegular { k } => sampled.min(k + 1),
+        }
     }
 
     /// The round message's `neighbours` field: 0 for the complete graph, else k.
@@ -84,11 +99,7 @@ impl MaskingGraph {
     /// shares each secret is split into (the m sampled clients, or k + 1 with the k-regular
     /// graph: the neighbours and the client itself).
     pub fn default_threshold(self, sampled: usize) -> usize {
-        let shares = match self {
-            Self::Complete => sampled,
-            Self::KRegular { k } => sampled.min(k + 1),
-        };
-        (2 * shares).div_ceil(3).max(2)
+        (2 * self.shares(sampled)).div_ceil(3).max(2)
     }
 }
 
