@@ -350,3 +350,172 @@ fn the_kubernetes_manifests_run_our_binaries_with_their_flags_ports_mounts_and_k
     }
     assert_eq!(seen, 2, "a coordinator Deployment and a sites StatefulSet");
 }
+
+/// The `--virtual` slices a job's script asks for: `script` run by `shell -c` with `env` and
+/// each of `indices` in `index_var`, `fedssl-client` replaced by a stand-in that prints its
+/// arguments.
+fn slices_of(
+    shell: &str,
+    script: &str,
+    env: &[(&str, String)],
+    index_var: &str,
+    indices: std::ops::Range<i64>,
+) -> Vec<fedssl_client::virtual_slice::VirtualSlice> {
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("fedssl-client");
+    std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\"\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    indices
+        .map(|i| {
+            let mut c = Command::new(shell);
+            c.arg("-c")
+                .arg(script)
+                .env("PATH", &path)
+                .env(index_var, i.to_string());
+            for (k, v) in env {
+                c.env(k, v);
+            }
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let args: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let v = args.iter().position(|a| a == "--virtual").unwrap();
+            args[v + 1].parse().unwrap()
+        })
+        .collect()
+}
+
+/// `slices` are the virtual clients 0..n, each once, in order.
+fn assert_tiles(slices: &[fedssl_client::virtual_slice::VirtualSlice], n: u32, whence: &str) {
+    let mut next = 0;
+    for s in slices {
+        assert_eq!((s.first, s.of), (next, n), "{whence}: {slices:?}");
+        next = s.end;
+    }
+    assert_eq!(next, n, "{whence}: the slices end at {next}, not {n}");
+}
+
+#[test]
+fn the_simulation_job_and_the_slurm_array_tile_the_scenarios_clients_with_virtual_slices() {
+    let scenario = "scale/virtual-1000.toml";
+    let text = std::fs::read_to_string(repo().join("scenarios").join(scenario)).unwrap();
+    let n = toml::from_str::<toml::Value>(&text).unwrap()["federation"]["clients"]
+        .as_integer()
+        .unwrap() as u32;
+    let docs: Vec<Yaml> = ["coordinator.yaml", "virtual-clients.yaml"]
+        .iter()
+        .flat_map(|f| load(&format!("deploy/kubernetes/simulation/{f}")))
+        .collect();
+    let kustomize = &load("deploy/kubernetes/simulation/kustomization.yaml")[0];
+    assert_eq!(
+        strs(&kustomize["resources"]),
+        vec!["coordinator.yaml", "virtual-clients.yaml"]
+    );
+    let jobs: Vec<&Yaml> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Job"))
+        .collect();
+    assert_eq!(jobs.len(), 2);
+    let service = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Service"))
+        .unwrap();
+    let service_name = service["metadata"]["name"].as_str().unwrap();
+    let service_port = service["spec"]["ports"][0]["port"].as_i64().unwrap() as u16;
+    for job in jobs {
+        let pod = &job["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let mounts: Vec<String> = c["volumeMounts"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap().to_string())
+            .collect();
+        let mut words = strs(&c["command"]);
+        words.extend(strs(&c["args"]));
+        let cs = calls(&words);
+        assert_eq!(cs.len(), 1, "{cs:?}");
+        let call = &cs[0];
+        let name = job["metadata"]["name"].as_str().unwrap();
+        check_flags(call, name);
+        check_paths(call, &mounts, name);
+        if call.sub.as_deref() == Some("serve") {
+            assert_eq!(call.args[0], format!("/opt/fedssl/scenarios/{scenario}"));
+            assert_eq!(
+                (listen_port(call), service_port),
+                (containerfile_port(), containerfile_port())
+            );
+            for flag in ["--cert", "--key"] {
+                let p = call.value(flag).unwrap();
+                assert!(
+                    mounts.iter().any(|m| Path::new(p).starts_with(m)),
+                    "{flag} {p}"
+                );
+            }
+            continue;
+        }
+        assert_eq!(
+            call.value("--coordinator"),
+            Some(format!("{service_name}:{service_port}").as_str())
+        );
+        for flag in ["--ca", "--state-dir"] {
+            let p = call.value(flag).unwrap();
+            assert!(
+                mounts.iter().any(|m| Path::new(p).starts_with(m)),
+                "{flag} {p}"
+            );
+        }
+        assert_eq!(job["spec"]["completionMode"].as_str(), Some("Indexed"));
+        let completions = job["spec"]["completions"].as_i64().unwrap();
+        let env: Vec<(&str, String)> = c["env"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap(),
+                    e["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let script = strs(&c["args"]).join(" ");
+        let slices = slices_of("sh", &script, &env, "JOB_COMPLETION_INDEX", 0..completions);
+        assert_tiles(&slices, n, name);
+    }
+
+    // the Slurm array: its --array range, SLICE and CLIENTS as the script defaults them
+    let sbatch =
+        std::fs::read_to_string(repo().join("deploy/slurm/virtual-clients.sbatch")).unwrap();
+    let array = sbatch
+        .lines()
+        .find_map(|l| l.strip_prefix("#SBATCH --array="))
+        .unwrap();
+    let (a, b) = array.split_once('-').unwrap();
+    let (a, b): (i64, i64) = (a.parse().unwrap(), b.parse().unwrap());
+    let env = [
+        ("FEDSSL_COORDINATOR", "head:4433".to_string()),
+        ("FEDSSL_CA", "/tmp/cert.pem".to_string()),
+    ];
+    let slices = slices_of("bash", &sbatch, &env, "SLURM_ARRAY_TASK_ID", a..b + 1);
+    assert_tiles(&slices, n, "virtual-clients.sbatch");
+    let body: Vec<String> = sbatch
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.replace('\\', " "))
+        .collect();
+    let cs = calls(&body);
+    assert_eq!(cs.len(), 1, "{cs:?}");
+    check_flags(&cs[0], "virtual-clients.sbatch");
+}

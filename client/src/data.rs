@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use fedssl_shared::data::{DatasetKind, ImageDataset, Split};
@@ -34,6 +34,18 @@ pub enum DataSource {
         /// Number of shards.
         n: u32,
     },
+    /// Virtual client `k` of `n` in a process hosting a slice of a simulation's clients
+    /// (`fedssl-client --virtual A..B/N`): shard `k` as [`DataSource::Shard`] draws it, the
+    /// dataset loaded and partitioned once for every virtual client of the process
+    /// ([`SharedPartition`]).
+    Virtual {
+        /// This client's shard, 0-based.
+        k: u32,
+        /// Number of shards (the simulation's clients).
+        n: u32,
+        /// The dataset and its partition, shared by the process's virtual clients.
+        partition: Arc<SharedPartition>,
+    },
     /// Every training image of the dataset in `dir` is this site's data (a real deployment).
     Whole {
         /// The release's folder (for the synthetic dataset, `None`).
@@ -56,11 +68,83 @@ impl DataSource {
     /// The shard `(k, n)` this source claims in its hello, if any.
     pub(crate) fn shard(&self) -> Option<(u32, u32)> {
         match self {
-            DataSource::Shard { k, n, .. } => Some((*k, *n)),
+            DataSource::Shard { k, n, .. } | DataSource::Virtual { k, n, .. } => Some((*k, *n)),
             DataSource::InMemory { shard, .. } => *shard,
             DataSource::Whole { .. } | DataSource::Folder { .. } => None,
         }
     }
+}
+
+/// The run's training set and its partition into `n` shards, computed by the first virtual
+/// client of a process that needs it and shared by the others ([`DataSource::Virtual`]): a
+/// process hosting 1,000 virtual clients reads and partitions its dataset once, and each
+/// client copies out only its own shard.
+pub struct SharedPartition {
+    /// The release's folder; `None` for the synthetic dataset.
+    dir: Option<PathBuf>,
+    /// The run it was computed for, and its partition.
+    done: Mutex<Option<(RunInfo, Arc<Partitioned>)>>,
+}
+
+/// A run's training set and its shards' image indices (`parts[k]`: shard `k`).
+type Partitioned = (ImageDataset, Vec<Vec<usize>>);
+
+impl SharedPartition {
+    /// An empty cache over the dataset in `dir` (`None`: synthetic).
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
+            done: Mutex::new(None),
+        }
+    }
+
+    /// The training set of `run` and its `n` shards, computed once per run.
+    fn get(&self, run: &RunInfo, n: u32) -> Result<Arc<Partitioned>> {
+        let mut done = self
+            .done
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a virtual client panicked while partitioning"))?;
+        if let Some((r, p)) = done.as_ref() {
+            if r == run {
+                return Ok(p.clone());
+            }
+        }
+        let p = Arc::new(partition_run(self.dir.as_deref(), run, n)?);
+        *done = Some((run.clone(), p.clone()));
+        Ok(p)
+    }
+}
+
+/// The run's training set (an unlabelled set, e.g. STL-10's unlabelled images, as one class)
+/// and its partition into `n` shards, drawn as the coordinator draws it: the scenario's
+/// `[partition]` with its `partition` seed stream.
+fn partition_run(
+    dir: Option<&std::path::Path>,
+    run: &RunInfo,
+    n: u32,
+) -> Result<Partitioned> {
+    let full = load_run_train_set(dir, run)?.one_class_if_unlabelled();
+    let parts = fedssl_shared::partition::partition_dataset(
+        &full,
+        n as usize,
+        &run.partition,
+        fedssl_shared::seed::derive(run.seed, fedssl_shared::seed::PARTITION, 0),
+    )?;
+    Ok((full, parts))
+}
+
+/// Checks that shard `k` of `n` (given by `flag`, `--shard` or `--virtual`) fits `run`.
+fn check_shard(flag: &str, k: u32, n: u32, run: &RunInfo) -> Result<()> {
+    if n != run.num_clients {
+        bail!(
+            "{flag} {k}/{n}: the coordinator's scenario has {} clients",
+            run.num_clients
+        );
+    }
+    if k >= n {
+        bail!("{flag} {k}/{n}: K must be below N (shards are 0-based)");
+    }
+    Ok(())
 }
 
 impl DataSource {
@@ -84,6 +168,13 @@ impl DataSource {
                 tracing::info!(folder = %dir.display(), images = n, "this site's image folder");
                 Ok(())
             }
+            DataSource::Virtual { partition, .. } => match &partition.dir {
+                Some(dir) if !dir.is_dir() => bail!(
+                    "--data {}: not a folder (or it cannot be read)",
+                    dir.display()
+                ),
+                _ => Ok(()),
+            },
             DataSource::Whole { dir: Some(dir) } | DataSource::Shard { dir: Some(dir), .. } => {
                 let meta = std::fs::metadata(dir)
                     .with_context(|| format!("--data {}: cannot read it", dir.display()))?;
@@ -124,7 +215,7 @@ pub(crate) fn resolve_data(
 fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> {
     match source {
         DataSource::InMemory { data, .. } => Ok(data.clone()),
-        DataSource::Shard { .. } | DataSource::Whole { .. }
+        DataSource::Shard { .. } | DataSource::Virtual { .. } | DataSource::Whole { .. }
             if run.dataset == DatasetKind::Mixed =>
         {
             bail!(
@@ -137,35 +228,30 @@ fn load_source(source: &DataSource, run: &RunInfo) -> Result<Arc<ImageDataset>> 
             )?;
             load_site_folder(dir, run.image_size, false, &Arc::default())
         }
-        DataSource::Whole { dir } => Ok(Arc::new(load_run_train_set(dir.as_deref(), run)?.unlabelled())),
+        DataSource::Whole { dir } => Ok(Arc::new(
+            load_run_train_set(dir.as_deref(), run)?.unlabelled(),
+        )),
         DataSource::Folder {
             dir,
             skip_bad_images,
             skipped,
         } => load_site_folder(dir, run.image_size, *skip_bad_images, skipped),
-        DataSource::Shard { .. } if run.dataset == DatasetKind::Folder => bail!(
-            "--shard: the run's dataset is each site's own image folder, which is not partitioned; leave --shard out"
-        ),
+        DataSource::Shard { .. } | DataSource::Virtual { .. }
+            if run.dataset == DatasetKind::Folder =>
+        {
+            bail!(
+                "--shard/--virtual: the run's dataset is each site's own image folder, which is not partitioned; leave them out"
+            )
+        }
         DataSource::Shard { dir, k, n } => {
-            if *n != run.num_clients {
-                bail!(
-                    "--shard {k}/{n}: the coordinator's scenario has {} clients",
-                    run.num_clients
-                );
-            }
-            if k >= n {
-                bail!("--shard {k}/{n}: K must be below N (shards are 0-based)");
-            }
-            // as the coordinator draws it: an unlabelled set (STL-10's unlabelled images) is
-            // one class
-            let full = load_run_train_set(dir.as_deref(), run)?.one_class_if_unlabelled();
-            let parts = fedssl_shared::partition::partition_dataset(
-                &full,
-                *n as usize,
-                &run.partition,
-                fedssl_shared::seed::derive(run.seed, fedssl_shared::seed::PARTITION, 0),
-            )?;
+            check_shard("--shard", *k, *n, run)?;
+            let (full, parts) = partition_run(dir.as_deref(), run, *n)?;
             Ok(Arc::new(full.subset(&parts[*k as usize]).unlabelled()))
+        }
+        DataSource::Virtual { k, n, partition } => {
+            check_shard("--virtual", *k, *n, run)?;
+            let p = partition.get(run, *n)?;
+            Ok(Arc::new(p.0.subset(&p.1[*k as usize]).unlabelled()))
         }
     }
 }

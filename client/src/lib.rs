@@ -6,13 +6,15 @@
 //! the backbone travels.
 //!
 //! Rooms (this file only hands their public names on):
-//! - `session`: [`connect`] / [`open`], hello and welcome, the control stream, [`run_session`]
+//! - `session`: [`connect`] / [`open`] (or [`client_endpoint`] + [`connect_on`]), hello and welcome, the control stream, [`run_session`]
 //!   (and [`run_session_keeping`], what a client keeps from one session to the next:
 //!   [`Retained`]);
 //! - [`reconnect`]: staying connected, [`run_reconnecting`] (backoff, jitter, which errors
 //!   are retried);
 //! - `round`: one local round (read the round and the weights, train, reply with the update);
 //! - `secagg`: a round under secure aggregation (keys, shares, masked update, unmasking);
+//! - `shared_endpoint`: [`SharedEndpoint`], many clients of one process over one endpoint,
+//!   a few handshakes at a time;
 //! - `state`: the client's state between rounds, by round, in memory or in files;
 //! - `behaviour`: [`Behaviour`], honest, a simulated fault (disconnect, stall) or byzantine;
 //! - `byzantine`: the corrupted updates of a simulated byzantine client (noise, sign flip);
@@ -20,11 +22,14 @@
 //! - `options`: [`ClientOptions`] (how a session runs) and [`SessionReport`] (what it did);
 //! - `progress`: the progress bar of a local round;
 //! - [`tls`]: the client's TLS configuration (and why the coordinator's TLS refused it);
-//! - [`kit`]: a site's startup kit (`--kit`).
+//! - [`kit`]: a site's startup kit (`--kit`);
+//! - [`virtual_slice`]: a process hosting a slice of a simulation's virtual clients
+//!   (`--virtual A..B/N`) over one endpoint.
 
 pub mod kit;
 pub mod reconnect;
 pub mod tls;
+pub mod virtual_slice;
 
 mod behaviour;
 mod byzantine;
@@ -34,11 +39,15 @@ mod progress;
 mod round;
 mod secagg;
 mod session;
+mod shared_endpoint;
 mod state;
 
 pub use behaviour::Behaviour;
 pub use byzantine::Attack;
-pub use data::DataSource;
+pub use data::{DataSource, SharedPartition};
 pub use options::{ClientOptions, SessionReport};
 pub use reconnect::run_reconnecting;
-pub use session::{connect, open, run_session, run_session_keeping, Retained};
+pub use session::{
+    client_endpoint, connect, connect_on, open, run_session, run_session_keeping, Retained,
+};
+pub use shared_endpoint::{SharedEndpoint, HANDSHAKES_AT_ONCE};

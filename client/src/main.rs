@@ -49,7 +49,24 @@ struct Cli {
     /// Without it the whole dataset in --data is this site's data.
     #[arg(long, value_name = "K/N")]
     shard: Option<String>,
-    /// Name shown in the coordinator's log (default: the kit's site, else fedssl-client).
+    /// Host virtual clients A to B-1 of a simulation of N clients in this process, e.g.
+    /// `--virtual 100..200/1000` (or `K/N`, one): client K trains shard K of the run's
+    /// dataset in --data and gets client id K, as `simulate` gives it, so that processes
+    /// holding the slices of 0..N against one `serve` run the same federation as `simulate`.
+    /// They share one QUIC endpoint, the dataset (read once) and the cores; their state
+    /// between rounds is kept in files (--state-dir), not in memory.
+    #[arg(long = "virtual", value_name = "A..B/N", conflicts_with_all = ["shard", "dataset", "skip_bad_images"])]
+    virtual_clients: Option<fedssl_client::virtual_slice::VirtualSlice>,
+    /// With --virtual: the folder for the virtual clients' state between rounds (default: a
+    /// new folder in the system's temporary folder, removed when the run ends well).
+    #[arg(long, value_name = "DIR", requires = "virtual_clients")]
+    state_dir: Option<PathBuf>,
+    /// With --virtual: how many virtual clients train at once (default: half the cores, at
+    /// least 1), sharing the cores.
+    #[arg(long, value_name = "N", requires = "virtual_clients")]
+    concurrent_training: Option<usize>,
+    /// Name shown in the coordinator's log (default: the kit's site, else fedssl-client; with
+    /// --virtual, the prefix of `NAME-K`, default `virtual`).
     #[arg(long)]
     name: Option<String>,
     /// cpu, cuda or cuda:N.
@@ -99,10 +116,18 @@ fn parse_shard(s: &str) -> Result<(u32, u32)> {
 }
 
 async fn real_main(cli: Cli) -> Result<()> {
+    if cli.virtual_clients.is_some() && cli.kit.is_some() {
+        bail!(
+            "--virtual with --kit: a kit's certificate names one site, and a coordinator gives a site one client id; host virtual clients against a `serve` without --kit (its cert.pem as --ca)"
+        );
+    }
     let device = fedssl_shared::device::parse_device(&cli.device)?;
     let skipped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let folder = cli.dataset.is_some() || cli.skip_bad_images;
     let data = match &cli.shard {
+        _ if cli.virtual_clients.is_some() => DataSource::Whole {
+            dir: cli.data.clone(),
+        },
         Some(_) if folder => {
             bail!("--shard partitions the run's dataset; a site's own image folder (--dataset folder, --skip-bad-images) is not partitioned")
         }
@@ -170,11 +195,25 @@ async fn real_main(cli: Cli) -> Result<()> {
         .name
         .clone()
         .or_else(|| kit.as_ref().map(|k| k.config.site.clone()))
-        .unwrap_or_else(|| "fedssl-client".into());
+        .unwrap_or_else(|| {
+            if cli.virtual_clients.is_some() {
+                "virtual".into()
+            } else {
+                "fedssl-client".into()
+            }
+        });
     let mut opts = ClientOptions::new(name, data);
     opts.device = device;
     if !cli.quiet {
         opts.progress = Some(indicatif::MultiProgress::new());
+    }
+    if let Some(slice) = cli.virtual_clients {
+        let coordinator = fedssl_client::virtual_slice::Coordinator {
+            addr,
+            server_name,
+            tls: ccfg,
+        };
+        return run_virtual(&cli, slice, coordinator, opts).await;
     }
     let connect = || open(addr, &server_name, ccfg.clone());
     let report = run_reconnecting(connect, &opts, cli.retry_for).await?;
@@ -189,6 +228,84 @@ async fn real_main(cli: Cli) -> Result<()> {
         report.client_id, report.rounds_trained, report.message
     );
     Ok(())
+}
+
+/// `--virtual`: runs the slice's virtual clients, prints one line for the slice, and fails
+/// (naming the first failed clients and why) when any of them failed.
+async fn run_virtual(
+    cli: &Cli,
+    slice: fedssl_client::virtual_slice::VirtualSlice,
+    coordinator: fedssl_client::virtual_slice::Coordinator,
+    mut opts: ClientOptions,
+) -> Result<()> {
+    // 1,000 progress bars would be noise: the slice prints one line at the end.
+    opts.progress = None;
+    let temporary = cli.state_dir.is_none();
+    let state_dir = match &cli.state_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "fedssl-virtual-{}-{}-of-{}-{}",
+            slice.first,
+            slice.end,
+            slice.of,
+            std::process::id()
+        )),
+    };
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("--state-dir {}: cannot create it", state_dir.display()))?;
+    let concurrent = cli.concurrent_training.unwrap_or_else(|| {
+        (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
+    });
+    let outcomes = fedssl_client::virtual_slice::run_virtual_slice(
+        slice,
+        coordinator,
+        cli.data.clone(),
+        &opts,
+        state_dir.clone(),
+        concurrent,
+        cli.retry_for,
+    )
+    .await?;
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    let rounds: usize = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().ok())
+        .map(|r| r.rounds_trained)
+        .sum();
+    let message = outcomes
+        .iter()
+        .find_map(|o| o.result.as_ref().ok())
+        .map(|r| r.message.clone())
+        .unwrap_or_default();
+    println!(
+        "virtual clients {}..{} of {}: {} finished, {} failed; {rounds} local round(s) trained in all; {message}",
+        slice.first,
+        slice.end,
+        slice.of,
+        outcomes.len() - failed.len(),
+        failed.len()
+    );
+    if failed.is_empty() {
+        if temporary {
+            let _ = std::fs::remove_dir_all(&state_dir);
+        }
+        return Ok(());
+    }
+    let first: Vec<String> = failed
+        .iter()
+        .take(3)
+        .map(|o| match &o.result {
+            Err(e) => format!("virtual client {}: {e:#}", o.k),
+            Ok(_) => String::new(),
+        })
+        .collect();
+    bail!(
+        "{} of {} virtual clients failed (state kept in {}); the first: {}",
+        failed.len(),
+        outcomes.len(),
+        state_dir.display(),
+        first.join("; ")
+    )
 }
 
 fn main() -> ExitCode {

@@ -51,15 +51,34 @@ pub async fn open(
     server_name: &str,
     client_cfg: quinn::ClientConfig,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let endpoint = client_endpoint(addr)?;
+    let conn = connect_on(&endpoint, addr, server_name, client_cfg).await?;
+    Ok((endpoint, conn))
+}
+
+/// A client endpoint on an ephemeral UDP port (IPv4 or IPv6 as `addr` is). One endpoint
+/// carries any number of connections (see [`crate::SharedEndpoint`] for many clients of one
+/// process). Errors when no UDP socket can be opened.
+pub fn client_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint> {
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse()?
     } else {
         "0.0.0.0:0".parse()?
     };
-    let mut endpoint = quinn::Endpoint::client(bind).context("cannot open a UDP socket")?;
-    endpoint.set_default_client_config(client_cfg);
+    quinn::Endpoint::client(bind).context("cannot open a UDP socket")
+}
+
+/// Opens a connection to the coordinator at `addr` (whose certificate must be valid for
+/// `server_name`) over `endpoint`, with `client_cfg` (this client's trust and, in mutual TLS,
+/// its certificate). Errors as [`open`]'s.
+pub async fn connect_on(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    client_cfg: quinn::ClientConfig,
+) -> Result<quinn::Connection> {
     let conn = match endpoint
-        .connect(addr, server_name)
+        .connect_with(client_cfg, addr, server_name)
         .with_context(|| format!("cannot connect to {addr}"))?
         .await
     {
@@ -84,7 +103,7 @@ pub async fn open(
             None => return Err(transient(format!("cannot reach the coordinator at {addr} (is it running, and is --ca its certificate?): {e}"))),
         },
     };
-    Ok((endpoint, conn))
+    Ok(conn)
 }
 
 /// What a client keeps from one session to the next of the same run (see

@@ -49,14 +49,16 @@ enum Unbuilt {
     Failed(String),
 }
 
-/// `<target>/<profile>/`: the folder of the running test executable, above its `deps/`.
+/// `<target>/<profile>/`: the folder of the running test executable, above its `deps/` (or an
+/// example's, above its `examples/`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("cannot locate the running test executable");
     let mut dir = exe
         .parent()
         .expect("the test executable has no folder")
         .to_path_buf();
-    if dir.ends_with("deps") {
+    // a test is in `deps/`, an example (`bench_federation`) in `examples/`
+    if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
     }
     dir

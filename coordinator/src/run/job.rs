@@ -53,7 +53,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// How long the first round waits for more than `federation.min_clients` to connect.
+    /// How long the first round waits for more than `federation.min_clients` to connect
+    /// when `federation.start_grace_seconds` does not say.
     fn start_grace(&self) -> Duration {
         match self {
             Mode::Simulate => Duration::from_secs(60),
@@ -160,7 +161,10 @@ async fn run_job_with(
             scenario: &sc,
             registry: federation.registry.clone(),
             out: &job.out,
-            start_grace: job.mode.start_grace(),
+            start_grace: sc
+                .federation
+                .start_grace_seconds
+                .map_or_else(|| job.mode.start_grace(), Duration::from_secs_f64),
             progress: federation.progress.clone(),
             start_round: resumed.as_ref().map_or(0, |p| p.rounds_done),
             monitor: KnnMonitor::new(&sc, &train, &test).map(Arc::new),

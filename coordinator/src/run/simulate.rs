@@ -87,6 +87,8 @@ pub(crate) const CLIENT_STATE_DIR: &str = "clients";
 /// The in-process clients of a simulation, running.
 pub(crate) struct SimulatedClients {
     handles: Vec<JoinHandle<Result<fedssl_client::SessionReport>>>,
+    /// The one client endpoint all of them connect over.
+    endpoint: fedssl_client::SharedEndpoint,
 }
 
 /// Starts one client per shard of `train` (`sim-K`, holding shard `K`, with site `sim-K`'s
@@ -121,6 +123,9 @@ pub(crate) fn spawn_clients(
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(slots_n));
     let n = shards.len() as u32;
+    // One endpoint for every virtual client, a few handshakes at a time (see
+    // `fedssl_client::SharedEndpoint`).
+    let endpoint = fedssl_client::SharedEndpoint::new(addr)?;
     let mut handles = Vec::new();
     for (k, idx) in shards.iter().enumerate() {
         let shard = Arc::new(train.subset(idx).unlabelled());
@@ -145,9 +150,10 @@ pub(crate) fn spawn_clients(
             Some(&kits.sites[k]),
             idle,
         )?;
+        let endpoint = endpoint.clone();
         handles.push(tokio::spawn(async move {
             let res = async {
-                let conn = fedssl_client::connect(addr, "localhost", ccfg).await?;
+                let conn = endpoint.connect(addr, "localhost", ccfg).await?;
                 fedssl_client::run_session(conn, opts).await
             }
             .await;
@@ -158,7 +164,7 @@ pub(crate) fn spawn_clients(
         }));
     }
     info!(clients = shards.len(), %addr, "simulation: clients started over loopback QUIC");
-    Ok(SimulatedClients { handles })
+    Ok(SimulatedClients { handles, endpoint })
 }
 
 impl SimulatedClients {
@@ -176,5 +182,7 @@ impl SimulatedClients {
                 Err(_) => abort.abort(),
             }
         }
+        // Let the clients' close frames go out before the endpoint is dropped.
+        let _ = tokio::time::timeout_at(wait_clients, self.endpoint.endpoint().wait_idle()).await;
     }
 }

@@ -28,6 +28,13 @@ pub struct FederationConfig {
     pub round_deadline_seconds: f64,
     /// Seconds `serve` waits for `min_clients` to connect before it gives up.
     pub join_timeout_seconds: f64,
+    /// Seconds the first round waits for the other clients once `min_clients` have joined,
+    /// before it samples (all `clients` joined: it starts at once). Default: 5 in `serve`, 60
+    /// in `simulate`. A run whose clients start as many processes (a job array of
+    /// `fedssl-client --virtual` slices) raises it, so that every slice has joined when the
+    /// first round is sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_grace_seconds: Option<f64>,
     /// Largest accepted weights payload, in bytes.
     pub max_weights_bytes: u64,
     /// Most bytes a strategy that needs every update of a round (median, trimmed mean,
@@ -83,6 +90,7 @@ impl Default for FederationConfig {
             strategy: StrategyConfig::default(),
             round_deadline_seconds: 1800.0,
             join_timeout_seconds: 600.0,
+            start_grace_seconds: None,
             max_weights_bytes: 1 << 30,
             max_buffered_bytes: 4 << 30,
             idle_timeout_seconds: 20.0,
@@ -126,6 +134,14 @@ impl FederationConfig {
         }
         if !(self.idle_timeout_seconds >= 1.0 && self.idle_timeout_seconds <= 3600.0) {
             bail!("federation.idle_timeout_seconds must be in [1, 3600]");
+        }
+        if let Some(g) = self.start_grace_seconds {
+            if !(0.0..=self.join_timeout_seconds).contains(&g) {
+                bail!(
+                    "federation.start_grace_seconds must be in [0, {}] (federation.join_timeout_seconds), got {g}",
+                    self.join_timeout_seconds
+                );
+            }
         }
         if let Some(dp) = &self.dp {
             dp.validate()?;

@@ -1,0 +1,459 @@
+//! The federation's own costs (issue 15): what moving weights and hosting many virtual
+//! clients cost, beside the physical limit measured in the same run. Writes JSON and prints
+//! a table.
+//!
+//! ```text
+//! cargo run --release -p fedssl-tests --example bench_federation -- --out bench-federation.json
+//! ```
+//!
+//! (a) **Transfer**: a weights-sized payload (1 MB, 100 MB, 1 GB by default) sent by the
+//! coordinator's QUIC configuration ([`fedssl_coordinator::server::tls::server_config`],
+//! the clients' [`fedssl_client::tls::client_config`]: TLS 1.3, the transport settings of a
+//! run) over loopback to 1 client and to 8 clients at once, each on its own stream, from one
+//! shared buffer (no per-client copy); beside it the same bytes over loopback TCP (plain
+//! sockets, no encryption): the machine's limit for moving bytes between two processes'
+//! sockets. GB/s = 10⁹ bytes per second of payload, from the first byte sent to the last
+//! byte read by every client; the best of `--repeat` tries (default 3).
+//!
+//! (b) **Virtual clients**: `fedssl-coordinator serve` and one `fedssl-client --virtual
+//! 0..N/N` process (tiny model: the end-to-end tests' two-stage ResNet 4 channels wide, 8
+//! synthetic images a client, IID, 3 rounds, participation 0.1, no evaluation) for N in
+//! `--clients` (10, 100, 1000): each process's peak resident set (Linux `ru_maxrss` from
+//! `wait4`), and the coordinator's seconds per round (`rounds.jsonl`); and `simulate` of the
+//! same scenario in one process (coordinator and clients together), for N and for 10,000
+//! clients at participation 0.01 (`--big`, default 10000; 0: skipped).
+//!
+//! The binaries are the workspace's, of this build's profile, built first if need be
+//! ([`fedssl_tests::binary`]). Flags: `--sizes-mb 1,100,1000`, `--repeat 3`,
+//! `--clients 10,100,1000`, `--big 10000`, `--skip transfer|virtual`, `--out FILE`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Command-line settings.
+struct Args {
+    sizes_mb: Vec<usize>,
+    repeat: usize,
+    clients: Vec<usize>,
+    big: usize,
+    skip: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        sizes_mb: vec![1, 100, 1000],
+        repeat: 3,
+        clients: vec![10, 100, 1000],
+        big: 10_000,
+        skip: vec![],
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    let list = |v: Option<String>, flag: &str| -> Result<Vec<usize>> {
+        v.with_context(|| format!("{flag} needs a value"))?
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .with_context(|| format!("{flag}: `{x}` is not a number"))
+            })
+            .collect()
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--sizes-mb" => a.sizes_mb = list(it.next(), "--sizes-mb")?,
+            "--clients" => a.clients = list(it.next(), "--clients")?,
+            "--repeat" => a.repeat = list(it.next(), "--repeat")?[0].max(1),
+            "--big" => a.big = list(it.next(), "--big")?[0],
+            "--skip" => a.skip.push(it.next().context("--skip needs a value")?),
+            "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
+            other => bail!("unknown flag {other} (see the file's doc comment)"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let mut report = json!({ "bench": "bench_federation", "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) });
+    if !args.skip.iter().any(|s| s == "transfer") {
+        report["transfer"] = Value::Array(transfer(&args)?);
+    }
+    if !args.skip.iter().any(|s| s == "virtual") {
+        report["virtual"] = Value::Array(virtual_clients(&args)?);
+    }
+    print_tables(&report);
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- (a) transfer
+
+/// GB/s of `bytes` in `secs`.
+fn gbps(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+fn transfer(args: &Args) -> Result<Vec<Value>> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut rows = Vec::new();
+    for &mb in &args.sizes_mb {
+        let payload = bytes::Bytes::from(vec![7u8; mb * 1_000_000]);
+        for clients in [1usize, 8] {
+            let mut quic = f64::INFINITY;
+            let mut tcp = f64::INFINITY;
+            for _ in 0..args.repeat {
+                quic = quic.min(rt.block_on(quic_send(&payload, clients))?);
+                tcp = tcp.min(tcp_send(&payload, clients)?);
+            }
+            let total = payload.len() * clients;
+            let row = json!({
+                "payload_bytes": payload.len(),
+                "clients": clients,
+                "quic_seconds": quic,
+                "quic_gbps": gbps(total, quic),
+                "tcp_seconds": tcp,
+                "tcp_gbps": gbps(total, tcp),
+                "quic_vs_tcp": tcp / quic,
+            });
+            eprintln!("{row}");
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Seconds for a QUIC server to send `payload` to `clients` clients at once (one stream
+/// each, the same buffer), until every client has read all of it.
+async fn quic_send(payload: &bytes::Bytes, clients: usize) -> Result<f64> {
+    let idle = Duration::from_secs(30);
+    let id = fedssl_coordinator::server::tls::self_signed(&[])?;
+    let server = quinn::Endpoint::server(
+        fedssl_coordinator::server::tls::server_config(&id, idle, None)?,
+        "127.0.0.1:0".parse()?,
+    )?;
+    let addr = server.local_addr()?;
+    let ccfg = fedssl_client::tls::client_config(id.cert_pem.as_bytes(), idle)?;
+    let client_ep = fedssl_client::client_endpoint(addr)?;
+    let mut readers = Vec::new();
+    for _ in 0..clients {
+        let conn = fedssl_client::connect_on(&client_ep, addr, "localhost", ccfg.clone()).await?;
+        readers.push(conn);
+    }
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        let inc = server.accept().await.context("no connection")?;
+        conns.push(inc.await?);
+    }
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for c in &conns {
+        let c = c.clone();
+        let p = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = c.open_uni().await?;
+            s.write_chunk(p).await?;
+            s.finish()?;
+            anyhow::Ok(s)
+        }));
+    }
+    let mut reads = Vec::new();
+    for r in &readers {
+        let r = r.clone();
+        reads.push(tokio::spawn(async move {
+            let mut s = r.accept_uni().await?;
+            let mut n = 0usize;
+            while let Some(chunk) = s.read_chunk(usize::MAX, true).await? {
+                n += chunk.bytes.len();
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    for r in reads {
+        let n = r.await??;
+        if n != payload.len() {
+            bail!("a client read {n} of {} bytes", payload.len());
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    for t in tasks {
+        drop(t.await??);
+    }
+    for c in readers {
+        c.close(0u32.into(), b"done");
+    }
+    server.close(0u32.into(), b"done");
+    Ok(secs)
+}
+
+/// Seconds to send `payload` over loopback TCP to `clients` readers at once (a thread each
+/// side), until every reader has read all of it.
+fn tcp_send(payload: &bytes::Bytes, clients: usize) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let readers: Vec<_> = (0..clients)
+        .map(|_| {
+            let s = TcpStream::connect(addr)?;
+            anyhow::Ok(s)
+        })
+        .collect::<Result<_>>()?;
+    let writers: Vec<TcpStream> = (0..clients)
+        .map(|_| Ok(listener.accept()?.0))
+        .collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    let w: Vec<_> = writers
+        .into_iter()
+        .map(|mut s| {
+            let p = payload.clone();
+            std::thread::spawn(move || s.write_all(&p))
+        })
+        .collect();
+    let r: Vec<_> = readers
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut n = 0usize;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return Ok(n),
+                        Ok(k) => n += k,
+                        Err(e) => return Err(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in w {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a TCP writer panicked"))??;
+    }
+    let mut got = Vec::new();
+    for t in r {
+        // the writer's socket closed when its thread ended: the reader sees the end
+        got.push(
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a TCP reader panicked"))??,
+        );
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if got.iter().any(|&n| n != payload.len()) {
+        bail!("a TCP reader read {got:?} of {} bytes", payload.len());
+    }
+    Ok(secs)
+}
+
+// ---------------------------------------------------------------- (b) virtual clients
+
+/// The scenario of part (b): the tests' tiny model, 8 synthetic images a client (IID), 3
+/// rounds, no evaluation; `--set` overrides give the clients and the participation.
+fn scenario_sets(clients: usize, participation: f64) -> Vec<String> {
+    vec![
+        format!("data.train_images={}", clients * 8),
+        "data.test_images=100".into(),
+        "partition={kind = \"iid\"}".into(),
+        "train.batch_size=8".into(),
+        format!("federation.clients={clients}"),
+        format!("federation.participation={participation}"),
+        "federation.rounds=3".into(),
+        "federation.start_grace_seconds=300".into(),
+        "federation.join_timeout_seconds=600".into(),
+        "federation.idle_timeout_seconds=60".into(),
+        "eval.enabled=false".into(),
+    ]
+}
+
+/// A finished process: its exit status, wall seconds and peak resident set (bytes).
+struct Ended {
+    ok: bool,
+    seconds: f64,
+    peak_rss: u64,
+}
+
+/// Waits for `child` with `wait4`, for its resource usage: peak RSS from `ru_maxrss`.
+fn wait_rusage(child: std::process::Child, t0: Instant) -> Result<Ended> {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data, zero is a valid value; `pid` is our child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers to locals; waits for our own child only.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r != pid {
+        bail!("wait4({pid}) failed: {}", std::io::Error::last_os_error());
+    }
+    std::mem::forget(child);
+    let st = std::process::ExitStatus::from_raw(status);
+    Ok(Ended {
+        ok: st.success(),
+        seconds: t0.elapsed().as_secs_f64(),
+        peak_rss: ru.ru_maxrss as u64 * 1024,
+    })
+}
+
+fn coordinator(args: &[String], log: &Path) -> Result<std::process::Child> {
+    let f = std::fs::File::create(log)?;
+    Ok(Command::new(fedssl_tests::binary("fedssl-coordinator"))
+        .args(args)
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .spawn()?)
+}
+
+/// Seconds of each round of the run in `out`.
+fn round_seconds(out: &Path) -> Result<Vec<f64>> {
+    let text = std::fs::read_to_string(out.join("rounds.jsonl"))
+        .with_context(|| format!("no rounds.jsonl in {}", out.display()))?;
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l)?;
+            v["seconds"].as_f64().context("a round without seconds")
+        })
+        .collect()
+}
+
+fn virtual_clients(args: &Args) -> Result<Vec<Value>> {
+    let dir = tempfile::tempdir()?;
+    let scenario = fedssl_tests::spawn::write_tiny(dir.path());
+    let mut rows = Vec::new();
+    let mut runs: Vec<(usize, f64)> = args.clients.iter().map(|&n| (n, 0.1)).collect();
+    if args.big > 0 {
+        runs.push((args.big, 0.01));
+    }
+    for (n, part) in runs {
+        let sets: Vec<String> = scenario_sets(n, part)
+            .into_iter()
+            .flat_map(|s| ["--set".to_string(), s])
+            .collect();
+        // one process: simulate
+        let out = dir.path().join(format!("sim-{n}"));
+        let mut a = vec!["simulate".to_string(), scenario.display().to_string()];
+        a.extend(["--out".into(), out.display().to_string(), "--quiet".into()]);
+        a.extend(sets.iter().cloned());
+        let t0 = Instant::now();
+        let sim = wait_rusage(
+            coordinator(&a, &dir.path().join(format!("sim-{n}.log")))?,
+            t0,
+        )?;
+        if !sim.ok {
+            bail!(
+                "simulate with {n} clients failed: {}",
+                std::fs::read_to_string(dir.path().join(format!("sim-{n}.log")))?
+            );
+        }
+        let sim_rounds = round_seconds(&out)?;
+        let mut row = json!({
+            "clients": n,
+            "participation": part,
+            "simulate_peak_rss_bytes": sim.peak_rss,
+            "simulate_seconds": sim.seconds,
+            "simulate_round_seconds": sim_rounds,
+        });
+        // two processes: serve + one --virtual slice of all
+        if part >= 0.1 {
+            let out = dir.path().join(format!("serve-{n}"));
+            let port = fedssl_tests::spawn::free_udp_port();
+            let mut a = vec!["serve".to_string(), scenario.display().to_string()];
+            a.extend([
+                "--out".into(),
+                out.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--quiet".into(),
+            ]);
+            a.extend(sets.iter().cloned());
+            let t0 = Instant::now();
+            let serve = coordinator(&a, &dir.path().join(format!("serve-{n}.log")))?;
+            let cert = out.join("cert.pem");
+            if !fedssl_tests::spawn::wait_for_file(
+                &cert,
+                |s| s.contains("END CERTIFICATE"),
+                Duration::from_secs(60),
+            ) {
+                bail!("serve wrote no cert.pem");
+            }
+            let log = std::fs::File::create(dir.path().join(format!("slice-{n}.log")))?;
+            let slice = Command::new(fedssl_tests::binary("fedssl-client"))
+                .args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca"])
+                .arg(&cert)
+                .args(["--virtual", &format!("0..{n}/{n}"), "--quiet"])
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()?;
+            let s = wait_rusage(serve, t0)?;
+            let c = wait_rusage(slice, t0)?;
+            if !s.ok || !c.ok {
+                bail!(
+                    "serve + --virtual with {n} clients failed: {}",
+                    std::fs::read_to_string(dir.path().join(format!("serve-{n}.log")))?
+                );
+            }
+            row["serve_peak_rss_bytes"] = json!(s.peak_rss);
+            row["virtual_process_peak_rss_bytes"] = json!(c.peak_rss);
+            row["serve_round_seconds"] = json!(round_seconds(&out)?);
+        }
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------- report
+
+fn mib(v: &Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |b| format!("{:.0}", b / (1u64 << 20) as f64))
+}
+
+fn print_tables(r: &Value) {
+    if let Some(rows) = r["transfer"].as_array() {
+        println!("\n| payload | clients | QUIC GB/s | TCP GB/s (loopback, no TLS) | QUIC / TCP |");
+        println!("|---:|---:|---:|---:|---:|");
+        for x in rows {
+            println!(
+                "| {} MB | {} | {:.2} | {:.2} | {:.2} |",
+                x["payload_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                x["clients"],
+                x["quic_gbps"].as_f64().unwrap_or(0.0),
+                x["tcp_gbps"].as_f64().unwrap_or(0.0),
+                x["quic_vs_tcp"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    if let Some(rows) = r["virtual"].as_array() {
+        println!("\n| clients | participation | simulate peak RSS MiB | simulate s/round | serve peak RSS MiB | --virtual process peak RSS MiB | serve s/round |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        let per_round = |v: &Value| {
+            v.as_array().map_or("-".into(), |a| {
+                let s: Vec<String> = a
+                    .iter()
+                    .map(|x| format!("{:.1}", x.as_f64().unwrap_or(0.0)))
+                    .collect();
+                s.join(" / ")
+            })
+        };
+        for x in rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                x["clients"],
+                x["participation"],
+                mib(&x["simulate_peak_rss_bytes"]),
+                per_round(&x["simulate_round_seconds"]),
+                mib(&x["serve_peak_rss_bytes"]),
+                mib(&x["virtual_process_peak_rss_bytes"]),
+                per_round(&x["serve_round_seconds"]),
+            );
+        }
+    }
+}
