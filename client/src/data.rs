@@ -118,11 +118,7 @@ impl SharedPartition {
 /// The run's training set (an unlabelled set, e.g. STL-10's unlabelled images, as one class)
 /// and its partition into `n` shards, drawn as the coordinator draws it: the scenario's
 /// `[partition]` with its `partition` seed stream.
-fn partition_run(
-    dir: Option<&std::path::Path>,
-    run: &RunInfo,
-    n: u32,
-) -> Result<Partitioned> {
+fn partition_run(dir: Option<&std::path::Path>, run: &RunInfo, n: u32) -> Result<Partitioned> {
     let full = load_run_train_set(dir, run)?.one_class_if_unlabelled();
     let parts = fedssl_shared::partition::partition_dataset(
         &full,

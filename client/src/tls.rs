@@ -70,6 +70,11 @@ pub fn client_config_as(
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(idle_timeout.try_into()?));
     transport.keep_alive_interval(Some(idle_timeout / 4));
+    // The coordinator opens one stream a round (a round it dropped this client from may
+    // still be closing) and no unidirectional one; quinn keeps an entry for each stream a
+    // peer may open, in every connection (1,000 virtual clients: 1,000 connections).
+    transport.max_concurrent_bidi_streams(16u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

@@ -23,9 +23,18 @@
 //! same scenario in one process (coordinator and clients together), for N and for 10,000
 //! clients at participation 0.01 (`--big`, default 10000; 0: skipped).
 //!
+//! (c) **Round overhead** on `scenarios/cifar10-rotation.toml` (real CIFAR-10 from
+//! `--cifar10 DIR`, default `../shared/data/cifar10` beside the repository; skipped when it is
+//! not there; no evaluation): each round's wall seconds against its training critical path,
+//! from `rounds.jsonl` (`seconds`, and the `train_seconds` each client reported): the
+//! clients train in `simulation.concurrent_training` slots (0: half the cores), so the path is
+//! max(slowest client, Σ training seconds / slots), and the overhead is the rest: sending
+//! and receiving the weights, building the models, waiting, aggregating.
+//!
 //! The binaries are the workspace's, of this build's profile, built first if need be
 //! ([`fedssl_tests::binary`]). Flags: `--sizes-mb 1,100,1000`, `--repeat 3`,
-//! `--clients 10,100,1000`, `--big 10000`, `--skip transfer|virtual`, `--out FILE`.
+//! `--clients 10,100,1000`, `--big 10000`, `--skip transfer|virtual|overhead`, `--cifar10 DIR`,
+//! `--out FILE`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -44,6 +53,7 @@ struct Args {
     clients: Vec<usize>,
     big: usize,
     skip: Vec<String>,
+    cifar10: PathBuf,
     out: Option<PathBuf>,
 }
 
@@ -54,6 +64,7 @@ fn parse_args() -> Result<Args> {
         clients: vec![10, 100, 1000],
         big: 10_000,
         skip: vec![],
+        cifar10: repo().join("../shared/data/cifar10"),
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -74,6 +85,7 @@ fn parse_args() -> Result<Args> {
             "--repeat" => a.repeat = list(it.next(), "--repeat")?[0].max(1),
             "--big" => a.big = list(it.next(), "--big")?[0],
             "--skip" => a.skip.push(it.next().context("--skip needs a value")?),
+            "--cifar10" => a.cifar10 = it.next().context("--cifar10 needs a folder")?.into(),
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
             other => bail!("unknown flag {other} (see the file's doc comment)"),
         }
@@ -84,11 +96,16 @@ fn parse_args() -> Result<Args> {
 fn main() -> Result<()> {
     let args = parse_args()?;
     let mut report = json!({ "bench": "bench_federation", "cores": std::thread::available_parallelism().map_or(1, |n| n.get()) });
-    if !args.skip.iter().any(|s| s == "transfer") {
-        report["transfer"] = Value::Array(transfer(&args)?);
-    }
+    // (b) first: Linux starts a child's `ru_maxrss` at its parent's peak when it forks, so the
+    // processes are started while this one is small (before (a)'s buffers of up to 1 GB).
     if !args.skip.iter().any(|s| s == "virtual") {
         report["virtual"] = Value::Array(virtual_clients(&args)?);
+    }
+    if !args.skip.iter().any(|s| s == "overhead") {
+        report["overhead"] = overhead(&args)?;
+    }
+    if !args.skip.iter().any(|s| s == "transfer") {
+        report["transfer"] = Value::Array(transfer(&args)?);
     }
     print_tables(&report);
     if let Some(out) = &args.out {
@@ -147,16 +164,23 @@ async fn quic_send(payload: &bytes::Bytes, clients: usize) -> Result<f64> {
     let addr = server.local_addr()?;
     let ccfg = fedssl_client::tls::client_config(id.cert_pem.as_bytes(), idle)?;
     let client_ep = fedssl_client::client_endpoint(addr)?;
+    let acceptor = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut conns = Vec::new();
+            for _ in 0..clients {
+                let inc = server.accept().await.context("no connection")?;
+                conns.push(inc.await?);
+            }
+            anyhow::Ok(conns)
+        })
+    };
     let mut readers = Vec::new();
     for _ in 0..clients {
         let conn = fedssl_client::connect_on(&client_ep, addr, "localhost", ccfg.clone()).await?;
         readers.push(conn);
     }
-    let mut conns = Vec::new();
-    for _ in 0..clients {
-        let inc = server.accept().await.context("no connection")?;
-        conns.push(inc.await?);
-    }
+    let conns = acceptor.await??;
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for c in &conns {
@@ -324,6 +348,8 @@ fn round_seconds(out: &Path) -> Result<Vec<f64>> {
 }
 
 fn virtual_clients(args: &Args) -> Result<Vec<Value>> {
+    // found (and built, if need be) before any clock starts
+    fedssl_tests::binary("fedssl-coordinator");
     let dir = tempfile::tempdir()?;
     let scenario = fedssl_tests::spawn::write_tiny(dir.path());
     let mut rows = Vec::new();
@@ -409,6 +435,77 @@ fn virtual_clients(args: &Args) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+// ---------------------------------------------------------------- (c) round overhead
+
+/// The repository's root (this crate is `tests/` in it).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn overhead(args: &Args) -> Result<Value> {
+    if !args.cifar10.join("cifar-10-batches-bin").is_dir()
+        && !args.cifar10.join("data_batch_1.bin").is_file()
+    {
+        eprintln!("(c) skipped: no CIFAR-10 at {}", args.cifar10.display());
+        return Ok(json!({ "skipped": format!("no CIFAR-10 at {}", args.cifar10.display()) }));
+    }
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("c10");
+    let scenario = repo().join("scenarios/cifar10-rotation.toml");
+    let a: Vec<String> = vec![
+        "simulate".into(),
+        scenario.display().to_string(),
+        "--data-dir".into(),
+        args.cifar10.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--quiet".into(),
+        "--set".into(),
+        "eval.enabled=false".into(),
+    ];
+    fedssl_tests::binary("fedssl-coordinator");
+    let t0 = Instant::now();
+    let log = dir.path().join("c10.log");
+    let run = wait_rusage(coordinator(&a, &log)?, t0)?;
+    if !run.ok {
+        bail!(
+            "the CIFAR-10 run failed: {}",
+            std::fs::read_to_string(&log)?
+        );
+    }
+    let text = std::fs::read_to_string(out.join("scenario.json"))?;
+    let sc: Value = serde_json::from_str(&text)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slots = match sc["simulation"]["concurrent_training"].as_u64() {
+        Some(0) | None => (cores / 2).max(1),
+        Some(n) => n as usize,
+    };
+    let mut rounds = Vec::new();
+    for l in std::fs::read_to_string(out.join("rounds.jsonl"))?.lines() {
+        let v: Value = serde_json::from_str(l)?;
+        let secs = v["seconds"].as_f64().context("no seconds")?;
+        let t: Vec<f64> = v["train_seconds"]
+            .as_object()
+            .context("no train_seconds")?
+            .values()
+            .filter_map(Value::as_f64)
+            .collect();
+        let slowest = t.iter().copied().fold(0.0, f64::max);
+        let path = slowest.max(t.iter().sum::<f64>() / slots as f64);
+        rounds.push(json!({
+            "round": v["round"],
+            "seconds": secs,
+            "train_seconds": t,
+            "critical_path_seconds": path,
+            "overhead_seconds": secs - path,
+            "overhead_fraction": (secs - path) / secs,
+        }));
+    }
+    let row = json!({ "scenario": "cifar10-rotation", "slots": slots, "rounds": rounds, "run_seconds": run.seconds });
+    eprintln!("{row}");
+    Ok(row)
+}
+
 // ---------------------------------------------------------------- report
 
 fn mib(v: &Value) -> String {
@@ -417,6 +514,23 @@ fn mib(v: &Value) -> String {
 }
 
 fn print_tables(r: &Value) {
+    if let Some(rows) = r["overhead"]["rounds"].as_array() {
+        println!(
+            "\n| round (cifar10-rotation, {} slot(s)) | seconds | training critical path s | overhead s | overhead % |",
+            r["overhead"]["slots"]
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        for x in rows {
+            println!(
+                "| {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                x["round"],
+                x["seconds"].as_f64().unwrap_or(0.0),
+                x["critical_path_seconds"].as_f64().unwrap_or(0.0),
+                x["overhead_seconds"].as_f64().unwrap_or(0.0),
+                100.0 * x["overhead_fraction"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
     if let Some(rows) = r["transfer"].as_array() {
         println!("\n| payload | clients | QUIC GB/s | TCP GB/s (loopback, no TLS) | QUIC / TCP |");
         println!("|---:|---:|---:|---:|---:|");
@@ -438,7 +552,7 @@ fn print_tables(r: &Value) {
             v.as_array().map_or("-".into(), |a| {
                 let s: Vec<String> = a
                     .iter()
-                    .map(|x| format!("{:.1}", x.as_f64().unwrap_or(0.0)))
+                    .map(|x| format!("{:.2}", x.as_f64().unwrap_or(0.0)))
                     .collect();
                 s.join(" / ")
             })

@@ -55,6 +55,8 @@ pub struct Arrived {
     pub accuracy: Option<f64>,
     /// Application bytes received from it (message and weights).
     pub bytes_received: u64,
+    /// Wall seconds of local training it reported.
+    pub train_seconds: f64,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -110,6 +112,7 @@ async fn exchange(
             num_samples,
             loss,
             accuracy,
+            train_seconds,
             ..
         } => {
             if r != round {
@@ -139,6 +142,7 @@ async fn exchange(
                 loss,
                 accuracy,
                 bytes_received: reply_len + wbytes,
+                train_seconds,
                 _permit: permit,
             }))
         }

@@ -77,6 +77,12 @@ pub struct RoundRecord {
     pub accuracy: BTreeMap<u32, f64>,
     /// Training images behind each contributing update (FedAvg weights).
     pub samples: BTreeMap<u32, u64>,
+    /// Wall seconds of local training each contributing client reported (its own clock; not
+    /// checked and used for nothing but this record): the round's `seconds` less the largest
+    /// of them is what the federation itself cost the round (sending, receiving, waiting,
+    /// aggregating). Absent when none was reported.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub train_seconds: BTreeMap<u32, f64>,
     /// Sample-weighted mean pretext loss of the round's valid updates; `None` (`null`) only
     /// in a `failed` round where none arrived.
     pub mean_loss: Option<f64>,
@@ -159,6 +165,7 @@ impl RoundRecord {
             loss: BTreeMap::new(),
             accuracy: BTreeMap::new(),
             samples: BTreeMap::new(),
+            train_seconds: BTreeMap::new(),
             mean_loss: None,
             lr,
             seconds: 0.0,

@@ -336,6 +336,7 @@ async fn collect(
                                     rec.accuracy.insert(a.id, acc);
                                 }
                                 rec.samples.insert(a.id, a.num_samples);
+                                rec.train_seconds.insert(a.id, a.train_seconds);
                                 loss_sum += a.loss * a.num_samples as f64;
                                 status.client(a.id, ClientState::Aggregated);
                             }

@@ -209,6 +209,7 @@ struct Masked {
     num_samples: u64,
     loss: f64,
     accuracy: Option<f64>,
+    train_seconds: f64,
     y: Vec<u64>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -394,24 +395,28 @@ pub async fn secure_round(
             let (rule, slots, status) = (r.samples.clone(), r.slots.clone(), r.status.clone());
             async move {
                 send(&mut peer, &msg, &shares_b).await?;
-                let (num_samples, loss, accuracy) = match receive(&mut peer, &masked_b).await? {
-                    ClientMessage::MaskedUpdate {
-                        round: got,
-                        num_samples,
-                        loss,
-                        accuracy,
-                        ..
-                    } if got == round => (num_samples, loss, accuracy),
-                    ClientMessage::MaskedUpdate { round: got, .. } => {
-                        return Err(Refused(format!(
-                            "a masked update of round {} in round {} (replay refused)",
-                            got + 1,
-                            round + 1
-                        ))
-                        .into())
-                    }
-                    other => anyhow::bail!("protocol error: expected MaskedUpdate, got {other:?}"),
-                };
+                let (num_samples, loss, accuracy, train_seconds) =
+                    match receive(&mut peer, &masked_b).await? {
+                        ClientMessage::MaskedUpdate {
+                            round: got,
+                            num_samples,
+                            loss,
+                            accuracy,
+                            train_seconds,
+                            ..
+                        } if got == round => (num_samples, loss, accuracy, train_seconds),
+                        ClientMessage::MaskedUpdate { round: got, .. } => {
+                            return Err(Refused(format!(
+                                "a masked update of round {} in round {} (replay refused)",
+                                got + 1,
+                                round + 1
+                            ))
+                            .into())
+                        }
+                        other => {
+                            anyhow::bail!("protocol error: expected MaskedUpdate, got {other:?}")
+                        }
+                    };
                 let num_samples = rule
                     .weight(peer.id, num_samples)
                     .map_err(|e| Refused(e.to_string()))?;
@@ -430,6 +435,7 @@ pub async fn secure_round(
                         num_samples,
                         loss,
                         accuracy,
+                        train_seconds,
                         y,
                         _permit: permit,
                     },
@@ -445,6 +451,7 @@ pub async fn secure_round(
                 rec.accuracy.insert(id, a);
             }
             rec.samples.insert(id, m.num_samples);
+            rec.train_seconds.insert(id, m.train_seconds);
             loss_sum += m.loss * m.num_samples as f64;
             total += m.num_samples;
             Ok(())

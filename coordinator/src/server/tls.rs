@@ -233,7 +233,11 @@ pub fn server_config(
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(idle_timeout.try_into()?));
     transport.keep_alive_interval(Some(idle_timeout / 4));
-    transport.max_concurrent_bidi_streams(16u32.into());
+    // A client opens one stream, its control stream (a reconnection is a new connection),
+    // and no unidirectional one: quinn keeps an entry for every stream a peer may open, in
+    // every connection, so the limits are what the protocol uses.
+    transport.max_concurrent_bidi_streams(4u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
