@@ -27,7 +27,14 @@
 //! `--breakdown` (time each op kind alone at the model's shapes), `--no-pytorch`, `--no-vgg`,
 //! `--vit` (also fedssl's default ViT against `pytorch_bench.py --model vit`),
 //! `--malloc-defaults` (skip [`fedssl_shared::ops::tune_allocator`], which every fedssl binary
-//! calls at start), `--device cpu|cuda|cuda:N` (cpu), `--out FILE` (JSON).
+//! calls at start), `--device cpu|cuda|cuda:N` (cpu), `--pairs N` (5), `--python PATH`
+//! (`python3`: the Python with torch), `--out FILE` (JSON).
+//!
+//! A machine's speed drifts by ±10 % over minutes, so a ratio of two passes run one after
+//! the other moves as much. After the first pass, fedssl's ResNet and VGG-11-BN are therefore
+//! measured again in `--pairs` interleaved pairs (fedssl's steps, then PyTorch's, A B A B …):
+//! each pair gives a ratio, and the report gives their median with its min–max (JSON
+//! `interleaved`).
 //!
 //! On a GPU (`--device cuda`, a build with `--features cuda`) every timed step ends with
 //! `Device::synchronize` (and reads its loss back), so a step's time is the device's; fedssl's
@@ -200,6 +207,10 @@ struct Args {
     vit: bool,
     /// Leave glibc's allocator settings alone instead of `ops::tune_allocator`.
     malloc_defaults: bool,
+    /// Interleaved pairs (fedssl, then PyTorch) per model after the first pass (`--pairs`).
+    pairs: usize,
+    /// The Python that runs `bench/pytorch_bench.py` (`--python`).
+    python: String,
     out: Option<String>,
 }
 
@@ -284,6 +295,8 @@ fn parse_args() -> std::result::Result<Args, String> {
         vgg: true,
         vit: false,
         malloc_defaults: false,
+        pairs: 5,
+        python: "python3".into(),
         out: None,
     };
     let mut ops_given = false;
@@ -321,12 +334,15 @@ fn parse_args() -> std::result::Result<Args, String> {
                 a.device_name = if a.dev.is_cpu() { "cpu".into() } else { spec };
             }
             "--malloc-defaults" => a.malloc_defaults = true,
+            "--pairs" => a.pairs = num(val()?)?,
+            "--python" => a.python = val()?,
             "--out" => a.out = Some(val()?),
             "-h" | "--help" => {
                 println!(
                     "bench_conv [--threads N] [--batch B] [--iters K] [--warmup W] \
                      [--ops stock|conv|all|fast|every] [--breakdown] [--no-pytorch] [--no-vgg] \
-                     [--vit] [--malloc-defaults] [--device cpu|cuda|cuda:N] [--out FILE]"
+                     [--vit] [--malloc-defaults] [--device cpu|cuda|cuda:N] [--pairs N] \
+                     [--python PATH] [--out FILE]"
                 );
                 std::process::exit(0);
             }
@@ -521,7 +537,7 @@ type Torch = std::result::Result<serde_json::Value, String>;
 /// Runs `bench/pytorch_bench.py` on `model` (`resnet` or `vgg11`) with this run's threads,
 /// batch and iterations.
 fn pytorch(a: &Args, model: &str) -> Torch {
-    let ok = std::process::Command::new("python3")
+    let ok = std::process::Command::new(&a.python)
         .args(["-c", "import torch"])
         .output()
         .map(|o| o.status.success())
@@ -536,7 +552,7 @@ fn pytorch(a: &Args, model: &str) -> Torch {
     } else {
         "bench/pytorch_bench.py"
     };
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(&a.python)
         .arg(script)
         .args(["--device", &a.device_name])
         .args(["--threads", &a.threads.to_string()])
@@ -694,6 +710,90 @@ fn print_ratios(results: &[Measured], torch: Option<(f64, f64)>, rows: &[(String
     }
 }
 
+/// fedssl against PyTorch on one model, interleaved: `pairs` of (fedssl's steps, then
+/// PyTorch's in its own process), so that both sides of a pair see the same machine; each
+/// pair gives a ratio (fedssl images/s ÷ PyTorch images/s, each the best of `--iters` steps).
+struct Paired {
+    model: &'static str,
+    train: Vec<f64>,
+    infer: Vec<f64>,
+}
+
+/// `(median, min, max)` of `v` (not empty).
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(v.to_vec()), lo, hi)
+}
+
+/// `a.pairs` interleaved pairs of fedssl's `cfg` and PyTorch's `torch_model` (after the first
+/// pass, which warmed both up); `None` without PyTorch or pairs. A pair whose PyTorch run
+/// fails ends the series.
+fn paired(
+    a: &Args,
+    model: &'static str,
+    cfg: &fedssl_shared::model::ModelConfig,
+    torch_model: &str,
+) -> anyhow::Result<Option<Paired>> {
+    if a.pairs == 0 || !a.pytorch {
+        return Ok(None);
+    }
+    let mut p = Paired {
+        model,
+        train: vec![],
+        infer: vec![],
+    };
+    for _ in 0..a.pairs {
+        let m = fedssl_shared::device::on_device(&a.dev, || measure_backbone(cfg, a))?;
+        let Ok(t) = pytorch(a, torch_model) else {
+            break;
+        };
+        let (tt, ti) = (
+            t["train_ips"].as_f64().unwrap_or(f64::NAN),
+            t["infer_ips"].as_f64().unwrap_or(f64::NAN),
+        );
+        p.train.push(m.train.0 / tt);
+        p.infer.push(m.infer.0 / ti);
+    }
+    Ok((!p.train.is_empty()).then_some(p))
+}
+
+/// The interleaved pairs as a table: the median ratio with its min–max.
+fn print_paired(ps: &[Paired]) {
+    if ps.is_empty() {
+        return;
+    }
+    println!("interleaved with PyTorch (fedssl / PyTorch, median of the pairs, min-max):");
+    println!("  | model | pairs | training | inference |\n  |---|---:|---:|---:|");
+    for p in ps {
+        let (t, tl, th) = spread(&p.train);
+        let (i, il, ih) = spread(&p.infer);
+        println!(
+            "  | {} | {} | {t:.2} ({tl:.2}-{th:.2}) | {i:.2} ({il:.2}-{ih:.2}) |",
+            p.model,
+            p.train.len()
+        );
+    }
+}
+
+/// The interleaved pairs in the JSON report.
+fn paired_json(ps: &[Paired]) -> serde_json::Value {
+    let side = |v: &[f64]| {
+        let (m, lo, hi) = spread(v);
+        serde_json::json!({ "median": m, "min": lo, "max": hi, "pairs": v })
+    };
+    ps.iter()
+        .map(|p| {
+            serde_json::json!({
+                "model": p.model,
+                "train_ratio": side(&p.train),
+                "inference_ratio": side(&p.infer),
+            })
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
 /// The `--out` report: every measurement of the run.
 fn report_json(
     a: &Args,
@@ -810,8 +910,19 @@ fn main() -> anyhow::Result<()> {
     let vit = vit_rows(&a)?;
     let (torch, tt, ti) = pytorch_row(&a);
     print_ratios(&results, tt.zip(ti), &rows);
+    let mut pairs = Vec::new();
+    if torch.is_ok() {
+        pairs.extend(paired(&a, "resnet", &resnet_config(), "resnet")?);
+        if a.vgg {
+            pairs.extend(paired(&a, "vgg11_bn", &vgg_config(), "vgg11")?);
+        }
+    }
+    print_paired(&pairs);
     if let Some(path) = &a.out {
-        let json = report_json(&a, tuned, &results, &rows, &torch, &vgg, &vit);
+        let mut json = report_json(&a, tuned, &results, &rows, &torch, &vgg, &vit);
+        if !pairs.is_empty() {
+            json["interleaved"] = paired_json(&pairs);
+        }
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")?;
         println!("wrote {path}");
     }
