@@ -187,17 +187,18 @@ async fn quic_send(payload: &bytes::Bytes, clients: usize) -> Result<f64> {
         let c = c.clone();
         let p = payload.clone();
         tasks.push(tokio::spawn(async move {
-            let mut s = c.open_uni().await?;
+            // a bidirectional stream, as a round's (a client takes no unidirectional one)
+            let (mut s, r) = c.open_bi().await?;
             s.write_chunk(p).await?;
             s.finish()?;
-            anyhow::Ok(s)
+            anyhow::Ok((s, r))
         }));
     }
     let mut reads = Vec::new();
     for r in &readers {
         let r = r.clone();
         reads.push(tokio::spawn(async move {
-            let mut s = r.accept_uni().await?;
+            let (_send, mut s) = r.accept_bi().await?;
             let mut n = 0usize;
             while let Some(chunk) = s.read_chunk(usize::MAX, true).await? {
                 n += chunk.bytes.len();
