@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use fedssl_tests::relay::{Impairment, Relay};
-use fedssl_tests::spawn::{client, free_udp_port, serve, wait_for_file, write_tiny};
+use fedssl_tests::spawn::{client, free_udp_port, serve, wait_for_cert, wait_for_file, write_tiny};
 
 #[test]
 fn a_run_completes_through_delay_loss_and_a_five_second_outage() {
@@ -49,15 +49,7 @@ fn a_run_completes_through_delay_loss_and_a_five_second_outage() {
             rt.block_on(Relay::start(upstream, imp)).unwrap()
         })
         .collect();
-    let cert = out.join("cert.pem");
-    assert!(
-        wait_for_file(
-            &cert,
-            |s| s.contains("END CERTIFICATE"),
-            Duration::from_secs(60)
-        ),
-        "serve wrote no cert.pem"
-    );
+    let cert = wait_for_cert(&out);
     let retrying = ["--retry-for", "2m", "--idle-timeout", "3s"];
     let mut clients: Vec<_> = relays
         .iter()

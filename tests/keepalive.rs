@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use fedssl_tests::spawn::{client, free_udp_port, serve, wait_for_file, write_tiny};
+use fedssl_tests::spawn::{client, free_udp_port, serve, wait_for_cert, write_tiny};
 
 #[test]
 fn local_training_longer_than_the_idle_timeout_drops_no_client() {
@@ -34,15 +34,7 @@ fn local_training_longer_than_the_idle_timeout_drops_no_client() {
         ],
         false,
     );
-    let cert = out.join("cert.pem");
-    assert!(
-        wait_for_file(
-            &cert,
-            |s| s.contains("END CERTIFICATE"),
-            Duration::from_secs(60)
-        ),
-        "serve wrote no cert.pem"
-    );
+    let cert = wait_for_cert(&out);
     let extra = ["--retry-for", "0", "--idle-timeout", "2s"];
     let mut clients: Vec<_> = (0..3)
         .map(|k| client(port, &cert, k, 3, &extra, dir.path()))

@@ -10,7 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fedssl_tests::spawn::{client, free_udp_port, serve, wait_for_file, write_tiny, Proc};
+use fedssl_tests::spawn::{
+    client, free_udp_port, serve, wait_for_cert, wait_for_file, write_tiny, Proc,
+};
 
 /// The tiny scenario for these runs: 300 images in IID shards over 3 clients, all 3 needed
 /// (so that every round samples the same clients however they come back), 3 rounds of 4
@@ -38,15 +40,7 @@ const RUN: &[&str] = &[
 const RETRYING: &[&str] = &["--retry-for", "2m", "--idle-timeout", "3s"];
 
 fn start_clients(port: u16, out: &Path, logs: &Path) -> Vec<Proc> {
-    let cert = out.join("cert.pem");
-    assert!(
-        wait_for_file(
-            &cert,
-            |s| s.contains("END CERTIFICATE"),
-            Duration::from_secs(60)
-        ),
-        "serve wrote no cert.pem"
-    );
+    let cert = wait_for_cert(out);
     (0..3)
         .map(|k| client(port, &cert, k, 3, RETRYING, logs))
         .collect()

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fedssl_tests::binary;
-use fedssl_tests::spawn::{free_udp_port, serve, wait_for_file, write_tiny, Proc};
+use fedssl_tests::spawn::{free_udp_port, serve, wait_for_cert, write_tiny, Proc};
 
 /// 100 clients of 8 images each (IID), 10 sampled a round, 2 rounds, no evaluation; the first
 /// round waits up to 60 s for all of them (two processes start one after the other).
@@ -62,16 +62,7 @@ fn two_processes_of_fifty_virtual_clients_are_the_simulation_of_a_hundred() {
     let out = dir.path().join("serve");
     let port = free_udp_port();
     let mut server = serve(&scenario, &out, port, HUNDRED, false);
-    let cert = out.join("cert.pem");
-    assert!(
-        wait_for_file(
-            &cert,
-            |s| s.contains("END CERTIFICATE"),
-            Duration::from_secs(60)
-        ),
-        "serve wrote no cert.pem: {}",
-        server.stderr_text()
-    );
+    let cert = wait_for_cert(&out);
     let slices: Vec<Proc> = ["0..50/100", "50..100/100"]
         .iter()
         .enumerate()

@@ -402,14 +402,7 @@ fn virtual_clients(args: &Args) -> Result<Vec<Value>> {
             a.extend(sets.iter().cloned());
             let t0 = Instant::now();
             let serve = coordinator(&a, &dir.path().join(format!("serve-{n}.log")))?;
-            let cert = out.join("cert.pem");
-            if !fedssl_tests::spawn::wait_for_file(
-                &cert,
-                |s| s.contains("END CERTIFICATE"),
-                Duration::from_secs(60),
-            ) {
-                bail!("serve wrote no cert.pem");
-            }
+            let cert = fedssl_tests::spawn::wait_for_cert(&out);
             let log = std::fs::File::create(dir.path().join(format!("slice-{n}.log")))?;
             let slice = Command::new(fedssl_tests::binary("fedssl-client"))
                 .args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca"])

@@ -166,3 +166,22 @@ pub fn wait_for_file(path: &Path, what: impl Fn(&str) -> bool, limit: Duration) 
     }
     false
 }
+
+/// `out/cert.pem`, the certificate a `serve` into `out` writes, once it is there (60 s at
+/// most).
+///
+/// # Panics
+/// If no certificate is written within 60 s.
+pub fn wait_for_cert(out: &Path) -> PathBuf {
+    let cert = out.join("cert.pem");
+    assert!(
+        wait_for_file(
+            &cert,
+            |s| s.contains("END CERTIFICATE"),
+            Duration::from_secs(60)
+        ),
+        "serve wrote no {} within 60 s",
+        cert.display()
+    );
+    cert
+}
