@@ -63,8 +63,8 @@ struct Cli {
     state_dir: Option<PathBuf>,
     /// With --virtual: how many virtual clients train at once (default: half the cores, at
     /// least 1), sharing the cores.
-    #[arg(long, value_name = "N", requires = "virtual_clients")]
-    concurrent_training: Option<usize>,
+    #[arg(long, value_name = "N", requires = "virtual_clients", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrent_training: Option<u64>,
     /// Name shown in the coordinator's log (default: the kit's site, else fedssl-client; with
     /// --virtual, the prefix of `NAME-K`, default `virtual`).
     #[arg(long)]
@@ -253,9 +253,12 @@ async fn run_virtual(
     };
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("--state-dir {}: cannot create it", state_dir.display()))?;
-    let concurrent = cli.concurrent_training.unwrap_or_else(|| {
-        (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
-    });
+    let concurrent = cli
+        .concurrent_training
+        .map(|n| n as usize)
+        .unwrap_or_else(|| {
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
+        });
     let outcomes = fedssl_client::virtual_slice::run_virtual_slice(
         slice,
         coordinator,
@@ -275,10 +278,10 @@ async fn run_virtual(
     let message = outcomes
         .iter()
         .find_map(|o| o.result.as_ref().ok())
-        .map(|r| r.message.clone())
+        .map(|r| format!("; {}", r.message))
         .unwrap_or_default();
     println!(
-        "virtual clients {}..{} of {}: {} finished, {} failed; {rounds} local round(s) trained in all; {message}",
+        "virtual clients {}..{} of {}: {} finished, {} failed; {rounds} local round(s) trained in all{message}",
         slice.first,
         slice.end,
         slice.of,

@@ -106,6 +106,9 @@ impl Default for FederationConfig {
     }
 }
 
+/// The longest time a `federation.*_seconds` key may give: a year.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 impl FederationConfig {
     /// Checks ranges and that `min_clients` fits `clients`; the message names the
     /// `federation.*` key.
@@ -134,6 +137,16 @@ impl FederationConfig {
         }
         if !(self.idle_timeout_seconds >= 1.0 && self.idle_timeout_seconds <= 3600.0) {
             bail!("federation.idle_timeout_seconds must be in [1, 3600]");
+        }
+        // Seconds become a `Duration`: NaN, negative or astronomically large values would
+        // panic there, after the run folder was written.
+        for (key, v) in [
+            ("join_timeout_seconds", self.join_timeout_seconds),
+            ("round_deadline_seconds", self.round_deadline_seconds),
+        ] {
+            if !(v > 0.0 && v <= MAX_SECONDS) {
+                bail!("federation.{key} must be in (0, {MAX_SECONDS}] seconds, got {v}");
+            }
         }
         if let Some(g) = self.start_grace_seconds {
             if !(0.0..=self.join_timeout_seconds).contains(&g) {
@@ -233,5 +246,35 @@ mod tests {
         let sets = vec!["federation.sites=[\"site-a\", \"site-b\", \"site-c\"]".to_string()];
         let sc = Scenario::from_toml_str("", &sets).unwrap();
         assert_eq!(sc.federation.sites, ["site-a", "site-b", "site-c"]);
+    }
+
+    #[test]
+    fn seconds_that_cannot_be_a_duration_are_refused_by_key() {
+        let err = |set: &str| {
+            format!(
+                "{:#}",
+                Scenario::from_toml_str("", &[set.to_string()]).unwrap_err()
+            )
+        };
+        for v in ["-5", "nan", "1e20", "inf"] {
+            let e = err(&format!("federation.join_timeout_seconds={v}"));
+            assert!(
+                e.contains("federation.join_timeout_seconds must be in (0, 31536000]"),
+                "{e}"
+            );
+        }
+        let e = err("federation.round_deadline_seconds=1e20");
+        assert!(
+            e.contains("federation.round_deadline_seconds must be in"),
+            "{e}"
+        );
+        let e = err("federation.start_grace_seconds=700");
+        assert!(
+            e.contains("federation.start_grace_seconds must be in [0, 600]"),
+            "{e}"
+        );
+        let sc = Scenario::from_toml_str("", &["federation.start_grace_seconds=30".to_string()])
+            .unwrap();
+        assert_eq!(sc.federation.start_grace_seconds, Some(30.0));
     }
 }
