@@ -189,8 +189,13 @@ async fn real_main(cli: Cli) -> Result<()> {
     if cli.idle_timeout < Duration::from_secs(1) {
         bail!("--idle-timeout must be at least 1s");
     }
-    let ccfg = fedssl_client::tls::client_config_as(&pem, creds, cli.idle_timeout)
-        .with_context(|| format!("in {} or the kit", ca.display()))?;
+    let ccfg =
+        fedssl_client::tls::client_config_as(&pem, creds, cli.idle_timeout).with_context(|| {
+            match &kit {
+                Some(_) => format!("in {} or the kit", ca.display()),
+                None => format!("in {}", ca.display()),
+            }
+        })?;
     let name = cli
         .name
         .clone()
