@@ -1,5 +1,6 @@
 //! The limits a scenario is held to when it loads, so that an impossible or runaway run is
 //! refused before anything starts: rounds and clients ([`MAX_ROUNDS`], [`MAX_CLIENTS`]), the
+//! `federation.*_seconds` waits ([`MAX_SECONDS`], checked by the federation section), the
 //! images' side (`data.image_size` against the datasets and the patch layouts),
 //! `federation.max_weights_bytes` against the model's own payload ([`model_payload_bytes`]),
 //! and over-long values ([`check_value_sizes`]), which are named and shown shortened
@@ -22,6 +23,9 @@ pub const MAX_VALUE_CHARS: usize = 4096;
 /// `data.sources[i].images`): 30 GB of 32×32 RGB bytes, beyond every dataset fedssl reads, so
 /// that a typo is one line, not an allocation the machine cannot make.
 pub const MAX_IMAGES: usize = 10_000_000;
+/// Longest time a `federation.*_seconds` key may give, in seconds (a year): longer values,
+/// like NaN and negative ones, cannot become the `Duration` the run waits with.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 /// Most elements of one list in a scenario.
 pub const MAX_LIST_LEN: usize = 100_000;
 /// Characters of an over-long value shown before it is cut.
