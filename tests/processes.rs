@@ -6,9 +6,10 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fedssl_coordinator::run::job::{run_job, Job, Mode};
+use fedssl_tests::spawn::{free_udp_port, wait_for_file};
 
 /// The tiny scenario as this test needs it: 300 images in IID shards over 3 clients (at least
 /// 2), 3 rounds, batches of 8, a 4 s idle timeout, no evaluation.
@@ -27,14 +28,6 @@ const PROCS: &[&str] = &[
     "eval.epochs=100",
 ];
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn_client(bin: &Path, port: u16, cert: &Path, k: u32) -> Child {
     Command::new(bin)
         .args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca"])
@@ -50,19 +43,6 @@ fn spawn_client(bin: &Path, port: u16, cert: &Path, k: u32) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("cannot start fedssl-client")
-}
-
-fn wait_for(path: &Path, what: impl Fn(&str) -> bool, limit: Duration) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if what(&s) {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]
@@ -90,7 +70,7 @@ fn serve_with_three_client_processes_survives_a_killed_client() {
     let server = rt.spawn(run_job(job));
     let cert = out.join("cert.pem");
     assert!(
-        wait_for(
+        wait_for_file(
             &cert,
             |s| s.contains("END CERTIFICATE"),
             Duration::from_secs(30)
@@ -104,7 +84,7 @@ fn serve_with_three_client_processes_survives_a_killed_client() {
     // Kill client 1 as soon as round 1 is aggregated: it is then inside round 2.
     let rounds = out.join("rounds.jsonl");
     assert!(
-        wait_for(
+        wait_for_file(
             &rounds,
             |s| s.lines().count() >= 1,
             Duration::from_secs(240)

@@ -164,26 +164,25 @@ impl DataSource {
                 tracing::info!(folder = %dir.display(), images = n, "this site's image folder");
                 Ok(())
             }
-            DataSource::Virtual { partition, .. } => match &partition.dir {
-                Some(dir) if !dir.is_dir() => bail!(
-                    "--data {}: not a folder (or it cannot be read)",
-                    dir.display()
-                ),
-                _ => Ok(()),
-            },
-            DataSource::Whole { dir: Some(dir) } | DataSource::Shard { dir: Some(dir), .. } => {
-                let meta = std::fs::metadata(dir)
-                    .with_context(|| format!("--data {}: cannot read it", dir.display()))?;
-                if !meta.is_dir() {
-                    bail!("--data {}: not a folder", dir.display());
-                }
-                Ok(())
+            DataSource::Whole { dir } | DataSource::Shard { dir, .. } => {
+                dir.as_deref().map_or(Ok(()), check_data_dir)
             }
-            DataSource::Whole { dir: None }
-            | DataSource::Shard { dir: None, .. }
-            | DataSource::InMemory { .. } => Ok(()),
+            DataSource::Virtual { partition, .. } => {
+                partition.dir.as_deref().map_or(Ok(()), check_data_dir)
+            }
+            DataSource::InMemory { .. } => Ok(()),
         }
     }
+}
+
+/// A dataset's `--data` folder exists and is a folder; the error names it.
+fn check_data_dir(dir: &std::path::Path) -> Result<()> {
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("--data {}: cannot read it", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("--data {}: not a folder", dir.display());
+    }
+    Ok(())
 }
 
 /// Loads the training images this client owns, given the run described by the coordinator,

@@ -45,7 +45,7 @@ mod state;
 pub use behaviour::Behaviour;
 pub use byzantine::Attack;
 pub use data::{DataSource, SharedPartition};
-pub use options::{ClientOptions, SessionReport};
+pub use options::{default_training_slots, ClientOptions, SessionReport};
 pub use reconnect::run_reconnecting;
 pub use session::{
     client_endpoint, connect, connect_on, open, run_session, run_session_keeping, Retained,

@@ -260,10 +260,7 @@ async fn run_virtual(
         .with_context(|| format!("--state-dir {}: cannot create it", state_dir.display()))?;
     let concurrent = cli
         .concurrent_training
-        .map(|n| n as usize)
-        .unwrap_or_else(|| {
-            (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
-        });
+        .map_or_else(fedssl_client::default_training_slots, |n| n as usize);
     let outcomes = fedssl_client::virtual_slice::run_virtual_slice(
         slice,
         coordinator,

@@ -50,6 +50,14 @@ impl ClientOptions {
     }
 }
 
+/// How many in-process clients train at once when nothing says (`simulate`'s
+/// `simulation.concurrent_training = 0`, `fedssl-client --virtual` without
+/// `--concurrent-training`): half the cores, at least 1, so that the clients share the cores
+/// instead of oversubscribing them.
+pub fn default_training_slots() -> usize {
+    (num_cpus::get() / 2).max(1)
+}
+
 /// What a finished session did.
 #[derive(Clone, Debug)]
 pub struct SessionReport {

@@ -117,7 +117,7 @@ pub(crate) fn spawn_clients(
             .with_context(|| format!("cannot empty {}", state_dir.display()))?;
     }
     let slots_n = if sc.simulation.concurrent_training == 0 {
-        (num_cpus::get() / 2).max(1)
+        fedssl_client::default_training_slots()
     } else {
         sc.simulation.concurrent_training
     };

@@ -179,6 +179,26 @@ impl RoundRecord {
         }
     }
 
+    /// Records client `id`'s aggregated update: its id among `clients`, and its pretext
+    /// `loss` and `accuracy` (if the task has one), its `samples` and the `train_seconds` it
+    /// reported. A plain and a secure round record alike.
+    pub fn contributed(
+        &mut self,
+        id: u32,
+        loss: f64,
+        accuracy: Option<f64>,
+        samples: u64,
+        train_seconds: f64,
+    ) {
+        self.clients.push(id);
+        self.loss.insert(id, loss);
+        if let Some(a) = accuracy {
+            self.accuracy.insert(id, a);
+        }
+        self.samples.insert(id, samples);
+        self.train_seconds.insert(id, train_seconds);
+    }
+
     /// `dropped_reasons` as `{id: "reason", …}`, the form error messages quote.
     pub fn reasons_text(&self) -> String {
         let text: BTreeMap<u32, String> = self

@@ -330,13 +330,13 @@ async fn collect(
                         rec.bytes_received += a.bytes_received;
                         match agg.add(&a.weights, a.num_samples) {
                             Ok(()) => {
-                                rec.clients.push(a.id);
-                                rec.loss.insert(a.id, a.loss);
-                                if let Some(acc) = a.accuracy {
-                                    rec.accuracy.insert(a.id, acc);
-                                }
-                                rec.samples.insert(a.id, a.num_samples);
-                                rec.train_seconds.insert(a.id, a.train_seconds);
+                                rec.contributed(
+                                    a.id,
+                                    a.loss,
+                                    a.accuracy,
+                                    a.num_samples,
+                                    a.train_seconds,
+                                );
                                 loss_sum += a.loss * a.num_samples as f64;
                                 status.client(a.id, ClientState::Aggregated);
                             }

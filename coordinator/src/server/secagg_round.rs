@@ -445,13 +445,7 @@ pub async fn secure_round(
         |id, m: Masked| {
             agg.add_masked(id, m.num_samples, &m.y)
                 .map_err(|e| anyhow::Error::from(Refused(format!("{e:#}"))))?;
-            rec.clients.push(id);
-            rec.loss.insert(id, m.loss);
-            if let Some(a) = m.accuracy {
-                rec.accuracy.insert(id, a);
-            }
-            rec.samples.insert(id, m.num_samples);
-            rec.train_seconds.insert(id, m.train_seconds);
+            rec.contributed(id, m.loss, m.accuracy, m.num_samples, m.train_seconds);
             loss_sum += m.loss * m.num_samples as f64;
             total += m.num_samples;
             Ok(())
