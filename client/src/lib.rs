@@ -24,9 +24,11 @@
 //! - [`tls`]: the client's TLS configuration (and why the coordinator's TLS refused it);
 //! - [`kit`]: a site's startup kit (`--kit`);
 //! - [`virtual_slice`]: a process hosting a slice of a simulation's virtual clients
-//!   (`--virtual A..B/N`) over one endpoint.
+//!   (`--virtual A..B/N`) over one connection;
+//! - [`multiplex`]: the slice's virtual clients' sessions over one connection ([`Link`]).
 
 pub mod kit;
+pub mod multiplex;
 pub mod reconnect;
 pub mod tls;
 pub mod virtual_slice;
@@ -48,6 +50,6 @@ pub use data::{DataSource, SharedPartition};
 pub use options::{default_training_slots, ClientOptions, SessionReport};
 pub use reconnect::run_reconnecting;
 pub use session::{
-    client_endpoint, connect, connect_on, open, run_session, run_session_keeping, Retained,
+    client_endpoint, connect, connect_on, open, run_session, run_session_keeping, Link, Retained,
 };
 pub use shared_endpoint::{SharedEndpoint, HANDSHAKES_AT_ONCE};

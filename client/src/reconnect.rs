@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use tracing::{info, warn};
 
 use crate::options::{ClientOptions, SessionReport};
-use crate::session::{run_session_keeping, Retained};
+use crate::session::{run_session_keeping, Link, Retained};
 
 /// First wait before reconnecting.
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -71,14 +71,15 @@ pub fn jittered(base: Duration, rng: &mut impl Rng) -> Duration {
 ///
 /// Errors: the first error that is not [`Transient`], or, after `retry_for`, the last one,
 /// saying that the client gave up.
-pub async fn run_reconnecting<C, F>(
+pub async fn run_reconnecting<C, F, L>(
     mut connect: C,
     opts: &ClientOptions,
     retry_for: Duration,
 ) -> Result<SessionReport>
 where
     C: FnMut() -> F,
-    F: Future<Output = Result<(quinn::Endpoint, quinn::Connection)>>,
+    F: Future<Output = Result<(quinn::Endpoint, L)>>,
+    L: Into<Link>,
 {
     let mut kept = Retained::default();
     let mut rng = rand::rngs::StdRng::from_os_rng();
@@ -88,9 +89,15 @@ where
         let welcomes = kept.welcomes;
         kept.attempts = attempt;
         let res = match connect().await {
-            Ok((endpoint, conn)) => {
-                let r = run_session_keeping(conn, opts, &mut kept).await;
-                let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+            Ok((endpoint, link)) => {
+                let link: Link = link.into();
+                let own = matches!(link, Link::Own(_));
+                let r = run_session_keeping(link, opts, &mut kept).await;
+                // A shared connection outlives this session: its slice closes it at the end.
+                if own {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+                }
                 r
             }
             Err(e) => Err(e),
@@ -170,7 +177,11 @@ mod tests {
         let e = run_reconnecting(
             || {
                 calls += 1;
-                async { Err(anyhow::anyhow!("the coordinator refused this client")) }
+                async {
+                    Err::<(quinn::Endpoint, Link), _>(anyhow::anyhow!(
+                        "the coordinator refused this client"
+                    ))
+                }
             },
             &opts,
             Duration::from_secs(60),
@@ -185,7 +196,9 @@ mod tests {
         let e = run_reconnecting(
             || {
                 calls += 1;
-                async { Err(transient("cannot reach the coordinator")) }
+                async {
+                    Err::<(quinn::Endpoint, Link), _>(transient("cannot reach the coordinator"))
+                }
             },
             &opts,
             Duration::from_millis(1200),
@@ -207,7 +220,7 @@ mod tests {
         run_reconnecting(
             || {
                 calls += 1;
-                async { Err(transient("x")) }
+                async { Err::<(quinn::Endpoint, Link), _>(transient("x")) }
             },
             &opts,
             Duration::ZERO,

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::data::resolve_data;
+use crate::multiplex::{Multiplexed, Route};
 use crate::options::{ClientOptions, SessionReport};
 use crate::reconnect::transient;
 use crate::round::{handle_round, Learner};
@@ -106,6 +107,32 @@ pub async fn connect_on(
     Ok(conn)
 }
 
+/// The connection a session runs on: one of the client's own, or one shared by many virtual
+/// clients of a process ([`crate::multiplex`]).
+pub enum Link {
+    /// A connection of this client's own: the session ends with it.
+    Own(quinn::Connection),
+    /// A connection many sessions share: this session has its own control stream on it and
+    /// receives its rounds' streams through the connection's router.
+    Shared(Arc<Multiplexed>),
+}
+
+impl Link {
+    /// The QUIC connection.
+    pub fn conn(&self) -> &quinn::Connection {
+        match self {
+            Link::Own(c) => c,
+            Link::Shared(m) => &m.conn,
+        }
+    }
+}
+
+impl From<quinn::Connection> for Link {
+    fn from(conn: quinn::Connection) -> Self {
+        Link::Own(conn)
+    }
+}
+
 /// What a client keeps from one session to the next of the same run (see
 /// [`crate::reconnect`]): its id, the run, its images and its local state by round. A welcome
 /// with another id or another run starts afresh.
@@ -131,22 +158,28 @@ pub struct Retained {
 /// bytes), so the coordinator logs why the client left and frees its shard at once; a
 /// connection the coordinator's TLS closed (a refused certificate) is an error saying why.
 pub async fn run_session(conn: quinn::Connection, opts: ClientOptions) -> Result<SessionReport> {
-    run_session_keeping(conn, &opts, &mut Retained::default()).await
+    run_session_keeping(conn.into(), &opts, &mut Retained::default()).await
 }
 
-/// [`run_session`], continuing from what an earlier session of this client `kept` (and
-/// updating it): a client that reconnects to its run keeps its data and local state.
+/// [`run_session`] on `link`, continuing from what an earlier session of this client `kept`
+/// (and updating it): a client that reconnects to its run keeps its data and local state.
+/// A session on a shared connection that fails says why in a
+/// [`ClientMessage::Leaving`] and ends its control stream instead of closing the connection.
 pub async fn run_session_keeping(
-    conn: quinn::Connection,
+    link: Link,
     opts: &ClientOptions,
     kept: &mut Retained,
 ) -> Result<SessionReport> {
-    let res = session(&conn, opts, kept).await;
+    let conn = link.conn().clone();
+    let res = session(&link, opts, kept).await;
     if res.is_err() {
         // A certificate the coordinator's TLS refused shows only once the handshake is over.
         if let Some(why) = conn.close_reason().as_ref().and_then(tls_refusal) {
             bail!("{why}");
         }
+    }
+    if let (Err(_), Link::Shared(_)) = (&res, &link) {
+        return res;
     }
     if let Err(e) = &res {
         if conn.close_reason().is_none() {
@@ -199,17 +232,55 @@ async fn learner_for(
     })
 }
 
-async fn session(
-    conn: &quinn::Connection,
-    opts: &ClientOptions,
-    kept: &mut Retained,
-) -> Result<SessionReport> {
+/// The session on `link`'s control stream: [`session_on`], and on a shared connection the
+/// stream's end (after a [`ClientMessage::Leaving`] saying why, if it failed).
+async fn session(link: &Link, opts: &ClientOptions, kept: &mut Retained) -> Result<SessionReport> {
+    let conn = link.conn();
     // `ctrl_send` lives as long as the session: dropping it would end the control stream.
-    let (mut ctrl_send, mut ctrl_recv) = conn
+    let (mut ctrl_send, ctrl_recv) = conn
         .open_bi()
         .await
         .map_err(|e| lost(conn, format!("cannot open the control stream: {e}")))?;
-    let (client_id, run) = join(conn, &mut ctrl_send, &mut ctrl_recv, opts).await?;
+    let res = session_on(link, &mut ctrl_send, ctrl_recv, opts, kept).await;
+    if let Link::Shared(_) = link {
+        if let Err(e) = &res {
+            if conn.close_reason().is_none() {
+                let mut reason = format!("{e:#}");
+                let mut end = reason.len().min(1000);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+                let leaving = ClientMessage::Leaving { reason };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    write_message(&mut ctrl_send, &leaving),
+                )
+                .await;
+            }
+        }
+        let _ = ctrl_send.finish();
+    }
+    res
+}
+
+/// A session on its control stream (`ctrl_send`, `ctrl_recv`) of `link`: the hello and the
+/// welcome, then the rounds until the coordinator says the run is over.
+async fn session_on(
+    link: &Link,
+    ctrl_send: &mut quinn::SendStream,
+    mut ctrl_recv: quinn::RecvStream,
+    opts: &ClientOptions,
+    kept: &mut Retained,
+) -> Result<SessionReport> {
+    let conn = link.conn();
+    let multiplexed = matches!(link, Link::Shared(_));
+    let (client_id, run) = join(conn, ctrl_send, &mut ctrl_recv, opts, multiplexed).await?;
+    // On a shared connection the router hands this client its streams from now on.
+    let mut route = match link {
+        Link::Own(_) => None,
+        Link::Shared(m) => Some(m.register(client_id)),
+    };
     kept.welcomes += 1;
     if kept.attempts > 0 {
         warn!(
@@ -226,12 +297,16 @@ async fn session(
             msg = ctrl_rx.recv() => {
                 match msg {
                     Some(Ok(ServerMessage::Finished { message })) if message.starts_with("run failed") => {
-                        conn.close(0u32.into(), b"done");
+                        if !multiplexed {
+                            conn.close(0u32.into(), b"done");
+                        }
                         bail!("the coordinator says: {message}");
                     }
                     Some(Ok(ServerMessage::Finished { message })) => {
                         info!(client_id, %message, "run finished");
-                        conn.close(0u32.into(), b"done");
+                        if !multiplexed {
+                            conn.close(0u32.into(), b"done");
+                        }
                         let rounds_trained = kept.rounds_trained.len();
                         return Ok(SessionReport { client_id, rounds_trained, message });
                     }
@@ -240,7 +315,7 @@ async fn session(
                     None => return Err(lost(conn, "lost the coordinator".into())),
                 }
             }
-            stream = conn.accept_bi() => {
+            stream = next_stream(conn, route.as_mut()) => {
                 let (send, recv) = match stream {
                     Ok(s) => s,
                     Err(e) => return Err(lost(conn, format!("lost the coordinator: {e}"))),
@@ -263,25 +338,50 @@ async fn session(
     }
 }
 
-/// Sends the hello on the control stream and waits (60 s at most) for the welcome: the
-/// client's id and the run. A refusal or any other answer is an error; `Busy`, a lost
-/// connection or no answer are [`Transient`](crate::reconnect::Transient).
+/// The next stream the coordinator opens for this client: on its own connection, or from
+/// the shared connection's router (`route`).
+async fn next_stream(
+    conn: &quinn::Connection,
+    route: Option<&mut Route>,
+) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    match route {
+        None => conn.accept_bi().await.map_err(|e| e.to_string()),
+        Some(r) => r
+            .next()
+            .await
+            .ok_or_else(|| "the shared connection was lost".to_string()),
+    }
+}
+
+/// Sends the hello (a [`ClientMessage::MultiplexedHello`] on a shared connection) on the
+/// control stream and waits (60 s at most) for the welcome: the client's id and the run. A
+/// refusal or any other answer is an error; `Busy`, a lost connection or no answer are
+/// [`Transient`](crate::reconnect::Transient).
 async fn join(
     conn: &quinn::Connection,
     ctrl_send: &mut quinn::SendStream,
     ctrl_recv: &mut quinn::RecvStream,
     opts: &ClientOptions,
+    multiplexed: bool,
 ) -> Result<(u32, RunInfo)> {
-    write_message(
-        ctrl_send,
-        &ClientMessage::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client_name: opts.name.clone(),
-            shard: opts.data.shard(),
-        },
-    )
-    .await
-    .map_err(|e| lost(conn, format!("cannot send the hello: {e:#}")))?;
+    let (protocol_version, client_name, shard) =
+        (PROTOCOL_VERSION, opts.name.clone(), opts.data.shard());
+    let hello = if multiplexed {
+        ClientMessage::MultiplexedHello {
+            protocol_version,
+            client_name,
+            shard,
+        }
+    } else {
+        ClientMessage::Hello {
+            protocol_version,
+            client_name,
+            shard,
+        }
+    };
+    write_message(ctrl_send, &hello)
+        .await
+        .map_err(|e| lost(conn, format!("cannot send the hello: {e:#}")))?;
     let first: ServerMessage =
         tokio::time::timeout(Duration::from_secs(60), read_message(ctrl_recv))
             .await

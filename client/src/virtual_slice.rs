@@ -6,8 +6,9 @@
 //! scenario.
 //!
 //! What an idle virtual client costs: no model (its state between rounds is a file in the
-//! state folder, as `simulate`'s `<run>/clients`), no socket (every virtual client of the
-//! process connects over one QUIC endpoint), and its shard's images (the dataset is read and
+//! state folder, as `simulate`'s `<run>/clients`), no connection of its own (every virtual
+//! client of the process runs its session over one QUIC connection, [`crate::multiplex`]:
+//! the coordinator holds one connection a process, not one a client), and its shard's images (the dataset is read and
 //! partitioned once per process, [`SharedPartition`]). Training is limited to a number of
 //! clients at once (`--concurrent-training`) that share the cores.
 
@@ -19,8 +20,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::data::{DataSource, SharedPartition};
+use crate::multiplex::Multiplexer;
 use crate::options::{ClientOptions, SessionReport};
 use crate::reconnect::run_reconnecting;
+use crate::session::Link;
 use crate::shared_endpoint::SharedEndpoint;
 
 /// Virtual clients `first..end` of a simulation of `of` clients (0-based, `end` exclusive).
@@ -98,8 +101,8 @@ pub struct VirtualOutcome {
 /// `k` is named `<base.name>-k`, trains shard `k` of the run's dataset in `dir` (`None`:
 /// synthetic) and keeps its state between rounds in `state_dir` (files
 /// `<id>.after-round-NNNN.safetensors`). At most `concurrent` of them train at once; each
-/// reconnects on its own for `retry_for` as `fedssl-client` does. Every virtual client
-/// connects over one endpoint. Returns each client's outcome, in shard order; errors only
+/// reconnects on its own for `retry_for` as `fedssl-client` does. Every virtual client's
+/// session runs on one shared connection ([`crate::multiplex`]). Returns each client's outcome, in shard order; errors only
 /// when the endpoint cannot be opened.
 pub async fn run_virtual_slice(
     slice: VirtualSlice,
@@ -111,9 +114,15 @@ pub async fn run_virtual_slice(
     retry_for: Duration,
 ) -> Result<Vec<VirtualOutcome>> {
     let endpoint = SharedEndpoint::new(coordinator.addr)?;
+    let mux = Multiplexer::new(
+        endpoint.clone(),
+        coordinator.addr,
+        coordinator.server_name.clone(),
+        coordinator.tls.clone(),
+        slice.len(),
+    );
     let partition = Arc::new(SharedPartition::new(dir));
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrent.max(1)));
-    let coordinator = Arc::new(coordinator);
     let mut tasks = Vec::with_capacity(slice.len() as usize);
     for k in slice.first..slice.end {
         let mut opts = base.clone();
@@ -125,17 +134,13 @@ pub async fn run_virtual_slice(
         };
         opts.training_slots = Some(slots.clone());
         opts.state_dir = Some(state_dir.clone());
-        let endpoint = endpoint.clone();
-        let coordinator = coordinator.clone();
+        let (endpoint, mux) = (endpoint.clone(), mux.clone());
         tasks.push(tokio::spawn(async move {
             let connect = || {
-                let endpoint = endpoint.clone();
-                let c = coordinator.clone();
+                let (endpoint, mux) = (endpoint.clone(), mux.clone());
                 async move {
-                    let conn = endpoint
-                        .connect(c.addr, &c.server_name, c.tls.clone())
-                        .await?;
-                    Ok((endpoint.endpoint().clone(), conn))
+                    let shared = mux.connection().await?;
+                    Ok((endpoint.endpoint().clone(), Link::Shared(shared)))
                 }
             };
             let result = run_reconnecting(connect, &opts, retry_for).await;
@@ -155,6 +160,7 @@ pub async fn run_virtual_slice(
             },
         });
     }
+    mux.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.endpoint().wait_idle()).await;
     Ok(outcomes)
 }

@@ -9,6 +9,13 @@
 //! At the end the coordinator sends [`ServerMessage::Finished`] on the control stream and
 //! closes the connection.
 //!
+//! A process hosting many virtual clients (`fedssl-client --virtual`) runs their sessions
+//! over one connection: each opens its own control stream with
+//! [`ClientMessage::MultiplexedHello`]; every stream the coordinator opens for one of them
+//! starts with [`ServerMessage::For`] (the client id it is for) and then goes on as above;
+//! each session ends with its control stream (a [`ClientMessage::Leaving`] first saying
+//! why, when it fails), and the connection closes once every session on it is over.
+//!
 //! With secure aggregation ([`SecAggParams`] in the round message; Bonawitz et al. 2017,
 //! Figure 4) the round's stream carries, after the round message and the global weights:
 //! [`ClientMessage::SecAggKeys`] (the client's public keys) → [`ServerMessage::SecAggKeyList`]
@@ -49,8 +56,9 @@ use crate::weights::WeightSet;
 /// 8: secure aggregation, [`SecAggParams`] in [`ServerMessage::Round`] and its messages; 9:
 /// the mixed dataset as [`RunInfo::dataset`] and the `domain` partition in
 /// [`RunInfo::partition`], which an older client could not decode; 10:
-/// [`SecAggParams::neighbours`], SecAgg+'s k-regular masking graph).
-pub const PROTOCOL_VERSION: u32 = 10;
+/// [`SecAggParams::neighbours`], SecAgg+'s k-regular masking graph; 11: multiplexed sessions,
+/// [`ClientMessage::MultiplexedHello`], [`ClientMessage::Leaving`] and [`ServerMessage::For`]).
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Largest control message accepted, in bytes (weights travel separately).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -135,6 +143,26 @@ pub enum ClientMessage {
         /// The round.
         round: u32,
         /// Why, in one line.
+        reason: String,
+    },
+    /// First message on the control stream of a *multiplexed* session: one of many virtual
+    /// clients sharing one connection (`fedssl-client --virtual`), as [`ClientMessage::Hello`]
+    /// otherwise. The coordinator then starts every stream it opens for this client with
+    /// [`ServerMessage::For`], and the session ends when its control stream ends, not the
+    /// connection. Its own variant, not a field of `Hello`, so that a client of another
+    /// version is still refused by version.
+    MultiplexedHello {
+        /// Must equal the coordinator's [`PROTOCOL_VERSION`].
+        protocol_version: u32,
+        /// Free-form name, for logs.
+        client_name: String,
+        /// Which shard of the scenario's partition this client holds (`K/N`), if it uses one.
+        shard: Option<(u32, u32)>,
+    },
+    /// A multiplexed session's goodbye on its control stream, before the stream ends: why the
+    /// client leaves (what a plain client says in its connection's close reason).
+    Leaving {
+        /// Why, in one line (at most 1,000 bytes).
         reason: String,
     },
 }
@@ -322,6 +350,13 @@ pub enum ServerMessage {
     Busy {
         /// Why, in one line.
         reason: String,
+    },
+    /// First message on every stream the coordinator opens on a multiplexed connection
+    /// ([`ClientMessage::MultiplexedHello`]): which of the connection's virtual clients the
+    /// stream is for. The stream then goes on as on a connection of its own.
+    For {
+        /// The client id the stream is for.
+        client_id: u32,
     },
 }
 

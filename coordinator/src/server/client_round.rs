@@ -15,6 +15,7 @@ use fedssl_shared::protocol::{
 use fedssl_shared::weights::WeightSet;
 
 use crate::server::records::DropReason;
+use crate::server::registry::ClientLink;
 use crate::server::samples::SampleRule;
 use crate::server::status::board::{ClientState, StatusBoard};
 
@@ -67,14 +68,14 @@ enum Answer {
     Refused(crate::strategy::validate::Refusal),
 }
 
-/// Client `id`'s round on `conn` with `config`: its decoded update, or why it is dropped.
+/// The round of the client `link` reaches, with `config`: its decoded update, or why it is
+/// dropped.
 pub async fn client_round(
-    id: u32,
-    conn: quinn::Connection,
+    link: ClientLink,
     config: RoundConfig,
     shared: Arc<RoundShared>,
 ) -> Result<Arrived, DropReason> {
-    match exchange(id, conn, config, &shared).await {
+    match exchange(link, config, &shared).await {
         Ok(Answer::Update(a)) => Ok(a),
         Ok(Answer::Failed(reason)) => Err(DropReason::ClientFailed(reason)),
         Ok(Answer::Refused(r)) => Err(DropReason::Refused(r)),
@@ -84,14 +85,10 @@ pub async fn client_round(
 
 /// Sends the round and the weights, reads the reply; a decode slot is taken before the
 /// update's weights are read.
-async fn exchange(
-    id: u32,
-    conn: quinn::Connection,
-    config: RoundConfig,
-    shared: &RoundShared,
-) -> Result<Answer> {
-    let round = shared.round;
-    let (mut send, mut recv) = conn.open_bi().await.context("connection lost")?;
+async fn exchange(link: ClientLink, config: RoundConfig, shared: &RoundShared) -> Result<Answer> {
+    let (id, round) = (link.id, shared.round);
+    let (mut send, mut recv, header) = link.open().await?;
+    shared.sent.add(id, header);
     let msg = ServerMessage::Round {
         round,
         config,

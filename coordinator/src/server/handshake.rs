@@ -12,7 +12,7 @@ use fedssl_shared::protocol::{
 };
 use tracing::{info, warn};
 
-use crate::server::registry::{NoSlot, Registry};
+use crate::server::registry::{NoSlot, Registry, SessionKey};
 
 /// What an [`Authenticator`] knows of a peer: it completed the TLS handshake and sent a
 /// `Hello` of this protocol version.
@@ -71,51 +71,141 @@ pub async fn accept_loop(
         let (registry, authenticator) = (registry.clone(), authenticator.clone());
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = handshake(incoming, registry, authenticator.as_ref()).await {
+            if let Err(e) = handshake(incoming, registry, authenticator).await {
                 warn!(%remote, "client not admitted: {e:#}");
             }
         });
     }
 }
 
-/// One peer from its incoming connection to its welcome (or refusal); a welcomed client is
-/// removed from the registry when its connection closes.
+/// One peer from its incoming connection to its welcome (or refusal). When its first hello
+/// is a multiplexed one, the connection's further control streams are sessions of more
+/// virtual clients, each admitted on its own. A welcomed client is removed from the
+/// registry when its session ends: its connection closes, or (multiplexed) its control
+/// stream ends.
 async fn handshake(
     incoming: quinn::Incoming,
     registry: Arc<Registry>,
-    authenticator: &dyn Authenticator,
+    authenticator: Arc<dyn Authenticator>,
 ) -> Result<()> {
     let conn = incoming.await.context("TLS/QUIC handshake failed")?;
-    let (send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+    let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .context("no hello within 30 s")??;
+    let remote = conn.remote_address();
+    let (multiplexed, admitted) =
+        admit(&conn, send, recv, &registry, authenticator.as_ref(), false).await;
+    if !multiplexed {
+        return admitted;
+    }
+    if let Err(e) = admitted {
+        warn!(%remote, "client not admitted: {e:#}");
+    }
+    // Each virtual client holds a control stream for its whole session: the connection may
+    // open as many as the run has clients (quinn keeps an entry per stream a peer may open,
+    // so only a multiplexed connection gets more than the four of the server's transport).
+    let streams = registry.run().num_clients.saturating_add(4);
+    conn.set_max_concurrent_bi_streams(streams.into());
+    {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let (conn, registry, authenticator) =
+                (conn.clone(), registry.clone(), authenticator.clone());
+            tokio::spawn(async move {
+                if let (_, Err(e)) =
+                    admit(&conn, send, recv, &registry, authenticator.as_ref(), true).await
+                {
+                    warn!(%remote, "client not admitted: {e:#}");
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One session on `conn`, from the hello on its control stream (`send`, `recv`) to its
+/// welcome (`Ok`) or refusal (`Err`, the reason), and whether its hello was a multiplexed
+/// one. On a connection already known to be multiplexed (`on_multiplexed`) only a
+/// multiplexed hello is taken.
+async fn admit(
+    conn: &quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    registry: &Arc<Registry>,
+    authenticator: &dyn Authenticator,
+    on_multiplexed: bool,
+) -> (bool, Result<()>) {
+    let mut multiplexed = false;
+    let res = admit_session(
+        conn,
+        send,
+        recv,
+        registry,
+        authenticator,
+        on_multiplexed,
+        &mut multiplexed,
+    )
+    .await;
+    (multiplexed, res)
+}
+
+/// [`admit`], setting `multiplexed` as soon as the hello says so.
+async fn admit_session(
+    conn: &quinn::Connection,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    registry: &Arc<Registry>,
+    authenticator: &dyn Authenticator,
+    on_multiplexed: bool,
+    is_multiplexed: &mut bool,
+) -> Result<()> {
     let hello: ClientMessage = tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut recv))
         .await
         .context("no hello within 30 s")??;
-    let (name, shard) = match check_hello(hello) {
+    let mut hello = check_hello(hello);
+    if on_multiplexed && matches!(hello, Ok(ref h) if !h.multiplexed) {
+        hello = Err("a plain Hello on a multiplexed connection (every session on it must send MultiplexedHello)".into());
+    }
+    let Hello {
+        name,
+        shard,
+        multiplexed,
+    } = match hello {
         Ok(h) => h,
-        Err(reason) => return Err(refuse(send, &conn, &NoSlot::Refused(reason)).await),
+        Err(reason) => {
+            let no = NoSlot::Refused(reason);
+            return Err(refuse(send, conn, on_multiplexed, &no).await);
+        }
     };
+    *is_multiplexed = multiplexed;
     let peer = Peer {
-        connection: &conn,
+        connection: conn,
         client_name: &name,
         shard,
     };
     let (id, admitted) = match authenticator.admit(&peer) {
         Err(reason) => {
             let no = NoSlot::Refused(reason);
-            return Err(refuse(send, &conn, &no).await).with_context(|| format!("`{name}`"));
+            return Err(refuse(send, conn, multiplexed, &no).await)
+                .with_context(|| format!("`{name}`"));
         }
         Ok(a) => match registry.slot(shard, &a) {
             Ok(id) => (id, a),
             Err(no) => {
                 let who = a.site.unwrap_or_else(|| name.clone());
-                return Err(refuse(send, &conn, &no).await).with_context(|| format!("`{who}`"));
+                return Err(refuse(send, conn, multiplexed, &no).await)
+                    .with_context(|| format!("`{who}`"));
             }
         },
     };
     let site = admitted.site.clone();
-    let ctrl = registry.insert(id, conn.clone(), send, name.clone(), site.clone());
+    let (ctrl, key) = registry.insert(
+        id,
+        conn.clone(),
+        send,
+        multiplexed,
+        name.clone(),
+        site.clone(),
+    );
     {
         let mut s = ctrl.lock().await;
         write_message(
@@ -132,34 +222,58 @@ async fn handshake(
         None => info!(client = id, %name, remote = %conn.remote_address(), "client joined"),
     }
     registry.notify_joined();
-    tokio::spawn(watch_close(registry, id, conn));
+    let registry = registry.clone();
+    if multiplexed {
+        tokio::spawn(watch_stream(registry, id, key, conn.clone(), recv));
+    } else {
+        tokio::spawn(watch_close(registry, id, key, conn.clone()));
+    }
     Ok(())
 }
 
-/// The name and shard of a hello of this protocol version, or why it is refused.
-fn check_hello(hello: ClientMessage) -> Result<(String, Option<(u32, u32)>), String> {
-    match hello {
+/// A hello that passed: the client's name, its shard, and whether its session is one of
+/// many on its connection.
+#[derive(Debug, PartialEq)]
+struct Hello {
+    name: String,
+    shard: Option<(u32, u32)>,
+    multiplexed: bool,
+}
+
+/// The hello of this protocol version, or why it is refused.
+fn check_hello(hello: ClientMessage) -> Result<Hello, String> {
+    let (protocol_version, name, shard, multiplexed) = match hello {
         ClientMessage::Hello {
             protocol_version,
             client_name,
             shard,
-        } => {
-            if protocol_version != PROTOCOL_VERSION {
-                return Err(format!(
-                    "client `{client_name}` speaks protocol version {protocol_version}, this coordinator speaks {PROTOCOL_VERSION}"
-                ));
-            }
-            Ok((client_name, shard))
+        } => (protocol_version, client_name, shard, false),
+        ClientMessage::MultiplexedHello {
+            protocol_version,
+            client_name,
+            shard,
+        } => (protocol_version, client_name, shard, true),
+        other => {
+            return Err(format!(
+                "expected Hello as the first message, got {other:?}"
+            ))
         }
-        other => Err(format!(
-            "expected Hello as the first message, got {other:?}"
-        )),
+    };
+    if protocol_version != PROTOCOL_VERSION {
+        return Err(format!(
+            "client `{name}` speaks protocol version {protocol_version}, this coordinator speaks {PROTOCOL_VERSION}"
+        ));
     }
+    Ok(Hello {
+        name,
+        shard,
+        multiplexed,
+    })
 }
 
 /// Waits for client `id`'s connection to close, logs a reason the client gave, and removes
-/// it from the registry.
-async fn watch_close(registry: Arc<Registry>, id: u32, conn: quinn::Connection) {
+/// its session `key` from the registry.
+async fn watch_close(registry: Arc<Registry>, id: u32, key: SessionKey, conn: quinn::Connection) {
     let why = conn.closed().await;
     if let quinn::ConnectionError::ApplicationClosed(c) = &why {
         if !c.reason.is_empty() && c.reason.as_ref() != b"done" {
@@ -170,20 +284,49 @@ async fn watch_close(registry: Arc<Registry>, id: u32, conn: quinn::Connection) 
             );
         }
     }
-    registry.remove(id, &conn);
+    registry.remove(id, key);
 }
 
-/// Sends a refusal (`Refused`, or `Busy` for one that passes), lets the client read it,
-/// closes the connection; returns the reason as an error.
+/// Waits for the end of multiplexed client `id`'s session — its control stream `recv` ends
+/// or its connection closes — logs the reason a [`ClientMessage::Leaving`] gave, and
+/// removes its session `key` from the registry.
+async fn watch_stream(
+    registry: Arc<Registry>,
+    id: u32,
+    key: SessionKey,
+    conn: quinn::Connection,
+    mut recv: quinn::RecvStream,
+) {
+    let read = async {
+        while let Ok(m) = read_message::<_, ClientMessage>(&mut recv).await {
+            if let ClientMessage::Leaving { reason } = m {
+                warn!(client = id, "client left: {reason}");
+            }
+        }
+    };
+    tokio::select! {
+        _ = read => {}
+        _ = conn.closed() => {}
+    }
+    registry.remove(id, key);
+}
+
+/// Sends a refusal (`Refused`, or `Busy` for one that passes) and lets the client read it;
+/// then closes the connection, unless it is `multiplexed` (other virtual clients' sessions
+/// go on over it: only the refused session's control stream ends). Returns the reason as an
+/// error.
 async fn refuse(
     mut send: quinn::SendStream,
     conn: &quinn::Connection,
+    multiplexed: bool,
     no: &NoSlot,
 ) -> anyhow::Error {
     let _ = write_message(&mut send, &no.message()).await;
     let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-    conn.close(1u32.into(), b"refused");
+    if !multiplexed {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        conn.close(1u32.into(), b"refused");
+    }
     anyhow::anyhow!("{}", no.reason())
 }
 
@@ -192,7 +335,7 @@ mod tests {
     use super::*;
     use crate::server::tls::{self_signed, server_config};
     use fedssl_shared::config::Scenario;
-    use fedssl_shared::protocol::RunInfo;
+    use fedssl_shared::protocol::{encode_frame, RunInfo};
     use rustls::pki_types::CertificateDer;
 
     /// Refuses every peer, naming it.
@@ -223,16 +366,16 @@ mod tests {
         ep
     }
 
-    #[tokio::test]
-    async fn an_authenticator_refuses_after_the_hello_and_before_any_welcome() {
+    /// The run of these tests: the default scenario with `clients` clients.
+    fn run_info(clients: u32) -> RunInfo {
         let sc = Scenario::default();
-        let run = RunInfo {
+        RunInfo {
             scenario: sc.name.clone(),
             seed: sc.seed,
             dataset: sc.data.dataset,
             train_images: Some(100),
             partition: sc.partition.clone(),
-            num_clients: 2,
+            num_clients: clients,
             model: sc.model.clone(),
             pretext: sc.pretext.clone(),
             batch_norm: sc.federation.batch_norm,
@@ -242,7 +385,12 @@ mod tests {
             image_size: 32,
             cifar100_labels: sc.data.cifar100_labels,
             stl10_split: sc.data.stl10_split,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn an_authenticator_refuses_after_the_hello_and_before_any_welcome() {
+        let run = run_info(2);
         let id = self_signed(&[]).unwrap();
         let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();
         let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -269,6 +417,104 @@ mod tests {
         assert!(registry.ids().is_empty());
     }
 
+    /// Sends `hello` on a new control stream of `conn` and reads the answer.
+    async fn say(
+        conn: &quinn::Connection,
+        hello: ClientMessage,
+    ) -> (quinn::SendStream, quinn::RecvStream, ServerMessage) {
+        let (mut s, mut r) = conn.open_bi().await.unwrap();
+        write_message(&mut s, &hello).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), read_message(&mut r))
+            .await
+            .unwrap()
+            .unwrap();
+        (s, r, m)
+    }
+
+    /// A multiplexed hello for shard `k` of 3.
+    fn mux_hello(k: u32) -> ClientMessage {
+        ClientMessage::MultiplexedHello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: format!("v-{k}"),
+            shard: Some((k, 3)),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_connection_carries_many_sessions_each_ending_with_its_control_stream() {
+        let id = self_signed(&[]).unwrap();
+        let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();
+        let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = ep.local_addr().unwrap();
+        let registry = Registry::new(run_info(3));
+        tokio::spawn(accept_loop(ep, registry.clone(), Arc::new(OpenAdmission)));
+        let client = client_endpoint(id.chain[0].clone());
+        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let welcomed = |m: &ServerMessage| match m {
+            ServerMessage::Welcome { client_id, .. } => *client_id,
+            other => panic!("expected a welcome, got {other:?}"),
+        };
+        let (mut s0, _r0, m) = say(&conn, mux_hello(0)).await;
+        assert_eq!(welcomed(&m), 0);
+        let (_s2, _r2, m) = say(&conn, mux_hello(2)).await;
+        assert_eq!(welcomed(&m), 2);
+        // a shard already held: busy, and the connection (and its sessions) stays
+        let (_s, _r, m) = say(&conn, mux_hello(2)).await;
+        assert!(matches!(m, ServerMessage::Busy { .. }), "{m:?}");
+        // a plain hello on a multiplexed connection is refused, the connection stays
+        let plain = ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "p".into(),
+            shard: Some((1, 3)),
+        };
+        let (_s, _r, m) = say(&conn, plain).await;
+        match m {
+            ServerMessage::Refused { reason } => {
+                assert!(
+                    reason.starts_with("a plain Hello on a multiplexed"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(conn.close_reason().is_none());
+        assert_eq!(registry.ids(), vec![0, 2]);
+        // streams the coordinator opens name the client they are for
+        let link = registry.link(2).unwrap();
+        assert!(link.multiplexed);
+        let (mut send, _recv, header) = link.open().await.unwrap();
+        send.write_all(b"x").await.unwrap();
+        let (_, mut recv) = conn.accept_bi().await.unwrap();
+        let m: ServerMessage = read_message(&mut recv).await.unwrap();
+        assert_eq!(m, ServerMessage::For { client_id: 2 });
+        assert_eq!(header, encode_frame(&m).unwrap().len() as u64);
+        // client 0 leaves (saying why) and ends its control stream: only it is forgotten
+        let leaving = ClientMessage::Leaving {
+            reason: "bye".into(),
+        };
+        write_message(&mut s0, &leaving).await.unwrap();
+        s0.finish().unwrap();
+        let t0 = std::time::Instant::now();
+        while registry.ids() != vec![2] {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                registry.ids()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // the connection's loss ends the rest
+        conn.close(0u32.into(), b"done");
+        while !registry.ids().is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                registry.ids()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[test]
     fn hellos_of_another_version_or_kind_are_refused_with_the_reason() {
         let hello = |v| ClientMessage::Hello {
@@ -278,8 +524,32 @@ mod tests {
         };
         assert_eq!(
             check_hello(hello(PROTOCOL_VERSION)),
-            Ok(("c".to_string(), None))
+            Ok(Hello {
+                name: "c".into(),
+                shard: None,
+                multiplexed: false
+            })
         );
+        let mux = ClientMessage::MultiplexedHello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "v-3".into(),
+            shard: Some((3, 10)),
+        };
+        assert_eq!(
+            check_hello(mux),
+            Ok(Hello {
+                name: "v-3".into(),
+                shard: Some((3, 10)),
+                multiplexed: true
+            })
+        );
+        let old_mux = ClientMessage::MultiplexedHello {
+            protocol_version: PROTOCOL_VERSION - 1,
+            client_name: "v".into(),
+            shard: None,
+        };
+        let e = check_hello(old_mux).unwrap_err();
+        assert!(e.contains(&format!("speaks {PROTOCOL_VERSION}")), "{e}");
         let e = check_hello(hello(PROTOCOL_VERSION + 1)).unwrap_err();
         assert!(e.contains(&format!("speaks {PROTOCOL_VERSION}")), "{e}");
         let e = check_hello(ClientMessage::Failed {

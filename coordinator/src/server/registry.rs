@@ -49,10 +49,64 @@ impl NoSlot {
 /// sent on it.
 pub type ControlStream = Arc<tokio::sync::Mutex<quinn::SendStream>>;
 
+/// How the coordinator reaches a connected client: its connection, and whether the
+/// connection is shared by many virtual clients (a multiplexed session,
+/// [`ClientMessage::MultiplexedHello`](fedssl_shared::protocol::ClientMessage::MultiplexedHello)),
+/// whose streams then start with [`ServerMessage::For`].
+#[derive(Clone)]
+pub struct ClientLink {
+    /// The client id.
+    pub id: u32,
+    /// Its connection.
+    pub conn: quinn::Connection,
+    /// Whether the connection carries other clients' sessions too.
+    pub multiplexed: bool,
+}
+
+impl ClientLink {
+    /// Opens a stream to this client (for a round), with the [`ServerMessage::For`] header a
+    /// multiplexed connection needs already written; returns the stream and the header's
+    /// bytes (0 on a connection of its own). Errors when the connection is lost.
+    pub async fn open(&self) -> Result<(quinn::SendStream, quinn::RecvStream, u64)> {
+        let (mut send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| anyhow::anyhow!("connection lost: {e}"))?;
+        let mut header = 0;
+        if self.multiplexed {
+            let msg = ServerMessage::For { client_id: self.id };
+            header = fedssl_shared::protocol::encode_frame(&msg)?.len() as u64;
+            write_message(&mut send, &msg).await?;
+        }
+        Ok((send, recv, header))
+    }
+}
+
+/// Which session of a client an entry is: its connection and its control stream (a
+/// multiplexed connection carries many).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionKey {
+    conn: usize,
+    ctrl: quinn::StreamId,
+}
+
+impl SessionKey {
+    /// The session whose control stream `ctrl` is on `conn`.
+    pub fn of(conn: &quinn::Connection, ctrl: &quinn::SendStream) -> Self {
+        Self {
+            conn: conn.stable_id(),
+            ctrl: ctrl.id(),
+        }
+    }
+}
+
 /// A connected client.
 struct Registered {
     conn: quinn::Connection,
     ctrl: ControlStream,
+    key: SessionKey,
+    multiplexed: bool,
     name: String,
     site: Option<String>,
     joined: Instant,
@@ -142,9 +196,13 @@ impl Registry {
         self.clients().keys().copied().collect()
     }
 
-    /// The connection of client `id`, if it is connected.
-    pub fn conn(&self, id: u32) -> Option<quinn::Connection> {
-        self.clients().get(&id).map(|r| r.conn.clone())
+    /// How to reach client `id`, if it is connected.
+    pub fn link(&self, id: u32) -> Option<ClientLink> {
+        self.clients().get(&id).map(|r| ClientLink {
+            id,
+            conn: r.conn.clone(),
+            multiplexed: r.multiplexed,
+        })
     }
 
     /// The connected clients, by id.
@@ -249,23 +307,29 @@ impl Registry {
         }
     }
 
-    /// Registers client `id` (its connection, control stream, hello name and certified
-    /// site); returns the control stream, shared. An earlier connection of the same id (a
-    /// site that reconnected before its old connection timed out) is closed.
+    /// Registers client `id` (its connection, control stream, whether the connection is
+    /// multiplexed, hello name and certified site); returns the control stream, shared, and
+    /// the session's key for [`Registry::remove`]. An earlier session of the same id (a site
+    /// that reconnected before its old connection timed out) is ended: its connection
+    /// closed, or on a multiplexed connection its control stream reset.
     pub fn insert(
         &self,
         id: u32,
         conn: quinn::Connection,
         ctrl: quinn::SendStream,
+        multiplexed: bool,
         name: String,
         site: Option<String>,
-    ) -> ControlStream {
+    ) -> (ControlStream, SessionKey) {
+        let key = SessionKey::of(&conn, &ctrl);
         let ctrl = Arc::new(tokio::sync::Mutex::new(ctrl));
         let old = self.clients().insert(
             id,
             Registered {
                 conn,
                 ctrl: ctrl.clone(),
+                key,
+                multiplexed,
                 name,
                 site,
                 joined: Instant::now(),
@@ -276,12 +340,18 @@ impl Registry {
                 client = id,
                 "a new connection of this site replaces its old one"
             );
-            old.conn.close(
-                3u32.into(),
-                b"replaced by a new connection of the same site",
-            );
+            if old.multiplexed {
+                tokio::spawn(async move {
+                    let _ = old.ctrl.lock().await.reset(3u32.into());
+                });
+            } else {
+                old.conn.close(
+                    3u32.into(),
+                    b"replaced by a new connection of the same site",
+                );
+            }
         }
-        ctrl
+        (ctrl, key)
     }
 
     /// Wakes [`Registry::wait_for`]: a client joined.
@@ -289,13 +359,11 @@ impl Registry {
         self.changed.notify_waiters();
     }
 
-    /// Forgets client `id` if `conn` is still its connection (a client that reconnected
+    /// Forgets client `id` if `session` is still its session (a client that reconnected
     /// under the same id keeps its new entry).
-    pub fn remove(&self, id: u32, conn: &quinn::Connection) {
+    pub fn remove(&self, id: u32, session: SessionKey) {
         let mut g = self.clients();
-        if g.get(&id)
-            .is_some_and(|r| r.conn.stable_id() == conn.stable_id())
-        {
+        if g.get(&id).is_some_and(|r| r.key == session) {
             if let Some(r) = g.remove(&id) {
                 info!(client = id, name = %r.name, "client left");
             }

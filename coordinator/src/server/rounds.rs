@@ -267,7 +267,7 @@ fn dispatch(
         pending: BTreeSet::new(),
     };
     for &id in sampled {
-        let Some(conn) = registry.conn(id) else {
+        let Some(link) = registry.link(id) else {
             drop_client(rec, &shared.status, id, DropReason::LeftBeforeRound);
             continue;
         };
@@ -276,7 +276,7 @@ fn dispatch(
         let shared = shared.clone();
         in_flight
             .tasks
-            .spawn(async move { (id, client_round(id, conn, config, shared).await) });
+            .spawn(async move { (id, client_round(link, config, shared).await) });
     }
     in_flight
 }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fedssl_shared::config::Scenario;
 use fedssl_shared::protocol::{
     encode_frame, read_message, read_weights_payload, write_message, write_weights_bytes,
@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::server::records::{DropReason, PhaseCost, RoundRecord, SecAggRecord};
-use crate::server::registry::Registry;
+use crate::server::registry::{ClientLink, Registry};
 use crate::server::samples::SampleRule;
 use crate::server::status::board::{ClientState, StatusBoard};
 use crate::strategy::secure_mean::SecureMean;
@@ -269,7 +269,7 @@ pub async fn secure_round(
     // 1. setup and keys
     let mut items = Vec::new();
     for &id in r.sampled {
-        let Some(conn) = r.registry.conn(id) else {
+        let Some(link) = r.registry.link(id) else {
             drop_client(rec, &r.status, id, DropReason::LeftBeforeRound);
             continue;
         };
@@ -282,13 +282,13 @@ pub async fn secure_round(
             config,
             secagg: Some(params.clone()),
         };
-        items.push((id, (id, conn, msg)));
+        items.push((id, (id, link, msg)));
     }
     let (peers, dropped) = phase(
         items,
         r.deadline,
         secs,
-        |(id, conn, msg): (u32, quinn::Connection, ServerMessage)| {
+        |(id, link, msg): (u32, ClientLink, ServerMessage)| {
             let (payload, model_bytes, keys_b, status) = (
                 payload.clone(),
                 model_bytes.clone(),
@@ -296,7 +296,8 @@ pub async fn secure_round(
                 r.status.clone(),
             );
             async move {
-                let (s, rv) = conn.open_bi().await.context("connection lost")?;
+                let (s, rv, header) = link.open().await?;
+                model_bytes.sent(header);
                 let mut peer = Peer {
                     id,
                     send: s,
