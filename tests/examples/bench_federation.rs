@@ -16,12 +16,15 @@
 //! byte read by every client; the best of `--repeat` tries (default 3).
 //!
 //! (b) **Virtual clients**: `fedssl-coordinator serve` and one `fedssl-client --virtual
-//! 0..N/N` process (tiny model: the end-to-end tests' two-stage ResNet 4 channels wide, 8
-//! synthetic images a client, IID, 3 rounds, participation 0.1, no evaluation) for N in
-//! `--clients` (10, 100, 1000): each process's peak resident set (Linux `ru_maxrss` from
-//! `wait4`), and the coordinator's seconds per round (`rounds.jsonl`); and `simulate` of the
-//! same scenario in one process (coordinator and clients together), for N and for 10,000
-//! clients at participation 0.01 (`--big`, default 10000; 0: skipped).
+//! 0..N/N` process (tiny model: the end-to-end tests' two-stage ResNet 4 channels wide, the
+//! same `--images` synthetic images, default 8,000, for every N, IID, 3 rounds,
+//! participation 0.1, no evaluation) for N in `--clients` (10, 100, 1000): each process's
+//! peak resident set (Linux `ru_maxrss` from `wait4`), and the coordinator's seconds per
+//! round (`rounds.jsonl`); and `simulate` of the same scenario in one process (coordinator
+//! and clients together), for N and for 10,000 clients at participation 0.01 (`--big`,
+//! default 10000, 8 images a client; 0: skipped). The dataset stays the same across N
+//! because the coordinator loads the training set (for the probes and the shard sizes): a
+//! dataset growing with N would be counted as the clients' cost.
 //!
 //! (c) **Round overhead** on `scenarios/cifar10-rotation.toml` (real CIFAR-10 from
 //! `--cifar10 DIR`, default `../shared/data/cifar10` beside the repository; skipped when it is
@@ -33,7 +36,7 @@
 //!
 //! The binaries are the workspace's, of this build's profile, built first if need be
 //! ([`fedssl_tests::binary`]). Flags: `--sizes-mb 1,100,1000`, `--repeat 3`,
-//! `--clients 10,100,1000`, `--big 10000`, `--skip transfer|virtual|overhead`, `--cifar10 DIR`,
+//! `--clients 10,100,1000`, `--images 8000`, `--big 10000`, `--skip transfer|virtual|overhead`, `--cifar10 DIR`,
 //! `--out FILE`.
 
 use std::io::{Read, Write};
@@ -51,6 +54,7 @@ struct Args {
     sizes_mb: Vec<usize>,
     repeat: usize,
     clients: Vec<usize>,
+    images: usize,
     big: usize,
     skip: Vec<String>,
     cifar10: PathBuf,
@@ -62,6 +66,7 @@ fn parse_args() -> Result<Args> {
         sizes_mb: vec![1, 100, 1000],
         repeat: 3,
         clients: vec![10, 100, 1000],
+        images: 8_000,
         big: 10_000,
         skip: vec![],
         cifar10: repo().join("../shared/data/cifar10"),
@@ -84,6 +89,7 @@ fn parse_args() -> Result<Args> {
             "--clients" => a.clients = list(it.next(), "--clients")?,
             "--repeat" => a.repeat = list(it.next(), "--repeat")?[0].max(1),
             "--big" => a.big = list(it.next(), "--big")?[0],
+            "--images" => a.images = list(it.next(), "--images")?[0],
             "--skip" => a.skip.push(it.next().context("--skip needs a value")?),
             "--cifar10" => a.cifar10 = it.next().context("--cifar10 needs a folder")?.into(),
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
@@ -282,11 +288,11 @@ fn tcp_send(payload: &bytes::Bytes, clients: usize) -> Result<f64> {
 
 // ---------------------------------------------------------------- (b) virtual clients
 
-/// The scenario of part (b): the tests' tiny model, 8 synthetic images a client (IID), 3
+/// The scenario of part (b): the tests' tiny model, `images` synthetic images (IID), 3
 /// rounds, no evaluation; `--set` overrides give the clients and the participation.
-fn scenario_sets(clients: usize, participation: f64) -> Vec<String> {
+fn scenario_sets(clients: usize, participation: f64, images: usize) -> Vec<String> {
     vec![
-        format!("data.train_images={}", clients * 8),
+        format!("data.train_images={images}"),
         "data.test_images=100".into(),
         "partition={kind = \"iid\"}".into(),
         "train.batch_size=8".into(),
@@ -354,12 +360,16 @@ fn virtual_clients(args: &Args) -> Result<Vec<Value>> {
     let dir = tempfile::tempdir()?;
     let scenario = fedssl_tests::spawn::write_tiny(dir.path());
     let mut rows = Vec::new();
-    let mut runs: Vec<(usize, f64)> = args.clients.iter().map(|&n| (n, 0.1)).collect();
+    let mut runs: Vec<(usize, f64, usize)> = args
+        .clients
+        .iter()
+        .map(|&n| (n, 0.1, args.images))
+        .collect();
     if args.big > 0 {
-        runs.push((args.big, 0.01));
+        runs.push((args.big, 0.01, args.big * 8));
     }
-    for (n, part) in runs {
-        let sets: Vec<String> = scenario_sets(n, part)
+    for (n, part, images) in runs {
+        let sets: Vec<String> = scenario_sets(n, part, images)
             .into_iter()
             .flat_map(|s| ["--set".to_string(), s])
             .collect();
@@ -383,6 +393,7 @@ fn virtual_clients(args: &Args) -> Result<Vec<Value>> {
         let mut row = json!({
             "clients": n,
             "participation": part,
+            "train_images": images,
             "simulate_peak_rss_bytes": sim.peak_rss,
             "simulate_seconds": sim.seconds,
             "simulate_round_seconds": sim_rounds,
@@ -540,8 +551,8 @@ fn print_tables(r: &Value) {
         }
     }
     if let Some(rows) = r["virtual"].as_array() {
-        println!("\n| clients | participation | simulate peak RSS MiB | simulate s/round | serve peak RSS MiB | --virtual process peak RSS MiB | serve s/round |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|");
+        println!("\n| clients | participation | images | simulate peak RSS MiB | simulate s/round | serve peak RSS MiB | --virtual process peak RSS MiB | serve s/round |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
         let per_round = |v: &Value| {
             v.as_array().map_or("-".into(), |a| {
                 let s: Vec<String> = a
@@ -553,15 +564,30 @@ fn print_tables(r: &Value) {
         };
         for x in rows {
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 x["clients"],
                 x["participation"],
+                x["train_images"],
                 mib(&x["simulate_peak_rss_bytes"]),
                 per_round(&x["simulate_round_seconds"]),
                 mib(&x["serve_peak_rss_bytes"]),
                 mib(&x["virtual_process_peak_rss_bytes"]),
                 per_round(&x["serve_round_seconds"]),
             );
+        }
+        let serve: Vec<(u64, f64)> = rows
+            .iter()
+            .filter_map(|x| Some((x["clients"].as_u64()?, x["serve_peak_rss_bytes"].as_f64()?)))
+            .collect();
+        if let (Some(lo), Some(hi)) = (serve.first(), serve.last()) {
+            if hi.0 > lo.0 {
+                println!(
+                    "\nserve peak RSS at {} clients / at {} clients: {:.2}×",
+                    hi.0,
+                    lo.0,
+                    hi.1 / lo.1
+                );
+            }
         }
     }
 }
