@@ -26,6 +26,14 @@
 //! because the coordinator loads the training set (for the probes and the shard sizes): a
 //! dataset growing with N would be counted as the clients' cost.
 //!
+//! (d) **Model size**: `serve` of a ResNet-8 widened (`model.resnet.widen`, `--widen
+//! 2,6,18,57`: backbones of about 1 MB, 11 MB, 100 MB and 1 GB in fp32) with 8 clients, all
+//! sampled, 2 rounds of FedAvg, no evaluation: the coordinator's peak resident set against
+//! the backbone's bytes. The 8 clients are stand-ins in this process that speak the protocol
+//! and answer each round with the global weights they received (one copy kept for all of
+//! them, sent back without a copy), so nothing here trains and only the coordinator's memory
+//! is measured.
+//!
 //! (c) **Round overhead** on `scenarios/cifar10-rotation.toml` (real CIFAR-10 from
 //! `--cifar10 DIR`, default `../shared/data/cifar10` beside the repository; skipped when it is
 //! not there; no evaluation): each round's wall seconds against its training critical path,
@@ -36,7 +44,8 @@
 //!
 //! The binaries are the workspace's, of this build's profile, built first if need be
 //! ([`fedssl_tests::binary`]). Flags: `--sizes-mb 1,100,1000`, `--repeat 3`,
-//! `--clients 10,100,1000`, `--images 8000`, `--big 10000`, `--skip transfer|virtual|overhead`, `--cifar10 DIR`,
+//! `--clients 10,100,1000`, `--images 8000`, `--big 10000`, `--widen 2,6,18,57`,
+//! `--skip transfer|virtual|models|overhead`, `--cifar10 DIR`,
 //! `--out FILE`.
 
 use std::io::{Read, Write};
@@ -56,6 +65,7 @@ struct Args {
     clients: Vec<usize>,
     images: usize,
     big: usize,
+    widen: Vec<usize>,
     skip: Vec<String>,
     cifar10: PathBuf,
     out: Option<PathBuf>,
@@ -68,6 +78,7 @@ fn parse_args() -> Result<Args> {
         clients: vec![10, 100, 1000],
         images: 8_000,
         big: 10_000,
+        widen: vec![2, 6, 18, 57],
         skip: vec![],
         cifar10: repo().join("../shared/data/cifar10"),
         out: None,
@@ -90,6 +101,7 @@ fn parse_args() -> Result<Args> {
             "--repeat" => a.repeat = list(it.next(), "--repeat")?[0].max(1),
             "--big" => a.big = list(it.next(), "--big")?[0],
             "--images" => a.images = list(it.next(), "--images")?[0],
+            "--widen" => a.widen = list(it.next(), "--widen")?,
             "--skip" => a.skip.push(it.next().context("--skip needs a value")?),
             "--cifar10" => a.cifar10 = it.next().context("--cifar10 needs a folder")?.into(),
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
@@ -106,6 +118,11 @@ fn main() -> Result<()> {
     // processes are started while this one is small (before (a)'s buffers of up to 1 GB).
     if !args.skip.iter().any(|s| s == "virtual") {
         report["virtual"] = Value::Array(virtual_clients(&args)?);
+    }
+    // (d) next, smallest model first, for the same reason: its stand-in clients keep a copy
+    // of each model in this process.
+    if !args.skip.iter().any(|s| s == "models") {
+        report["models"] = Value::Array(model_sizes(&args)?);
     }
     if !args.skip.iter().any(|s| s == "overhead") {
         report["overhead"] = overhead(&args)?;
@@ -440,6 +457,175 @@ fn virtual_clients(args: &Args) -> Result<Vec<Value>> {
     Ok(rows)
 }
 
+// ---------------------------------------------------------------- (d) model size
+
+/// Part (d): for each `--widen`, `serve` with 8 stand-in clients; the coordinator's peak RSS
+/// against the backbone's bytes.
+fn model_sizes(args: &Args) -> Result<Vec<Value>> {
+    fedssl_tests::binary("fedssl-coordinator");
+    let dir = tempfile::tempdir()?;
+    let scenario = dir.path().join("models.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"models\"\nseed = 1\n[data]\ndataset = \"synthetic\"\ntrain_images = 80\n\
+         test_images = 20\n[partition]\nkind = \"iid\"\n[federation]\nclients = 8\n\
+         min_clients = 8\nrounds = 2\nround_deadline_seconds = 3600\n\
+         join_timeout_seconds = 600\n[eval]\nenabled = false\n",
+    )?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut rows = Vec::new();
+    for &widen in &args.widen {
+        let out = dir.path().join(format!("w{widen}"));
+        let port = fedssl_tests::spawn::free_udp_port();
+        let a: Vec<String> = vec![
+            "serve".into(),
+            scenario.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--quiet".into(),
+            "--set".into(),
+            format!("model.resnet.widen={widen}"),
+        ];
+        let log = dir.path().join(format!("w{widen}.log"));
+        let t0 = Instant::now();
+        let serve = coordinator(&a, &log)?;
+        let cert = fedssl_tests::spawn::wait_for_cert(&out);
+        let pem = std::fs::read(&cert)?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let clients = rt.block_on(stand_in_clients(addr, &pem, 8));
+        let s = wait_rusage(serve, t0)?;
+        if let Err(e) = clients {
+            bail!(
+                "(d) widen {widen}: a stand-in client failed: {e:#}\n{}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        if !s.ok {
+            bail!(
+                "(d) widen {widen}: serve failed: {}",
+                std::fs::read_to_string(&log)?
+            );
+        }
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json"))?)?;
+        let model_bytes = summary["backbone_values"].as_u64().unwrap_or(0) * 4;
+        let row = json!({
+            "widen": widen,
+            "clients": 8,
+            "backbone_bytes": model_bytes,
+            "serve_peak_rss_bytes": s.peak_rss,
+            "rss_vs_model": s.peak_rss as f64 / model_bytes as f64,
+            "serve_round_seconds": round_seconds(&out)?,
+        });
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The weights payload of the current round that every stand-in client sends back: its
+/// 12-byte header (length, CRC-32) and bytes, received in full by client 0 only.
+type Echo = tokio::sync::watch::Sender<Option<([u8; 12], bytes::Bytes)>>;
+
+/// `n` clients of the coordinator at `addr` (certificate `pem`) that answer every round with
+/// the global weights they received, until the run finishes.
+async fn stand_in_clients(addr: SocketAddr, pem: &[u8], n: u32) -> Result<()> {
+    let cfg = fedssl_client::tls::client_config(pem, Duration::from_secs(60))?;
+    let echo: std::sync::Arc<Echo> = std::sync::Arc::new(tokio::sync::watch::channel(None).0);
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let (cfg, echo) = (cfg.clone(), echo.clone());
+        tasks.push(tokio::spawn(
+            async move { stand_in(addr, cfg, k, echo).await },
+        ));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+/// Stand-in client `k`: hello, welcome, then each round: read the round message and the
+/// weights (client 0 keeps them, the others read and drop them), reply with an update of
+/// 10 samples and the kept weights.
+async fn stand_in(
+    addr: SocketAddr,
+    cfg: quinn::ClientConfig,
+    k: u32,
+    echo: std::sync::Arc<Echo>,
+) -> Result<()> {
+    use fedssl_shared::protocol::{
+        read_message, write_message, ClientMessage, ServerMessage, PROTOCOL_VERSION,
+    };
+    let conn = fedssl_client::connect(addr, "localhost", cfg).await?;
+    let (mut ctrl, mut ctrl_recv) = conn.open_bi().await?;
+    let hello = ClientMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: format!("stand-in-{k}"),
+        shard: None,
+    };
+    write_message(&mut ctrl, &hello).await?;
+    match read_message::<_, ServerMessage>(&mut ctrl_recv).await? {
+        ServerMessage::Welcome { .. } => {}
+        other => bail!("stand-in {k}: expected a welcome, got {other:?}"),
+    }
+    let finished = tokio::spawn(async move {
+        loop {
+            match read_message::<_, ServerMessage>(&mut ctrl_recv).await {
+                Ok(ServerMessage::Finished { .. }) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    });
+    tokio::pin!(finished);
+    loop {
+        let (mut send, mut recv) = tokio::select! {
+            _ = &mut finished => break,
+            s = conn.accept_bi() => s?,
+        };
+        let round = match read_message::<_, ServerMessage>(&mut recv).await? {
+            ServerMessage::Round { round, .. } => round,
+            other => bail!("stand-in {k}: expected a round, got {other:?}"),
+        };
+        let mut header = [0u8; 12];
+        recv.read_exact(&mut header).await?;
+        let len = u64::from_le_bytes(header[..8].try_into()?) as usize;
+        if k == 0 {
+            let mut body = vec![0u8; len];
+            recv.read_exact(&mut body).await?;
+            echo.send_replace(Some((header, bytes::Bytes::from(body))));
+        } else {
+            let mut left = len;
+            while left > 0 {
+                let c = recv.read_chunk(left, true).await?.context("stream ended")?;
+                left -= c.bytes.len();
+            }
+        }
+        let mut rx = echo.subscribe();
+        let body = rx
+            .wait_for(|v| v.as_ref().is_some_and(|(h, _)| *h == header))
+            .await?
+            .as_ref()
+            .map(|(_, b)| b.clone())
+            .context("no weights")?;
+        let update = ClientMessage::Update {
+            round,
+            num_samples: 10,
+            loss: 1.0,
+            accuracy: None,
+            train_seconds: 0.0,
+        };
+        write_message(&mut send, &update).await?;
+        send.write_all(&header).await?;
+        send.write_chunk(body).await?;
+        send.finish()?;
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
+
 // ---------------------------------------------------------------- (c) round overhead
 
 /// The repository's root (this crate is `tests/` in it).
@@ -547,6 +733,25 @@ fn print_tables(r: &Value) {
                 x["quic_gbps"].as_f64().unwrap_or(0.0),
                 x["tcp_gbps"].as_f64().unwrap_or(0.0),
                 x["quic_vs_tcp"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    if let Some(rows) = r["models"].as_array() {
+        println!("\n| widen | backbone MB | clients | serve peak RSS MiB | RSS ÷ backbone | serve s/round |");
+        println!("|---:|---:|---:|---:|---:|---|");
+        for x in rows {
+            println!(
+                "| {} | {:.1} | {} | {} | {:.2} | {} |",
+                x["widen"],
+                x["backbone_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                x["clients"],
+                mib(&x["serve_peak_rss_bytes"]),
+                x["rss_vs_model"].as_f64().unwrap_or(0.0),
+                x["serve_round_seconds"].as_array().map_or("-".into(), |a| a
+                    .iter()
+                    .map(|v| format!("{:.2}", v.as_f64().unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")),
             );
         }
     }

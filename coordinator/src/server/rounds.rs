@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::eval::knn::KnnMonitor;
-use crate::server::client_round::{client_round, Arrived, RoundShared, SentBytes};
+use crate::server::client_round::{client_round, Arrived, GlobalPayload, RoundShared, SentBytes};
 use crate::server::progress::RoundsProgress;
 use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
 use crate::server::registry::Registry;
@@ -151,7 +151,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         let lr = sc.round_lr(round);
         let shared = Arc::new(RoundShared {
             round: round as u32,
-            payload: global.to_safetensors()?,
+            payload: GlobalPayload::of(&global)?,
             max_weights_bytes: fed.max_weights_bytes,
             slots: slots.clone(),
             sent: SentBytes::default(),

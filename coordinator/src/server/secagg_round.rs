@@ -27,8 +27,8 @@ use std::time::Instant;
 use anyhow::Result;
 use fedssl_shared::config::Scenario;
 use fedssl_shared::protocol::{
-    encode_frame, read_message, read_weights_payload, write_message, write_weights_bytes,
-    ClientMessage, RoundConfig, SecAggParams, ServerMessage,
+    encode_frame, read_message, read_weights_payload, write_message, ClientMessage, RoundConfig,
+    SecAggParams, ServerMessage,
 };
 use fedssl_shared::secagg::aggregator::RoundAggregation;
 use fedssl_shared::secagg::masking::PublicKeys;
@@ -38,6 +38,7 @@ use fedssl_shared::weights::WeightSet;
 use tokio::task::JoinSet;
 use tracing::warn;
 
+use crate::server::client_round::GlobalPayload;
 use crate::server::records::{DropReason, PhaseCost, RoundRecord, SecAggRecord};
 use crate::server::registry::{ClientLink, Registry};
 use crate::server::samples::SampleRule;
@@ -261,7 +262,7 @@ pub async fn secure_round(
         clients: r.sampled.to_vec(),
         neighbours: graph.to_wire(),
     };
-    let payload = match r.global.to_safetensors() {
+    let payload = match GlobalPayload::of(r.global) {
         Ok(p) => Arc::new(p),
         Err(e) => return Err(format!("cannot serialise the global weights: {e:#}")),
     };
@@ -304,7 +305,7 @@ pub async fn secure_round(
                     recv: rv,
                 };
                 send(&mut peer, &msg, &model_bytes).await?;
-                model_bytes.sent(write_weights_bytes(&mut peer.send, &payload).await?);
+                model_bytes.sent(payload.send(&mut peer.send).await?);
                 status.client(id, ClientState::Training);
                 match receive(&mut peer, &keys_b).await? {
                     ClientMessage::SecAggKeys {
