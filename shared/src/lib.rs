@@ -11,7 +11,8 @@
 //! - [`train`]: local training (its hyper-parameters, the client's model, the loop);
 //!   [`optim`]: SGD with momentum and the learning-rate schedules.
 //! - [`encoding`]: how a client's update travels (`[federation.compression]`).
-//! - [`weights`]: named weights and safetensors; [`protocol`]: the wire messages and framing.
+//! - [`weights`]: named weights and safetensors (`weights_stream`: read from a stream tensor by
+//!   tensor); [`protocol`]: the wire messages and framing.
 //! - [`secagg`]: secure aggregation's quantisation, masks, shares and unmasking.
 //! - [`seed`]: every random stream of a run; [`device`]: device choice; [`cli`]: what both
 //!   binaries do around their command.
@@ -35,3 +36,4 @@ pub mod seed;
 pub mod tagged;
 pub mod train;
 pub mod weights;
+mod weights_stream;

@@ -469,15 +469,24 @@ pub async fn read_weights_payload<R: AsyncRead + Unpin>(
     Ok((bytes, 12 + len))
 }
 
-/// Reads a weights payload of at most `max_bytes`, checks its CRC and parses it.
+/// Reads a weights payload of at most `max_bytes`, parses it as it arrives (tensor by
+/// tensor into their `f32` vectors: the payload is never held twice) and checks its CRC.
 /// Returns the weights and the bytes read. Nothing is returned unless every check passes.
 pub async fn read_weights<R: AsyncRead + Unpin>(
     r: &mut R,
     max_bytes: u64,
 ) -> Result<(WeightSet, u64)> {
-    let (bytes, n) = read_weights_payload(r, max_bytes).await?;
-    let w = WeightSet::from_safetensors(&bytes)?;
-    Ok((w, n))
+    let mut h = [0u8; 12];
+    r.read_exact(&mut h)
+        .await
+        .context("connection lost while reading weights")?;
+    let len = u64::from_le_bytes(std::array::from_fn(|i| h[i]));
+    let crc = u32::from_le_bytes(std::array::from_fn(|i| h[8 + i]));
+    if len > max_bytes {
+        bail!("peer announced {len} bytes of weights; the limit is {max_bytes}");
+    }
+    let w = crate::weights_stream::read_weight_set(r, len, crc).await?;
+    Ok((w, 12 + len))
 }
 
 #[cfg(test)]

@@ -184,29 +184,7 @@ impl WeightSet {
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
-            let raw = view.data();
-            let data: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                safetensors::Dtype::F64 => raw
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(std::array::from_fn(|i| b[i])) as f32)
-                    .collect(),
-                safetensors::Dtype::F16 | safetensors::Dtype::BF16 => {
-                    let dt = if view.dtype() == safetensors::Dtype::F16 {
-                        DType::F16
-                    } else {
-                        DType::BF16
-                    };
-                    let t = Tensor::from_raw_buffer(raw, dt, &shape, &Device::Cpu)?;
-                    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
-                }
-                other => {
-                    bail!("tensor `{name}` has dtype {other:?}; only float tensors are weights")
-                }
-            };
+            let data = float_values(&name, view.dtype(), &shape, view.data())?;
             tensors.insert(name, TensorData { shape, data });
         }
         Ok(Self { tensors })
@@ -225,6 +203,36 @@ impl WeightSet {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         Self::from_safetensors(&bytes).with_context(|| format!("in {}", path.display()))
     }
+}
+
+/// The values of tensor `name` of `dtype` and `shape` stored as `raw` little-endian bytes, as
+/// `f32` (F32 as is; F64, F16 and BF16 converted). Errors on any other dtype.
+pub(crate) fn float_values(
+    name: &str,
+    dtype: safetensors::Dtype,
+    shape: &[usize],
+    raw: &[u8],
+) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        safetensors::Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        safetensors::Dtype::F64 => raw
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(std::array::from_fn(|i| b[i])) as f32)
+            .collect(),
+        safetensors::Dtype::F16 | safetensors::Dtype::BF16 => {
+            let dt = if dtype == safetensors::Dtype::F16 {
+                DType::F16
+            } else {
+                DType::BF16
+            };
+            let t = Tensor::from_raw_buffer(raw, dt, shape, &Device::Cpu)?;
+            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?
+        }
+        other => bail!("tensor `{name}` has dtype {other:?}; only float tensors are weights"),
+    })
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.

@@ -171,9 +171,7 @@ async fn run_job_with(
             strategy,
             status: status.clone(),
         },
-        resumed
-            .as_ref()
-            .map_or_else(|| initial.clone(), |p| p.global.clone()),
+        resumed.as_ref().map_or(initial, |p| p.global.clone()),
     )
     .await;
     let train_seconds = t_rounds.elapsed().as_secs_f64();
@@ -181,7 +179,7 @@ async fn run_job_with(
     let outcome = federation
         .end(outcome, resumed.as_ref(), &sc, &job.out)
         .await?;
-    let eval = evaluate(&sc, &outcome.global, initial, train, test).await?;
+    let eval = evaluate(&sc, &outcome.global, train, test).await?;
     if let Some(e) = &eval {
         write_eval_json(&job.out, &sc, backbone_values, e)?;
         if let Some(dir) = sc.logging.tensorboard_dir(&job.out) {
@@ -255,11 +253,12 @@ fn resume_point(job: &Job, initial: &WeightSet) -> Result<Option<ResumePoint>> {
 }
 
 /// The central evaluation after the last round, off the async workers (`None` when
-/// `eval.enabled = false`).
+/// `eval.enabled = false`). The random-init baseline is built afresh from the scenario's
+/// seeds (the same bytes as round 0's), so that the rounds do not carry a copy of it: with a
+/// 1 GB backbone that copy was 1 GB of the coordinator's peak.
 async fn evaluate(
     sc: &Scenario,
     global: &WeightSet,
-    initial: WeightSet,
     train: ImageDataset,
     test: ImageDataset,
 ) -> Result<Option<EvalSummary>> {
@@ -267,9 +266,11 @@ async fn evaluate(
         return Ok(None);
     }
     let (sc, global) = (sc.clone(), global.clone());
-    let e =
-        tokio::task::spawn_blocking(move || evaluate_run(&sc, &global, &initial, &train, &test))
-            .await??;
+    let e = tokio::task::spawn_blocking(move || {
+        let initial = initial_weights(&sc)?;
+        evaluate_run(&sc, &global, &initial, &train, &test)
+    })
+    .await??;
     Ok(Some(e))
 }
 

@@ -23,7 +23,10 @@ use crate::server::status::board::{ClientState, StatusBoard};
 /// their header), serialised once and sent to every client from this one buffer: quinn
 /// keeps a reference to it until each client acknowledges it, never a copy per client (with
 /// `write_all`, each connection held its own copy of up to its send window: 8 clients of an
-/// 11 MB backbone took the coordinator to 149 MiB).
+/// 11 MB backbone took the coordinator to 149 MiB). Cloning shares the buffer: each client's
+/// task holds a clone until its copy is sent, so the buffer is freed once every client has
+/// it, before the updates are aggregated.
+#[derive(Clone)]
 pub struct GlobalPayload {
     header: [u8; 12],
     bytes: bytes::Bytes,
@@ -37,6 +40,16 @@ impl GlobalPayload {
             header: weights_header(&bytes),
             bytes: bytes.into(),
         })
+    }
+
+    /// Bytes of the safetensors payload (without its 12-byte header).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True for an empty payload (never: even no tensor has a safetensors header).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 
     /// Writes the payload on `send` without copying it; returns the bytes written (header
@@ -56,8 +69,6 @@ impl GlobalPayload {
 pub struct RoundShared {
     /// 0-based round number, as sent.
     pub round: u32,
-    /// The global weights the round starts from.
-    pub payload: GlobalPayload,
     /// Largest accepted weights payload (`federation.max_weights_bytes`).
     pub max_weights_bytes: u64,
     /// Permits to hold a decoded update ([`crate::server::rounds::DECODE_SLOTS`]).
@@ -101,14 +112,15 @@ enum Answer {
     Refused(crate::strategy::validate::Refusal),
 }
 
-/// The round of the client `link` reaches, with `config`: its decoded update, or why it is
-/// dropped.
+/// The round of the client `link` reaches, with `config` and the global weights `payload`:
+/// its decoded update, or why it is dropped.
 pub async fn client_round(
     link: ClientLink,
     config: RoundConfig,
+    payload: GlobalPayload,
     shared: Arc<RoundShared>,
 ) -> Result<Arrived, DropReason> {
-    match exchange(link, config, &shared).await {
+    match exchange(link, config, payload, &shared).await {
         Ok(Answer::Update(a)) => Ok(a),
         Ok(Answer::Failed(reason)) => Err(DropReason::ClientFailed(reason)),
         Ok(Answer::Refused(r)) => Err(DropReason::Refused(r)),
@@ -116,9 +128,14 @@ pub async fn client_round(
     }
 }
 
-/// Sends the round and the weights, reads the reply; a decode slot is taken before the
-/// update's weights are read.
-async fn exchange(link: ClientLink, config: RoundConfig, shared: &RoundShared) -> Result<Answer> {
+/// Sends the round and the weights (then lets go of them), reads the reply; a decode slot is
+/// taken before the update's weights are read.
+async fn exchange(
+    link: ClientLink,
+    config: RoundConfig,
+    payload: GlobalPayload,
+    shared: &RoundShared,
+) -> Result<Answer> {
     let (id, round) = (link.id, shared.round);
     let (mut send, mut recv, header) = link.open().await?;
     shared.sent.add(id, header);
@@ -129,7 +146,8 @@ async fn exchange(link: ClientLink, config: RoundConfig, shared: &RoundShared) -
     };
     let frame_len = encode_frame(&msg)?.len() as u64;
     write_message(&mut send, &msg).await?;
-    let n = shared.payload.send(&mut send).await?;
+    let n = payload.send(&mut send).await?;
+    drop(payload);
     send.finish().ok();
     shared.sent.add(id, frame_len + n);
     shared.status.client(id, ClientState::Training);

@@ -18,3 +18,5 @@ pub mod sites;
 pub mod status;
 pub mod tensorboard;
 pub mod tls;
+
+pub use client_round::GlobalPayload;

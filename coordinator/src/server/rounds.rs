@@ -5,7 +5,7 @@
 //! [`Strategy`]) on a fresh stream (`client_round.rs`), and hand updates to the
 //! strategy's aggregator as they arrive. A client that errors, vanishes, sends a bad update or
 //! misses the round deadline is dropped from the round (recorded in `rounds.jsonl`); the run
-//! goes on while at least `min_clients` contribute. At most [`DECODE_SLOTS`] received updates
+//! goes on while at least `min_clients` contribute. At most [`decode_slots`] received updates
 //! are held in memory at once, whatever the number of clients. After each round the global
 //! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
 //! appended to `rounds.jsonl` ([`crate::server::records`]) and, with `[logging] tensorboard`,
@@ -40,8 +40,25 @@ use crate::server::status::board::{ClientState, Phase, StatusBoard};
 use crate::server::tensorboard::EventWriter;
 use crate::strategy::{RoundAggregator, Strategy};
 
-/// Updates decoded and waiting for aggregation at any moment (bounds memory).
+/// Updates decoded and waiting for aggregation at any moment (bounds memory): two, so that
+/// one is received while another is added, or one for a backbone over [`LARGE_MODEL_BYTES`]
+/// ([`decode_slots`]).
 pub const DECODE_SLOTS: usize = 2;
+
+/// A backbone this large (bytes of `f32` values) is received one update at a time: with a
+/// 1 GB model the second slot cost the coordinator 1 GB at its peak, for an overlap that
+/// the network's time dwarfs.
+pub const LARGE_MODEL_BYTES: usize = 256 << 20;
+
+/// The decode slots of a run whose global weights are `global`: [`DECODE_SLOTS`], or 1 over
+/// [`LARGE_MODEL_BYTES`].
+pub fn decode_slots(global: &WeightSet) -> usize {
+    if global.num_values().saturating_mul(4) > LARGE_MODEL_BYTES {
+        1
+    } else {
+        DECODE_SLOTS
+    }
+}
 
 /// Where and how the rounds run.
 pub struct RoundsContext<'a> {
@@ -123,7 +140,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     };
     let bar = RoundsProgress::new(progress.as_ref(), fed.rounds, start_round);
     info!(strategy = strategy.name(), buffering = ?strategy.buffering(), "aggregation");
-    let slots = Arc::new(tokio::sync::Semaphore::new(DECODE_SLOTS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(decode_slots(&global)));
     let mut totals = RoundsOutcome {
         global: WeightSet::default(),
         rounds_completed: start_round,
@@ -151,7 +168,6 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         let lr = sc.round_lr(round);
         let shared = Arc::new(RoundShared {
             round: round as u32,
-            payload: GlobalPayload::of(&global)?,
             max_weights_bytes: fed.max_weights_bytes,
             slots: slots.clone(),
             sent: SentBytes::default(),
@@ -194,14 +210,17 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
                 }
             }
         } else {
+            let payload = GlobalPayload::of(&global)?;
             let in_flight = dispatch(
                 &registry,
                 strategy.as_ref(),
                 sc,
                 &sampled,
-                &shared,
+                (&shared, &payload),
                 &mut rec,
             );
+            // the clients' tasks hold it until each has sent it
+            drop(payload);
             let mut agg = strategy.begin_round(&global);
             let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
             close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
@@ -249,16 +268,16 @@ fn sample_clients(connected: &[u32], sc: &Scenario, round: usize) -> Vec<u32> {
     sampled
 }
 
-/// Starts the round task of every `sampled` client still connected, with its round config:
-/// the scenario's local training at the round's learning rate (`rec.lr`) and the client's
-/// `client-train` seed, as the strategy configures it. A client that left is recorded as
-/// dropped in `rec`.
+/// Starts the round task of every `sampled` client still connected, with its round config
+/// (the scenario's local training at the round's learning rate (`rec.lr`) and the client's
+/// `client-train` seed, as the strategy configures it) and a share of the round's `payload`.
+/// A client that left is recorded as dropped in `rec`.
 fn dispatch(
     registry: &Registry,
     strategy: &dyn Strategy,
     sc: &Scenario,
     sampled: &[u32],
-    shared: &Arc<RoundShared>,
+    (shared, payload): (&Arc<RoundShared>, &GlobalPayload),
     rec: &mut RoundRecord,
 ) -> InFlight {
     let round = shared.round as usize;
@@ -273,10 +292,10 @@ fn dispatch(
         };
         let config = round_config(strategy, sc, round, id, rec.lr);
         in_flight.pending.insert(id);
-        let shared = shared.clone();
+        let (shared, payload) = (shared.clone(), payload.clone());
         in_flight
             .tasks
-            .spawn(async move { (id, client_round(link, config, shared).await) });
+            .spawn(async move { (id, client_round(link, config, payload, shared).await) });
     }
     in_flight
 }
