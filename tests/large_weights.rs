@@ -4,6 +4,9 @@
 //! settings, and arrives tensor by tensor ([`read_weights`]) equal to what was sent; one
 //! byte over `federation.max_weights_bytes` is refused before anything is read.
 
+// A test file: a failed unwrap is a failed test, in helpers as in `#[test]` functions.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use fedssl_coordinator::server::GlobalPayload;
@@ -28,14 +31,9 @@ fn big_weights(count: usize, per: usize) -> WeightSet {
     w
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_weight_set_of_2_5_gb_crosses_quic_and_arrives_whole() {
-    // 10 tensors × 62.5 M values × 4 bytes = 2.5 GB of values
-    let w = big_weights(10, 62_500_000);
-    let payload = GlobalPayload::of(&w).unwrap();
-    let len = payload.len();
-    assert!(len > 2_500_000_000 && len < 2_500_010_000, "{len}");
-    let idle = Duration::from_secs(60);
+/// A loopback QUIC connection with the run's TLS and transport settings: the coordinator's
+/// side and the client's.
+async fn loopback(idle: Duration) -> (quinn::Connection, quinn::Connection) {
     let id = fedssl_coordinator::server::tls::self_signed(&[]).unwrap();
     let server = quinn::Endpoint::server(
         fedssl_coordinator::server::tls::server_config(&id, idle, None).unwrap(),
@@ -48,7 +46,17 @@ async fn a_weight_set_of_2_5_gb_crosses_quic_and_arrives_whole() {
     let client = fedssl_client::connect(addr, "localhost", cfg)
         .await
         .unwrap();
-    let conn = accept.await.unwrap();
+    (accept.await.unwrap(), client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_set_of_2_5_gb_crosses_quic_and_arrives_whole() {
+    // 10 tensors × 62.5 M values × 4 bytes = 2.5 GB of values
+    let w = big_weights(10, 62_500_000);
+    let payload = GlobalPayload::of(&w).unwrap();
+    let len = payload.len();
+    assert!(len > 2_500_000_000 && len < 2_500_010_000, "{len}");
+    let (conn, client) = loopback(Duration::from_secs(60)).await;
     let send = tokio::spawn(async move {
         let (mut s, _r) = conn.open_bi().await.unwrap();
         let n = payload.send(&mut s).await.unwrap();
@@ -67,20 +75,7 @@ async fn a_weight_set_of_2_5_gb_crosses_quic_and_arrives_whole() {
 async fn a_payload_one_byte_over_the_limit_is_refused_before_it_is_read() {
     let w = big_weights(1, 1000);
     let payload = GlobalPayload::of(&w).unwrap();
-    let idle = Duration::from_secs(10);
-    let id = fedssl_coordinator::server::tls::self_signed(&[]).unwrap();
-    let server = quinn::Endpoint::server(
-        fedssl_coordinator::server::tls::server_config(&id, idle, None).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let cfg = fedssl_client::tls::client_config(id.cert_pem.as_bytes(), idle).unwrap();
-    let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
-    let client = fedssl_client::connect(addr, "localhost", cfg)
-        .await
-        .unwrap();
-    let conn = accept.await.unwrap();
+    let (conn, client) = loopback(Duration::from_secs(10)).await;
     let len = payload.len() as u64;
     tokio::spawn(async move {
         let (mut s, _r) = conn.open_bi().await.unwrap();

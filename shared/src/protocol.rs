@@ -443,12 +443,12 @@ pub async fn write_weights_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8])
     Ok(12 + bytes.len() as u64)
 }
 
-/// Reads a weights payload of at most `max_bytes` and checks its CRC. Returns the payload's
-/// bytes (unparsed: an encoded update, [`crate::encoding`]) and the bytes read.
-pub async fn read_weights_payload<R: AsyncRead + Unpin>(
+/// Reads a weights payload's header: its length (at most `max_bytes`, checked before anything
+/// else is read) and its CRC-32.
+async fn read_weights_header<R: AsyncRead + Unpin>(
     r: &mut R,
     max_bytes: u64,
-) -> Result<(Vec<u8>, u64)> {
+) -> Result<(u64, u32)> {
     let mut h = [0u8; 12];
     r.read_exact(&mut h)
         .await
@@ -458,6 +458,16 @@ pub async fn read_weights_payload<R: AsyncRead + Unpin>(
     if len > max_bytes {
         bail!("peer announced {len} bytes of weights; the limit is {max_bytes}");
     }
+    Ok((len, crc))
+}
+
+/// Reads a weights payload of at most `max_bytes` and checks its CRC. Returns the payload's
+/// bytes (unparsed: an encoded update, [`crate::encoding`]) and the bytes read.
+pub async fn read_weights_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: u64,
+) -> Result<(Vec<u8>, u64)> {
+    let (len, crc) = read_weights_header(r, max_bytes).await?;
     let mut bytes = vec![0u8; len as usize];
     r.read_exact(&mut bytes)
         .await
@@ -476,15 +486,7 @@ pub async fn read_weights<R: AsyncRead + Unpin>(
     r: &mut R,
     max_bytes: u64,
 ) -> Result<(WeightSet, u64)> {
-    let mut h = [0u8; 12];
-    r.read_exact(&mut h)
-        .await
-        .context("connection lost while reading weights")?;
-    let len = u64::from_le_bytes(std::array::from_fn(|i| h[i]));
-    let crc = u32::from_le_bytes(std::array::from_fn(|i| h[8 + i]));
-    if len > max_bytes {
-        bail!("peer announced {len} bytes of weights; the limit is {max_bytes}");
-    }
+    let (len, crc) = read_weights_header(r, max_bytes).await?;
     let w = crate::weights_stream::read_weight_set(r, len, crc).await?;
     Ok((w, 12 + len))
 }
