@@ -18,13 +18,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fedssl_shared::protocol::{read_message, ServerMessage};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::reconnect::{is_transient, transient};
 use crate::shared_endpoint::SharedEndpoint;
 
 /// A stream the coordinator opened for one client (its [`ServerMessage::For`] header read).
@@ -43,7 +44,14 @@ pub struct Multiplexer {
     tls: quinn::ClientConfig,
     /// Virtual clients that may hold a session on the connection at once.
     clients: u32,
-    current: Arc<tokio::sync::Mutex<Option<Arc<Multiplexed>>>>,
+    current: Arc<tokio::sync::Mutex<Dialled>>,
+}
+
+/// The last dial's outcome: the open connection, or when and why the dial failed.
+#[derive(Default)]
+struct Dialled {
+    open: Option<Arc<Multiplexed>>,
+    failed: Option<(Instant, String, bool)>,
 }
 
 impl Multiplexer {
@@ -62,23 +70,43 @@ impl Multiplexer {
             server_name,
             tls,
             clients,
-            current: Arc::new(tokio::sync::Mutex::new(None)),
+            current: Arc::new(tokio::sync::Mutex::new(Dialled::default())),
         }
     }
 
     /// The shared connection: the open one, or a new one when there is none or it was lost
-    /// (one dial however many sessions ask at once). Errors as [`crate::connect_on`]'s.
+    /// (one dial however many sessions ask at once: those that waited for a dial that failed
+    /// get its error, not a dial each in turn, which with an unreachable coordinator cost
+    /// each waiting client a handshake timeout before its first retry). Errors as
+    /// [`crate::connect_on`]'s.
     pub async fn connection(&self) -> Result<Arc<Multiplexed>> {
+        let asked = Instant::now();
         let mut current = self.current.lock().await;
-        if let Some(m) = current.as_ref() {
+        if let Some(m) = current.open.as_ref() {
             if m.conn.close_reason().is_none() {
                 return Ok(m.clone());
             }
         }
-        let conn = self
+        if let Some((at, why, passing)) = &current.failed {
+            if *at >= asked {
+                return Err(if *passing {
+                    transient(why.clone())
+                } else {
+                    anyhow::anyhow!("{why}")
+                });
+            }
+        }
+        let conn = match self
             .endpoint
             .connect(self.addr, &self.server_name, self.tls.clone())
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                current.failed = Some((Instant::now(), format!("{e:#}"), is_transient(&e)));
+                return Err(e);
+            }
+        };
         // The coordinator opens one stream a round for each sampled client of the slice (and
         // a round it dropped a client from may still be closing).
         conn.set_max_concurrent_bi_streams(
@@ -89,13 +117,16 @@ impl Multiplexer {
             routes: Mutex::new(Routes::default()),
         });
         tokio::spawn(route(m.clone()));
-        *current = Some(m.clone());
+        *current = Dialled {
+            open: Some(m.clone()),
+            failed: None,
+        };
         Ok(m)
     }
 
     /// Closes the connection, if one is open (every session on it is over).
     pub async fn close(&self) {
-        if let Some(m) = self.current.lock().await.take() {
+        if let Some(m) = self.current.lock().await.open.take() {
             m.conn.close(0u32.into(), b"done");
         }
     }
