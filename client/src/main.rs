@@ -53,7 +53,7 @@ struct Cli {
     /// `--virtual 100..200/1000` (or `K/N`, one): client K trains shard K of the run's
     /// dataset in --data and gets client id K, as `simulate` gives it, so that processes
     /// holding the slices of 0..N against one `serve` run the same federation as `simulate`.
-    /// They share one QUIC endpoint, the dataset (read once) and the cores; their state
+    /// They share one QUIC connection, the dataset (read once) and the cores; their state
     /// between rounds is kept in files (--state-dir), not in memory.
     #[arg(long = "virtual", value_name = "A..B/N", conflicts_with_all = ["shard", "dataset", "skip_bad_images"])]
     virtual_clients: Option<fedssl_client::virtual_slice::VirtualSlice>,

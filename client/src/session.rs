@@ -172,6 +172,22 @@ pub async fn run_session_keeping(
 ) -> Result<SessionReport> {
     let conn = link.conn().clone();
     let res = session(&link, opts, kept).await;
+    if let (Err(e), Some(ended)) = (&res, run_ended(&conn)) {
+        // The coordinator closed the connection at the end of the run: this client joined
+        // too late to read its `Finished` (e.g. a virtual client that took a freed slot
+        // after the last round), or was waiting to join.
+        return match (ended, kept.learner.as_ref()) {
+            (RunEnd::Finished, Some(l)) => Ok(SessionReport {
+                client_id: l.client_id,
+                rounds_trained: kept.rounds_trained.len(),
+                message: "the run finished (the coordinator closed the connection)".into(),
+            }),
+            (RunEnd::Finished, None) => {
+                bail!("the run finished before this client could join ({e:#})")
+            }
+            (RunEnd::Failed, _) => bail!("the coordinator ended the run as failed ({e:#})"),
+        };
+    }
     if res.is_err() {
         // A certificate the coordinator's TLS refused shows only once the handshake is over.
         if let Some(why) = conn.close_reason().as_ref().and_then(tls_refusal) {
@@ -189,6 +205,25 @@ pub async fn run_session_keeping(
         }
     }
     res
+}
+
+/// How the coordinator said a run ended when it closed a connection at its end.
+enum RunEnd {
+    Finished,
+    Failed,
+}
+
+/// How the run ended, when the coordinator closed `conn` because it did (its close reasons
+/// `run finished` and `run failed`, [`ServerMessage::Finished`]'s fallback).
+fn run_ended(conn: &quinn::Connection) -> Option<RunEnd> {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(c)) => match c.reason.as_ref() {
+            b"run finished" => Some(RunEnd::Finished),
+            b"run failed" => Some(RunEnd::Failed),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The error of a session that lost `conn` with `what`: [`Transient`](crate::reconnect::Transient)

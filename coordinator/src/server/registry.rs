@@ -427,8 +427,14 @@ impl Registry {
             });
         }
         while goodbyes.join_next().await.is_some() {}
+        // The reason tells a client that joined too late to read `Finished` how the run ended.
+        let reason: &[u8] = if message.starts_with("run failed") {
+            b"run failed"
+        } else {
+            b"run finished"
+        };
         for (conn, _) in clients {
-            conn.close(0u32.into(), b"run finished");
+            conn.close(0u32.into(), reason);
         }
     }
 }
