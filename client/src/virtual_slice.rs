@@ -48,9 +48,16 @@ impl std::str::FromStr for VirtualSlice {
             .split_once('/')
             .with_context(|| format!("--virtual `{s}`: {want}"))?;
         let num = |t: &str, what: &str| -> Result<u32> {
-            t.trim()
-                .parse()
-                .with_context(|| format!("--virtual `{s}`: {what} `{t}` is not a number; {want}"))
+            let t = t.trim();
+            match t.parse::<u64>() {
+                Ok(v) => u32::try_from(v).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--virtual `{s}`: {what} `{t}` is too large (at most {})",
+                        u32::MAX
+                    )
+                }),
+                Err(_) => bail!("--virtual `{s}`: {what} `{t}` is not a number; {want}"),
+            }
         };
         let of = num(of, "N")?;
         let (first, end) = match range.split_once("..") {
@@ -191,6 +198,10 @@ mod tests {
             ("10/10", "need 0 <= A < B <= N"),
             ("a..3/10", "A `a` is not a number"),
             ("0..3/x", "N `x` is not a number"),
+            (
+                "0..50/100000000000",
+                "N `100000000000` is too large (at most 4294967295)",
+            ),
         ] {
             let e = format!("{:#}", bad.parse::<VirtualSlice>().unwrap_err());
             assert!(

@@ -105,7 +105,17 @@ fn parse_args() -> Result<Args> {
             "--skip" => a.skip.push(it.next().context("--skip needs a value")?),
             "--cifar10" => a.cifar10 = it.next().context("--cifar10 needs a folder")?.into(),
             "--out" => a.out = Some(it.next().context("--out needs a file")?.into()),
-            other => bail!("unknown flag {other} (see the file's doc comment)"),
+            "--help" | "-h" => {
+                println!(
+                    "bench_federation: the federation's own costs (tests/examples/bench_federation.rs)\n\
+                     flags (defaults): --skip transfer|virtual|models|overhead (repeatable), \
+                     --clients 10,100,1000, --images 8000, --big 10000 (0: none), \
+                     --widen 2,6,18,57, --sizes-mb 1,100,1000, --repeat 3, \
+                     --cifar10 DIR (../shared/data/cifar10), --out FILE"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other} (see --help)"),
         }
     }
     Ok(a)
