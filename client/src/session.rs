@@ -199,12 +199,23 @@ pub async fn run_session_keeping(
     }
     if let Err(e) = &res {
         if conn.close_reason().is_none() {
-            let mut bytes = format!("{e:#}").into_bytes();
-            bytes.truncate(1000);
-            conn.close(2u32.into(), &bytes);
+            conn.close(2u32.into(), leaving_reason(e).as_bytes());
         }
     }
     res
+}
+
+/// Why a failed session leaves, as the coordinator is told (its connection's close reason,
+/// or a multiplexed session's [`ClientMessage::Leaving`]): the error's chain, at most 1,000
+/// bytes, cut at a character boundary.
+fn leaving_reason(e: &anyhow::Error) -> String {
+    let mut reason = format!("{e:#}");
+    let mut end = reason.len().min(1000);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason.truncate(end);
+    reason
 }
 
 /// How the coordinator said a run ended when it closed a connection at its end.
@@ -280,13 +291,9 @@ async fn session(link: &Link, opts: &ClientOptions, kept: &mut Retained) -> Resu
     if let Link::Shared(_) = link {
         if let Err(e) = &res {
             if conn.close_reason().is_none() {
-                let mut reason = format!("{e:#}");
-                let mut end = reason.len().min(1000);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                reason.truncate(end);
-                let leaving = ClientMessage::Leaving { reason };
+                let leaving = ClientMessage::Leaving {
+                    reason: leaving_reason(e),
+                };
                 let _ = tokio::time::timeout(
                     Duration::from_secs(5),
                     write_message(&mut ctrl_send, &leaving),

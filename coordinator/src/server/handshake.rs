@@ -129,54 +129,61 @@ async fn handshake(
 async fn admit(
     conn: &quinn::Connection,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    registry: &Arc<Registry>,
-    authenticator: &dyn Authenticator,
-    on_multiplexed: bool,
-) -> (bool, Result<()>) {
-    let mut multiplexed = false;
-    let res = admit_session(
-        conn,
-        send,
-        recv,
-        registry,
-        authenticator,
-        on_multiplexed,
-        &mut multiplexed,
-    )
-    .await;
-    (multiplexed, res)
-}
-
-/// [`admit`], setting `multiplexed` as soon as the hello says so.
-async fn admit_session(
-    conn: &quinn::Connection,
-    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     registry: &Arc<Registry>,
     authenticator: &dyn Authenticator,
     on_multiplexed: bool,
-    is_multiplexed: &mut bool,
-) -> Result<()> {
-    let hello: ClientMessage = tokio::time::timeout(HELLO_TIMEOUT, read_message(&mut recv))
+) -> (bool, Result<()>) {
+    match read_hello(conn, send, &mut recv, on_multiplexed).await {
+        Ok((hello, send)) => (
+            hello.multiplexed,
+            welcome(conn, send, recv, hello, registry, authenticator).await,
+        ),
+        Err(e) => (false, Err(e)),
+    }
+}
+
+/// The session's hello, read from `recv` and checked (protocol version; a multiplexed one
+/// on a multiplexed connection), with `send` handed back; a hello that fails is refused on
+/// `send`, and the reason is the error.
+async fn read_hello(
+    conn: &quinn::Connection,
+    send: quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    on_multiplexed: bool,
+) -> Result<(Hello, quinn::SendStream)> {
+    let hello: ClientMessage = tokio::time::timeout(HELLO_TIMEOUT, read_message(recv))
         .await
         .context("no hello within 30 s")??;
     let mut hello = check_hello(hello);
     if on_multiplexed && matches!(hello, Ok(ref h) if !h.multiplexed) {
         hello = Err("a plain Hello on a multiplexed connection (every session on it must send MultiplexedHello)".into());
     }
+    match hello {
+        Ok(h) => Ok((h, send)),
+        Err(reason) => {
+            let no = NoSlot::Refused(reason);
+            Err(refuse(send, conn, on_multiplexed, &no).await)
+        }
+    }
+}
+
+/// A session whose `hello` passed: the [`Authenticator`], a slot in the registry and the
+/// welcome on `send` (or a refusal, whose reason is the error); then a task that removes
+/// the client when its session ends (its control stream `recv`, if multiplexed).
+async fn welcome(
+    conn: &quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    hello: Hello,
+    registry: &Arc<Registry>,
+    authenticator: &dyn Authenticator,
+) -> Result<()> {
     let Hello {
         name,
         shard,
         multiplexed,
-    } = match hello {
-        Ok(h) => h,
-        Err(reason) => {
-            let no = NoSlot::Refused(reason);
-            return Err(refuse(send, conn, on_multiplexed, &no).await);
-        }
-    };
-    *is_multiplexed = multiplexed;
+    } = hello;
     let peer = Peer {
         connection: conn,
         client_name: &name,
