@@ -42,7 +42,7 @@ async fn server(
     let id = tls::load_identity_pem(&coord.cert_pem, &coord.key_pem).unwrap();
     let verifier = tls::client_verifier(ca.cert_pem().as_bytes(), Path::new("ca.pem")).unwrap();
     let ep = quinn::Endpoint::server(
-        tls::server_config(&id, Duration::from_secs(5), Some(verifier)).unwrap(),
+        tls::server_config(&id, Duration::from_secs(5), Some(verifier), 1).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();
@@ -166,7 +166,7 @@ async fn a_provisioned_kit_verifies_against_its_ca_only_and_the_client_reads_it(
     let ca = std::fs::read(ck.join("ca.pem")).unwrap();
     let verifier = tls::client_verifier(&ca, &ck.join("ca.pem")).unwrap();
     let ep = quinn::Endpoint::server(
-        tls::server_config(&id, Duration::from_secs(5), Some(verifier)).unwrap(),
+        tls::server_config(&id, Duration::from_secs(5), Some(verifier), 1).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();

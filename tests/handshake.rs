@@ -16,7 +16,7 @@ async fn server() -> (std::net::SocketAddr, String, std::sync::Arc<Registry>) {
     let run = fedssl_shared::protocol::RunInfo::of(&fedssl_tests::tiny(&[]));
     let id = tls::self_signed(&[]).unwrap();
     let ep = quinn::Endpoint::server(
-        tls::server_config(&id, Duration::from_secs(5), None).unwrap(),
+        tls::server_config(&id, Duration::from_secs(5), None, 1).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .unwrap();

@@ -35,9 +35,9 @@ fn big_weights(count: usize, per: usize) -> WeightSet {
 /// side and the client's.
 async fn loopback(idle: Duration) -> (quinn::Connection, quinn::Connection) {
     let id = fedssl_coordinator::server::tls::self_signed(&[]).unwrap();
-    let server = quinn::Endpoint::server(
-        fedssl_coordinator::server::tls::server_config(&id, idle, None).unwrap(),
+    let server = fedssl_shared::quic::endpoint(
         "127.0.0.1:0".parse().unwrap(),
+        Some(fedssl_coordinator::server::tls::server_config(&id, idle, None, 1).unwrap()),
     )
     .unwrap();
     let addr = server.local_addr().unwrap();

@@ -66,7 +66,7 @@ pub fn client_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint> {
     } else {
         "0.0.0.0:0".parse()?
     };
-    quinn::Endpoint::client(bind).context("cannot open a UDP socket")
+    fedssl_shared::quic::endpoint(bind, None).context("cannot open a UDP socket")
 }
 
 /// Opens a connection to the coordinator at `addr` (whose certificate must be valid for

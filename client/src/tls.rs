@@ -75,6 +75,8 @@ pub fn client_config_as(
     // peer may open, in every connection (1,000 virtual clients: 1,000 connections).
     transport.max_concurrent_bidi_streams(16u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // The client reads what the coordinator sends at once (the global weights into memory).
+    fedssl_shared::quic::tune(&mut transport, fedssl_shared::quic::MAX_STREAM_WINDOW);
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

@@ -31,6 +31,7 @@ pub mod optim;
 pub mod partition;
 pub mod pretext;
 pub mod protocol;
+pub mod quic;
 pub mod secagg;
 pub mod seed;
 pub mod tagged;

@@ -76,7 +76,8 @@ pub(crate) fn bind(
             (id, None, open)
         }
     };
-    let endpoint = quinn::Endpoint::server(tls::server_config(&id, idle, verifier)?, listen)
+    let cfg = tls::server_config(&id, idle, verifier, sc.federation.clients)?;
+    let endpoint = fedssl_shared::quic::endpoint(listen, Some(cfg))
         .with_context(|| format!("cannot listen on {listen} (UDP)"))?;
     if how.kit.is_none() {
         eprintln!(

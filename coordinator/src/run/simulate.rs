@@ -54,11 +54,9 @@ pub(crate) fn loopback_endpoint(sc: &Scenario, idle: Duration) -> Result<(Bound,
             key_pem: issued.key_pem.into_bytes(),
         });
     }
-    let ep = quinn::Endpoint::server(
-        tls::server_config(&id, idle, Some(verifier))?,
-        "127.0.0.1:0".parse()?,
-    )
-    .context("cannot open a loopback UDP socket")?;
+    let cfg = tls::server_config(&id, idle, Some(verifier), sc.federation.clients)?;
+    let ep = fedssl_shared::quic::endpoint("127.0.0.1:0".parse()?, Some(cfg))
+        .context("cannot open a loopback UDP socket")?;
     let bound = Bound {
         endpoint: ep,
         authenticator: Arc::new(SiteAdmission {

@@ -399,7 +399,7 @@ mod tests {
     async fn an_authenticator_refuses_after_the_hello_and_before_any_welcome() {
         let run = run_info(2);
         let id = self_signed(&[]).unwrap();
-        let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();
+        let cfg = server_config(&id, Duration::from_secs(5), None, 1).unwrap();
         let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = ep.local_addr().unwrap();
         let registry = Registry::new(run);
@@ -450,7 +450,7 @@ mod tests {
     #[tokio::test]
     async fn one_connection_carries_many_sessions_each_ending_with_its_control_stream() {
         let id = self_signed(&[]).unwrap();
-        let cfg = server_config(&id, Duration::from_secs(5), None).unwrap();
+        let cfg = server_config(&id, Duration::from_secs(5), None, 1).unwrap();
         let ep = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = ep.local_addr().unwrap();
         let registry = Registry::new(run_info(3));

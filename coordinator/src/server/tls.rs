@@ -211,11 +211,15 @@ pub fn check_coordinator_certificate(
 /// vanished client is noticed within `idle_timeout`. `client_auth` verifies client
 /// certificates (mutual TLS; e.g. `rustls::server::WebPkiClientVerifier` over the CA of the
 /// clients' certificates), which an [`crate::server::handshake::Authenticator`] can then read
-/// from the connection; `None` (`serve` without `--kit`) asks clients for none.
+/// from the connection; `None` (`serve` without `--kit`) asks clients for none. `peers`, the
+/// clients the run may hear from at once, shares the memory for what they send ahead of the
+/// coordinator's reading ([`fedssl_shared::quic::receive_window`]); datagram size and the
+/// other windows as [`fedssl_shared::quic::tune`] sets them.
 pub fn server_config(
     id: &ServerIdentity,
     idle_timeout: Duration,
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
+    peers: usize,
 ) -> Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider)
@@ -238,6 +242,7 @@ pub fn server_config(
     // every connection, so the limits are what the protocol uses.
     transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    fedssl_shared::quic::tune(&mut transport, fedssl_shared::quic::receive_window(peers));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
@@ -255,7 +260,7 @@ mod tests {
             load_identity(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).unwrap();
         assert_eq!(back.chain, id.chain);
         assert_eq!(back.key.secret_der(), id.key.secret_der());
-        assert!(server_config(&back, Duration::from_secs(5), None).is_ok());
+        assert!(server_config(&back, Duration::from_secs(5), None, 1).is_ok());
     }
 
     #[test]
