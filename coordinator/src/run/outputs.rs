@@ -229,13 +229,22 @@ pub(crate) fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// The one-line result printed at the end of a run.
+/// The one-line result printed at the end of a run: `quickstart: 3 rounds, 3 clients, 48.3 s
+/// | …` when every client contributed, `… 3 rounds, 7 of 10 clients contributed, …` when some
+/// never did (never sampled, dropped, or never joined).
 pub fn result_line(s: &Summary, out: &Path) -> String {
+    let clients = if s.clients_contributed == s.clients {
+        plural(s.clients, "client", "clients")
+    } else {
+        format!(
+            "{} of {} clients contributed",
+            s.clients_contributed, s.clients
+        )
+    };
     let mut line = format!(
-        "{}: {}, {}, {:.1} s",
+        "{}: {}, {clients}, {:.1} s",
         s.scenario,
         plural(s.rounds_completed, "round", "rounds"),
-        plural(s.clients_contributed, "client", "clients"),
         s.wall_seconds
     );
     if let Some(e) = &s.eval {
@@ -327,6 +336,44 @@ mod tests {
         assert_eq!(v["summary"]["max_images"], 3);
         assert!((v["summary"]["mean_emd"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-12);
         assert!(v["definitions"].as_str().unwrap().contains("nats"));
+    }
+
+    #[test]
+    fn the_result_line_says_how_many_clients_contributed_when_not_all_did() {
+        let mut s = Summary {
+            scenario: "quickstart".into(),
+            seed: 0,
+            rounds_completed: 3,
+            clients: 3,
+            clients_contributed: 3,
+            pretext: "rotation".into(),
+            backbone: "resnet".into(),
+            strategy: "fedavg".into(),
+            dataset: "synthetic".into(),
+            train_images: 0,
+            backbone_values: 0,
+            wall_seconds: 48.31,
+            train_seconds: 0.0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            resumed_after_round: None,
+            eval: None,
+            privacy: None,
+            sites: Default::default(),
+            secure_aggregation: false,
+        };
+        let out = Path::new("runs/q");
+        let file = out.join("summary.json").display().to_string();
+        assert_eq!(
+            result_line(&s, out),
+            format!("quickstart: 3 rounds, 3 clients, 48.3 s | {file}")
+        );
+        s.clients = 10;
+        s.clients_contributed = 7;
+        assert_eq!(
+            result_line(&s, out),
+            format!("quickstart: 3 rounds, 7 of 10 clients contributed, 48.3 s | {file}")
+        );
     }
 
     #[test]

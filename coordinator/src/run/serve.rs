@@ -145,11 +145,14 @@ pub(crate) fn announce(addr: SocketAddr, sc: &Scenario, out: &Path, kit: bool) {
     let join = if kit {
         "fedssl-client --kit <the site's kit folder>".to_string()
     } else {
-        format!(
-            "fedssl-client --coordinator <HOST>:{} --ca {} --shard K/{}",
+        let common = format!(
+            "fedssl-client --coordinator <HOST>:{} --ca {}",
             addr.port(),
             out.join("cert.pem").display(),
-            sc.federation.clients
+        );
+        let n = sc.federation.clients;
+        format!(
+            "{common} --shard K/{n}\n  or, virtual clients A..B-1 in one process: {common} --virtual A..B/{n}"
         )
     };
     eprintln!(

@@ -465,9 +465,29 @@ mod tests {
         assert_eq!(welcomed(&m), 0);
         let (_s2, _r2, m) = say(&conn, mux_hello(2)).await;
         assert_eq!(welcomed(&m), 2);
-        // a shard already held: busy, and the connection (and its sessions) stays
+        let (_s1, _r1, m) = say(&conn, mux_hello(1)).await;
+        assert_eq!(welcomed(&m), 1);
+        // the run is full. A shard already held (a restarted client's earlier session, not
+        // yet timed out): busy for that shard, and the connection (and its sessions) stays
+        let busy = |m: ServerMessage| match m {
+            ServerMessage::Busy { reason } => reason,
+            other => panic!("expected busy, got {other:?}"),
+        };
         let (_s, _r, m) = say(&conn, mux_hello(2)).await;
-        assert!(matches!(m, ServerMessage::Busy { .. }), "{m:?}");
+        let why = busy(m);
+        assert!(why.starts_with("shard 2 is already held"), "{why}");
+        // a client without a shard: the run is full
+        let any = ClientMessage::MultiplexedHello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "any".into(),
+            shard: None,
+        };
+        let (_s, _r, m) = say(&conn, any).await;
+        let why = busy(m);
+        assert!(
+            why.starts_with("the run already has its 3 clients"),
+            "{why}"
+        );
         // a plain hello on a multiplexed connection is refused, the connection stays
         let plain = ClientMessage::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -485,7 +505,7 @@ mod tests {
             other => panic!("expected a refusal, got {other:?}"),
         }
         assert!(conn.close_reason().is_none());
-        assert_eq!(registry.ids(), vec![0, 2]);
+        assert_eq!(registry.ids(), vec![0, 1, 2]);
         // streams the coordinator opens name the client they are for
         let link = registry.link(2).unwrap();
         assert!(link.multiplexed);
@@ -502,7 +522,7 @@ mod tests {
         write_message(&mut s0, &leaving).await.unwrap();
         s0.finish().unwrap();
         let t0 = std::time::Instant::now();
-        while registry.ids() != vec![2] {
+        while registry.ids() != vec![1, 2] {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
                 "{:?}",

@@ -244,9 +244,14 @@ impl Registry {
             g.get(id)
                 .is_some_and(|r| r.site.is_some() && r.site == admitted.site)
         });
-        if returning.is_none() && g.len() >= self.capacity {
+        // A client asking for a place a connected client holds (its own earlier connection,
+        // not yet timed out, when it restarted) is told about that place, not the full run.
+        let held = known
+            .or(shard.map(|(k, _)| k))
+            .is_some_and(|id| g.contains_key(&id));
+        if returning.is_none() && g.len() >= self.capacity && !held {
             return Err(NoSlot::Busy(format!(
-                "the run already has its {} clients (federation.clients)",
+                "the run already has its {} clients (federation.clients; a client that just vanished frees its place within federation.idle_timeout_seconds)",
                 self.capacity
             )));
         }
