@@ -465,8 +465,22 @@ mod tests {
         assert_eq!(welcomed(&m), 0);
         let (_s2, _r2, m) = say(&conn, mux_hello(2)).await;
         assert_eq!(welcomed(&m), 2);
+        // waiting for 3 with 2 enough and no grace: told 2 connected, then it returns
+        let mut told = Vec::new();
+        let wait = registry.wait_for(2, 3, Duration::ZERO, Duration::from_secs(5), |n| {
+            told.push(n)
+        });
+        wait.await.unwrap();
+        assert_eq!(told, vec![2]);
         let (_s1, _r1, m) = say(&conn, mux_hello(1)).await;
         assert_eq!(welcomed(&m), 1);
+        // none missing: nothing to tell
+        let mut told = Vec::new();
+        let wait = registry.wait_for(3, 3, Duration::ZERO, Duration::from_secs(5), |n| {
+            told.push(n)
+        });
+        wait.await.unwrap();
+        assert!(told.is_empty(), "{told:?}");
         // the run is full. A shard already held (a restarted client's earlier session, not
         // yet timed out): busy for that shard, and the connection (and its sessions) stays
         let busy = |m: ServerMessage| match m {

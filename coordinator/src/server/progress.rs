@@ -10,7 +10,12 @@ use crate::server::records::RoundRecord;
 pub struct RoundsProgress {
     bar: Option<ProgressBar>,
     rounds: usize,
+    /// Since when no "waiting for clients" line went to stderr (no bar), and whether one did.
+    waiting_said: std::cell::Cell<(std::time::Instant, bool)>,
 }
+
+/// Seconds between two "waiting for clients" lines on stderr when there is no bar.
+const WAITING_LINE_EVERY_SECONDS: u64 = 10;
 
 impl RoundsProgress {
     /// A bar in `mp` (none without), at round `done` of `rounds`.
@@ -27,7 +32,31 @@ impl RoundsProgress {
             );
             b
         });
-        Self { bar, rounds }
+        Self {
+            bar,
+            rounds,
+            waiting_said: std::cell::Cell::new((std::time::Instant::now(), false)),
+        }
+    }
+
+    /// Reports `connected` clients of the `want` a round waits for (`min` at least): on the
+    /// bar at once; without one, a line on stderr at most every [`WAITING_LINE_EVERY_SECONDS`]
+    /// (none while clients join within that time, as in-process ones do), and the line that
+    /// completes the run's clients after any such line.
+    pub fn waiting(&self, connected: usize, want: usize, min: usize) {
+        let msg = format!("waiting for clients: {connected} of {want} connected (at least {min})");
+        match self.bar.as_ref().filter(|b| !b.is_hidden()) {
+            Some(b) => b.set_message(msg),
+            None => {
+                let now = std::time::Instant::now();
+                let (since, said) = self.waiting_said.get();
+                let due = now.duration_since(since).as_secs() >= WAITING_LINE_EVERY_SECONDS;
+                if due || (said && connected >= want) {
+                    eprintln!("{msg}");
+                    self.waiting_said.set((now, true));
+                }
+            }
+        }
     }
 
     /// Reports a completed round.

@@ -378,19 +378,26 @@ impl Registry {
     }
 
     /// Waits until `want` clients are connected, or `min` are and `grace` has passed since;
-    /// errors after `timeout`.
+    /// errors after `timeout`. `connected` is told the number connected each time it changes
+    /// while this waits (from the first number below `want`; nothing when none is missing).
     pub async fn wait_for(
         &self,
         min: usize,
         want: usize,
         grace: Duration,
         timeout: Duration,
+        mut connected: impl FnMut(usize),
     ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut min_since: Option<Instant> = None;
+        let mut told = None;
         loop {
             let notified = self.changed.notified();
             let n = self.ids().len();
+            if told != Some(n) && (told.is_some() || n < want) {
+                connected(n);
+                told = Some(n);
+            }
             if n >= want {
                 return Ok(());
             }

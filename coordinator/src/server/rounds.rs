@@ -160,7 +160,9 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             status.set_phase(Phase::Waiting);
         }
         registry
-            .wait_for(fed.min_clients, fed.clients, grace, join_timeout)
+            .wait_for(fed.min_clients, fed.clients, grace, join_timeout, |n| {
+                bar.waiting(n, fed.clients, fed.min_clients)
+            })
             .await?;
         let started = Instant::now();
         let sampled = sample_clients(&registry.ids(), sc, round);
