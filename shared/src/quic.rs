@@ -4,8 +4,8 @@
 //! quinn's defaults suit the web (1,452-byte datagrams, a 1.25 MB stream window, the
 //! kernel's 208 KB socket buffer). Over loopback they moved a 100 MB payload at 0.4–0.5 GB/s,
 //! and the receiving socket overflowed: 1–2 % of the packets were lost and each loss halved the
-//! congestion window. With the settings here the same transfer runs at 0.8–1.2 GB/s
-//! (`bench_federation` part (a)); on a network path of an ordinary 1,500-byte MTU, path MTU
+//! congestion window. With the settings here the same transfer runs at 1.7–1.9 GB/s
+//! (`bench_federation` part (a), median and best of 5); on a network path of an ordinary 1,500-byte MTU, path MTU
 //! discovery (RFC 8899, quinn's) settles where it always did, and the initial datagram stays
 //! 1,200 bytes (RFC 9000 §14.1).
 
@@ -39,9 +39,9 @@ pub const COORDINATOR_RECEIVE_BUDGET: u64 = 64 << 20;
 /// [`COORDINATOR_RECEIVE_BUDGET`] shared among them, between [`MIN_STREAM_WINDOW`] and
 /// [`MAX_STREAM_WINDOW`]. A coordinator reads updates a few at a time, and what its clients
 /// send ahead waits in its memory: 4 clients get 16 MiB each, 8 clients 8 MiB, 54 or more
-/// quinn's 1.25 MB. (A 1 GB model's round with 8 clients: 8 MiB windows took 34 s a round at
-/// 4.3× the model in coordinator RSS, 16 MiB windows 36 s at 4.6×, quinn's 1.25 MB 51 s at
-/// 4.4×: `bench_federation` part (d).)
+/// quinn's 1.25 MB. (A 1 GB model's round with 8 clients, `bench_federation` part (d):
+/// 8 MiB windows took 31–36 s a round at 4.3–4.4× the model in coordinator RSS, 16 MiB
+/// windows 33–36 s at 4.6×, quinn's 1.25 MB 51 s at 4.4×.)
 pub fn receive_window(peers: usize) -> u64 {
     (COORDINATOR_RECEIVE_BUDGET / peers.max(1) as u64).clamp(MIN_STREAM_WINDOW, MAX_STREAM_WINDOW)
 }
