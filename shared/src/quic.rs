@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn sockets_get_at_least_the_kernels_default_buffer() {
+    fn sockets_get_the_buffer_asked_for_up_to_the_kernels_maximum() {
         let s = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         let got = socket2::SockRef::from(&s).recv_buffer_size().unwrap();
         // Linux doubles what it grants (bookkeeping); rmem_max bounds it
