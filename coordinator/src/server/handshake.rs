@@ -438,6 +438,16 @@ mod tests {
         (s, r, m)
     }
 
+    /// What [`Registry::wait_for`] `min` of `want` clients (no grace) tells of the connected.
+    async fn told_while_waiting(registry: &Registry, min: usize, want: usize) -> Vec<usize> {
+        let mut told = Vec::new();
+        let wait = registry.wait_for(min, want, Duration::ZERO, Duration::from_secs(5), |n| {
+            told.push(n)
+        });
+        wait.await.unwrap();
+        told
+    }
+
     /// A multiplexed hello for shard `k` of 3.
     fn mux_hello(k: u32) -> ClientMessage {
         ClientMessage::MultiplexedHello {
@@ -466,21 +476,11 @@ mod tests {
         let (_s2, _r2, m) = say(&conn, mux_hello(2)).await;
         assert_eq!(welcomed(&m), 2);
         // waiting for 3 with 2 enough and no grace: told 2 connected, then it returns
-        let mut told = Vec::new();
-        let wait = registry.wait_for(2, 3, Duration::ZERO, Duration::from_secs(5), |n| {
-            told.push(n)
-        });
-        wait.await.unwrap();
-        assert_eq!(told, vec![2]);
+        assert_eq!(told_while_waiting(&registry, 2, 3).await, vec![2]);
         let (_s1, _r1, m) = say(&conn, mux_hello(1)).await;
         assert_eq!(welcomed(&m), 1);
         // none missing: nothing to tell
-        let mut told = Vec::new();
-        let wait = registry.wait_for(3, 3, Duration::ZERO, Duration::from_secs(5), |n| {
-            told.push(n)
-        });
-        wait.await.unwrap();
-        assert!(told.is_empty(), "{told:?}");
+        assert!(told_while_waiting(&registry, 3, 3).await.is_empty());
         // the run is full. A shard already held (a restarted client's earlier session, not
         // yet timed out): busy for that shard, and the connection (and its sessions) stays
         let busy = |m: ServerMessage| match m {
