@@ -76,6 +76,23 @@ fn two_processes_of_fifty_virtual_clients_are_the_simulation_of_a_hundred() {
             Proc::start(cmd, dir.path().join(format!("slice-{i}.log")))
         })
         .collect();
+    // a slice of another run's size is refused at once, and leaves no temporary state folder
+    let tmp = dir.path().join("tmp-refused");
+    std::fs::create_dir(&tmp).unwrap();
+    let refused = Command::new(&client_bin)
+        .args(["--coordinator", &format!("127.0.0.1:{port}"), "--ca"])
+        .arg(&cert)
+        .args(["--virtual", "0..2/7", "--quiet"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("shard 0/7 does not fit this run"), "{err}");
+    assert!(!err.contains("state kept"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
     let status = server.wait_for_exit(Duration::from_secs(600));
     assert!(
         status.is_some_and(|s| s.success()),

@@ -270,7 +270,22 @@ async fn run_virtual(
         concurrent,
         cli.retry_for,
     )
-    .await?;
+    .await;
+    // A temporary folder goes when nothing in it is worth keeping: the slice finished, or no
+    // client wrote any state (it could not start, or was refused); a --state-dir is the user's.
+    let discard = || {
+        if temporary {
+            let _ = std::fs::remove_dir_all(&state_dir);
+        }
+    };
+    let worth_keeping = temporary && holds_files(&state_dir);
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(e) => {
+            discard();
+            return Err(e);
+        }
+    };
     let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     let rounds: usize = outcomes
         .iter()
@@ -290,12 +305,17 @@ async fn run_virtual(
         outcomes.len() - failed.len(),
         failed.len()
     );
+    if failed.is_empty() || (temporary && !worth_keeping) {
+        discard();
+    }
     if failed.is_empty() {
-        if temporary {
-            let _ = std::fs::remove_dir_all(&state_dir);
-        }
         return Ok(());
     }
+    let kept = if temporary && !worth_keeping {
+        String::new()
+    } else {
+        format!(" (state kept in {})", state_dir.display())
+    };
     let first: Vec<String> = failed
         .iter()
         .take(3)
@@ -305,12 +325,25 @@ async fn run_virtual(
         })
         .collect();
     bail!(
-        "{} of {} virtual clients failed (state kept in {}); the first: {}",
+        "{} of {} virtual clients failed{kept}; the first: {}",
         failed.len(),
         outcomes.len(),
-        state_dir.display(),
         first.join("; ")
     )
+}
+
+/// Whether `dir` or a folder below it holds a file (false for a folder that cannot be read).
+fn holds_files(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                holds_files(&path)
+            } else {
+                true
+            }
+        })
+    })
 }
 
 fn main() -> ExitCode {

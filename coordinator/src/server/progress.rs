@@ -11,7 +11,7 @@ pub struct RoundsProgress {
     bar: Option<ProgressBar>,
     rounds: usize,
     /// Since when no "waiting for clients" line went to stderr (no bar), and whether one did.
-    waiting_said: std::cell::Cell<(std::time::Instant, bool)>,
+    waiting_said: std::sync::Mutex<(std::time::Instant, bool)>,
 }
 
 /// Seconds between two "waiting for clients" lines on stderr when there is no bar.
@@ -35,7 +35,7 @@ impl RoundsProgress {
         Self {
             bar,
             rounds,
-            waiting_said: std::cell::Cell::new((std::time::Instant::now(), false)),
+            waiting_said: std::sync::Mutex::new((std::time::Instant::now(), false)),
         }
     }
 
@@ -49,11 +49,15 @@ impl RoundsProgress {
             Some(b) => b.set_message(msg),
             None => {
                 let now = std::time::Instant::now();
-                let (since, said) = self.waiting_said.get();
+                let mut last = self
+                    .waiting_said
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (since, said) = *last;
                 let due = now.duration_since(since).as_secs() >= WAITING_LINE_EVERY_SECONDS;
                 if due || (said && connected >= want) {
                     eprintln!("{msg}");
-                    self.waiting_said.set((now, true));
+                    *last = (now, true);
                 }
             }
         }
