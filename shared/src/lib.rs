@@ -37,4 +37,5 @@ pub mod seed;
 pub mod tagged;
 pub mod train;
 pub mod weights;
+pub mod weights_file;
 mod weights_stream;

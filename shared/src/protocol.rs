@@ -445,7 +445,7 @@ pub async fn write_weights_bytes<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8])
 
 /// Reads a weights payload's header: its length (at most `max_bytes`, checked before anything
 /// else is read) and its CRC-32.
-async fn read_weights_header<R: AsyncRead + Unpin>(
+pub async fn read_weights_header<R: AsyncRead + Unpin>(
     r: &mut R,
     max_bytes: u64,
 ) -> Result<(u64, u32)> {

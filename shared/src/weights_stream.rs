@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::weights::{float_values, TensorData, WeightSet};
 
 /// Largest safetensors header accepted, in bytes (the safetensors crate's own limit).
-const MAX_HEADER_BYTES: u64 = 100_000_000;
+pub(crate) const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Reads `len` bytes of safetensors from `r` into a [`WeightSet`] and checks them against
 /// `crc` (CRC-32, IEEE). Errors: the stream ends early; the bytes are not a valid
@@ -90,36 +90,10 @@ async fn parse<R: AsyncRead + Unpin>(reader: &mut Counted<'_, R>) -> Result<Weig
     }
     let mut header = vec![0u8; n as usize];
     reader.read(&mut header).await?;
-    let mut entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| anyhow::anyhow!("not a valid safetensors buffer: {e}"))?;
-    entries.remove("__metadata__");
-    let mut layout: Vec<(String, TensorInfo)> = entries
-        .into_iter()
-        .map(|(name, v)| {
-            let info: TensorInfo = serde_json::from_value(v)
-                .map_err(|e| anyhow::anyhow!("not a valid safetensors buffer: `{name}`: {e}"))?;
-            Ok((name, info))
-        })
-        .collect::<Result<_>>()?;
-    layout.sort_by_key(|(_, i)| i.data_offsets);
-    let data_bytes = reader.left;
-    let mut at = 0u64;
+    let layout = tensor_layout(&header, reader.left)?;
     let mut tensors = BTreeMap::new();
     for (name, info) in layout {
-        let (start, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
-        let size = info
-            .shape
-            .iter()
-            .try_fold(info.dtype.bitsize() as u64, |a, &d| a.checked_mul(d as u64))
-            .map(|bits| bits / 8)
-            .context("not a valid safetensors buffer: a shape too large")?;
-        if start != at || end < start || end - start != size || end > data_bytes {
-            bail!(
-                "not a valid safetensors buffer: tensor `{name}`'s bytes {start}..{end} do not follow {at} or do not fit its {:?} {:?}",
-                info.dtype,
-                info.shape
-            );
-        }
+        let size = (info.data_offsets.1 - info.data_offsets.0) as u64;
         let data = if info.dtype == safetensors::Dtype::F32 {
             read_f32(reader, size).await?
         } else {
@@ -134,12 +108,50 @@ async fn parse<R: AsyncRead + Unpin>(reader: &mut Counted<'_, R>) -> Result<Weig
                 data,
             },
         );
+    }
+    Ok(WeightSet { tensors })
+}
+
+/// The tensors a safetensors `header` (its JSON, without the size in front) describes, in
+/// the order of their bytes, checked against `data_bytes`, the bytes that follow the
+/// header: float or not, each tensor's bytes follow the previous one's exactly and fit its
+/// dtype and shape, and together they tile the data. Errors (`not a valid safetensors
+/// buffer: …`) name the first tensor that fails.
+pub(crate) fn tensor_layout(header: &[u8], data_bytes: u64) -> Result<Vec<(String, TensorInfo)>> {
+    let mut entries: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| anyhow::anyhow!("not a valid safetensors buffer: {e}"))?;
+    entries.remove("__metadata__");
+    let mut layout: Vec<(String, TensorInfo)> = entries
+        .into_iter()
+        .map(|(name, v)| {
+            let info: TensorInfo = serde_json::from_value(v)
+                .map_err(|e| anyhow::anyhow!("not a valid safetensors buffer: `{name}`: {e}"))?;
+            Ok((name, info))
+        })
+        .collect::<Result<_>>()?;
+    layout.sort_by_key(|(_, i)| i.data_offsets);
+    let mut at = 0u64;
+    for (name, info) in &layout {
+        let (start, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+        let size = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.bitsize() as u64, |a, &d| a.checked_mul(d as u64))
+            .map(|bits| bits / 8)
+            .context("not a valid safetensors buffer: a shape too large")?;
+        if start != at || end < start || end - start != size || end > data_bytes {
+            bail!(
+                "not a valid safetensors buffer: tensor `{name}`'s bytes {start}..{end} do not follow {at} or do not fit its {:?} {:?}",
+                info.dtype,
+                info.shape
+            );
+        }
         at = end;
     }
     if at != data_bytes {
         bail!("not a valid safetensors buffer: {data_bytes} bytes of data, tensors for {at}");
     }
-    Ok(WeightSet { tensors })
+    Ok(layout)
 }
 
 /// `size` bytes of little-endian `f32` values read straight into their vector.
