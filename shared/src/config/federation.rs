@@ -42,6 +42,13 @@ pub struct FederationConfig {
     /// Krum) may hold: a run whose sampled clients × model bytes exceed it is refused before
     /// its first round (default 4 GiB).
     pub max_buffered_bytes: u64,
+    /// A backbone of more than this many bytes (4 per `f32` value) goes through files in
+    /// the run's `spool/` folder instead of memory, when updates are uncompressed and not
+    /// securely aggregated: the round's global weights are sent from a file and dropped from
+    /// memory, and each update is written to disk as it arrives, checked, then added to the
+    /// running sum one tensor at a time. The coordinator then holds its `f64` running sum (2×
+    /// the model) and no copy of the model (default 256 MiB; 0: every model).
+    pub spool_above_bytes: u64,
     /// A connection silent for this many seconds is considered dead (QUIC idle timeout;
     /// keep-alives are sent at a quarter of it).
     pub idle_timeout_seconds: f64,
@@ -94,6 +101,7 @@ impl Default for FederationConfig {
             start_grace_seconds: None,
             max_weights_bytes: 1 << 30,
             max_buffered_bytes: 4 << 30,
+            spool_above_bytes: 256 << 20,
             idle_timeout_seconds: 20.0,
             dp: None,
             batch_norm: BatchNormPolicy::Aggregate,
