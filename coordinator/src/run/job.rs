@@ -155,6 +155,15 @@ async fn run_job_with(
     let train_images = federated.as_ref().unwrap_or(&train).len();
     drop(federated);
     status.attach(federation.registry.clone());
+    // the rounds start from the resumed weights, moved (not copied) out of the resume point,
+    // or from the initial ones: one copy of the model, not two
+    let start = match resumed.as_mut() {
+        Some(p) => {
+            drop(initial);
+            std::mem::take(&mut p.global)
+        }
+        None => initial,
+    };
     let t_rounds = Instant::now();
     let outcome = run_rounds(
         RoundsContext {
@@ -171,7 +180,7 @@ async fn run_job_with(
             strategy,
             status: status.clone(),
         },
-        resumed.as_ref().map_or(initial, |p| p.global.clone()),
+        start,
     )
     .await;
     let train_seconds = t_rounds.elapsed().as_secs_f64();
