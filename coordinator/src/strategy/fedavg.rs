@@ -8,8 +8,9 @@
 
 use anyhow::{bail, Result};
 use fedssl_shared::weights::{TensorData, WeightSet};
+use fedssl_shared::weights_file::WeightsFile;
 
-use crate::strategy::validate::{Refusal, UpdateLayout};
+use crate::strategy::validate::{check_finite, Refusal, UpdateLayout};
 use crate::strategy::{Buffering, RoundAggregator, Strategy};
 
 /// FedAvg: the round's weighted mean is the next global model.
@@ -26,6 +27,10 @@ impl Strategy for FedAvg {
 
     fn begin_round(&self, global: &WeightSet) -> Box<dyn RoundAggregator> {
         Box::new(WeightedMean::new(global))
+    }
+
+    fn apply_reads_global(&self) -> bool {
+        false
     }
 
     fn apply(&mut self, _global: &WeightSet, round: Box<dyn RoundAggregator>) -> Result<WeightSet> {
@@ -48,7 +53,7 @@ impl WeightedMean {
         let sums = global
             .tensors
             .iter()
-            .map(|(n, t)| (n.clone(), t.shape.clone(), vec![0.0f64; t.data.len()]))
+            .map(|(n, t)| (n.clone(), t.shape.clone(), Vec::new()))
             .collect();
         Self {
             layout: UpdateLayout::of(global),
@@ -64,14 +69,58 @@ impl WeightedMean {
         self.layout.check(update, num_samples)?;
         let w = num_samples as f64;
         for (name, _, sum) in &mut self.sums {
-            let src = &update.tensors[name.as_str()].data;
-            for (s, &v) in sum.iter_mut().zip(src) {
-                *s += w * v as f64;
-            }
+            fold(sum, &update.tensors[name.as_str()].data, w);
         }
         self.total_samples += num_samples;
         self.contributions += 1;
         Ok(())
+    }
+
+    /// [`Self::add`] for an update held in `file` (spooled to disk as it arrived), reading one
+    /// tensor of it at a time: the layout is checked, then every tensor's values are read and
+    /// checked, and only if all pass are they read again, tensor by tensor, into the sum — the
+    /// same sum [`Self::add`] makes, bit for bit. Returns the refusal of an invalid update,
+    /// which changes nothing. Errors when the file cannot be read; if that happens while the
+    /// values are being added, the sum holds part of the update and the round's aggregate
+    /// must be discarded.
+    pub fn add_file(&mut self, file: &WeightsFile, num_samples: u64) -> Result<Result<(), Refusal>> {
+        let layout = self.layout.check_tensors(
+            num_samples,
+            |name| file.shape(name).map(|s| (s, s.iter().product())),
+            file.shapes().map(|(n, _)| n),
+        );
+        if let Err(refusal) = layout {
+            return Ok(Err(refusal));
+        }
+        for (name, _, _) in &self.sums {
+            let finite = file.read_chunks(name, |start, values| {
+                check_finite(name, values).map_err(|r| match r {
+                    Refusal::NonFinite { name, value, index } => Refusal::NonFinite {
+                        name,
+                        value,
+                        index: start + index,
+                    },
+                    other => other,
+                })
+            })?;
+            if let Err(refusal) = finite {
+                return Ok(Err(refusal));
+            }
+        }
+        let w = num_samples as f64;
+        for (name, shape, sum) in &mut self.sums {
+            if sum.is_empty() {
+                sum.reserve_exact(shape.iter().product());
+            }
+            file.read_chunks(name, |start, values| {
+                fold_at(sum, start, values, w);
+                Ok::<(), ()>(())
+            })?
+            .ok();
+        }
+        self.total_samples += num_samples;
+        self.contributions += 1;
+        Ok(Ok(()))
     }
 
     /// Number of updates added so far.
@@ -99,9 +148,34 @@ impl WeightedMean {
     }
 }
 
+/// `sum += w · src`, element by element, in `f64`. An empty `sum` (no update yet: the
+/// sums are allocated by the first update, not when the round begins, so that a spooled
+/// round holds nothing of them before the global weights have left memory) becomes
+/// `0 + w · src`, what adding to zeros gives, bit for bit (a −0 becomes +0).
+fn fold(sum: &mut Vec<f64>, src: &[f32], w: f64) {
+    fold_at(sum, 0, src, w);
+}
+
+/// [`fold`] of the values `src` of a tensor from its value `start` on: `sum[start..] +=
+/// w · src`, or, where the sum ends at `start` (the first update, read piece by piece), the
+/// sum extended by `0 + w · src`.
+fn fold_at(sum: &mut Vec<f64>, start: usize, src: &[f32], w: f64) {
+    if sum.len() == start {
+        sum.extend(src.iter().map(|&v| 0.0 + w * v as f64));
+    } else {
+        for (s, &v) in sum[start..start + src.len()].iter_mut().zip(src) {
+            *s += w * v as f64;
+        }
+    }
+}
+
 impl RoundAggregator for WeightedMean {
     fn add(&mut self, update: &WeightSet, num_samples: u64) -> Result<(), Refusal> {
         WeightedMean::add(self, update, num_samples)
+    }
+
+    fn add_file(&mut self, update: &WeightsFile, num_samples: u64) -> Result<Result<(), Refusal>> {
+        WeightedMean::add_file(self, update, num_samples)
     }
 
     fn contributions(&self) -> usize {
@@ -232,6 +306,86 @@ mod tests {
         );
         // the bug's value, 1400/2100 = 2/3, is what it is not
         assert_ne!(out.tensors["layer.weight"].data[0], (2.0f64 / 3.0) as f32);
+    }
+
+    #[test]
+    fn an_update_read_from_its_file_adds_what_it_adds_in_memory_and_a_bad_one_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, w: &WeightSet| {
+            let p = dir.path().join(name);
+            w.save(&p).unwrap();
+            WeightsFile::open(&p).unwrap()
+        };
+        let u = [
+            (ws([0.1, 0.7], 1.3), 17u64),
+            (ws([-0.3, 0.25], 0.9), 5),
+            (ws([2.5, -1.1], 1.1), 123),
+        ];
+        let mut memory = WeightedMean::new(&ws([0.0, 0.0], 0.0));
+        let mut files = WeightedMean::new(&ws([0.0, 0.0], 0.0));
+        for (k, (w, n)) in u.iter().enumerate() {
+            memory.add(w, *n).unwrap();
+            files.add_file(&file(&format!("u{k}"), w), *n).unwrap().unwrap();
+        }
+        // refused, each for the reason add gives, and the sum is untouched
+        let mut nan = ws([0.0, 0.0], 1.0);
+        nan.tensors.get_mut("layer.weight").unwrap().data[1] = f32::NAN;
+        let mut shape = ws([1.0, 1.0], 1.0);
+        shape.tensors.get_mut("layer.weight").unwrap().shape = vec![1, 2];
+        let mut extra = ws([1.0, 1.0], 1.0);
+        extra.tensors.insert(
+            "head.bias".into(),
+            TensorData {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        );
+        for (k, (bad, n)) in [(nan, 5u64), (shape, 5), (extra, 5), (ws([1.0, 1.0], 1.0), 0)]
+            .iter()
+            .enumerate()
+        {
+            let got = files.add_file(&file(&format!("bad{k}"), bad), *n).unwrap();
+            // (as text: a NaN in the refusal is not equal to itself)
+            let want = memory.layout.check(bad, *n).unwrap_err().to_string();
+            assert_eq!(got.unwrap_err().to_string(), want);
+        }
+        assert_eq!((files.contributions(), files.total_samples()), (3, 145));
+        assert_eq!(files.finish().unwrap(), memory.finish().unwrap());
+    }
+
+    #[test]
+    fn a_non_finite_value_past_the_first_piece_of_a_file_is_named_at_its_index() {
+        let n = fedssl_shared::weights_file::CHUNK_VALUES + 5;
+        let one = |v: f32, at: usize| {
+            let mut w = WeightSet::default();
+            let mut data = vec![0.5f32; n];
+            data[at] = v;
+            w.tensors.insert("t".into(), TensorData { shape: vec![n], data });
+            w
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u");
+        let bad = one(f32::INFINITY, n - 3);
+        bad.save(&p).unwrap();
+        let mut agg = WeightedMean::new(&one(0.0, 0));
+        let got = agg.add_file(&WeightsFile::open(&p).unwrap(), 1).unwrap();
+        assert_eq!(got.unwrap_err(), agg.layout.check(&bad, 1).unwrap_err());
+        assert_eq!(agg.contributions(), 0);
+        // a good one of two pieces is added whole
+        one(2.0, n - 1).save(&p).unwrap();
+        agg.add_file(&WeightsFile::open(&p).unwrap(), 1).unwrap().unwrap();
+        let out = agg.finish().unwrap();
+        assert_eq!((out.tensors["t"].data[0], out.tensors["t"].data[n - 1]), (0.5, 2.0));
+    }
+
+    #[test]
+    fn a_negative_zero_gives_what_adding_to_zeros_gives() {
+        // the sums start empty and the first update makes them: 0 + (−0) is +0, as before
+        let mut agg = WeightedMean::new(&ws([0.0, 0.0], 0.0));
+        agg.add(&ws([-0.0, 1.0], -0.0), 2).unwrap();
+        let out = agg.finish().unwrap();
+        assert_eq!(out.tensors["layer.weight"].data[0].to_bits(), 0.0f32.to_bits());
+        assert_eq!(out.tensors["bn.running_var"].data[0].to_bits(), 0.0f32.to_bits());
     }
 
     #[test]

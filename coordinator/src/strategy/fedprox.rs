@@ -43,6 +43,10 @@ impl Strategy for FedProx {
         Box::new(WeightedMean::new(global))
     }
 
+    fn apply_reads_global(&self) -> bool {
+        false
+    }
+
     fn apply(&mut self, _global: &WeightSet, round: Box<dyn RoundAggregator>) -> Result<WeightSet> {
         round.finish()
     }

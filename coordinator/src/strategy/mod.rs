@@ -51,6 +51,7 @@ use anyhow::{bail, Result};
 use fedssl_shared::config::{FedAvgConfig, Scenario, StrategyConfig};
 use fedssl_shared::protocol::RoundConfig;
 use fedssl_shared::weights::WeightSet;
+use fedssl_shared::weights_file::WeightsFile;
 
 use crate::strategy::validate::Refusal;
 
@@ -86,6 +87,14 @@ pub trait Strategy: Send {
     /// the weights the round started from. Errors when the aggregate holds no update.
     fn apply(&mut self, global: &WeightSet, round: Box<dyn RoundAggregator>) -> Result<WeightSet>;
 
+    /// Whether [`Self::apply`] reads its `global` argument. A strategy whose server step is
+    /// the aggregate itself (FedAvg, FedProx) says `false`, and a run whose global weights
+    /// are spooled to disk during the round (`federation.spool_above_bytes`) then gives it
+    /// empty weights rather than read them back. The default: `true`.
+    fn apply_reads_global(&self) -> bool {
+        true
+    }
+
     /// Server state to checkpoint with the weights after a round (`None`: the strategy keeps
     /// none).
     fn state(&self) -> Option<WeightSet> {
@@ -117,6 +126,15 @@ pub trait RoundAggregator: Send {
     /// Validates `update` (trained on `num_samples` images) and, only if it is valid, folds
     /// it in; a refused update changes nothing.
     fn add(&mut self, update: &WeightSet, num_samples: u64) -> Result<(), Refusal>;
+
+    /// [`Self::add`] for an update held in a file (a large model's update spooled to disk as
+    /// it arrived, `crate::server::spool`). The default loads it whole and adds it; a
+    /// streaming aggregator reads it tensor by tensor instead ([`fedavg::WeightedMean`]).
+    /// Returns the refusal of an invalid update, which changes nothing. Errors when the file
+    /// cannot be read; the round's aggregate is then to be discarded.
+    fn add_file(&mut self, update: &WeightsFile, num_samples: u64) -> Result<Result<(), Refusal>> {
+        Ok(self.add(&update.load()?, num_samples))
+    }
 
     /// Updates accepted so far.
     fn contributions(&self) -> usize;

@@ -120,48 +120,75 @@ impl UpdateLayout {
     /// tensor of the layout by name (present, shape, value count), then tensors the layout
     /// lacks, then finite values; the first failure is the refusal.
     pub fn check(&self, update: &WeightSet, num_samples: u64) -> Result<(), Refusal> {
+        self.check_tensors(
+            num_samples,
+            |name| {
+                update
+                    .tensors
+                    .get(name)
+                    .map(|t| (t.shape.as_slice(), t.data.len()))
+            },
+            update.tensors.keys().map(String::as_str),
+        )?;
+        for (name, t) in &update.tensors {
+            check_finite(name, &t.data)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::check`]'s checks before the values': `num_samples`, then each tensor of the
+    /// layout by name (`tensor(name)` gives the update's shape and value count of it, or
+    /// `None` where it lacks it), then the first of the update's tensor `names` the layout
+    /// lacks. For an update whose values are not in memory ([`Self::check`] them with
+    /// [`check_finite`], tensor by tensor in name order).
+    pub fn check_tensors<'a>(
+        &self,
+        num_samples: u64,
+        tensor: impl Fn(&str) -> Option<(&'a [usize], usize)>,
+        mut names: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Refusal> {
         if num_samples == 0 {
             return Err(Refusal::NoSamples);
         }
         for (name, expected) in &self.shapes {
-            match update.tensors.get(name) {
+            match tensor(name) {
                 None => return Err(Refusal::MissingTensor { name: name.clone() }),
-                Some(t) if &t.shape != expected => {
+                Some((shape, _)) if shape != expected.as_slice() => {
                     return Err(Refusal::WrongShape {
                         name: name.clone(),
-                        shape: t.shape.clone(),
+                        shape: shape.to_vec(),
                         expected: expected.clone(),
                     })
                 }
-                Some(t) if t.data.len() != t.shape.iter().product::<usize>() => {
+                Some((shape, values)) if values != shape.iter().product::<usize>() => {
                     return Err(Refusal::WrongLength {
                         name: name.clone(),
-                        values: t.data.len(),
-                        shape: t.shape.clone(),
+                        values,
+                        shape: shape.to_vec(),
                     })
                 }
                 Some(_) => {}
             }
         }
-        if let Some(extra) = update
-            .tensors
-            .keys()
-            .find(|k| !self.shapes.contains_key(*k))
-        {
+        if let Some(extra) = names.find(|k| !self.shapes.contains_key(*k)) {
             return Err(Refusal::UnexpectedTensor {
-                name: extra.clone(),
+                name: extra.to_string(),
             });
         }
-        for (name, t) in &update.tensors {
-            if let Some(index) = t.data.iter().position(|v| !v.is_finite()) {
-                return Err(Refusal::NonFinite {
-                    name: name.clone(),
-                    value: t.data[index],
-                    index,
-                });
-            }
-        }
         Ok(())
+    }
+}
+
+/// Refuses the values `data` of tensor `name` when one is NaN or infinite (the first one
+/// is named, with its row-major index).
+pub fn check_finite(name: &str, data: &[f32]) -> Result<(), Refusal> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Refusal::NonFinite {
+            name: name.to_string(),
+            value: data[index],
+            index,
+        }),
     }
 }
 
