@@ -135,6 +135,38 @@ async fn same_seed_same_weights() {
     assert_eq!(finals[0], finals[1]);
 }
 
+/// `federation.spool_above_bytes = 0` puts every round through the spool (the global
+/// weights sent from a file and dropped from memory, each update written to disk and added
+/// tensor by tensor): the weights are the in-memory run's, bit for bit, with FedAvg and with
+/// FedAdam (whose server step reads the global weights back from the spool); every round
+/// says it was spooled, and no spool folder is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_run_gives_the_in_memory_runs_weights_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for strategy in ["\"fedavg\"", "{kind=\"fedadam\",server_lr=0.01}"] {
+        let mut finals = Vec::new();
+        for spool in [256u64 << 20, 0] {
+            let out = dir.path().join(format!("{}-{spool}", strategy.len()));
+            let sets = [
+                "eval.enabled=false".to_string(),
+                format!("federation.strategy={strategy}"),
+                format!("federation.spool_above_bytes={spool}"),
+            ];
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let s = simulate(scenario(&sets), &out).await.unwrap();
+            assert_eq!(s.rounds_completed, 2);
+            let spooled: Vec<bool> = read_rounds(&out)
+                .iter()
+                .map(|r| r["spooled"] == Value::Bool(true))
+                .collect();
+            assert_eq!(spooled, [spool == 0; 2], "{strategy}, spool above {spool}");
+            assert!(!out.join("spool").exists());
+            finals.push(std::fs::read(out.join("final.safetensors")).unwrap());
+        }
+        assert!(finals[0] == finals[1], "{strategy}: the spooled run differs");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_mid_round_is_dropped_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();

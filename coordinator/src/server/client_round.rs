@@ -3,6 +3,7 @@
 //! sent are counted as soon as they are sent, so a client that is dropped still counts.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{bail, Context, Result};
@@ -17,51 +18,96 @@ use fedssl_shared::weights::WeightSet;
 use crate::server::records::DropReason;
 use crate::server::registry::ClientLink;
 use crate::server::samples::SampleRule;
+use crate::server::spool::{Spool, SpooledUpdate, SEND_CHUNK};
 use crate::server::status::board::{ClientState, StatusBoard};
 
 /// The global weights a round starts from, as one weights payload (safetensors bytes and
-/// their header), serialised once and sent to every client from this one buffer: quinn
-/// keeps a reference to it until each client acknowledges it, never a copy per client (with
-/// `write_all`, each connection held its own copy of up to its send window: 8 clients of an
-/// 11 MB backbone took the coordinator to 149 MiB). Cloning shares the buffer: each client's
-/// task holds a clone until its copy is sent, so the buffer is freed once every client has
-/// it, before the updates are aggregated.
+/// their header), serialised once and sent to every client from one place, never a copy
+/// per client (with `write_all`, each connection held its own copy of up to its send
+/// window: 8 clients of an 11 MB backbone took the coordinator to 149 MiB). That place is a
+/// buffer that quinn references until each client acknowledges it, or, for a spooled run
+/// ([`crate::server::spool`]), a file each client's stream reads in
+/// [`crate::server::spool::SEND_CHUNK`] pieces (memory: the pieces in flight, bounded by
+/// the connections' send windows). Cloning shares the buffer or the open file: each
+/// client's task holds a clone until its copy is sent.
 #[derive(Clone)]
 pub struct GlobalPayload {
     header: [u8; 12],
-    bytes: bytes::Bytes,
+    body: Body,
+}
+
+/// Where a [`GlobalPayload`]'s bytes are.
+#[derive(Clone)]
+enum Body {
+    Memory(bytes::Bytes),
+    File(Arc<std::fs::File>, u64),
 }
 
 impl GlobalPayload {
-    /// The payload of `weights`. Errors when they cannot be serialised.
+    /// The payload of `weights`, in memory. Errors when they cannot be serialised.
     pub fn of(weights: &WeightSet) -> Result<Self> {
         let bytes = weights.to_safetensors()?;
         Ok(Self {
             header: weights_header(&bytes),
-            bytes: bytes.into(),
+            body: Body::Memory(bytes.into()),
+        })
+    }
+
+    /// The payload of `weights`, written to `path` (a safetensors file, replaced if it
+    /// exists) and sent from there. Errors when they cannot be serialised or the file
+    /// cannot be written or opened (named).
+    pub fn in_file(path: &Path, weights: &WeightSet) -> Result<Self> {
+        let bytes = weights.to_safetensors()?;
+        let header = weights_header(&bytes);
+        std::fs::write(path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        let len = bytes.len() as u64;
+        drop(bytes);
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self {
+            header,
+            body: Body::File(Arc::new(file), len),
         })
     }
 
     /// Bytes of the safetensors payload (without its 12-byte header).
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        match &self.body {
+            Body::Memory(b) => b.len(),
+            Body::File(_, len) => *len as usize,
+        }
     }
 
     /// True for an empty payload (never: even no tensor has a safetensors header).
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len() == 0
     }
 
-    /// Writes the payload on `send` without copying it; returns the bytes written (header
-    /// included). Errors when the stream fails.
+    /// Writes the payload on `send` without copying a buffer (a file is read piece by
+    /// piece); returns the bytes written (header included). Errors when the stream fails or
+    /// the file cannot be read.
     pub async fn send(&self, send: &mut quinn::SendStream) -> Result<u64> {
-        send.write_all(&self.header)
-            .await
-            .context("connection lost while sending the weights")?;
-        send.write_chunk(self.bytes.clone())
-            .await
-            .context("connection lost while sending the weights")?;
-        Ok((self.header.len() + self.bytes.len()) as u64)
+        let lost = "connection lost while sending the weights";
+        send.write_all(&self.header).await.context(lost)?;
+        match &self.body {
+            Body::Memory(b) => send.write_chunk(b.clone()).await.context(lost)?,
+            Body::File(file, len) => {
+                let mut at = 0u64;
+                while at < *len {
+                    let n = (*len - at).min(SEND_CHUNK as u64) as usize;
+                    let f = file.clone();
+                    let piece = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; n];
+                        std::os::unix::fs::FileExt::read_exact_at(&*f, &mut buf, at).map(|_| buf)
+                    })
+                    .await?
+                    .context("cannot read the spooled global weights")?;
+                    send.write_chunk(piece.into()).await.context(lost)?;
+                    at += n as u64;
+                }
+            }
+        }
+        Ok((self.header.len() + self.len()) as u64)
     }
 }
 
@@ -80,6 +126,9 @@ pub struct RoundShared {
     /// The global weights the round starts from, when updates arrive as encoded deltas
     /// (any compression but `"none"`) and are decoded against them.
     pub global: Option<WeightSet>,
+    /// Where updates are written as they arrive, for a spooled run (`None`: they are
+    /// decoded into memory).
+    pub spool: Option<Arc<Spool>>,
     /// The sample counts n_k accepted ([`crate::server::samples`]).
     pub samples: SampleRule,
     /// The live run page's state: each client's progress (training, uploaded).
@@ -91,7 +140,7 @@ pub struct Arrived {
     /// The client.
     pub id: u32,
     /// Its weights.
-    pub weights: WeightSet,
+    pub update: Update,
     /// Training images behind them.
     pub num_samples: u64,
     /// Mean pretext loss of its last local epoch.
@@ -103,6 +152,14 @@ pub struct Arrived {
     /// Wall seconds of local training it reported.
     pub train_seconds: f64,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// An arrived update's weights: in memory, or in a spool file.
+pub enum Update {
+    /// Decoded into memory.
+    Memory(WeightSet),
+    /// Written to the run's spool ([`crate::server::spool`]).
+    File(SpooledUpdate),
 }
 
 /// The answer of a client that did not fail at the transport level.
@@ -172,20 +229,27 @@ async fn exchange(
                 Err(refusal) => return Ok(Answer::Refused(refusal)),
             };
             let permit = shared.slots.clone().acquire_owned().await?;
-            let (weights, wbytes) = match &shared.global {
-                None => read_weights(&mut recv, shared.max_weights_bytes).await?,
-                Some(global) => {
-                    let (bytes, n) =
-                        read_weights_payload(&mut recv, shared.max_weights_bytes).await?;
+            let max = shared.max_weights_bytes;
+            let (update, wbytes) = match (&shared.global, &shared.spool) {
+                (None, None) => {
+                    let (w, n) = read_weights(&mut recv, max).await?;
+                    (Update::Memory(w), n)
+                }
+                (None, Some(spool)) => {
+                    let (u, n) = spool.receive(&mut recv, max, round, id).await?;
+                    (Update::File(u), n)
+                }
+                (Some(global), _) => {
+                    let (bytes, n) = read_weights_payload(&mut recv, max).await?;
                     let w = decode_update(&shared.compression, global, &bytes)
                         .context("bad encoded update")?;
-                    (w, n)
+                    (Update::Memory(w), n)
                 }
             };
             shared.status.client(id, ClientState::Uploaded);
             Ok(Answer::Update(Arrived {
                 id,
-                weights,
+                update,
                 num_samples,
                 loss,
                 accuracy,

@@ -14,6 +14,7 @@ pub mod revocation;
 pub mod rounds;
 pub mod samples;
 mod secagg_round;
+pub mod spool;
 pub mod sites;
 pub mod status;
 pub mod tensorboard;

@@ -114,6 +114,10 @@ pub struct RoundRecord {
     /// each step, and what each phase cost. Absent without it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<SecAggRecord>,
+    /// `true` when the round's global weights and updates went through the run's `spool/`
+    /// folder instead of memory (`federation.spool_above_bytes`); absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spooled: bool,
 }
 
 /// The secure-aggregation part of a round's line of `rounds.jsonl`.
@@ -176,6 +180,7 @@ impl RoundRecord {
             privacy: None,
             sites: BTreeMap::new(),
             secure_aggregation: None,
+            spooled: false,
         }
     }
 

@@ -6,7 +6,9 @@
 //! strategy's aggregator as they arrive. A client that errors, vanishes, sends a bad update or
 //! misses the round deadline is dropped from the round (recorded in `rounds.jsonl`); the run
 //! goes on while at least `min_clients` contribute. At most [`decode_slots`] received updates
-//! are held in memory at once, whatever the number of clients. After each round the global
+//! are held in memory at once, whatever the number of clients; a backbone over
+//! `federation.spool_above_bytes` goes through files instead ([`crate::server::spool`]):
+//! during the round the coordinator holds the running sum and no copy of the model. After each round the global
 //! weights are checkpointed, the k-NN monitor scores them when due, and the round's record is
 //! appended to `rounds.jsonl` ([`crate::server::records`]) and, with `[logging] tensorboard`,
 //! its scalars to a TensorBoard event file ([`crate::server::tensorboard`]). The live run page's
@@ -30,12 +32,15 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::eval::knn::KnnMonitor;
-use crate::server::client_round::{client_round, Arrived, GlobalPayload, RoundShared, SentBytes};
+use crate::server::client_round::{
+    client_round, Arrived, GlobalPayload, RoundShared, SentBytes, Update,
+};
 use crate::server::progress::RoundsProgress;
 use crate::server::records::{Checkpoints, DropReason, RoundRecord, RoundsLog};
 use crate::server::registry::Registry;
 use crate::server::samples::SampleRule;
 use crate::server::secagg_round::{secure_round, SecureRound};
+use crate::server::spool::Spool;
 use crate::server::status::board::{ClientState, Phase, StatusBoard};
 use crate::server::tensorboard::EventWriter;
 use crate::strategy::{RoundAggregator, Strategy};
@@ -140,7 +145,18 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     };
     let bar = RoundsProgress::new(progress.as_ref(), fed.rounds, start_round);
     info!(strategy = strategy.name(), buffering = ?strategy.buffering(), "aggregation");
-    let slots = Arc::new(tokio::sync::Semaphore::new(decode_slots(&global)));
+    let spool = match spooling(sc, &global) {
+        true => Some(Arc::new(Spool::create(out)?)),
+        false => None,
+    };
+    // spooled updates wait on disk, not in memory: two at a time, one received while
+    // another is added
+    let slots = match spool {
+        Some(_) => DECODE_SLOTS,
+        None => decode_slots(&global),
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(slots));
+    info!(spooled = spool.is_some(), "large-model spool");
     let mut totals = RoundsOutcome {
         global: WeightSet::default(),
         rounds_completed: start_round,
@@ -175,6 +191,7 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             sent: SentBytes::default(),
             compression: fed.compression.clone(),
             global: (!fed.compression.is_none()).then(|| global.clone()),
+            spool: spool.clone(),
             samples: SampleRule {
                 expected: sampled
                     .iter()
@@ -188,6 +205,8 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         let deadline = tokio::time::Instant::from_std(
             started + Duration::from_secs_f64(fed.round_deadline_seconds),
         );
+        // a spooled round drops the global weights from memory once they are in the spool
+        let mut global_on_disk = false;
         let agg = if fed.secure_aggregation.enabled {
             let secure = SecureRound {
                 scenario: sc,
@@ -206,13 +225,16 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             match secure_round(secure, &mut rec).await {
                 Ok(agg) => agg,
                 Err(reason) => {
-                    let e = fail_secure_round(&mut log, &mut rec, &reason);
+                    let e = fail_round_because(&mut log, &mut rec, &reason);
                     status.round_done(&rec);
                     return Err(e);
                 }
             }
         } else {
-            let payload = GlobalPayload::of(&global)?;
+            let payload = match &spool {
+                Some(spool) => spool.global_payload(round as u32, &global)?,
+                None => GlobalPayload::of(&global)?,
+            };
             let in_flight = dispatch(
                 &registry,
                 strategy.as_ref(),
@@ -224,7 +246,22 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             // the clients' tasks hold it until each has sent it
             drop(payload);
             let mut agg = strategy.begin_round(&global);
-            let loss_sum = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
+            if spool.is_some() {
+                global = WeightSet::default();
+                // its pages go back to the kernel now, not when the heap next shrinks
+                fedssl_shared::ops::trim_allocator();
+                global_on_disk = true;
+                rec.spooled = true;
+            }
+            let collected = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
+            let loss_sum = match collected {
+                Ok(loss_sum) => loss_sum,
+                Err(e) => {
+                    let e = fail_round_because(&mut log, &mut rec, &format!("{e:#}"));
+                    status.round_done(&rec);
+                    return Err(e);
+                }
+            };
             close_record(&mut rec, &shared, started, agg.as_ref(), loss_sum);
             agg
         };
@@ -238,7 +275,17 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             status.round_done(&rec);
             return Err(e);
         }
+        if let Some(spool) = spool.as_ref().filter(|_| global_on_disk) {
+            if strategy.apply_reads_global() {
+                global = spool.global(round as u32)?;
+            }
+            spool.end_round(round as u32);
+        }
         global = strategy.apply(&global, agg)?;
+        if global_on_disk {
+            // the running sum's pages go back to the kernel before the next round's payload
+            fedssl_shared::ops::trim_allocator();
+        }
         rec.privacy = strategy.report();
         checkpoints.save(round + 1, &global, strategy.state().as_ref())?;
         if let Some(m) = monitor.as_ref().filter(|m| m.due(round + 1, fed.rounds)) {
@@ -256,6 +303,16 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     totals.global = global;
     totals.sites = registry.sites();
     Ok(totals)
+}
+
+/// Whether a run's rounds go through the spool ([`crate::server::spool`]): a backbone of
+/// `global`'s size over `federation.spool_above_bytes`, updates uncompressed (a compressed
+/// update is decoded against the global weights in memory), no secure aggregation.
+fn spooling(sc: &Scenario, global: &WeightSet) -> bool {
+    let fed = &sc.federation;
+    (global.num_values() as u64).saturating_mul(4) > fed.spool_above_bytes
+        && fed.compression.is_none()
+        && !fed.secure_aggregation.enabled
 }
 
 /// The clients of round `round` (0-based) among the `connected` ids: the participation
@@ -331,6 +388,8 @@ pub(crate) fn round_config(
 /// arrived update goes to `agg`, and `rec` gets the contributions, the bytes received and
 /// every drop with its reason (the clients still pending at the deadline miss it). Returns
 /// the sample-weighted sum of the accepted updates' losses. `status` follows each client.
+/// Errors when a spooled update's file could not be read while it was being added: the
+/// aggregate may hold part of it, and the round's other tasks are stopped.
 async fn collect(
     mut in_flight: InFlight,
     deadline: tokio::time::Instant,
@@ -338,7 +397,7 @@ async fn collect(
     agg: &mut dyn RoundAggregator,
     rec: &mut RoundRecord,
     status: &StatusBoard,
-) -> f64 {
+) -> Result<f64> {
     let mut loss_sum = 0.0;
     loop {
         match tokio::time::timeout_at(deadline, in_flight.tasks.join_next()).await {
@@ -349,7 +408,24 @@ async fn collect(
                 match res {
                     Ok(a) => {
                         rec.bytes_received += a.bytes_received;
-                        match agg.add(&a.weights, a.num_samples) {
+                        let added = match &a.update {
+                            Update::Memory(w) => agg.add(w, a.num_samples),
+                            Update::File(u) => match agg.add_file(u.file(), a.num_samples) {
+                                Ok(added) => {
+                                    // the tensors it was read into go back to the kernel
+                                    // (the allocator would keep up to 256 MiB per arena)
+                                    fedssl_shared::ops::trim_allocator();
+                                    added
+                                }
+                                Err(e) => {
+                                    in_flight.tasks.abort_all();
+                                    return Err(e.context(format!(
+                                        "client {id}'s spooled update could not be added"
+                                    )));
+                                }
+                            },
+                        };
+                        match added {
                             Ok(()) => {
                                 rec.contributed(
                                     a.id,
@@ -388,7 +464,7 @@ async fn collect(
             }
         }
     }
-    loss_sum
+    Ok(loss_sum)
 }
 
 /// Records in `rec` (and on the live page's `status`) that client `id` is dropped from the
@@ -439,10 +515,10 @@ fn fail_round(
     )
 }
 
-/// A secure-aggregation round that failed for `reason` (too few clients at one of its
-/// steps, or the unmasking failed): writes its record (`failed`, nothing aggregated) and
-/// returns the run's error.
-fn fail_secure_round(log: &mut RoundsLog, rec: &mut RoundRecord, reason: &str) -> anyhow::Error {
+/// A round that failed for `reason` (a secure-aggregation round with too few clients at one
+/// of its steps, or whose unmasking failed; a spooled update that could not be read back):
+/// writes its record (`failed`, nothing aggregated) and returns the run's error.
+fn fail_round_because(log: &mut RoundsLog, rec: &mut RoundRecord, reason: &str) -> anyhow::Error {
     rec.failed = Some(format!("{reason}; nothing was aggregated"));
     if let Err(e) = log.append(rec) {
         return e;
