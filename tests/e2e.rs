@@ -163,7 +163,10 @@ async fn a_spooled_run_gives_the_in_memory_runs_weights_bit_for_bit() {
             assert!(!out.join("spool").exists());
             finals.push(std::fs::read(out.join("final.safetensors")).unwrap());
         }
-        assert!(finals[0] == finals[1], "{strategy}: the spooled run differs");
+        assert!(
+            finals[0] == finals[1],
+            "{strategy}: the spooled run differs"
+        );
     }
 }
 

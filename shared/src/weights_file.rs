@@ -219,10 +219,16 @@ mod tests {
         let w = weights();
         w.save(&path).unwrap();
         let f = WeightsFile::open(&path).unwrap();
-        let shapes: Vec<_> = f.shapes().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+        let shapes: Vec<_> = f
+            .shapes()
+            .map(|(n, s)| (n.to_string(), s.to_vec()))
+            .collect();
         assert_eq!(
             shapes,
-            [("a.weight".to_string(), vec![2, 3]), ("b.bias".to_string(), vec![1])]
+            [
+                ("a.weight".to_string(), vec![2, 3]),
+                ("b.bias".to_string(), vec![1])
+            ]
         );
         assert_eq!(f.read("a.weight").unwrap(), w.tensors["a.weight"].data);
         assert_eq!(f.read("b.bias").unwrap(), vec![7.0]);
@@ -235,7 +241,10 @@ mod tests {
             got.extend_from_slice(v);
             Ok::<(), ()>(())
         });
-        assert_eq!((done.unwrap(), got), (Ok(()), w.tensors["a.weight"].data.clone()));
+        assert_eq!(
+            (done.unwrap(), got),
+            (Ok(()), w.tensors["a.weight"].data.clone())
+        );
         let stopped = f.read_chunks("a.weight", |_, _| Err("stop"));
         assert_eq!(stopped.unwrap(), Err("stop"));
         // a tensor of 2 chunks and 3 values comes in 3 pieces
@@ -275,7 +284,10 @@ mod tests {
         let f16 = safetensors::serialize([("h", view)], None).unwrap();
         let hp = dir.path().join("h.safetensors");
         std::fs::write(&hp, &f16).unwrap();
-        assert_eq!(WeightsFile::open(&hp).unwrap().read("h").unwrap(), vec![1.5, -0.25]);
+        assert_eq!(
+            WeightsFile::open(&hp).unwrap().read("h").unwrap(),
+            vec![1.5, -0.25]
+        );
     }
 
     #[test]

@@ -43,7 +43,8 @@ impl Spool {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot empty {}", dir.display()))?;
         }
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Self { dir })
     }
 
@@ -220,7 +221,10 @@ mod tests {
             let mut r = bytes;
             let e = spool.receive(&mut r, max, 0, 1).await.err().unwrap();
             assert!(format!("{e:#}").contains(want), "{e:#}");
-            assert_eq!(std::fs::read_dir(out.path().join("spool")).unwrap().count(), 0);
+            assert_eq!(
+                std::fs::read_dir(out.path().join("spool")).unwrap().count(),
+                0
+            );
         }
     }
 }

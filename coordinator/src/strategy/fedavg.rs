@@ -83,7 +83,11 @@ impl WeightedMean {
     /// which changes nothing. Errors when the file cannot be read; if that happens while the
     /// values are being added, the sum holds part of the update and the round's aggregate
     /// must be discarded.
-    pub fn add_file(&mut self, file: &WeightsFile, num_samples: u64) -> Result<Result<(), Refusal>> {
+    pub fn add_file(
+        &mut self,
+        file: &WeightsFile,
+        num_samples: u64,
+    ) -> Result<Result<(), Refusal>> {
         let layout = self.layout.check_tensors(
             num_samples,
             |name| file.shape(name).map(|s| (s, s.iter().product())),
@@ -325,7 +329,10 @@ mod tests {
         let mut files = WeightedMean::new(&ws([0.0, 0.0], 0.0));
         for (k, (w, n)) in u.iter().enumerate() {
             memory.add(w, *n).unwrap();
-            files.add_file(&file(&format!("u{k}"), w), *n).unwrap().unwrap();
+            files
+                .add_file(&file(&format!("u{k}"), w), *n)
+                .unwrap()
+                .unwrap();
         }
         // refused, each for the reason add gives, and the sum is untouched
         let mut nan = ws([0.0, 0.0], 1.0);
@@ -340,9 +347,14 @@ mod tests {
                 data: vec![0.0],
             },
         );
-        for (k, (bad, n)) in [(nan, 5u64), (shape, 5), (extra, 5), (ws([1.0, 1.0], 1.0), 0)]
-            .iter()
-            .enumerate()
+        for (k, (bad, n)) in [
+            (nan, 5u64),
+            (shape, 5),
+            (extra, 5),
+            (ws([1.0, 1.0], 1.0), 0),
+        ]
+        .iter()
+        .enumerate()
         {
             let got = files.add_file(&file(&format!("bad{k}"), bad), *n).unwrap();
             // (as text: a NaN in the refusal is not equal to itself)
@@ -360,7 +372,13 @@ mod tests {
             let mut w = WeightSet::default();
             let mut data = vec![0.5f32; n];
             data[at] = v;
-            w.tensors.insert("t".into(), TensorData { shape: vec![n], data });
+            w.tensors.insert(
+                "t".into(),
+                TensorData {
+                    shape: vec![n],
+                    data,
+                },
+            );
             w
         };
         let dir = tempfile::tempdir().unwrap();
@@ -373,9 +391,14 @@ mod tests {
         assert_eq!(agg.contributions(), 0);
         // a good one of two pieces is added whole
         one(2.0, n - 1).save(&p).unwrap();
-        agg.add_file(&WeightsFile::open(&p).unwrap(), 1).unwrap().unwrap();
+        agg.add_file(&WeightsFile::open(&p).unwrap(), 1)
+            .unwrap()
+            .unwrap();
         let out = agg.finish().unwrap();
-        assert_eq!((out.tensors["t"].data[0], out.tensors["t"].data[n - 1]), (0.5, 2.0));
+        assert_eq!(
+            (out.tensors["t"].data[0], out.tensors["t"].data[n - 1]),
+            (0.5, 2.0)
+        );
     }
 
     #[test]
@@ -384,8 +407,14 @@ mod tests {
         let mut agg = WeightedMean::new(&ws([0.0, 0.0], 0.0));
         agg.add(&ws([-0.0, 1.0], -0.0), 2).unwrap();
         let out = agg.finish().unwrap();
-        assert_eq!(out.tensors["layer.weight"].data[0].to_bits(), 0.0f32.to_bits());
-        assert_eq!(out.tensors["bn.running_var"].data[0].to_bits(), 0.0f32.to_bits());
+        assert_eq!(
+            out.tensors["layer.weight"].data[0].to_bits(),
+            0.0f32.to_bits()
+        );
+        assert_eq!(
+            out.tensors["bn.running_var"].data[0].to_bits(),
+            0.0f32.to_bits()
+        );
     }
 
     #[test]
