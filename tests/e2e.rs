@@ -147,6 +147,10 @@ async fn a_spooled_run_gives_the_in_memory_runs_weights_bit_for_bit() {
         let mut finals = Vec::new();
         for spool in [256u64 << 20, 0] {
             let out = dir.path().join(format!("{}-{spool}", strategy.len()));
+            // what an interrupted spooled run left: removed by a run that spools and by one
+            // that does not
+            std::fs::create_dir_all(out.join("spool")).unwrap();
+            std::fs::write(out.join("spool/global-r0000.safetensors"), b"stale").unwrap();
             let sets = [
                 "eval.enabled=false".to_string(),
                 format!("federation.strategy={strategy}"),
@@ -355,6 +359,12 @@ async fn a_resumed_run_continues_from_its_checkpoint_and_matches_an_uninterrupte
     let e = simulate(scenario(&base), &file).await.unwrap_err();
     assert!(format!("{e:#}").contains("is a file"), "{e:#}");
     assert_eq!(w(&part, "final.safetensors"), before);
+    // so is a file where the run's spool folder goes, before the previous run is touched
+    std::fs::write(part.join("spool"), b"not a folder").unwrap();
+    let e = simulate(scenario(&base), &part).await.unwrap_err();
+    assert!(format!("{e:#}").contains("spool folder"), "{e:#}");
+    assert_eq!(w(&part, "final.safetensors"), before);
+    std::fs::remove_file(part.join("spool")).unwrap();
 
     // a folder without a run cannot be resumed
     let e = run(scenario(&base), &dir.path().join("empty"), true)

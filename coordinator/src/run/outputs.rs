@@ -73,6 +73,13 @@ pub fn refuse_a_file_in_place(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         anyhow::bail!("output folder {} is a file", out.display());
     }
+    let spool = out.join("spool");
+    if spool.exists() && !spool.is_dir() {
+        anyhow::bail!(
+            "{} is a file, where a run keeps its spool folder (federation.spool_above_bytes); move it away",
+            spool.display()
+        );
+    }
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //!
 //! A fresh run writes the resolved scenario to `<out>/scenario.json`. `--resume` reads it back
 //! and refuses to continue under a scenario that differs in anything but `federation.rounds`
-//! (which may grow), `eval` and `simulation`, naming the first differing key. It then takes the
+//! (which may grow), `federation.spool_above_bytes`, `eval`, `simulation` and `logging`,
+//! naming the first differing key. It then takes the
 //! newest checkpoint `checkpoints/round-NNNN.safetensors` that loads, has the backbone's
 //! layout and holds only finite values (with the strategy's server state saved next to it,
 //! if any), keeps the lines of `rounds.jsonl` up to round `N` (dropping those of a round
@@ -115,7 +116,7 @@ fn check_same_scenario(out: &Path, sc: &Scenario) -> Result<()> {
     };
     if let Some(key) = first_difference(&before, &serde_json::to_value(sc)?, "") {
         bail!(
-            "cannot resume: the scenario differs from the one that started the run in {} at `{key}` (only federation.rounds, eval.*, simulation.* and logging.* may change)",
+            "cannot resume: the scenario differs from the one that started the run in {} at `{key}` (only federation.rounds, federation.spool_above_bytes, eval.*, simulation.* and logging.* may change)",
             out.display()
         );
     }
@@ -186,7 +187,14 @@ fn keep_completed_rounds(rounds_path: &Path, point: &mut ResumePoint) -> Result<
 /// The dotted path of the first difference between two scenario trees, ignoring the keys a
 /// resumed run may change; `None` when they agree.
 fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
-    const MAY_CHANGE: [&str; 4] = ["federation.rounds", "eval", "simulation", "logging"];
+    // `federation.spool_above_bytes` changes where a round's weights wait, not its result
+    const MAY_CHANGE: [&str; 5] = [
+        "federation.rounds",
+        "federation.spool_above_bytes",
+        "eval",
+        "simulation",
+        "logging",
+    ];
     if MAY_CHANGE.contains(&path) {
         return None;
     }
@@ -242,6 +250,7 @@ mod tests {
         let a = Scenario::default();
         let mut b = a.clone();
         b.federation.rounds += 3;
+        b.federation.spool_above_bytes = 0;
         b.eval.epochs = 7;
         let (va, vb) = (
             serde_json::to_value(&a).unwrap(),

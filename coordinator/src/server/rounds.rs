@@ -147,7 +147,23 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     info!(strategy = strategy.name(), buffering = ?strategy.buffering(), "aggregation");
     let spool = match spooling(sc, &global) {
         true => Some(Arc::new(Spool::create(out)?)),
-        false => None,
+        false => {
+            Spool::remove_stale(out)?;
+            let bytes = (global.num_values() as u64).saturating_mul(4);
+            if bytes > fed.spool_above_bytes {
+                warn!(
+                    bytes,
+                    "federation.spool_above_bytes = {} is not used: {}, so the global weights stay in memory",
+                    fed.spool_above_bytes,
+                    if fed.secure_aggregation.enabled {
+                        "the round is securely aggregated"
+                    } else {
+                        "compressed updates are decoded against the global weights"
+                    }
+                );
+            }
+            None
+        }
     };
     // spooled updates wait on disk, not in memory: two at a time, one received while
     // another is added

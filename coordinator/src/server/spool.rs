@@ -48,6 +48,17 @@ impl Spool {
         Ok(Self { dir })
     }
 
+    /// Removes `<out>/spool`, what an interrupted spooled run left, for a run that does not
+    /// spool (so that the folder never holds two runs' files). Errors name the folder.
+    pub fn remove_stale(out: &Path) -> Result<()> {
+        let dir = out.join("spool");
+        if dir.is_dir() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// The file of round `round`'s global weights.
     fn global_path(&self, round: u32) -> PathBuf {
         self.dir.join(format!("global-r{round:04}.safetensors"))
@@ -181,6 +192,9 @@ mod tests {
     #[tokio::test]
     async fn an_update_is_spooled_whole_then_deleted_and_the_folder_with_the_spool() {
         let out = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(out.path().join("spool/stale")).unwrap();
+        Spool::remove_stale(out.path()).unwrap();
+        assert!(!out.path().join("spool").exists());
         std::fs::create_dir_all(out.path().join("spool/stale")).unwrap();
         let spool = Spool::create(out.path()).unwrap();
         assert!(!out.path().join("spool/stale").exists());
