@@ -192,25 +192,7 @@ impl WeightsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn weights() -> WeightSet {
-        let mut w = WeightSet::default();
-        w.tensors.insert(
-            "a.weight".into(),
-            TensorData {
-                shape: vec![2, 3],
-                data: vec![1.0, -2.5, 3.25, 0.0, f32::MIN_POSITIVE, 1e30],
-            },
-        );
-        w.tensors.insert(
-            "b.bias".into(),
-            TensorData {
-                shape: vec![1],
-                data: vec![7.0],
-            },
-        );
-        w
-    }
+    use crate::weights_stream::tests::{f16_safetensors, weights};
 
     #[test]
     fn reads_each_tensor_as_saved_and_loads_the_whole_set() {
@@ -275,13 +257,7 @@ mod tests {
         let e = f.read("c").unwrap_err().to_string();
         assert!(e.contains("holds no tensor `c`"), "{e}");
         // an F16 tensor is widened as from_safetensors widens it
-        let half: Vec<u8> = [1.5f32, -0.25]
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect();
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![2], &half).unwrap();
-        let f16 = safetensors::serialize([("h", view)], None).unwrap();
+        let f16 = f16_safetensors();
         let hp = dir.path().join("h.safetensors");
         std::fs::write(&hp, &f16).unwrap();
         assert_eq!(

@@ -174,11 +174,12 @@ async fn read_f32<R: AsyncRead + Unpin>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::weights_header;
 
-    fn weights() -> WeightSet {
+    /// Two tensors whose values include a subnormal and a large one.
+    pub(crate) fn weights() -> WeightSet {
         let mut w = WeightSet::default();
         w.tensors.insert(
             "a.weight".into(),
@@ -195,6 +196,17 @@ mod tests {
             },
         );
         w
+    }
+
+    /// Safetensors bytes of one F16 tensor `h` = [1.5, −0.25].
+    pub(crate) fn f16_safetensors() -> Vec<u8> {
+        let half: Vec<u8> = [1.5f32, -0.25]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![2], &half).unwrap();
+        safetensors::serialize([("h", view)], None).unwrap()
     }
 
     async fn read(bytes: &[u8], crc: u32) -> Result<WeightSet> {
@@ -219,13 +231,7 @@ mod tests {
             .unwrap();
         assert_eq!(r, b"next");
         // an F16 tensor is widened as from_safetensors widens it
-        let half: Vec<u8> = [1.5f32, -0.25]
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect();
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![2], &half).unwrap();
-        let f16 = safetensors::serialize([("h", view)], None).unwrap();
+        let f16 = f16_safetensors();
         let got = read(&f16, crc32fast::hash(&f16)).await.unwrap();
         assert_eq!(got, WeightSet::from_safetensors(&f16).unwrap());
         assert_eq!(got.tensors["h"].data, vec![1.5, -0.25]);
