@@ -249,6 +249,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The bytes of `v`'s values, to be filled with little-endian `f32` values by a read (then
+/// [`f32_from_le`]), without a second buffer.
+pub(crate) fn f32_as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: the slice covers exactly `v`'s initialised memory, every bit pattern is a
+    // valid `f32`, and `v` is borrowed mutably for as long as the slice lives.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// Turns values read as little-endian bytes ([`f32_as_bytes_mut`]) into native ones (nothing
+/// to do on a little-endian target).
+pub(crate) fn f32_from_le(v: &mut [f32]) {
+    if cfg!(target_endian = "big") {
+        for x in v {
+            *x = f32::from_bits(u32::from_le(x.to_bits()));
+        }
+    }
+}
+
 fn f32_as_bytes(v: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8; the target is little-endian
     // on every platform candle supports, which is the byte order safetensors specifies.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::weights::{float_values, TensorData, WeightSet};
+use crate::weights::{f32_as_bytes_mut, f32_from_le, float_values, TensorData, WeightSet};
 use crate::weights_stream::{tensor_layout, MAX_HEADER_BYTES};
 
 /// Values [`WeightsFile::read_chunks`] reads at once: 1 Mi (4 MiB of F32).
@@ -102,29 +102,33 @@ impl WeightsFile {
     /// The values of tensor `name`, as `f32` (row-major; shape [`Self::shape`]). Errors: the
     /// file holds no such tensor, a read fails, or the dtype is not a float.
     pub fn read(&self, name: &str) -> Result<Vec<f32>> {
-        let e = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("{} holds no tensor `{name}`", self.path.display()))?;
-        let cx = || format!("cannot read tensor `{name}` of {}", self.path.display());
+        let e = self.entry(name)?;
         if e.dtype == safetensors::Dtype::F32 {
             let mut data = vec![0f32; (e.len / 4) as usize];
-            // SAFETY: the slice covers exactly `data`'s initialised memory, every bit pattern
-            // is a valid `f32`, and `data` is not touched while the slice lives.
-            let bytes = unsafe {
-                std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), data.len() * 4)
-            };
-            self.file.read_exact_at(bytes, e.at).with_context(cx)?;
-            if cfg!(target_endian = "big") {
-                for v in &mut data {
-                    *v = f32::from_bits(u32::from_le(v.to_bits()));
-                }
-            }
+            self.read_f32(name, e.at, &mut data)?;
             return Ok(data);
         }
+        let cx = || format!("cannot read tensor `{name}` of {}", self.path.display());
         let mut raw = vec![0u8; e.len as usize];
         self.file.read_exact_at(&mut raw, e.at).with_context(cx)?;
         float_values(name, e.dtype, &e.shape, &raw).with_context(cx)
+    }
+
+    /// Tensor `name`'s entry; errors when the file holds no such tensor.
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.tensors
+            .get(name)
+            .with_context(|| format!("{} holds no tensor `{name}`", self.path.display()))
+    }
+
+    /// Fills `values` with the F32 values at byte offset `at` of the file (part of tensor
+    /// `name`, which errors name).
+    fn read_f32(&self, name: &str, at: u64, values: &mut [f32]) -> Result<()> {
+        self.file
+            .read_exact_at(f32_as_bytes_mut(values), at)
+            .with_context(|| format!("cannot read tensor `{name}` of {}", self.path.display()))?;
+        f32_from_le(values);
+        Ok(())
     }
 
     /// Calls `f(start, values)` on the values of tensor `name` in order, [`CHUNK_VALUES`] at
@@ -138,10 +142,7 @@ impl WeightsFile {
         name: &str,
         mut f: impl FnMut(usize, &[f32]) -> std::result::Result<(), E>,
     ) -> Result<std::result::Result<(), E>> {
-        let e = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("{} holds no tensor `{name}`", self.path.display()))?;
+        let e = self.entry(name)?;
         if e.dtype != safetensors::Dtype::F32 {
             return Ok(f(0, &self.read(name)?));
         }
@@ -151,19 +152,7 @@ impl WeightsFile {
         while start < values {
             let n = (values - start).min(buf.len());
             let chunk = &mut buf[..n];
-            // SAFETY: as in `read`: the bytes of `chunk`'s initialised values.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<u8>(), n * 4) };
-            self.file
-                .read_exact_at(bytes, e.at + start as u64 * 4)
-                .with_context(|| {
-                    format!("cannot read tensor `{name}` of {}", self.path.display())
-                })?;
-            if cfg!(target_endian = "big") {
-                for v in chunk.iter_mut() {
-                    *v = f32::from_bits(u32::from_le(v.to_bits()));
-                }
-            }
+            self.read_f32(name, e.at + start as u64 * 4, chunk)?;
             if let Err(stop) = f(start, chunk) {
                 return Ok(Err(stop));
             }

@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use safetensors::tensor::TensorInfo;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::weights::{float_values, TensorData, WeightSet};
+use crate::weights::{f32_as_bytes_mut, f32_from_le, float_values, TensorData, WeightSet};
 
 /// Largest safetensors header accepted, in bytes (the safetensors crate's own limit).
 pub(crate) const MAX_HEADER_BYTES: u64 = 100_000_000;
@@ -160,16 +160,8 @@ async fn read_f32<R: AsyncRead + Unpin>(
     size: u64,
 ) -> Result<Vec<f32>> {
     let mut data = vec![0f32; (size / 4) as usize];
-    // SAFETY: the slice covers exactly `data`'s initialised memory, every bit pattern is a
-    // valid `f32`, and `data` is not touched while the slice lives.
-    let bytes =
-        unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), data.len() * 4) };
-    reader.read(bytes).await?;
-    if cfg!(target_endian = "big") {
-        for v in &mut data {
-            *v = f32::from_bits(u32::from_le(v.to_bits()));
-        }
-    }
+    reader.read(f32_as_bytes_mut(&mut data)).await?;
+    f32_from_le(&mut data);
     Ok(data)
 }
 
