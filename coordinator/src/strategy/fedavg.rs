@@ -69,7 +69,7 @@ impl WeightedMean {
         self.layout.check(update, num_samples)?;
         let w = num_samples as f64;
         for (name, _, sum) in &mut self.sums {
-            fold(sum, &update.tensors[name.as_str()].data, w);
+            fold(sum, 0, &update.tensors[name.as_str()].data, w);
         }
         self.total_samples += num_samples;
         self.contributions += 1;
@@ -97,16 +97,8 @@ impl WeightedMean {
             return Ok(Err(refusal));
         }
         for (name, _, _) in &self.sums {
-            let finite = file.read_chunks(name, |start, values| {
-                check_finite(name, values).map_err(|r| match r {
-                    Refusal::NonFinite { name, value, index } => Refusal::NonFinite {
-                        name,
-                        value,
-                        index: start + index,
-                    },
-                    other => other,
-                })
-            })?;
+            let finite =
+                file.read_chunks(name, |start, values| check_finite(name, start, values))?;
             if let Err(refusal) = finite {
                 return Ok(Err(refusal));
             }
@@ -117,7 +109,7 @@ impl WeightedMean {
                 sum.reserve_exact(shape.iter().product());
             }
             file.read_chunks(name, |start, values| {
-                fold_at(sum, start, values, w);
+                fold(sum, start, values, w);
                 Ok::<(), ()>(())
             })?
             .ok();
@@ -152,18 +144,13 @@ impl WeightedMean {
     }
 }
 
-/// `sum += w · src`, element by element, in `f64`. An empty `sum` (no update yet: the
-/// sums are allocated by the first update, not when the round begins, so that a spooled
-/// round holds nothing of them before the global weights have left memory) becomes
-/// `0 + w · src`, what adding to zeros gives, bit for bit (a −0 becomes +0).
-fn fold(sum: &mut Vec<f64>, src: &[f32], w: f64) {
-    fold_at(sum, 0, src, w);
-}
-
-/// [`fold`] of the values `src` of a tensor from its value `start` on: `sum[start..] +=
-/// w · src`, or, where the sum ends at `start` (the first update, read piece by piece), the
-/// sum extended by `0 + w · src`.
-fn fold_at(sum: &mut Vec<f64>, start: usize, src: &[f32], w: f64) {
+/// `sum[start..] += w · src`, element by element, in `f64`, for the values `src` of a tensor
+/// from its value `start` on. Where the sum ends at `start` (the first update: the sums are
+/// allocated by it, not when the round begins, so that a spooled round holds nothing of them
+/// before the global weights have left memory; a file's update comes piece by piece), the
+/// sum is extended by `0 + w · src`, what adding to zeros gives, bit for bit (a −0 becomes
+/// +0).
+fn fold(sum: &mut Vec<f64>, start: usize, src: &[f32], w: f64) {
     if sum.len() == start {
         sum.extend(src.iter().map(|&v| 0.0 + w * v as f64));
     } else {

@@ -131,7 +131,7 @@ impl UpdateLayout {
             update.tensors.keys().map(String::as_str),
         )?;
         for (name, t) in &update.tensors {
-            check_finite(name, &t.data)?;
+            check_finite(name, 0, &t.data)?;
         }
         Ok(())
     }
@@ -139,7 +139,7 @@ impl UpdateLayout {
     /// [`Self::check`]'s checks before the values': `num_samples`, then each tensor of the
     /// layout by name (`tensor(name)` gives the update's shape and value count of it, or
     /// `None` where it lacks it), then the first of the update's tensor `names` the layout
-    /// lacks. For an update whose values are not in memory ([`Self::check`] them with
+    /// lacks. For an update whose values are not in memory (check them with
     /// [`check_finite`], tensor by tensor in name order).
     pub fn check_tensors<'a>(
         &self,
@@ -179,15 +179,15 @@ impl UpdateLayout {
     }
 }
 
-/// Refuses the values `data` of tensor `name` when one is NaN or infinite (the first one
-/// is named, with its row-major index).
-pub fn check_finite(name: &str, data: &[f32]) -> Result<(), Refusal> {
+/// Refuses the values `data` of tensor `name`, its values from row-major index `start` on,
+/// when one is NaN or infinite (the first one is named, with its index in the tensor).
+pub fn check_finite(name: &str, start: usize, data: &[f32]) -> Result<(), Refusal> {
     match data.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(Refusal::NonFinite {
+        Some(i) => Err(Refusal::NonFinite {
             name: name.to_string(),
-            value: data[index],
-            index,
+            value: data[i],
+            index: start + i,
         }),
     }
 }
