@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fedssl_shared::config::Scenario;
+use fedssl_shared::config::{FederationConfig, Scenario};
 use fedssl_shared::protocol::RoundConfig;
 use fedssl_shared::train::LocalTrainConfig;
 use fedssl_shared::weights::WeightSet;
@@ -145,21 +145,16 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     };
     let bar = RoundsProgress::new(progress.as_ref(), fed.rounds, start_round);
     info!(strategy = strategy.name(), buffering = ?strategy.buffering(), "aggregation");
-    let spool = match spooling(sc, &global) {
-        true => Some(Arc::new(Spool::create(out)?)),
-        false => {
+    let bytes = (global.num_values() as u64).saturating_mul(4);
+    let spool = match (bytes > fed.spool_above_bytes, held_in_memory(fed)) {
+        (true, None) => Some(Arc::new(Spool::create(out)?)),
+        (large, why) => {
             Spool::remove_stale(out)?;
-            let bytes = (global.num_values() as u64).saturating_mul(4);
-            if bytes > fed.spool_above_bytes {
+            if let (true, Some(why)) = (large, why) {
                 warn!(
                     bytes,
-                    "federation.spool_above_bytes = {} is not used: {}, so the global weights stay in memory",
+                    "federation.spool_above_bytes = {} is not used: {why}, so the global weights stay in memory",
                     fed.spool_above_bytes,
-                    if fed.secure_aggregation.enabled {
-                        "the round is securely aggregated"
-                    } else {
-                        "compressed updates are decoded against the global weights"
-                    }
                 );
             }
             None
@@ -221,8 +216,6 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
         let deadline = tokio::time::Instant::from_std(
             started + Duration::from_secs_f64(fed.round_deadline_seconds),
         );
-        // a spooled round drops the global weights from memory once they are in the spool
-        let mut global_on_disk = false;
         let agg = if fed.secure_aggregation.enabled {
             let secure = SecureRound {
                 scenario: sc,
@@ -263,10 +256,10 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             drop(payload);
             let mut agg = strategy.begin_round(&global);
             if spool.is_some() {
+                // the global weights are in the spool: out of memory until the server step,
+                // their pages back to the kernel now, not when the heap next shrinks
                 global = WeightSet::default();
-                // its pages go back to the kernel now, not when the heap next shrinks
                 fedssl_shared::ops::trim_allocator();
-                global_on_disk = true;
                 rec.spooled = true;
             }
             let collected = collect(in_flight, deadline, sc, agg.as_mut(), &mut rec, &status).await;
@@ -291,14 +284,15 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
             status.round_done(&rec);
             return Err(e);
         }
-        if let Some(spool) = spool.as_ref().filter(|_| global_on_disk) {
+        // (a spooled run is never securely aggregated: its rounds all took the branch above)
+        if let Some(spool) = &spool {
             if strategy.apply_reads_global() {
                 global = spool.global(round as u32)?;
             }
             spool.end_round(round as u32);
         }
         global = strategy.apply(&global, agg)?;
-        if global_on_disk {
+        if spool.is_some() {
             // the running sum's pages go back to the kernel before the next round's payload
             fedssl_shared::ops::trim_allocator();
         }
@@ -321,14 +315,18 @@ pub async fn run_rounds(ctx: RoundsContext<'_>, mut global: WeightSet) -> Result
     Ok(totals)
 }
 
-/// Whether a run's rounds go through the spool ([`crate::server::spool`]): a backbone of
-/// `global`'s size over `federation.spool_above_bytes`, updates uncompressed (a compressed
-/// update is decoded against the global weights in memory), no secure aggregation.
-fn spooling(sc: &Scenario, global: &WeightSet) -> bool {
-    let fed = &sc.federation;
-    (global.num_values() as u64).saturating_mul(4) > fed.spool_above_bytes
-        && fed.compression.is_none()
-        && !fed.secure_aggregation.enabled
+/// Why a run's rounds keep the global weights in memory whatever the backbone's size, or
+/// `None` when one over `federation.spool_above_bytes` can go through the spool
+/// ([`crate::server::spool`]): secure aggregation, or compressed updates (decoded against the
+/// global weights).
+fn held_in_memory(fed: &FederationConfig) -> Option<&'static str> {
+    if fed.secure_aggregation.enabled {
+        Some("the round is securely aggregated")
+    } else if !fed.compression.is_none() {
+        Some("compressed updates are decoded against the global weights")
+    } else {
+        None
+    }
 }
 
 /// The clients of round `round` (0-based) among the `connected` ids: the participation
