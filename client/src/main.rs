@@ -278,7 +278,7 @@ async fn run_virtual(
             let _ = std::fs::remove_dir_all(&state_dir);
         }
     };
-    let worth_keeping = temporary && holds_files(&state_dir);
+    let nothing_kept = temporary && !holds_files(&state_dir);
     let outcomes = match outcomes {
         Ok(o) => o,
         Err(e) => {
@@ -305,13 +305,13 @@ async fn run_virtual(
         outcomes.len() - failed.len(),
         failed.len()
     );
-    if failed.is_empty() || (temporary && !worth_keeping) {
+    if failed.is_empty() || nothing_kept {
         discard();
     }
     if failed.is_empty() {
         return Ok(());
     }
-    let kept = if temporary && !worth_keeping {
+    let kept = if nothing_kept {
         String::new()
     } else {
         format!(" (state kept in {})", state_dir.display())
