@@ -152,7 +152,7 @@ impl Vgg {
             }
             let (_, _, hh, ww) = h.dims4()?;
             if hh >= 2 && ww >= 2 {
-                h = h.max_pool2d(2)?;
+                h = crate::ops::max_pool2x2(&h)?;
             }
             stages.push(h.clone());
         }

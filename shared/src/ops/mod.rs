@@ -10,6 +10,7 @@
 //! | [`batch_norm_add_relu`]`(&bn, x, r, train)` | `(bn.forward_t(x, train)? + r)?.relu()` | 2 passes | 2 passes |
 //! | [`relu`]`(x)` | `x.relu()` | 1 pass | 1 pass |
 //! | [`add_relu`]`(a, b)` | `(a + b)?.relu()` | 1 pass | 1 pass |
+//! | [`max_pool2x2`]`(x)` | `x.max_pool2d(2)` | 1 pass | 1 pass |
 //!
 //! Every op takes and returns ordinary candle tensors. On the CPU with `f32` inputs it runs our
 //! kernels; on any other device or dtype it is exactly the candle call it replaces, so CUDA
@@ -67,10 +68,12 @@ pub fn trim_allocator() {
 pub mod act;
 pub mod batch_norm;
 pub mod conv;
+pub mod pool;
 
 pub use act::{add_relu, relu};
 pub use batch_norm::{batch_norm, batch_norm_add_relu, batch_norm_relu};
 pub use conv::conv2d;
+pub use pool::max_pool2x2;
 
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
