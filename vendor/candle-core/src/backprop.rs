@@ -737,8 +737,9 @@ impl GradStore {
         Ok(grad)
     }
 
-    /// Adds `grad` to the gradient of `tensor`: stores `grad` itself (made contiguous, as the
-    /// sum with zeros was, which some backward rules expect) when `tensor` has none yet,
+    /// Adds `grad` to the gradient of `tensor`: stores `grad` itself (after the shape and dtype
+    /// checks of the add, and made contiguous, as the sum with zeros was, which some backward
+    /// rules expect) when `tensor` has none yet,
     /// instead of allocating zeros and adding to them (fedssl's patch: that zero-fill and
     /// extra pass cost about 6 % of a small CNN's CPU training step).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
@@ -748,6 +749,25 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
+                // The checks `zeros_like(tensor) + grad` made: a backward rule that returns a
+                // gradient of another shape, dtype or device is still refused.
+                tensor.same_shape_binary_op(grad, "add")?;
+                if !tensor.device().same_device(grad.device()) {
+                    Err(Error::DeviceMismatchBinaryOp {
+                        lhs: tensor.device().location(),
+                        rhs: grad.device().location(),
+                        op: "add",
+                    }
+                    .bt())?
+                }
+                if tensor.dtype() != grad.dtype() {
+                    Err(Error::DTypeMismatchBinaryOp {
+                        lhs: tensor.dtype(),
+                        rhs: grad.dtype(),
+                        op: "add",
+                    }
+                    .bt())?
+                }
                 entry.insert(grad.contiguous()?);
             }
         }
