@@ -11,7 +11,6 @@
 //! CPU `f32` only; anything else falls back to candle's `max_pool2d(2)`.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::f32_slice;
@@ -40,8 +39,7 @@ fn grad_plane(plane: &[f32], h: usize, w: usize, g: &[f32], gx: &mut [MaybeUnini
         for (ox, ((a, b), gv)) in windows.zip(&g[oy * ow..(oy + 1) * ow]).enumerate() {
             let mut best = (a[0], 0u8);
             for (v, i) in [(a[1], 1u8), (b[0], 2), (b[1], 3)] {
-                let take = v > best.0 || (v.is_nan() && !best.0.is_nan());
-                best = if take { (v, i) } else { best };
+                best = if beats(v, best.0) { (v, i) } else { best };
             }
             let at = |i: u8| if best.1 == i { *gv } else { 0.0 };
             d0[2 * ox].write(at(0));
@@ -61,25 +59,34 @@ fn grad_plane(plane: &[f32], h: usize, w: usize, g: &[f32], gx: &mut [MaybeUnini
     }
 }
 
-/// The larger of `a` and `b`, `a` if they are equal; a NaN wins.
+/// Whether `v`, coming after `best` in a window's row-major order, is the window's new
+/// maximum: it is larger, or a NaN where `best` is not (the first maximum and the first NaN
+/// win, PyTorch's rule).
+#[inline]
+fn beats(v: f32, best: f32) -> bool {
+    v > best || (v.is_nan() && !best.is_nan())
+}
+
+/// The larger of `a` and then `b` by [`beats`].
 #[inline]
 fn max_nan(a: f32, b: f32) -> f32 {
-    if b > a || b.is_nan() {
+    if beats(b, a) {
         b
     } else {
         a
     }
 }
 
-/// `out (H/2, W/2)` = the maximum of each 2×2 window of `plane (H, W)` (a NaN wins).
+/// Writes `out (H/2, W/2)` (every element): the maximum of each 2×2 window of
+/// `plane (H, W)` (a NaN wins).
 #[inline]
-fn pool_plane(plane: &[f32], h: usize, w: usize, out: &mut [f32]) {
+fn pool_plane(plane: &[f32], h: usize, w: usize, out: &mut [MaybeUninit<f32>]) {
     let ow = w / 2;
     for (oy, o) in out.chunks_exact_mut(ow).enumerate().take(h / 2) {
         let r0 = &plane[2 * oy * w..2 * oy * w + 2 * ow];
         let r1 = &plane[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
         for ((o, a), b) in o.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-            *o = max_nan(max_nan(a[0], a[1]), max_nan(b[0], b[1]));
+            o.write(max_nan(max_nan(a[0], a[1]), max_nan(b[0], b[1])));
         }
     }
 }
@@ -99,17 +106,16 @@ impl CustomOp1 for MaxPool {
         let x = f32_slice(s, l, "max_pool2x2")?;
         let (n, c, h, w) = l.shape().dims4()?;
         let (oh, ow) = (h / 2, w / 2);
-        let mut out = vec![0f32; n * c * oh * ow];
-        if oh * ow > 0 {
-            let k = planes_per_task(h * w);
-            out.par_chunks_mut(k * oh * ow)
-                .zip(x.par_chunks(k * h * w))
-                .for_each(|(o, planes)| {
-                    for (o, plane) in o.chunks_exact_mut(oh * ow).zip(planes.chunks_exact(h * w)) {
-                        pool_plane(plane, h, w, o);
-                    }
-                });
-        }
+        let k = planes_per_task(h * w);
+        // SAFETY: `pool_plane` writes every element of each of a chunk's whole planes.
+        let out = unsafe {
+            super::par_build(n * c * oh * ow, k * oh * ow, |t, chunk| {
+                let x = &x[t * k * h * w..];
+                for (j, o) in chunk.chunks_exact_mut(oh * ow).enumerate() {
+                    pool_plane(&x[j * h * w..(j + 1) * h * w], h, w, o);
+                }
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
