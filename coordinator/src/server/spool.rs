@@ -38,11 +38,8 @@ impl Spool {
     /// Creates `<out>/spool`, emptied of what an interrupted run left there. Errors name
     /// the folder.
     pub fn create(out: &Path) -> Result<Self> {
+        Self::remove_stale(out)?;
         let dir = out.join("spool");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot empty {}", dir.display()))?;
-        }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Self { dir })
