@@ -24,7 +24,8 @@
 //!
 //! Flags: `--threads N` (default 2), `--batch B` (128), `--iters K` timed steps (3),
 //! `--warmup W` (1), `--ops stock|conv|all|fast|every` (every; fast = conv + all),
-//! `--breakdown` (time each op kind alone at the model's shapes), `--no-pytorch`, `--no-vgg`,
+//! `--breakdown` (time each op kind alone at the model's shapes; fedssl's convolution both as it
+//! runs and as im2col + GEMM only; `BENCH_CONV_LAYERS=1` prints every conv layer), `--no-pytorch`, `--no-vgg`,
 //! `--vit` (also fedssl's default ViT against `pytorch_bench.py --model vit`),
 //! `--malloc-defaults` (skip [`fedssl_shared::ops::tune_allocator`], which every fedssl binary
 //! calls at start), `--device cpu|cuda|cuda:N` (cpu), `--pairs N` (5), `--python PATH`
@@ -44,6 +45,7 @@
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{BatchNorm, Init, Linear, Optimizer, VarBuilder, VarMap};
+use fedssl_shared::ops::ConvAlgorithm;
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -477,27 +479,48 @@ fn breakdown(a: &Args) -> Result<Vec<(String, f64, f64)>> {
         Ok((fwd * 1e3, (both - loss_only).max(fwd) * 1e3))
     };
     let mut rows = Vec::new();
+    let im2col = |x: &Tensor, w: &Tensor, stride: usize, pad: usize| {
+        fedssl_shared::ops::conv2d_with(x, w, stride, pad, ConvAlgorithm::Im2col)
+    };
     for (label, kind) in [("candle", ConvKind::Stock), ("fedssl", ConvKind::All)] {
-        let (mut f, mut fb) = (0.0, 0.0);
-        for (c_in, c_out, k, stride, side) in Net::conv_shapes() {
-            let x = Var::randn(0f32, 1.0, (b, c_in, side, side), &dev)?;
-            let w = Var::randn(0f32, 0.1, (c_out, c_in, k, k), &dev)?;
-            let (t1, t2) = fwd_bwd(&x, &|x| kind.conv(x, w.as_tensor(), stride, k / 2))?;
-            f += t1;
-            fb += t2;
-            if std::env::var_os("BENCH_CONV_LAYERS").is_some() {
-                let (oh, gflop) = (side.div_ceil(stride), 1e-9);
-                let flop = 2.0 * (b * c_out * oh * oh * c_in * k * k) as f64 * gflop;
-                println!(
+        // fedssl's convolution is timed twice: as it runs (Winograd where it is faster), and
+        // with im2col + GEMM for every layer.
+        let algos: &[Option<ConvAlgorithm>] = if kind == ConvKind::All {
+            &[None, Some(ConvAlgorithm::Im2col)]
+        } else {
+            &[None]
+        };
+        for &algo in algos {
+            let label = if algo.is_some() {
+                format!("{label}, im2col only")
+            } else {
+                label.to_string()
+            };
+            let (mut f, mut fb) = (0.0, 0.0);
+            for (c_in, c_out, k, stride, side) in Net::conv_shapes() {
+                let x = Var::randn(0f32, 1.0, (b, c_in, side, side), &dev)?;
+                let w = Var::randn(0f32, 0.1, (c_out, c_in, k, k), &dev)?;
+                let (t1, t2) = match algo {
+                    Some(_) => fwd_bwd(&x, &|x| im2col(x, w.as_tensor(), stride, k / 2))?,
+                    None => fwd_bwd(&x, &|x| kind.conv(x, w.as_tensor(), stride, k / 2))?,
+                };
+                f += t1;
+                fb += t2;
+                if std::env::var_os("BENCH_CONV_LAYERS").is_some() {
+                    let (oh, gflop) = (side.div_ceil(stride), 1e-9);
+                    let flop = 2.0 * (b * c_out * oh * oh * c_in * k * k) as f64 * gflop;
+                    println!(
                     "    {label} conv {c_in}->{c_out} k{k} s{stride} {side}x{side}: fwd {t1:.1} ms \
                      ({:.0} GFLOP/s), bwd {:.1} ms ({:.0} GFLOP/s)",
                     flop / t1 * 1e3,
                     t2 - t1,
                     2.0 * flop / (t2 - t1) * 1e3
                 );
+                }
             }
+            rows.push((format!("conv2d ({label})"), f, fb));
         }
-        rows.push((format!("conv2d ({label})"), f, fb));
+        let label = label.to_string();
         // BatchNorm (training mode) after every conv. candle: BatchNorm, then a separate ReLU after every 3×3 conv. fedssl: the fused
         // BatchNorm + ReLU after every 3×3 conv (the residual add + ReLU is timed as the same
         // fused op without the add), the plain fused BatchNorm after 1×1 shortcut convs.

@@ -4,7 +4,7 @@
 //!
 //! | op | replaces | forward | backward |
 //! |---|---|---|---|
-//! | [`conv2d`]`(x, w, stride, padding)` | `x.conv2d(w, padding, stride, 1, 1)` | im2col + GEMM | stride 1: a forward conv with the flipped kernel; else GEMM + col2im; GEMM for the kernel |
+//! | [`conv2d`]`(x, w, stride, padding)` | `x.conv2d(w, padding, stride, 1, 1)` | im2col + GEMM; Winograd F(2×2, 3×3) for a 3×3 stride-1 conv on many channels and wide maps | stride 1: a forward conv with the flipped kernel; else GEMM + col2im; GEMM for the kernel |
 //! | [`batch_norm()`]`(&bn, x, train)` | `bn.forward_t(x, train)` (a `candle_nn::BatchNorm`) | 2 passes | 2 passes |
 //! | [`batch_norm_relu`]`(&bn, x, train)` | `bn.forward_t(x, train)?.relu()` | 2 passes | 2 passes |
 //! | [`batch_norm_add_relu`]`(&bn, x, r, train)` | `(bn.forward_t(x, train)? + r)?.relu()` | 2 passes | 2 passes |
@@ -69,10 +69,11 @@ pub mod act;
 pub mod batch_norm;
 pub mod conv;
 pub mod pool;
+mod winograd;
 
 pub use act::{add_relu, relu};
 pub use batch_norm::{batch_norm, batch_norm_add_relu, batch_norm_relu};
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_with, ConvAlgorithm};
 pub use pool::max_pool2x2;
 
 use rayon::prelude::*;
