@@ -269,7 +269,7 @@ fn measure_backbone(cfg: &fedssl_shared::model::ModelConfig, a: &Args) -> anyhow
         Ok(())
     })?;
     let infer_s = time_it(&a.dev, a.warmup, a.iters, || {
-        let logits = fc.forward(&net.forward_t(&x, false)?.pre_logits)?;
+        let logits = fc.forward(&net.forward_inference(&x)?.pre_logits)?;
         logits.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     })?;

@@ -153,7 +153,7 @@ pub fn extract_layers(
     let mut layers: Vec<LayerAcc> = Vec::new();
     for chunk in idx.chunks(batch) {
         let x = view_batch(ds, chunk, view, &device)?;
-        let out = backbone.forward_t(&x, false)?;
+        let out = backbone.forward_inference(&x)?;
         let mut maps: Vec<&Tensor> = if per_layer {
             out.stages.iter().collect()
         } else {

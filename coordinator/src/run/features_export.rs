@@ -80,7 +80,7 @@ pub fn export_features(
     let idx: Vec<usize> = (0..n).collect();
     for chunk in idx.chunks(BATCH) {
         let x = test.batch_tensor(chunk, &Device::Cpu)?;
-        let o = backbone.forward_t(&x, false)?;
+        let o = backbone.forward_inference(&x)?;
         pre.extend(o.pre_logits.flatten_all()?.to_vec1::<f32>()?);
         if stage_vals.is_empty() {
             stage_vals = o

@@ -114,6 +114,23 @@ impl Backbone {
         }
     }
 
+    /// Inference-mode forward pass for evaluation and feature extraction: the outputs of
+    /// `forward_t(x, false)` (to rounding), without gradients. The ResNet folds every
+    /// BatchNorm into its convolution ([`ResNet::forward_inference`]); the other backbones
+    /// run `forward_t(x, false)` and detach its outputs.
+    pub fn forward_inference(&self, x: &Tensor) -> Result<BackboneOutput> {
+        match self {
+            Backbone::ResNet(n) => n.forward_inference(x),
+            Backbone::Vgg(_) | Backbone::Vit(_) => {
+                let out = self.forward_t(x, false)?;
+                Ok(BackboneOutput {
+                    stages: out.stages.iter().map(|t| t.detach()).collect(),
+                    pre_logits: out.pre_logits.detach(),
+                })
+            }
+        }
+    }
+
     /// `D`, the width of the pre-logits vector.
     pub fn feature_dim(&self) -> usize {
         match self {

@@ -116,6 +116,20 @@ impl ConvBn {
         crate::ops::batch_norm_relu(&self.bn, &y, train)
     }
 
+    /// Inference: `relu?(bn(conv(x)) + residual?)` with the running statistics, BatchNorm
+    /// folded into the convolution (see [`crate::ops::conv2d_bn_inference`]); no gradient.
+    fn infer(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        crate::ops::conv2d_bn_inference(
+            x,
+            &self.w,
+            self.stride,
+            self.padding,
+            &self.bn,
+            residual,
+            relu,
+        )
+    }
+
     /// `relu(bn(conv(x)) + residual)`, the BatchNorm, residual add and ReLU fused.
     fn forward_add_relu(&self, x: &Tensor, residual: &Tensor, train: bool) -> Result<Tensor> {
         let y = conv2d(x, &self.w, self.stride, self.padding)?;
@@ -151,6 +165,15 @@ impl BasicBlock {
             None => x.clone(),
         };
         self.c2.forward_add_relu(&y, &s, train)
+    }
+
+    fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.c1.infer(x, None, true)?;
+        let s = match &self.shortcut {
+            Some(sc) => sc.infer(x, None, false)?,
+            None => x.clone(),
+        };
+        self.c2.infer(&y, Some(&s), true)
     }
 }
 
@@ -206,6 +229,27 @@ impl ResNet {
         for stage in &self.stages {
             for block in stage {
                 h = block.forward_t(&h, train)?;
+            }
+            outs.push(h.clone());
+        }
+        let pre_logits = h.mean((2, 3))?;
+        Ok(BackboneOutput {
+            stages: outs,
+            pre_logits,
+        })
+    }
+
+    /// Inference: the same outputs as `forward_t(x, false)` (to rounding), with every
+    /// BatchNorm folded into its convolution and the residual adds and ReLUs applied as each
+    /// convolution's output is produced ([`crate::ops::conv2d_bn_inference`]). The outputs carry
+    /// no gradient: for evaluation and feature extraction, like PyTorch's `eval()` under
+    /// `no_grad()`.
+    pub fn forward_inference(&self, x: &Tensor) -> Result<BackboneOutput> {
+        let mut h = self.stem.infer(x, None, true)?;
+        let mut outs = Vec::with_capacity(self.stages.len());
+        for stage in &self.stages {
+            for block in stage {
+                h = block.forward_inference(&h)?;
             }
             outs.push(h.clone());
         }
@@ -398,5 +442,42 @@ mod tests {
         let cfg: ResNetConfig = toml::from_str("widths = [8]\nblocks = [2]").unwrap();
         assert_eq!(cfg.stem_width, 16);
         assert!(toml::from_str::<ResNetConfig>("depth = 3").is_err());
+    }
+
+    #[test]
+    fn inference_matches_eval_mode_forward() {
+        // Two blocks per stage, 32-wide: the first stage's 3×3 convs take Winograd
+        // (min(C_in, C_out)·W = 32·32), the rest im2col; a few training-mode passes first so
+        // the running statistics are not the initial 0 / 1.
+        let cfg = ResNetConfig {
+            stem_width: 32,
+            widths: vec![32, 64],
+            blocks: vec![2, 1],
+            widen: 1,
+        };
+        let dev = Device::Cpu;
+        let (net, _vm) = build_resnet(&cfg, 3, &dev).unwrap();
+        for s in 0..3 {
+            let x = Tensor::randn(0.5f32, 1.0, (4, 3, 32, 32), &dev).unwrap();
+            net.forward_t(&x, true).unwrap();
+            let _ = s;
+        }
+        let x = Tensor::randn(0f32, 1.0, (3, 3, 32, 32), &dev).unwrap();
+        let a = net.forward_t(&x, false).unwrap();
+        let b = net.forward_inference(&x).unwrap();
+        for (p, q) in a
+            .stages
+            .iter()
+            .chain([&a.pre_logits])
+            .zip(b.stages.iter().chain([&b.pre_logits]))
+        {
+            assert_eq!(p.dims(), q.dims());
+            let p = p.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let q = q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = p.iter().fold(1f32, |m, v| m.max(v.abs()));
+            for (u, v) in p.iter().zip(&q) {
+                assert!((u - v).abs() <= 1e-4 * scale, "{u} vs {v}");
+            }
+        }
     }
 }

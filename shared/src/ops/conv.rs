@@ -450,18 +450,58 @@ fn col2im(
 
 /// Forward convolution of contiguous `x` and `w`; returns the contiguous output.
 fn forward(g: &Geom, x: &[f32], w: &[f32], algorithm: ConvAlgorithm) -> Vec<f32> {
+    forward_then(g, x, w, algorithm, None)
+}
+
+/// Runs on output elements right after they are computed, while they are in cache:
+/// `f(plane, start, values)`, with `plane = image · C_out + channel` over the batch and `start`
+/// the offset of `values[0]` within that `H_out · W_out` plane. Every output element is passed
+/// exactly once.
+pub(crate) type Epilogue<'a> = Option<&'a (dyn Fn(usize, usize, &mut [f32]) + Sync)>;
+
+/// [`forward`], with `epilogue` applied to the output as it is produced.
+fn forward_then(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    algorithm: ConvAlgorithm,
+    epilogue: Epilogue,
+) -> Vec<f32> {
     if algorithm == ConvAlgorithm::Auto
         && !forced_im2col()
         && winograd::applies(g.c, g.o, g.w, g.kh, g.kw, g.stride, g.pad)
     {
-        winograd::forward(g.n, g.c, g.h, g.w, g.o, x, w)
+        winograd::forward((g.n, g.c, g.h, g.w, g.o), x, w, epilogue)
     } else {
-        forward_im2col(g, x, w)
+        forward_im2col(g, x, w, epilogue)
     }
 }
 
+/// The CPU `f32` forward convolution of contiguous `x (N, C_in, H, W)` and `w (C_out, C_in,
+/// KH, KW)` with `epilogue` applied to each output element as it is produced: the `(N, C_out,
+/// H_out, W_out)` output. Errors on shapes [`conv2d`] refuses.
+pub(crate) fn forward_with_epilogue(
+    x_dims: &[usize],
+    w_dims: &[usize],
+    stride: usize,
+    padding: usize,
+    x: &[f32],
+    w: &[f32],
+    epilogue: Epilogue,
+) -> Result<(Vec<f32>, Shape)> {
+    let g = Geom::new(x_dims, w_dims, stride, padding)?;
+    let out = forward_then(&g, x, w, ConvAlgorithm::Auto, epilogue);
+    Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
+}
+
+/// Whether [`forward_with_epilogue`] takes these tensors (CPU, `f32`, a well-formed conv),
+/// else callers use candle's ops.
+pub(crate) fn cpu_kernels_apply(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
+    fast_path_applies(x, w, stride, padding)
+}
+
 /// [`forward`] by im2col + GEMM, for every shape.
-fn forward_im2col(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
+fn forward_im2col(g: &Geom, x: &[f32], w: &[f32], epilogue: Epilogue) -> Vec<f32> {
     let (p, k, o) = (g.p(), g.k(), g.o);
     let total = g.n * g.out_img();
     let mut out: Vec<f32> = Vec::with_capacity(total);
@@ -507,6 +547,14 @@ fn forward_im2col(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                         cs: 1,
                     };
                     unsafe { matmul(o, p, k, out_img, p, 1, false, w_mat, x_mat, par) };
+                    if let Some(f) = epilogue {
+                        for oc in 0..o {
+                            // SAFETY: channel oc of this image, just written.
+                            let v =
+                                unsafe { std::slice::from_raw_parts_mut(out_img.add(oc * p), p) };
+                            f((n0 + i0) * o + oc, 0, v);
+                        }
+                    }
                     continue;
                 }
                 let tp = (oy1 - oy0) * g.ow;
@@ -523,6 +571,13 @@ fn forward_im2col(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                     // out[:, rows] (O, tp), row stride P
                     let dst = unsafe { out_img.add(oy0 * g.ow) };
                     unsafe { matmul(o, tp, k, dst, p, 1, false, w_mat, col_mat, par) };
+                    if let Some(f) = epilogue {
+                        for oc in 0..o {
+                            // SAFETY: rows [oy0, oy1) of channel oc of this image, just written.
+                            let v = unsafe { std::slice::from_raw_parts_mut(dst.add(oc * p), tp) };
+                            f((n0 + i0) * o + oc, oy0 * g.ow, v);
+                        }
+                    }
                 } else {
                     let dst = tmp.as_mut_ptr();
                     unsafe { matmul(o, ld, k, dst, ld, 1, false, w_mat, col_mat, par) };
@@ -537,6 +592,16 @@ fn forward_im2col(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                                     p,
                                 )
                             };
+                            if let Some(f) = epilogue {
+                                // SAFETY: the plane just copied.
+                                let v = unsafe {
+                                    std::slice::from_raw_parts_mut(
+                                        out_img.add(j * o * p + oc * p),
+                                        p,
+                                    )
+                                };
+                                f((n0 + i0 + j) * o + oc, 0, v);
+                            }
                         }
                     }
                 }

@@ -8,6 +8,7 @@
 //! | [`batch_norm()`]`(&bn, x, train)` | `bn.forward_t(x, train)` (a `candle_nn::BatchNorm`) | 2 passes | 2 passes |
 //! | [`batch_norm_relu`]`(&bn, x, train)` | `bn.forward_t(x, train)?.relu()` | 2 passes | 2 passes |
 //! | [`batch_norm_add_relu`]`(&bn, x, r, train)` | `(bn.forward_t(x, train)? + r)?.relu()` | 2 passes | 2 passes |
+//! | [`conv2d_bn_inference`]`(x, w, s, p, &bn, r, relu)` | `relu(bn.forward_t(conv(x, w), false) + r)` | the conv, BatchNorm folded in, shift/residual/ReLU as each output tile is made | none (inference only) |
 //! | [`relu`]`(x)` | `x.relu()` | 1 pass | 1 pass |
 //! | [`add_relu`]`(a, b)` | `(a + b)?.relu()` | 1 pass | 1 pass |
 //! | [`max_pool2x2`]`(x)` | `x.max_pool2d(2)` | 1 pass | 1 pass |
@@ -68,12 +69,14 @@ pub fn trim_allocator() {
 pub mod act;
 pub mod batch_norm;
 pub mod conv;
+pub mod conv_bn;
 pub mod pool;
 mod winograd;
 
 pub use act::{add_relu, relu};
 pub use batch_norm::{batch_norm, batch_norm_add_relu, batch_norm_relu};
 pub use conv::{conv2d, conv2d_with, ConvAlgorithm};
+pub use conv_bn::conv2d_bn_inference;
 pub use pool::max_pool2x2;
 
 use rayon::prelude::*;

@@ -27,6 +27,7 @@
 //! accumulators) where the CPU has them (checked at run time), else the same loop in portable
 //! Rust.
 
+use super::conv::Epilogue;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -45,11 +46,12 @@ const SKEW: usize = 16;
 ///
 /// The transforms cost in proportion to `C_in + C_out` per tile and the products to
 /// `C_in · C_out`, and the transforms are vectorised along a row of tiles, so Winograd wins on
-/// many channels and wide maps. Measured (128 images, `C_in = C_out`, 2 threads, this module's
-/// im2col + GEMM beside it; `conv::tests::time_winograd_against_im2col`): 32 ch 32×32 27.9 ms
-/// against 35.6, 64 ch 16×16 24.2 against 30.3, 128 ch 8×8 19.4 against 24.9, where the rule
-/// holds; 64 ch 8×8 8.2 against 8.3, 32 ch 16×16 9.2 against 8.4, 16 ch 32×32 11.6 against 9.6,
-/// where it does not.
+/// many channels and wide maps. Measured at commit `692c6ba` (forward only, 128 images,
+/// `C_in = C_out`, 2 threads, best of 5, against `conv`'s im2col + GEMM; a timing harness since
+/// replaced by `BENCH_CONV_LAYERS=1 bench_conv --breakdown`): 32 ch 32×32 27.9 ms against 35.6,
+/// 64 ch 16×16 24.2 against 30.3, 128 ch 8×8 19.4 against 24.9, where the rule holds; 64 ch 8×8
+/// 8.2 against 8.3, 32 ch 16×16 9.2 against 8.4, 16 ch 32×32 11.6 against 9.6, where it does
+/// not.
 pub(crate) fn applies(
     c: usize,
     o: usize,
@@ -83,18 +85,16 @@ impl OutPtr {
     }
 }
 
-/// `x (N, C, H, W)` ⊛ `w (O, C, 3, 3)`, stride 1, padding 1: the `(N, O, H, W)` output.
+/// `x (N, C, H, W)` ⊛ `w (O, C, 3, 3)`, stride 1, padding 1, with the shape given as
+/// `(N, C, H, W, O)`: the `(N, O, H, W)` output, `epilogue` applied to it as it is produced.
 ///
 /// `x` and `w` must hold exactly `N·C·H·W` and `O·C·9` elements (callers pass the shapes they
 /// were validated with).
 pub(crate) fn forward(
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
+    (n, c, h, w, o): (usize, usize, usize, usize, usize),
     x: &[f32],
     k: &[f32],
+    epilogue: Epilogue,
 ) -> Vec<f32> {
     assert_eq!(x.len(), n * c * h * w, "winograd: input size");
     assert_eq!(k.len(), o * c * 9, "winograd: kernel size");
@@ -126,6 +126,7 @@ pub(crate) fn forward(
         x,
         u: &u,
         out: OutPtr(out.spare_capacity_mut().as_mut_ptr() as *mut f32),
+        epilogue,
     };
     let simd = Kernel::detect();
     (0..tasks).into_par_iter().for_each(|t| match simd {
@@ -159,6 +160,7 @@ struct Plan<'a> {
     /// The transformed kernels (see [`transform_kernel`]).
     u: &'a [f32],
     out: OutPtr,
+    epilogue: Epilogue<'a>,
 }
 
 /// Task `t`'s blocks, compiled for AVX2 + FMA: the transforms are plain loops that LLVM
@@ -190,6 +192,7 @@ fn run_task<const SIMD: bool>(p: &Plan, t: usize) {
         x,
         u,
         out: ptr,
+        epilogue,
     } = *p;
     let ntp = (rows_per_block * tw).div_ceil(NR) * NR;
     // One position ξ's plane of the transformed input (C rows of `ntp`) and of the products
@@ -249,14 +252,19 @@ fn run_task<const SIMD: bool>(p: &Plan, t: usize) {
                 let base = ((img * o + oc) * h + 2 * ty) * w;
                 // SAFETY: output rows 2·ty and 2·ty + 1 (if < H) of image `img`, channel
                 // `oc`: within `total`, and written by this tile row only.
+                let n_rows = if 2 * ty + 1 < h { 2 } else { 1 };
                 let rows = unsafe {
-                    let n_rows = if 2 * ty + 1 < h { 2 } else { 1 };
                     std::slice::from_raw_parts_mut(
                         ptr.at(base) as *mut MaybeUninit<f32>,
                         n_rows * w,
                     )
                 };
                 transform_output_row::<SIMD>(&m, (oc * ntp + col0, sm), tw, w, rows);
+                if let Some(f) = epilogue {
+                    // SAFETY: the same rows, now written.
+                    let rows = unsafe { std::slice::from_raw_parts_mut(ptr.at(base), n_rows * w) };
+                    f(img * o + oc, 2 * ty * w, rows);
+                }
             }
         }
     }
@@ -361,20 +369,25 @@ fn transform_input_row<const SIMD: bool>(
                 // the caller has AVX2 (`SIMD`).
                 unsafe {
                     let pp = ti.as_ptr().add(2 * tx);
-                    let split = |lo: __m256, hi: __m256| {
-                        let ev = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
-                        let od = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
-                        (
-                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
-                                _mm256_castps_pd(ev),
-                            )),
-                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
-                                _mm256_castps_pd(od),
-                            )),
-                        )
-                    };
-                    let (a, b) = split(_mm256_loadu_ps(pp), _mm256_loadu_ps(pp.add(8)));
-                    let (c, d) = split(_mm256_loadu_ps(pp.add(2)), _mm256_loadu_ps(pp.add(10)));
+                    // Even and odd lanes of lo ++ hi (a macro: a closure would not inherit
+                    // the caller's AVX2 and would call each intrinsic out of line).
+                    macro_rules! split {
+                        ($lo:expr, $hi:expr) => {{
+                            let (lo, hi) = ($lo, $hi);
+                            let ev = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+                            let od = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+                            (
+                                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                                    _mm256_castps_pd(ev),
+                                )),
+                                _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                                    _mm256_castps_pd(od),
+                                )),
+                            )
+                        }};
+                    }
+                    let (a, b) = split!(_mm256_loadu_ps(pp), _mm256_loadu_ps(pp.add(8)));
+                    let (c, d) = split!(_mm256_loadu_ps(pp.add(2)), _mm256_loadu_ps(pp.add(10)));
                     _mm256_storeu_ps(v0.as_mut_ptr().add(tx), _mm256_sub_ps(a, c));
                     _mm256_storeu_ps(v1.as_mut_ptr().add(tx), _mm256_add_ps(b, c));
                     _mm256_storeu_ps(v2.as_mut_ptr().add(tx), _mm256_sub_ps(c, b));
@@ -415,16 +428,24 @@ fn transform_output_row<const SIMD: bool>(
             // SAFETY: the assert above bounds every load (tx + 8 ≤ tw) and the loop condition
             // every store; the caller has AVX2 (`SIMD`).
             unsafe {
-                let q = |xi_: usize| _mm256_loadu_ps(m.as_ptr().add(at + xi_ * stride + tx));
-                for a in 0..n_rows {
-                    let s = |j: usize| {
-                        if a == 0 {
-                            _mm256_add_ps(_mm256_add_ps(q(j), q(4 + j)), q(8 + j))
-                        } else {
-                            _mm256_sub_ps(_mm256_sub_ps(q(4 + j), q(8 + j)), q(12 + j))
-                        }
+                // Macros, not closures: a closure would not inherit the caller's AVX2 and
+                // would call each intrinsic out of line.
+                macro_rules! q {
+                    ($xi:expr) => {
+                        _mm256_loadu_ps(m.as_ptr().add(at + $xi * stride + tx))
                     };
-                    let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
+                }
+                for a in 0..n_rows {
+                    macro_rules! s {
+                        ($j:expr) => {
+                            if a == 0 {
+                                _mm256_add_ps(_mm256_add_ps(q!($j), q!(4 + $j)), q!(8 + $j))
+                            } else {
+                                _mm256_sub_ps(_mm256_sub_ps(q!(4 + $j), q!(8 + $j)), q!(12 + $j))
+                            }
+                        };
+                    }
+                    let (s0, s1, s2, s3) = (s!(0), s!(1), s!(2), s!(3));
                     let e = _mm256_add_ps(_mm256_add_ps(s0, s1), s2);
                     let o = _mm256_sub_ps(_mm256_sub_ps(s1, s2), s3);
                     let lo = _mm256_unpacklo_ps(e, o); // e0 o0 e1 o1 | e4 o4 e5 o5
@@ -617,7 +638,7 @@ mod tests {
     fn check(n: usize, c: usize, h: usize, w: usize, o: usize) {
         let x = rand(n * c * h * w, (n * 1000 + c * 100 + h * 10 + w) as u64);
         let k = rand(o * c * 9, (o * 7 + c) as u64);
-        let got = forward(n, c, h, w, o, &x, &k);
+        let got = forward((n, c, h, w, o), &x, &k, None);
         let want = direct(n, c, h, w, o, &x, &k);
         assert_eq!(got.len(), want.len());
         // sums of 9·C products of values in [-1, 1): f32 rounding stays far below 1e-4·√(9C)
@@ -646,7 +667,7 @@ mod tests {
         // the whole image (every pixel is a neighbour of every other) times 16.
         let x: Vec<f32> = (0..16).flat_map(|_| [1.0, 2.0, 3.0, 4.0]).collect();
         let k = vec![1f32; 16 * 9];
-        let y = forward(1, 16, 2, 2, 1, &x, &k);
+        let y = forward((1, 16, 2, 2, 1), &x, &k, None);
         assert_eq!(y, vec![160.0; 4]);
     }
 
@@ -663,8 +684,8 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
-        let a = one.install(|| forward(n, c, h, w, o, &x, &k));
-        let b = three.install(|| forward(n, c, h, w, o, &x, &k));
+        let a = one.install(|| forward((n, c, h, w, o), &x, &k, None));
+        let b = three.install(|| forward((n, c, h, w, o), &x, &k, None));
         assert_eq!(a, b);
     }
 
