@@ -313,7 +313,7 @@ mod tests {
         let got = extract_layers(&b, &ds, &view, 2, true, Pooling::Global, 1).unwrap();
         // by hand: every patch through the backbone, then the mean of each image's nine
         let x = view_batch(&ds, &[0, 1, 2], &view, &Device::Cpu).unwrap();
-        let out = b.forward_t(&x, false).unwrap();
+        let out = b.forward_inference(&x).unwrap();
         let want_pre = out
             .pre_logits
             .reshape((3, 9, 64))

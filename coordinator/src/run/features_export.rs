@@ -217,7 +217,7 @@ mod tests {
         let test = fedssl_shared::data::load_test_set(sc.data.dataset, None, Some(20), 3).unwrap();
         let net = load_backbone(&ws, &sc.model).unwrap();
         let x = test.batch_tensor(&[0, 1, 2, 3, 4], &Device::Cpu).unwrap();
-        let want = net.forward_t(&x, false).unwrap().pre_logits;
+        let want = net.forward_inference(&x).unwrap().pre_logits;
         let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let got: Vec<f32> = st
             .tensor("pre_logits")
