@@ -75,11 +75,11 @@ pub fn conv2d_bn_inference(
         (wd + 2 * padding - kw) / stride + 1,
     );
     let plane = oh * ow;
-    if let Some(r) = rv {
-        if r.len() != n * c_out * plane {
+    if let Some(r) = &residual {
+        if r.dims() != [n, c_out, oh, ow] {
             candle_core::bail!(
                 "fedssl conv2d_bn_inference: residual {:?} does not match the output ({n}, {c_out}, {oh}, {ow})",
-                residual.as_ref().map(|r| r.dims().to_vec())
+                r.dims()
             )
         }
     }
@@ -276,6 +276,9 @@ mod tests {
         let x = rand(&[1, 4, 6, 6], 1);
         let w = rand(&[4, 4, 3, 3], 2);
         let r = rand(&[1, 4, 5, 6], 3);
+        assert!(conv2d_bn_inference(&x, &w, 1, 1, &norm, Some(&r), true).is_err());
+        // as many elements as the (1, 4, 6, 6) output, in another shape
+        let r = rand(&[1, 4, 36, 1], 3);
         assert!(conv2d_bn_inference(&x, &w, 1, 1, &norm, Some(&r), true).is_err());
     }
 }
