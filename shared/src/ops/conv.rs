@@ -112,7 +112,9 @@ fn forced_im2col() -> bool {
     })
 }
 
-fn fast_path_applies(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
+/// Whether the CPU kernels take these tensors (CPU, `f32`, a well-formed conv), else callers
+/// use candle's ops.
+pub(crate) fn fast_path_applies(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
     if forced_candle() || !x.device().is_cpu() || !w.device().is_cpu() {
         return false;
     }
@@ -494,10 +496,16 @@ pub(crate) fn forward_with_epilogue(
     Ok((out, Shape::from((g.n, g.o, g.oh, g.ow))))
 }
 
-/// Whether [`forward_with_epilogue`] takes these tensors (CPU, `f32`, a well-formed conv),
-/// else callers use candle's ops.
-pub(crate) fn cpu_kernels_apply(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
-    fast_path_applies(x, w, stride, padding)
+/// The `(N, C_out, H_out, W_out)` output shape of a convolution of these shapes, or the error
+/// [`conv2d`] gives them.
+pub(crate) fn output_dims(
+    x_dims: &[usize],
+    w_dims: &[usize],
+    stride: usize,
+    padding: usize,
+) -> Result<[usize; 4]> {
+    let g = Geom::new(x_dims, w_dims, stride, padding)?;
+    Ok([g.n, g.o, g.oh, g.ow])
 }
 
 /// [`forward`] by im2col + GEMM, for every shape.
@@ -869,7 +877,7 @@ impl CustomOp2 for Conv2dOp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Values and gradients are compared with candle's own conv2d. Tolerance: every element
     //! within `1e-4 · max(1, max|reference|)` (f32 sums of up to a few hundred products, in a
     //! different order).
@@ -881,7 +889,7 @@ mod tests {
         x.conv2d(w, padding, stride, 1, 1)
     }
 
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
+    pub(crate) fn rand(shape: &[usize], seed: u64) -> Tensor {
         // Deterministic values in [-1, 1) without depending on candle's RNG.
         let n: usize = shape.iter().product();
         let mut s = seed

@@ -38,7 +38,7 @@ pub fn conv2d_bn_inference(
     let Some((scale, shift)) = folded(bn, c_out)? else {
         return unfused(x, w, stride, padding, bn, residual, relu);
     };
-    if !conv::cpu_kernels_apply(x, w, stride, padding)
+    if !conv::fast_path_applies(x, w, stride, padding)
         || residual.is_some_and(|r| r.dtype() != DType::F32 || !r.device().is_cpu())
     {
         return unfused(x, w, stride, padding, bn, residual, relu);
@@ -68,12 +68,7 @@ pub fn conv2d_bn_inference(
         },
         None => None,
     };
-    let (n, _, h, wd) = x.dims4()?;
-    let (_, _, kh, kw) = w.dims4()?;
-    let (oh, ow) = (
-        (h + 2 * padding - kh) / stride + 1,
-        (wd + 2 * padding - kw) / stride + 1,
-    );
+    let [n, _, oh, ow] = conv::output_dims(xl.dims(), wl.dims(), stride, padding)?;
     let plane = oh * ow;
     if let Some(r) = &residual {
         if r.dims() != [n, c_out, oh, ow] {
@@ -166,22 +161,9 @@ fn unfused(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::conv::tests::rand;
     use candle_core::Device;
     use candle_nn::{VarBuilder, VarMap};
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     /// A BatchNorm with non-trivial γ, β and running statistics.
     fn bn(c: usize, vm: &VarMap) -> BatchNorm {
